@@ -1,0 +1,1 @@
+"""Fused Triton kernels, one op per file (installed as ``ithp_fast.kernels``)."""

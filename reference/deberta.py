@@ -1,0 +1,175 @@
+"""ITHP-DeBERTa: a DeBERTa-v2/v3 backbone whose token states are the prime modality of ITHP.
+
+    x      = DeBERTa(input_ids).last_hidden_state                       [B, T, H]
+    b1, IB = ITHP(x, visual, acoustic)
+    h      = dropout(LayerNorm(x + beta_shift * expand(b1)))
+    logits = classifier(dropout(tanh(pooler.dense(h[:, 0]))))
+
+Training loss (spec): ``MSE(logits, label) + 2 / (p_beta + p_gamma) * IB_total``.
+
+Submodule names follow the authors' model (``dberta.model``, ``dberta.ITHP``,
+``dberta.expand``, ``dberta.LayerNorm``, ``dberta.pooler.dense``, ``classifier``) so that their
+checkpoints map onto this one key for key.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checks import Noise
+from ..config import ConfigLike, ITHPConfig, as_config
+from .ithp import ITHP
+
+
+class ITHPDebertaOutput(NamedTuple):
+    """What :class:`ITHPDeberta` returns; unpacks like the authors' 6-tuple."""
+
+    logits: torch.Tensor
+    IB_total: torch.Tensor
+    kl0: torch.Tensor
+    mse0: torch.Tensor
+    kl1: torch.Tensor
+    mse1: torch.Tensor
+
+
+class Pooler(nn.Module):
+    """BERT-style pooler: the first token through ``Linear(H, H)`` and ``tanh``."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden, hidden)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden_states[:, 0]))
+
+
+class ITHPDebertaBody(nn.Module):
+    """Backbone + ITHP + fusion + pooler (the authors' ``ITHP_DebertaModel``)."""
+
+    def __init__(self, backbone: nn.Module, ithp: nn.Module, beta_shift: float, dropout_prob: float) -> None:
+        super().__init__()
+        hidden = backbone.config.hidden_size
+        self.model = backbone
+        self.ITHP = ithp
+        self.expand = nn.Linear(ithp.config.B1_dim, hidden)
+        self.LayerNorm = nn.LayerNorm(hidden)
+        self.dropout = nn.Dropout(dropout_prob)
+        self.pooler = Pooler(hidden)
+        self.beta_shift = beta_shift
+
+    def fuse(self, x: torch.Tensor, b1: torch.Tensor) -> torch.Tensor:
+        """``tanh(dense(dropout(LayerNorm(x + beta_shift * expand(b1)))[:, 0]))``."""
+        return self.pooler(self.dropout(self.LayerNorm(x + self.beta_shift * self.expand(b1))))
+
+
+class ITHPDeberta(nn.Module):
+    """ITHP-DeBERTa sentiment model (regression with ``num_labels=1``).
+
+    Args:
+        backbone: a ``transformers`` DeBERTa-v2 config (random initialisation: no download),
+            a path to a local pretrained directory (loaded with ``local_files_only=True``), or
+            an already built ``DebertaV2Model``.
+        ithp_args: the ITHP config; ``X0_dim`` must equal the backbone's hidden size. Default:
+            the paper's config with ``X0_dim`` set to the hidden size.
+        num_labels: classifier outputs (1 for sentiment regression).
+        beta_shift: scale of the ITHP contribution added to the token states.
+        dropout_prob: dropout after the LayerNorm (paper: 0.5).
+        pass_attention_mask: pass ``attention_mask`` to the backbone (default). The authors'
+            script passes none; ``False`` reproduces that.
+        ithp_cls: the ITHP implementation (the reference class by default; ``ithp_fast.ITHP``
+            for the fast path). Extra keyword arguments go to its constructor.
+    """
+
+    def __init__(
+        self,
+        backbone: Union["object", str, os.PathLike, nn.Module],
+        ithp_args: Optional[ConfigLike] = None,
+        *,
+        num_labels: int = 1,
+        beta_shift: float = 1.0,
+        dropout_prob: float = 0.5,
+        pass_attention_mask: bool = True,
+        ithp_cls: type = ITHP,
+        **ithp_kwargs,
+    ) -> None:
+        super().__init__()
+        backbone = load_backbone(backbone)
+        hidden = backbone.config.hidden_size
+        cfg = ITHPConfig(X0_dim=hidden) if ithp_args is None else as_config(ithp_args)
+        if cfg.X0_dim != hidden:
+            raise ValueError(f"ithp_args: X0_dim={cfg.X0_dim} must equal the backbone's hidden_size={hidden}")
+        if not isinstance(num_labels, int) or num_labels < 1:
+            raise ValueError(f"num_labels: expected a positive int, got {num_labels!r}")
+        self.num_labels = num_labels
+        self.pass_attention_mask = pass_attention_mask
+        self.dberta = ITHPDebertaBody(backbone, ithp_cls(cfg, **ithp_kwargs), beta_shift, dropout_prob)
+        self.dropout = nn.Dropout(backbone.config.hidden_dropout_prob)
+        self.classifier = nn.Linear(hidden, num_labels)
+
+    @property
+    def ithp(self) -> nn.Module:
+        return self.dberta.ITHP
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        visual: torch.Tensor,
+        acoustic: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        *,
+        noise: Noise = None,
+    ) -> ITHPDebertaOutput:
+        """``input_ids`` ``[B, T]``; ``visual`` ``[B, T, X2_dim]``; ``acoustic`` ``[B, T, X1_dim]``."""
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
+            raise ValueError(
+                f"input_ids: expected an integer tensor [batch, tokens], got "
+                f"{getattr(input_ids, 'dtype', type(input_ids).__name__)} {tuple(getattr(input_ids, 'shape', ()))}"
+            )
+        if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
+            raise ValueError(
+                f"attention_mask: expected shape {tuple(input_ids.shape)} (that of input_ids), "
+                f"got {tuple(attention_mask.shape)}"
+            )
+        mask = attention_mask if self.pass_attention_mask else None
+        x = self.dberta.model(input_ids, attention_mask=mask).last_hidden_state
+        b1, IB_total, kl0, mse0, kl1, mse1 = self.dberta.ITHP(x, visual, acoustic, noise=noise)
+        pooled = self.dberta.fuse(x, b1)
+        logits = self.classifier(self.dropout(pooled))
+        return ITHPDebertaOutput(logits, IB_total, kl0, mse0, kl1, mse1)
+
+    def training_loss(self, output: ITHPDebertaOutput, labels: torch.Tensor) -> torch.Tensor:
+        """The spec's loss: ``MSE(logits, labels) + 2 / (p_beta + p_gamma) * IB_total``."""
+        cfg = self.ithp.config
+        logits = output.logits
+        if labels.numel() != logits.numel():
+            raise ValueError(f"labels: expected {logits.numel()} values (one per logit), got shape {tuple(labels.shape)}")
+        task = F.mse_loss(logits.reshape(-1).float(), labels.reshape(-1).float())
+        return task + 2.0 / (cfg.p_beta + cfg.p_gamma) * output.IB_total
+
+
+def load_backbone(backbone) -> nn.Module:
+    """A ``DebertaV2Model`` from a config, a local directory or a built module; never downloads."""
+    from transformers import DebertaV2Config, DebertaV2Model, PretrainedConfig
+
+    if isinstance(backbone, nn.Module):
+        return backbone
+    if isinstance(backbone, PretrainedConfig):
+        if not isinstance(backbone, DebertaV2Config):
+            backbone = DebertaV2Config(**backbone.to_dict())
+        return DebertaV2Model(backbone)
+    if isinstance(backbone, (str, os.PathLike)):
+        path = os.fspath(backbone)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(
+                f"backbone: {path!r} is not a local directory; give a directory holding a saved "
+                f"DeBERTa-v2/v3 model (config.json and weights). Nothing is downloaded."
+            )
+        return DebertaV2Model.from_pretrained(path, local_files_only=True)
+    raise TypeError(
+        f"backbone: expected a DebertaV2Config, a local directory or an nn.Module, got {type(backbone).__name__}"
+    )
