@@ -1,7 +1,8 @@
 """ithp_fast: ITHP as a readable reference and a fused fast path, plus the TCMax loss."""
 
 from .config import ITHPConfig
-from .reference import ITHP, ITHPDeberta, ITHPDebertaOutput
+from .model import ITHP
+from .reference import ITHPDeberta, ITHPDebertaOutput
 
 __all__ = ["ITHP", "ITHPConfig", "ITHPDeberta", "ITHPDebertaOutput"]
 __version__ = "0.1.0"

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 _COMMAND_MODULES = (
     "ithp_fast.train",       # train, evaluate
     "ithp_fast.benchmarks",  # bench
-    "ithp_fast.profile",     # profile
+    "ithp_fast.profiling",   # profile
 )
 
 

@@ -30,3 +30,9 @@ def stage(name: str):
     if _enabled and torch.cuda.is_available():
         return torch.cuda.nvtx.range(name)
     return _NULL
+
+
+def register(sub) -> None:
+    """``ithp-fast profile`` (placeholder until the profiling workload lands)."""
+    p = sub.add_parser("profile", help="run a short workload for Nsight / torch.profiler")
+    p.set_defaults(func=lambda args: print("ithp-fast profile: not available yet") or 1)

@@ -20,11 +20,3 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 def device(request) -> str:
     return request.param
 
-
-def small_config(**overrides):
-    """A small ITHP config for fast tests (odd widths on purpose)."""
-    from ithp_fast import ITHPConfig
-
-    base = dict(X0_dim=24, X1_dim=7, X2_dim=5, inter_dim=16, B0_dim=8, B1_dim=6, drop_prob=0.3)
-    base.update(overrides)
-    return ITHPConfig(**base)
