@@ -1,0 +1,81 @@
+"""End-to-end ITHP-DeBERTa inference: backbone + ITHP + fusion + head, eval mode, no grad.
+
+On CUDA the backbone has the shape of deberta-v3-base (12 layers, hidden 768, relative attention),
+randomly initialised: nothing is downloaded. On the CPU a small random config of the same kind
+(so the suite stays within its time budget); in tiny mode the smallest one.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scale import DEVICE, SCALE, TOKENS, pick
+from workloads import optional
+
+BATCHES = pick(cuda=[1, 32], cpu=[1, 8], tiny=[2])
+PROVIDERS = ["reference", "ithp_fast", "ithp_fast+graphs"]
+
+# deberta-v3-base's architecture; smaller widths and depths off the GPU.
+_V3_BASE = dict(
+    vocab_size=128100,
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    max_position_embeddings=512,
+    relative_attention=True,
+    position_buckets=256,
+    max_relative_positions=-1,
+    norm_rel_ebd="layer_norm",
+    share_att_key=True,
+    pos_att_type=["p2c", "c2p"],
+    position_biased_input=False,
+    type_vocab_size=0,
+    layer_norm_eps=1e-7,
+)
+_SHAPES = {
+    "cuda": {},
+    "cpu": dict(vocab_size=8000, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
+    "tiny": dict(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+}
+
+
+def backbone_config():
+    """deberta-v3-base's config (CUDA) or a smaller one of the same architecture (CPU / tiny)."""
+    from transformers import DebertaV2Config
+
+    return DebertaV2Config(**{**_V3_BASE, **_SHAPES[SCALE]})
+
+
+def deberta_fn(provider: str, batch: int):
+    import ithp_fast
+    from ithp_fast import ITHPConfig, ITHPDeberta
+
+    backbone = backbone_config()
+    cfg = ITHPConfig.for_dataset("mosi", X0_dim=backbone.hidden_size)
+    torch.manual_seed(0)
+    reference = ITHPDeberta(backbone, cfg).to(DEVICE).eval()
+    g = torch.Generator().manual_seed(batch)
+    input_ids = torch.randint(0, backbone.vocab_size, (batch, TOKENS), generator=g).to(DEVICE)
+    mask = torch.ones(batch, TOKENS, dtype=torch.long, device=DEVICE)
+    visual = torch.rand(batch, TOKENS, cfg.X2_dim, generator=g).to(DEVICE)
+    acoustic = torch.rand(batch, TOKENS, cfg.X1_dim, generator=g).to(DEVICE)
+    if provider == "reference":
+        model = reference
+    else:
+        model = ITHPDeberta(backbone, cfg, ithp_cls=ithp_fast.ITHP).to(DEVICE).eval()
+        model.load_state_dict(reference.state_dict(), strict=True)
+        if provider == "ithp_fast+graphs":
+            model = optional("ithp_fast.inference", "InferenceSession")(model)
+        elif provider != "ithp_fast":
+            raise ValueError(f"provider: unknown {provider!r}")
+    return torch.no_grad()(lambda: model(input_ids, visual, acoustic, mask))
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("batch", BATCHES, ids=lambda b: f"B{b}")
+def test_ithp_deberta(measure, batch, provider):
+    fn = deberta_fn(provider, batch)
+    shape = "deberta-v3-base shape" if SCALE == "cuda" else "small config"
+    measure(fn, group=f"ITHP-DeBERTa B={batch} ({shape})", provider=provider, extra={"dtype": "float32", "batch": batch})

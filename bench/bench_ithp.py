@@ -1,0 +1,136 @@
+"""ITHP at the paper's sizes: inference ``b1``, the full forward, the training step.
+
+Groups (each compares providers on the same inputs and weights):
+
+``inference b1 B=…``  ``b1`` for ``[B, 50, 768]`` text, eval mode, no grad. ``reference`` is the
+                      released model's eval forward (all six outputs, the only way it gives b1);
+                      ``reference.encode`` the plain posterior-mean chain; ``ithp_fast`` the fast
+                      ``encode``; ``+torch.compile`` / ``+graphs`` their compiled / graphed forms.
+``forward B=…``       the full eval forward, all six outputs, no grad.
+``train step B=…``    forward + ``IB_total.backward()`` in train mode (dropout on).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scale import COMPILE, CUDA, pick, compiled
+from workloads import DTYPES, ithp_config, ithp_inputs, ithp_pair, optional
+
+INFERENCE_BATCHES = pick(cuda=[1, 8, 32, 128, 1024], cpu=[1, 32, 128], tiny=[2])
+INFERENCE_BF16_BATCHES = pick(cuda=[1, 1024], cpu=[], tiny=[])
+FORWARD_BATCHES = pick(cuda=[8, 32, 128], cpu=[32], tiny=[2])
+TRAIN_BATCHES = pick(cuda=[8, 32, 128], cpu=[8, 32, 128], tiny=[2])
+# torch.compile costs compile time per shape: the compiled providers run at the sizes that matter.
+COMPILED_INFERENCE = pick(cuda=[1, 32, 1024], cpu=[32], tiny=[2])
+COMPILED_FORWARD = pick(cuda=[32], cpu=[32], tiny=[2])
+COMPILED_TRAIN = pick(cuda=[32], cpu=[32], tiny=[2])
+
+
+def _cases(batches, providers, compiled_at, dtype="float32"):
+    """``(batch, provider, dtype)`` params, compiled providers only at ``compiled_at``."""
+    cases = []
+    for batch in batches:
+        for provider in providers:
+            if provider.endswith("torch.compile") and (not COMPILE or batch not in compiled_at):
+                continue
+            cases.append(pytest.param(batch, provider, dtype, id=f"B{batch}-{provider}-{dtype}"))
+    return cases
+
+
+INFERENCE_PROVIDERS = [
+    "reference",
+    "reference.encode",
+    "reference.encode+torch.compile",
+    "ithp_fast",
+    "ithp_fast+graphs",
+]
+
+
+def inference_fn(provider: str, batch: int, dtype: torch.dtype):
+    cfg = ithp_config()
+    reference, fast = ithp_pair(cfg, dtype)
+    x, visual, acoustic = ithp_inputs(cfg, batch, dtype)
+    if provider == "reference":
+        run = lambda: reference(x, visual, acoustic)[0]  # noqa: E731
+    elif provider == "reference.encode":
+        run = lambda: reference.encode(x)  # noqa: E731
+    elif provider == "reference.encode+torch.compile":
+        encode = compiled(reference.encode, mode="reduce-overhead")
+        run = lambda: encode(x)  # noqa: E731
+    elif provider == "ithp_fast":
+        run = lambda: fast.encode(x)  # noqa: E731
+    elif provider == "ithp_fast+graphs":
+        serve = optional("ithp_fast.inference", "InferenceSession")(fast)
+        run = lambda: serve(x)  # noqa: E731
+    else:
+        raise ValueError(f"provider: unknown {provider!r}")
+    return torch.no_grad()(run)
+
+
+@pytest.mark.parametrize(
+    "batch, provider, dtype",
+    _cases(INFERENCE_BATCHES, INFERENCE_PROVIDERS, COMPILED_INFERENCE)
+    + _cases(INFERENCE_BF16_BATCHES, INFERENCE_PROVIDERS, [], "bfloat16"),
+)
+def test_inference_b1(measure, batch, provider, dtype):
+    fn = inference_fn(provider, batch, DTYPES[dtype])
+    suffix = "" if dtype == "float32" else f" {dtype}"
+    measure(fn, group=f"inference b1 B={batch}{suffix}", provider=provider, extra={"dtype": dtype, "batch": batch})
+
+
+FORWARD_PROVIDERS = ["reference", "reference+torch.compile", "ithp_fast", "ithp_fast+graphs"]
+
+
+def forward_fn(provider: str, batch: int, dtype: torch.dtype):
+    cfg = ithp_config()
+    reference, fast = ithp_pair(cfg, dtype)
+    x, visual, acoustic = ithp_inputs(cfg, batch, dtype)
+    if provider == "reference":
+        model = reference
+    elif provider == "reference+torch.compile":
+        model = compiled(reference, mode="reduce-overhead")
+    elif provider == "ithp_fast":
+        model = fast
+    elif provider == "ithp_fast+graphs":
+        model = optional("ithp_fast.graphs", "GraphedForward")(fast, x, visual, acoustic)
+    else:
+        raise ValueError(f"provider: unknown {provider!r}")
+    return torch.no_grad()(lambda: model(x, visual, acoustic))
+
+
+@pytest.mark.parametrize("batch, provider, dtype", _cases(FORWARD_BATCHES, FORWARD_PROVIDERS, COMPILED_FORWARD))
+def test_forward(measure, batch, provider, dtype):
+    fn = forward_fn(provider, batch, DTYPES[dtype])
+    measure(fn, group=f"forward B={batch}", provider=provider, extra={"dtype": dtype, "batch": batch})
+
+
+TRAIN_PROVIDERS = ["reference", "reference+torch.compile", "ithp_fast", "ithp_fast+graphs"]
+
+
+def train_step_fn(provider: str, batch: int, dtype: torch.dtype):
+    cfg = ithp_config()
+    reference, fast = ithp_pair(cfg, dtype, train=True)
+    x, visual, acoustic = ithp_inputs(cfg, batch, dtype)
+    if provider == "ithp_fast+graphs":
+        return optional("ithp_fast.graphs", "GraphedTrainStep")(fast, x, visual, acoustic)
+    if provider == "reference":
+        model = reference
+    elif provider == "reference+torch.compile":
+        model = compiled(reference)
+    elif provider == "ithp_fast":
+        model = fast
+    else:
+        raise ValueError(f"provider: unknown {provider!r}")
+
+    def step():
+        model(x, visual, acoustic)[1].backward()
+
+    return step
+
+
+@pytest.mark.parametrize("batch, provider, dtype", _cases(TRAIN_BATCHES, TRAIN_PROVIDERS, COMPILED_TRAIN))
+def test_train_step(measure, batch, provider, dtype):
+    fn = train_step_fn(provider, batch, DTYPES[dtype])
+    measure(fn, group=f"train step B={batch}", provider=provider, extra={"dtype": dtype, "batch": batch})

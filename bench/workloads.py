@@ -1,0 +1,71 @@
+"""The ITHP workloads the benchmarks share: config, inputs, models with the same weights.
+
+Paper sizes: text 768 -> 256 -> B0 128 -> B1 64, acoustic 74 and visual 47 detectors, 50 tokens
+(``ITHPConfig.for_dataset("mosi")``); tiny mode (``ITHP_BENCH_TINY=1``) uses narrow widths.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Optional
+
+import pytest
+import torch
+
+from ithp_fast import ITHPConfig
+from ithp_fast.reference import ITHP as ReferenceITHP
+from scale import DEVICE, TINY, TOKENS
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def ithp_config() -> ITHPConfig:
+    """The paper's MOSI config, or small odd widths in tiny mode."""
+    if TINY:
+        return ITHPConfig(X0_dim=24, X1_dim=7, X2_dim=5, inter_dim=16, B0_dim=8, B1_dim=6)
+    return ITHPConfig.for_dataset("mosi")
+
+
+def ithp_inputs(cfg: ITHPConfig, batch: int, dtype: torch.dtype = torch.float32, *, grad: bool = False):
+    """``(x, visual, acoustic)`` of ``[batch, TOKENS, width]`` on the bench device; detectors in [0, 1]."""
+    g = torch.Generator().manual_seed(batch)
+    x = torch.randn(batch, TOKENS, cfg.X0_dim, generator=g)
+    visual = torch.rand(batch, TOKENS, cfg.X2_dim, generator=g)
+    acoustic = torch.rand(batch, TOKENS, cfg.X1_dim, generator=g)
+    x, visual, acoustic = (t.to(device=DEVICE, dtype=dtype) for t in (x, visual, acoustic))
+    return x.requires_grad_(grad), visual, acoustic
+
+
+def ithp_pair(cfg: ITHPConfig, dtype: torch.dtype = torch.float32, *, train: bool = False):
+    """A reference ITHP and an ``ithp_fast.ITHP`` holding the same weights, on the bench device."""
+    import ithp_fast
+
+    torch.manual_seed(0)
+    reference = ReferenceITHP(cfg).to(device=DEVICE, dtype=dtype)
+    fast = ithp_fast.ITHP(cfg).to(device=DEVICE, dtype=dtype)
+    fast.load_state_dict(reference.state_dict(), strict=True)
+    for m in (reference, fast):
+        m.train(train)
+    return reference, fast
+
+
+def optional(module: str, attr: Optional[str] = None) -> Any:
+    """``module`` (or ``module.attr``) if that part of the fast path exists yet, else skip the benchmark.
+
+    Only a missing module / attribute skips; any other import error fails the benchmark.
+    """
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name is not None and module.startswith(err.name):
+            pytest.skip(f"{module} is not available")
+        raise
+    if attr is None:
+        return mod
+    if not hasattr(mod, attr):
+        pytest.skip(f"{module}.{attr} is not available")
+    return getattr(mod, attr)
+
+
+def dtype_bytes(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
