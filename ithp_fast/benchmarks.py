@@ -250,11 +250,19 @@ def render_files(json_path: Path, out_dir: Optional[Path] = None) -> tuple[Path,
 def run_bench(args: argparse.Namespace) -> int:
     """``ithp-fast bench``: run the suite (unless ``--render``), write JSON, Markdown and PNG."""
     if args.render:
-        md, png, table = render_files(Path(args.render), Path(args.out) if args.out else None)
+        try:
+            md, png, table = render_files(Path(args.render), Path(args.out) if args.out else None)
+        except (OSError, ValueError) as err:
+            print(f"ithp-fast bench: --render: {err}", file=sys.stderr)
+            return 2
         print(table)
         print(f"wrote {md} and {png}")
         return 0
-    bench_dir = find_bench_dir(args.bench_dir)
+    try:
+        bench_dir = find_bench_dir(args.bench_dir)
+    except FileNotFoundError as err:
+        print(f"ithp-fast bench: {err}", file=sys.stderr)
+        return 2
     out_dir = Path(args.out) if args.out else bench_dir / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / f"{device_slug()}-{datetime.date.today().isoformat()}.json"
