@@ -1,0 +1,148 @@
+"""Turning the word-level layout into token ids and token-aligned features.
+
+Each word is tokenised on its own; its visual and acoustic row is repeated for every token the
+word becomes. The sequence is cut to ``max_len - 2`` tokens and framed by the classifier and
+separator tokens; those two and the padding get all-zero feature rows and attention mask 0 on
+the padding.
+
+Two tokenisers:
+
+* :class:`PretrainedWordTokenizer`: the tokenizer saved with a local backbone directory
+  (``transformers.AutoTokenizer``, ``local_files_only=True``: nothing is downloaded).
+* :class:`WordVocabulary`: for a randomly initialised backbone, which has no pretrained tokenizer.
+  A word-level vocabulary built from the training split: words lower-cased, ordered by
+  decreasing count then alphabetically (so the same data always gives the same ids), ids 0..3
+  reserved for ``[PAD] [CLS] [SEP] [UNK]``; words absent from the training split map to ``[UNK]``.
+  Each word is one token. Saved as ``vocab.json`` beside a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+import numpy as np
+
+SPECIAL_TOKENS = ("[PAD]", "[CLS]", "[SEP]", "[UNK]")
+VOCAB_FILE = "vocab.json"
+
+
+class WordTokenizer(Protocol):
+    """What the aligner needs from a tokenizer."""
+
+    pad_id: int
+    cls_id: int
+    sep_id: int
+    vocab_size: int
+
+    def encode_word(self, word: str) -> list[int]:
+        """Token ids of one word (no special tokens)."""
+        ...
+
+
+class WordVocabulary:
+    """A deterministic word-level vocabulary (one token per word), built from training words."""
+
+    pad_id, cls_id, sep_id, unk_id = range(len(SPECIAL_TOKENS))
+
+    def __init__(self, words: Sequence[str]) -> None:
+        self.tokens = list(SPECIAL_TOKENS) + [w for w in words if w not in SPECIAL_TOKENS]
+        self.ids = {w: i for i, w in enumerate(self.tokens)}
+        if len(self.ids) != len(self.tokens):
+            raise ValueError("WordVocabulary: duplicate words")
+
+    @classmethod
+    def build(cls, sentences: Iterable[Sequence[str]], max_size: int | None = None) -> "WordVocabulary":
+        """From the training split's word lists; ``max_size`` caps the vocabulary (specials included)."""
+        counts = Counter(w.lower() for words in sentences for w in words)
+        ordered = sorted(counts, key=lambda w: (-counts[w], w))
+        if max_size is not None:
+            ordered = ordered[: max(0, max_size - len(SPECIAL_TOKENS))]
+        return cls(ordered)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokens)
+
+    def encode_word(self, word: str) -> list[int]:
+        return [self.ids.get(word.lower(), self.unk_id)]
+
+    def save(self, directory: str | os.PathLike) -> str:
+        path = os.path.join(directory, VOCAB_FILE)
+        with open(path, "w") as f:
+            json.dump({"kind": "word-level", "lowercase": True, "tokens": self.tokens}, f)
+        return path
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "WordVocabulary":
+        path = os.path.join(directory, VOCAB_FILE)
+        with open(path) as f:
+            tokens = json.load(f)["tokens"]
+        if tuple(tokens[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+            raise ValueError(f"{path}: expected the first tokens to be {list(SPECIAL_TOKENS)}")
+        return cls(tokens[len(SPECIAL_TOKENS) :])
+
+
+class PretrainedWordTokenizer:
+    """A ``transformers`` tokenizer applied word by word (results cached per word)."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        ids = {name: getattr(tokenizer, f"{name}_token_id", None) for name in ("cls", "sep", "pad")}
+        missing = [k for k, v in ids.items() if v is None]
+        if missing:
+            raise ValueError(f"tokenizer: has no {', '.join(m + '_token' for m in missing)}; a DeBERTa/BERT-style tokenizer is needed")
+        self.cls_id, self.sep_id, self.pad_id = ids["cls"], ids["sep"], ids["pad"]
+        self.vocab_size = len(tokenizer)
+        self._cache: dict[str, list[int]] = {}
+
+    @classmethod
+    def from_directory(cls, path: str | os.PathLike) -> "PretrainedWordTokenizer":
+        """Load the tokenizer saved in a local directory (never downloads)."""
+        from transformers import AutoTokenizer
+
+        path = os.fspath(path)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"tokenizer: {path!r} is not a local directory; nothing is downloaded")
+        try:
+            tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise FileNotFoundError(f"tokenizer: no usable tokenizer files in {path!r} ({exc})") from exc
+        return cls(tok)
+
+    def encode_word(self, word: str) -> list[int]:
+        ids = self._cache.get(word)
+        if ids is None:
+            ids = self._cache[word] = list(self.tokenizer.encode(word, add_special_tokens=False))
+        return ids
+
+    def save(self, directory: str | os.PathLike) -> None:
+        self.tokenizer.save_pretrained(directory)
+
+
+def align_words(
+    words: Sequence[str], visual: np.ndarray, acoustic: np.ndarray, tokenizer: WordTokenizer, max_len: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(input_ids [T], attention_mask [T], visual [T, d_v], acoustic [T, d_a])`` with ``T = max_len``."""
+    if max_len < 2:
+        raise ValueError(f"max_len: expected at least 2 (classifier and separator tokens), got {max_len}")
+    ids: list[int] = []
+    rows: list[int] = []
+    for row, word in enumerate(words):
+        pieces = tokenizer.encode_word(word)
+        ids.extend(pieces)
+        rows.extend([row] * len(pieces))
+    ids, rows = ids[: max_len - 2], rows[: max_len - 2]
+    n = len(ids)
+    input_ids = np.full(max_len, tokenizer.pad_id, dtype=np.int64)
+    input_ids[0], input_ids[1 : n + 1], input_ids[n + 1] = tokenizer.cls_id, ids, tokenizer.sep_id
+    mask = np.zeros(max_len, dtype=np.int64)
+    mask[: n + 2] = 1
+    out_v = np.zeros((max_len, visual.shape[1]), dtype=np.float32)
+    out_a = np.zeros((max_len, acoustic.shape[1]), dtype=np.float32)
+    out_v[1 : n + 1] = visual[rows]
+    out_a[1 : n + 1] = acoustic[rows]
+    return input_ids, mask, out_v, out_a

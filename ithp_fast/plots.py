@@ -1,0 +1,87 @@
+"""Figures of a training run (matplotlib, written as PNG): training curves and the information plane.
+
+Both read the ``history`` a run stores in its results JSON:
+``history["steps"]``  one record per logging interval (training means over the interval):
+                      ``step``, ``epoch``, ``loss``, ``task_mse``, ``IB_total``, ``kl0``, ``mse0``, ``kl1``, ``mse1``;
+``history["epochs"]`` one record per epoch: ``epoch``, ``train`` (the same terms, epoch means) and
+                      ``valid`` / ``test`` metrics per convention.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_training_curves(history: dict, path: str, convention: str = "authors") -> str:
+    """Loss per step, the ITHP terms per epoch, and validation / test MAE and binary accuracy per epoch."""
+    steps, epochs = history.get("steps", []), history.get("epochs", [])
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    ax = axes[0]
+    if steps:
+        x = [r["step"] for r in steps]
+        ax.plot(x, [r["loss"] for r in steps], label="loss (MSE + IB term)")
+        ax.plot(x, [r["task_mse"] for r in steps], label="task MSE")
+    ax.set(xlabel="optimiser step", ylabel="training loss", title="Training loss")
+    ax.legend()
+
+    ax = axes[1]
+    if epochs:
+        ep = [r["epoch"] for r in epochs]
+        for key in ("IB_total", "kl0", "mse0", "kl1", "mse1"):
+            ax.plot(ep, [r["train"][key] for r in epochs], marker="o", ms=3, label=key)
+        ax.set_yscale("log")
+    ax.set(xlabel="epoch", ylabel="epoch mean (log scale)", title="ITHP terms (training)")
+    ax.legend()
+
+    ax = axes[2]
+    twin = ax.twinx()
+    for split, style in (("valid", "--"), ("test", "-")):
+        rows = [(r["epoch"], r[split][convention]) for r in epochs if r.get(split)]
+        if rows:
+            ax.plot([e for e, _ in rows], [m["MAE"] for _, m in rows], "C0" + style, marker="o", ms=3, label=f"{split} MAE")
+            twin.plot([e for e, _ in rows], [m["Non0_acc_2"] for _, m in rows], "C1" + style, marker="s", ms=3, label=f"{split} Non0_acc_2")
+    ax.set(xlabel="epoch", ylabel="MAE", title=f"Evaluation ({convention} convention)")
+    twin.set_ylabel("Non0_acc_2")
+    handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    if handles:
+        ax.legend(handles=handles, loc="center right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_information_plane(history: dict, path: str) -> str:
+    """Compression (KL of each level) against prediction error (reconstruction MSE of each level)
+    over training, one panel per level, coloured by optimiser step."""
+    steps = history.get("steps", [])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    scatter = None
+    for ax, (kl, mse, title) in zip(axes, (("kl0", "mse0", "level 0: B0 (target: acoustic)"), ("kl1", "mse1", "level 1: B1 (target: visual)"))):
+        if steps:
+            xs, ys, cs = [r[kl] for r in steps], [r[mse] for r in steps], [r["step"] for r in steps]
+            ax.plot(xs, ys, color="0.7", lw=0.8, zorder=1)
+            scatter = ax.scatter(xs, ys, c=cs, cmap="viridis", s=14, zorder=2)
+            ax.annotate("start", (xs[0], ys[0]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+            ax.annotate("end", (xs[-1], ys[-1]), textcoords="offset points", xytext=(5, -10), fontsize=8)
+        ax.set(xlabel=f"{kl}: KL to N(0, I) (compression term)", ylabel=f"{mse}: reconstruction MSE (prediction term)", title=title)
+    if scatter is not None:
+        fig.colorbar(scatter, ax=list(axes), label="optimiser step")
+    fig.suptitle("Information plane over training")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_run(history: dict, directory: str, convention: str = "authors") -> dict[str, Optional[str]]:
+    """Both figures into ``directory``; returns their paths."""
+    return {
+        "training_curves": plot_training_curves(history, os.path.join(directory, "training_curves.png"), convention),
+        "information_plane": plot_information_plane(history, os.path.join(directory, "information_plane.png")),
+    }
