@@ -194,8 +194,8 @@ def render_chart(results: Sequence[BenchResult], path: Optional[os.PathLike | st
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.set_xlabel("median time per call (µs, log scale); label: time and speedup vs reference")
-    xmax = max((r.median_s for r in results), default=1e-6) * 1e6
-    ax.set_xlim(right=xmax * 6)
+    times = [r.median_s * 1e6 for r in results] or [1.0]
+    ax.set_xlim(min(times) / 3, max(times) * 6)  # room for the shortest bar and the longest label
     ax.grid(axis="x", which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     if title:
@@ -240,6 +240,7 @@ def render_files(json_path: Path, out_dir: Optional[Path] = None) -> tuple[Path,
     if not results:
         raise ValueError(f"{json_path}: no timed benchmarks in it (was it run with --benchmark-disable?)")
     out_dir = out_dir or json_path.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
     md_path, png_path = out_dir / f"{json_path.stem}.md", out_dir / f"{json_path.stem}.png"
     table = render_markdown(results, header)
     md_path.write_text(table)
