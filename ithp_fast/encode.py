@@ -1,7 +1,136 @@
-"""Fast ``encode``: b1 from the text features alone (placeholder: the reference chain)."""
+"""Fast ``encode``: ``b1`` from the text features alone, by the cheapest path for the call.
 
+Two paths, both computing only what ``b1`` needs (the mu rows of each encoder's last Linear,
+unless sampling needs the logvar rows too; no detectors, no losses):
+
+``fused``  one Triton launch for the whole chain (:mod:`ithp_fast.kernels.encode_chain`). Used on
+           the ``"triton"`` backend for inference calls (no gradient wanted, no active dropout, no
+           autocast) up to :data:`FUSED_KERNEL_MAX_ROWS` rows.
+``chain``  four ``addmm`` calls (cuBLAS on CUDA, MKL / oneDNN on the CPU), ReLU in place, the mu
+           halves as views of the weights. Every other call: the CPU default, large batches on
+           CUDA, and anything that needs autograd, dropout (training mode) or autocast.
+
+Nothing derived from the weights is cached, so ``load_state_dict`` and optimiser steps are seen
+by the next call. In training mode dropout is active, as in the module's own ``encode``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from .backends import resolve_backend
+from .checks import Noise, check_encode_inputs
 from .reference.ithp import ITHP as ReferenceITHP
+from .reference.ithp import reparameterize
+
+FUSED_KERNEL_MAX_ROWS = {"ieee": 8192, "tf32": 8192, "bf16": 8192}
+"""Row counts (tokens) up to which CUDA uses the fused kernel; above, the cuBLAS chain.
+Keyed by matmul precision: float32 exact (``"ieee"``), float32 TF32, and 16-bit inputs."""
+
+PRECISIONS = ("ieee", "tf32")
 
 
-def encode(model, x, *, sample: bool = False, noise=None):
-    return ReferenceITHP.encode(model, x, sample=sample, noise=noise)
+def float32_precision(precision: Optional[str] = None) -> str:
+    """The float32 matmul precision to use: ``precision`` if given, else torch's own setting
+    (``torch.set_float32_matmul_precision("high")`` or ``allow_tf32`` mean TF32)."""
+    if precision is None:
+        return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {PRECISIONS} or None (follow torch's setting), got {precision!r}")
+    return precision
+
+
+def _precision_key(dtype: torch.dtype, precision: str) -> str:
+    return precision if dtype == torch.float32 else "bf16"
+
+
+def layers(model: torch.nn.Module) -> tuple[torch.Tensor, ...]:
+    """``(w0, c0, w1, c1, w2, c2, w3, c3)``: the encoders' Linear weights and biases, as stored."""
+    e1, e2 = model.encoder1, model.encoder2
+    return (e1[0].weight, e1[0].bias, e1[3].weight, e1[3].bias, e2[0].weight, e2[0].bias, e2[3].weight, e2[3].bias)
+
+
+def choose_path(model: torch.nn.Module, rows: int, dtype: torch.dtype, device: torch.device,
+                precision: Optional[str] = None, *, requires_grad: bool = False) -> str:
+    """``"fused"``, ``"chain"`` or ``"reference"``: the path :func:`encode` takes for such a call."""
+    backend = resolve_backend(getattr(model, "backend", None), device)
+    if backend != "triton":
+        return "reference" if backend == "reference" else "chain"
+    dropout_active = model.training and model.config.drop_prob > 0
+    if dropout_active or requires_grad or torch.is_autocast_enabled(device.type):
+        return "chain"
+    limit = FUSED_KERNEL_MAX_ROWS[_precision_key(dtype, float32_precision(precision))]
+    return "fused" if rows <= limit else "chain"
+
+
+def _needs_grad(model: torch.nn.Module, x: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in layers(model)))
+
+
+def chain(model: torch.nn.Module, x2d: torch.Tensor, eps0: Optional[torch.Tensor] = None,
+          eps1: Optional[torch.Tensor] = None, *, sample: bool = False) -> torch.Tensor:
+    """The PyTorch path on ``[rows, X0]``: ``addmm`` per layer, the modules' dropout in between."""
+    cfg = model.config
+    b = x2d
+    for encoder, width, eps in ((model.encoder1, cfg.B0_dim, eps0), (model.encoder2, cfg.B1_dim, eps1)):
+        first, dropout, last = encoder[0], encoder[2], encoder[3]
+        h = dropout(torch.addmm(first.bias, b, first.weight.t()).relu_())
+        if sample:
+            mu, logvar = torch.addmm(last.bias, h, last.weight.t()).chunk(2, dim=-1)
+            b = reparameterize(mu, logvar, torch.randn_like(mu) if eps is None else eps)
+        else:
+            b = torch.addmm(last.bias[:width], h, last.weight[:width].t())
+    return b
+
+
+def fused(model: torch.nn.Module, x2d: torch.Tensor, eps0: Optional[torch.Tensor] = None,
+          eps1: Optional[torch.Tensor] = None, *, sample: bool = False, precision: Optional[str] = None) -> torch.Tensor:
+    """The one-launch Triton path on ``[rows, X0]`` (inference only). Sampling without injected
+    noise draws it with ``torch.randn`` (one launch, fresh on every CUDA-graph replay)."""
+    cfg = model.config
+    if sample and eps0 is None:
+        noise = torch.randn(x2d.shape[0], cfg.B0_dim + cfg.B1_dim, dtype=x2d.dtype, device=x2d.device)
+        eps0, eps1 = noise[:, : cfg.B0_dim], noise[:, cfg.B0_dim :]
+    args = (x2d, *layers(model))
+    prec = float32_precision(precision)
+    if not sample:
+        eps0 = eps1 = None
+    from .kernels.encode_chain import encode_chain  # imports Triton (and registers the op) on first use
+
+    if torch.compiler.is_compiling():
+        return torch.ops.ithp_fast.encode_chain(*args, eps0, eps1, prec)
+    return encode_chain(*args, eps0=eps0, eps1=eps1, precision=prec)
+
+
+def encode(model: torch.nn.Module, x: torch.Tensor, *, sample: bool = False, noise: Noise = None,
+           precision: Optional[str] = None) -> torch.Tensor:
+    """``b1`` (``[..., B1_dim]``) of the text features ``x`` (``[..., X0_dim]``); see
+    :meth:`ithp_fast.reference.ITHP.encode` for ``sample`` and ``noise``.
+
+    ``precision`` (float32 on the Triton path only): ``"ieee"`` exact float32, ``"tf32"``, or None
+    to follow ``torch.backends.cuda.matmul.allow_tf32``. bfloat16 comes from the model's dtype
+    (``model.to(torch.bfloat16)``) or autocast.
+    """
+    noise = check_encode_inputs(model.config, x, noise, next(model.parameters(), None))
+    float32_precision(precision)  # validates the argument whatever the path
+    if noise is not None and not sample:
+        raise ValueError("noise: given, but sample=False computes the posterior mean and uses no noise")
+    lead = tuple(x.shape[:-1])
+    rows = math.prod(lead)
+    path = choose_path(model, rows, x.dtype, x.device, precision, requires_grad=_needs_grad(model, x))
+    if path == "reference":
+        return ReferenceITHP.encode(model, x, sample=sample, noise=noise)
+    cfg = model.config
+    x2d = x.reshape(rows, cfg.X0_dim)
+    eps0, eps1 = (None, None) if noise is None else (
+        noise[0].reshape(rows, cfg.B0_dim), noise[1].reshape(rows, cfg.B1_dim))
+    if path == "fused":
+        if eps0 is not None:
+            eps0, eps1 = eps0.to(x.dtype).contiguous(), eps1.to(x.dtype).contiguous()
+        b1 = fused(model, x2d, eps0, eps1, sample=sample, precision=precision)
+    else:
+        b1 = chain(model, x2d, eps0, eps1, sample=sample)
+    return b1.reshape(*lead, cfg.B1_dim)
