@@ -1,0 +1,173 @@
+"""The ``torch`` backend: the fused ops of ``kernels/`` as plain PyTorch (the CPU default).
+
+Same contract as the Triton ops (noise from ``(seed, stream)``, regenerated rather than stored,
+float32 reductions), written as custom autograd Functions that save less than autograd would and
+work in place where a buffer is their own:
+
+* ``relu_dropout`` saves only its output (the next Linear saves it anyway);
+* ``reparam_kl`` saves ``h`` and regenerates ``eps`` in the backward;
+* ``detector_loss`` is the last op of its level, so its gradient is known up to the incoming
+  scalar: the forward keeps ``dMSE/dz`` (and ``dMSE/dt`` when the target needs a gradient) and the
+  backward scales it -- no sigmoid, mask or target is kept.
+
+The seed is a Python int drawn from torch's CPU generator (:func:`new_seed`), so nothing here
+reads a device tensor back to the host, on any device.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .kernels.rng import torch_generator
+from .reference.ithp import combine_ib
+
+
+def new_seed() -> int:
+    """The forward's seed, drawn from torch's (CPU) generator: ``torch.manual_seed`` reproduces it."""
+    return int(torch.randint(0, 2**62, (), dtype=torch.int64))
+
+
+def _float32(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.float32 else t.float()
+
+
+def uniform(seed: int, stream: int, shape, device) -> torch.Tensor:
+    """The torch backend's uniforms in [0, 1) for ``(seed, stream)`` (float32, ``shape``)."""
+    return torch.empty(shape, dtype=torch.float32, device=device).uniform_(generator=torch_generator(seed, stream, device))
+
+
+def normal(seed: int, stream: int, shape, device) -> torch.Tensor:
+    """The torch backend's N(0, 1) draws for ``(seed, stream)`` (float32, ``shape``)."""
+    return torch.empty(shape, dtype=torch.float32, device=device).normal_(generator=torch_generator(seed, stream, device))
+
+
+def _keep_scaled(seed: int, stream: int, shape, device, p: float) -> torch.Tensor:
+    # {0, 1/(1-p)} in float32, in the uniforms' own buffer
+    return uniform(seed, stream, shape, device).ge_(p).mul_(1.0 / (1.0 - p))
+
+
+class _ReluDropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, seed: int, stream: int, p: float):
+        d = torch.relu(a)
+        if p > 0.0:
+            d.mul_(_keep_scaled(seed, stream, a.shape, a.device, p))
+        ctx.p = p
+        ctx.save_for_backward(d)
+        return d
+
+    @staticmethod
+    def backward(ctx, grad_d):
+        (d,) = ctx.saved_tensors
+        grad_a = torch.ops.aten.threshold_backward(grad_d, d, 0)
+        if ctx.p > 0.0:
+            grad_a.mul_(1.0 / (1.0 - ctx.p))
+        return grad_a, None, None, None
+
+
+def relu_dropout(a: torch.Tensor, seed: int, stream: int, p: float) -> torch.Tensor:
+    """``dropout(relu(a), p)``, mask from ``(seed, stream)``; the backward reads only the output."""
+    return _ReluDropout.apply(a, seed, stream, float(p))
+
+
+class _ReparamKL(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, eps, seed: int, stream: int, sample: bool):
+        width = h.shape[-1] // 2
+        hf = _float32(h)
+        mu, logvar = hf[..., :width], hf[..., width:]
+        std = torch.exp(logvar * 0.5)
+        count = mu.numel()
+        # kl = -0.5 * mean(1 + logvar - mu^2 - std^2)
+        term = torch.addcmul(logvar, mu, mu, value=-1.0).addcmul_(std, std, value=-1.0)
+        kl = term.sum().div_(count).add_(1.0).mul_(-0.5)
+        if sample:
+            noise = _float32(eps) if eps is not None else normal(seed, stream, mu.shape, h.device)
+            b = torch.addcmul(mu, noise, std)
+        else:
+            b = mu.clone()
+        ctx.width, ctx.stream, ctx.sample, ctx.seed = width, stream, sample, seed
+        ctx.save_for_backward(h, eps)
+        return b.to(h.dtype), kl
+
+    @staticmethod
+    def backward(ctx, grad_b, grad_kl):
+        h, eps = ctx.saved_tensors
+        width = ctx.width
+        hf = _float32(h)
+        mu, logvar = hf[..., :width], hf[..., width:]
+        std = torch.exp(logvar * 0.5)
+        g = grad_kl.float() * (1.0 / mu.numel())  # d kl / d term = -0.5/count; folded below
+        grad_h = torch.empty_like(hf)
+        grad_mu, grad_logvar = grad_h[..., :width], grad_h[..., width:]
+        # grad_mu = grad_b + g*mu;  grad_logvar = 0.5*(grad_b*eps*std + g*(std^2 - 1));  grad_eps = grad_b*std
+        torch.mul(mu, g, out=grad_mu)
+        torch.mul(std, std, out=grad_logvar)
+        grad_logvar.sub_(1.0).mul_(g)
+        grad_eps = None
+        if grad_b is not None:
+            gb = _float32(grad_b)
+            grad_mu.add_(gb)
+            if ctx.sample:
+                noise = _float32(eps) if eps is not None else normal(ctx.seed, ctx.stream, mu.shape, h.device)
+                if ctx.needs_input_grad[1]:
+                    grad_eps = (gb * std).to(eps.dtype)
+                grad_logvar.addcmul_(noise.mul_(std) if eps is None else noise * std, gb)
+        grad_logvar.mul_(0.5)
+        return grad_h.to(h.dtype), grad_eps, None, None, None
+
+
+def reparam_kl(h: torch.Tensor, eps: Optional[torch.Tensor], seed: int, stream: int, sample: bool = True):
+    """``(b, kl)`` from ``h = [mu | logvar]``; ``kl`` float32 0-dim. ``eps`` injects the noise."""
+    return _ReparamKL.apply(h, eps, seed, stream, bool(sample))
+
+
+class _DetectorLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, t, seed: int, stream: int, p: float, need_grad: bool):
+        s = torch.sigmoid(_float32(z))
+        tf = _float32(t)
+        if p > 0.0:
+            keep = _keep_scaled(seed, stream, z.shape, z.device, p)
+            residual = torch.mul(s, keep).sub_(tf)
+        else:
+            keep = None
+            residual = torch.sub(s, tf)
+        flat = residual.view(-1)
+        numel = flat.numel()
+        mse = torch.dot(flat, flat) / numel
+        grad_z = grad_t = None
+        if need_grad:
+            two = 2.0 / numel
+            if ctx.needs_input_grad[1]:
+                grad_t = residual * -two
+            # dMSE/dz = 2/numel * residual * keep * s * (1 - s)
+            grad_z = torch.addcmul(s, s, s, value=-1.0).mul_(residual).mul_(two)
+            if keep is not None:
+                grad_z.mul_(keep)
+        ctx.save_for_backward(grad_z, grad_t)
+        ctx.dtypes = (z.dtype, t.dtype)
+        return mse
+
+    @staticmethod
+    def backward(ctx, grad_mse):
+        grad_z, grad_t = ctx.saved_tensors
+        if grad_z is None:
+            raise RuntimeError("detector_loss: backward through a loss computed without gradient tracking")
+        g = grad_mse.float()
+        return ((grad_z * g).to(ctx.dtypes[0]), (grad_t * g).to(ctx.dtypes[1]) if grad_t is not None else None,
+                None, None, None, None)
+
+
+def detector_loss(z: torch.Tensor, t: torch.Tensor, seed: int, stream: int, p: float) -> torch.Tensor:
+    """``mean((dropout(sigmoid(z), p) - t)^2)`` as float32 0-dim; mask from ``(seed, stream)``."""
+    need_grad = torch.is_grad_enabled() and (z.requires_grad or t.requires_grad)
+    return _DetectorLoss.apply(z.contiguous(), t.contiguous(), seed, stream, float(p), need_grad)
+
+
+def combine(kl0, mse0, kl1, mse1, cfg, dtype: torch.dtype):
+    """``(IB_total, kl0, mse0, kl1, mse1)`` in ``dtype`` through :func:`combine_ib`."""
+    kl0, mse0, kl1, mse1 = (v.to(dtype) for v in (kl0, mse0, kl1, mse1))
+    return (combine_ib(kl0, mse0, kl1, mse1, cfg.p_beta, cfg.p_gamma, cfg.p_lambda), kl0, mse0, kl1, mse1)
