@@ -13,11 +13,13 @@ its gradient once (one launch per modality).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 # The math (m indexes modalities, j rows of the batch, c classes; n_c = #{i : y_i = c}):
 #
@@ -179,6 +181,11 @@ def _tcmax_grad_kernel(
 # Host side
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def _launch_config(B: int, C: int, device: torch.device, block_b=None, block_c=None, max_split=None):
     """Tile sizes and the row split: enough programs to fill the GPU, few partials to merge."""
     block_c = block_c or min(64, triton.next_power_of_2(C))
@@ -186,7 +193,7 @@ def _launch_config(B: int, C: int, device: torch.device, block_b=None, block_c=N
     n_cblocks = triton.cdiv(C, block_c)
     n_row_tiles = triton.cdiv(B, block_b)
     if device.type == "cuda":
-        target = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+        target = 2 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
     else:  # Triton's interpreter: every program costs Python time
         target = 4
     n_split = max(1, min(n_row_tiles, triton.cdiv(target, n_cblocks), max_split or 64))
@@ -238,6 +245,7 @@ class TCMaxFactorised(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
         labels, mx, ls, count, logz, *logits = ctx.saved_tensors
         block_b, block_c, n_cblocks, n_split, rows_per_split = ctx.launch

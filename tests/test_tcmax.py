@@ -167,6 +167,7 @@ TRITON_SHAPES = [
     (2, 37, 11, dict(block_b=8, block_c=4, max_split=3)),
     (2, 20, 33, dict(block_b=16, block_c=16, max_split=1)),
     (3, 9, 5, dict(block_b=4, block_c=4, max_split=4)),
+    (2, 300, 70, dict()),  # the default launch configuration
 ]
 
 
@@ -189,6 +190,26 @@ def test_triton_kernel_equals_torch_form(M, B, C, launch, dtype):
     for got, want in zip(got_g, want_g):
         assert got.dtype == dtype
         torch.testing.assert_close(got, want, **gtol)
+
+
+def test_triton_kernel_float32_large_logits_match_float64():
+    from ithp_fast.kernels.tcmax import tcmax_factorised
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(4)
+    x = (torch.randn(2, 64, 16, generator=g) + torch.tensor([1e4, -1e4])[:, None, None]).float().to(device)
+    labels = torch.randint(0, 16, (64,), generator=g).to(device)
+    weights = torch.randn(3, dtype=torch.float64)
+    results = []
+    for dtype in (torch.float32, torch.float64):
+        logits = [t.to(dtype).requires_grad_() for t in x]
+        launch = dict(block_b=16, block_c=8, max_split=2)
+        results.append(values_and_grads(lambda: tuple(tcmax_factorised(logits, labels, **launch)), logits, weights))
+    (v32, g32), (v64, g64) = results
+    for got, want in zip(v32, v64):
+        assert abs(float(got) - float(want)) <= 1e-5, (float(got), float(want))
+    for got, want in zip(g32, g64):
+        assert (got.double() - want).abs().max() <= 1e-5 * want.abs().max()
 
 
 def test_triton_kernel_reads_strided_logits_and_skips_unneeded_grads():
