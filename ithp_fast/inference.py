@@ -1,0 +1,376 @@
+"""Serving wrappers for low latency: shape buckets, CUDA graphs and torch.compile.
+
+:class:`ServingEncoder` serves ``ITHP.encode`` (text features -> ``b1``);
+:class:`ServingDeberta` serves the logits of a whole :class:`ithp_fast.ITHPDeberta`;
+:func:`deberta_logits` is the eager fast path of the latter.
+
+A wrapper prepares one *bucket* per configured shape at construction (the warm-up): static
+input and output buffers and, on CUDA, a CUDA graph captured over the eager fast path or over a
+``torch.compile``-d version of it. A request is copied into the smallest bucket that holds it
+(padded; rows of ``x`` are independent, so padding never changes the answer), the graph is
+replayed and the result sliced back. A request larger than every bucket runs the eager fast
+path. Nothing compiles or captures after the warm-up.
+
+The graphs read the model's parameters where they live: in-place updates (``load_state_dict``,
+optimiser steps) are seen by the next call; moving the model or replacing parameter tensors
+needs a new wrapper. One wrapper serves one stream at a time (its buffers are shared).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import statistics
+import time
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from .checks import Noise, check_encode_inputs
+from .encode import choose_path, encode, float32_precision
+from .encode import chain as chain_path
+from .encode import fused as fused_path
+from .reference.ithp import ITHP as ReferenceITHP
+
+DEFAULT_BATCH_SIZES = (1, 8, 32, 128)
+"""Batch sizes of the default buckets (each times ``tokens`` rows for the encoder)."""
+DEFAULT_TOKENS = 50
+"""Tokens per example in the default buckets (the paper's ``max_sen_len``)."""
+WARMUP_CALLS = 3
+"""Eager calls per bucket before a capture (lazy initialisation, compilation, library handles)."""
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+AUTO_CANDIDATES = {"cuda": (None, "max-autotune-no-cudagraphs", "reduce-overhead"), "cpu": (None, "default")}
+"""What ``compile_mode="auto"`` times per bucket (None: the eager fast path, graph-captured on CUDA)."""
+AUTO_TIMING_CALLS = 20
+
+
+def _median_seconds(run: Callable[[], object], device: torch.device, calls: int = AUTO_TIMING_CALLS) -> float:
+    """Median wall time of ``run()``; on CUDA measured with events around each call."""
+    times = []
+    for _ in range(calls):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            run()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+class _Bucket:
+    """Static inputs and output of one shape, and how to run it (graph replay or call)."""
+
+    def __init__(self, inputs: tuple[torch.Tensor, ...], output: torch.Tensor, run: Callable[[], torch.Tensor], mode):
+        self.inputs, self.output, self.run, self.mode = inputs, output, run, mode
+
+
+class _BucketRunner:
+    """Warm-up, optional torch.compile, CUDA-graph capture and replay for a set of shapes."""
+
+    def __init__(self, device: torch.device, compile_mode: Optional[str], cuda_graphs: Optional[bool],
+                 clone_output: bool) -> None:
+        if compile_mode is not None and compile_mode != "auto" and compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode: expected None, 'auto' or one of {COMPILE_MODES}, got {compile_mode!r}")
+        if cuda_graphs and device.type != "cuda":
+            raise ValueError(f"cuda_graphs: True needs a CUDA model, this one is on {device}")
+        self.device = device
+        self.compile_mode = compile_mode
+        self.cuda_graphs = device.type == "cuda" if cuda_graphs is None else bool(cuda_graphs)
+        self.clone_output = clone_output
+        self.chosen_modes: dict = {}
+        """Bucket key -> compile mode kept (None: eager), after ``compile_mode="auto"`` timed them."""
+        self._stream = torch.cuda.Stream(device) if self.cuda_graphs else None
+
+    @staticmethod
+    def _callable(fn: Callable, mode: Optional[str]) -> Callable:
+        # One compiled callable per bucket, static shapes: every bucket compiles once, at warm-up.
+        return fn if mode is None else torch.compile(fn, mode=mode, dynamic=False)
+
+    def _prepare(self, call: Callable, inputs: tuple, mode: Optional[str]) -> _Bucket:
+        graphed = self.cuda_graphs and mode != "reduce-overhead"  # reduce-overhead brings its own graphs
+        if not graphed:
+            for _ in range(WARMUP_CALLS):
+                output = call(*inputs)
+            return _Bucket(inputs, output, lambda: call(*inputs), mode)
+        from .kernels.encode_chain import prepare_stream
+
+        stream = self._stream
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            prepare_stream(self.device)  # the fused kernel's counters for this stream, before capture
+            for _ in range(WARMUP_CALLS):
+                call(*inputs)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            output = call(*inputs)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+
+        def replay() -> torch.Tensor:
+            graph.replay()
+            return output
+
+        bucket = _Bucket(inputs, output, replay, mode)
+        bucket.graph = graph
+        return bucket
+
+    def build(self, key, fn: Callable, inputs: tuple) -> _Bucket:
+        """Prepare the bucket ``key`` for ``fn(*inputs)``; with ``"auto"``, time the candidates, keep the fastest."""
+        if self.compile_mode != "auto":
+            return self._prepare(self._callable(fn, self.compile_mode), inputs, self.compile_mode)
+        best, best_time = None, math.inf
+        for mode in AUTO_CANDIDATES["cuda" if self.device.type == "cuda" else "cpu"]:
+            bucket = self._prepare(self._callable(fn, mode), inputs, mode)
+            seconds = _median_seconds(bucket.run, self.device)
+            if seconds < best_time:
+                best, best_time = bucket, seconds
+        self.chosen_modes[key] = best.mode
+        return best
+
+    def finish(self, output: torch.Tensor) -> torch.Tensor:
+        return output.clone() if self.clone_output else output
+
+
+def _check_batch_sizes(batch_sizes: Sequence[int], tokens: Union[int, Sequence[int]]) -> tuple[tuple, tuple]:
+    sizes = tuple(sorted(set(int(b) for b in batch_sizes)))
+    toks = (tokens,) if isinstance(tokens, int) else tuple(sorted(set(int(t) for t in tokens)))
+    if not sizes or sizes[0] < 1:
+        raise ValueError(f"batch_sizes: expected positive batch sizes, got {tuple(batch_sizes)}")
+    if not toks or toks[0] < 1:
+        raise ValueError(f"tokens: expected a positive token count (or several), got {tokens!r}")
+    return sizes, toks
+
+
+def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    param = next(model.parameters(), None)
+    if param is None:
+        raise ValueError("model: has no parameters")
+    return param.device, param.dtype
+
+
+def _pads(pad_to_buckets: Optional[bool], device: torch.device, compile_mode: Optional[str]) -> bool:
+    if pad_to_buckets is None:
+        return device.type == "cuda" or compile_mode is not None
+    return bool(pad_to_buckets)
+
+
+def _require_eval(model: nn.Module, what: str) -> None:
+    if model.training:
+        raise ValueError(f"{what}: the model is in training mode; serve it in eval mode (model.eval())")
+
+
+def _encode_rows(model: nn.Module, path: str, sample: bool, precision: str, x2d: torch.Tensor) -> torch.Tensor:
+    """``b1`` of ``[rows, X0]`` by a path fixed in advance (what a bucket captures or compiles)."""
+    if path == "fused":
+        return fused_path(model, x2d, sample=sample, precision=precision)
+    if path == "chain":
+        return chain_path(model, x2d, sample=sample)
+    return ReferenceITHP.encode(model, x2d, sample=sample)
+
+
+class ServingEncoder:
+    """``ITHP.encode`` behind shape buckets and CUDA graphs.
+
+    Args:
+        model: an ITHP module (``ithp_fast.ITHP`` or the reference class) in eval mode, on its
+            serving device and dtype (``model.to("cuda", torch.bfloat16)`` for bfloat16).
+        batch_sizes, tokens: the buckets hold ``batch * tokens`` rows each; a request of ``n``
+            rows (any leading shape) goes to the smallest bucket with ``>= n`` rows.
+        sample: False (default) serves the posterior mean ``b1 = mu1``; True draws as the
+            released model does, with fresh noise on every call and every graph replay.
+        precision: float32 matmul precision, ``"ieee"`` (exact) or ``"tf32"``; None follows
+            torch's setting (``torch.backends.cuda.matmul.allow_tf32``) at construction.
+        compile_mode: None (the eager fast path: the fused Triton kernel or the addmm chain),
+            a ``torch.compile`` mode, or ``"auto"``: time the candidates of
+            :data:`AUTO_CANDIDATES` per bucket and keep the fastest (see ``chosen_modes``).
+        cuda_graphs: capture each bucket in a CUDA graph (default: on CUDA).
+        clone_output: return a fresh tensor (default) rather than a view of the bucket's output
+            buffer, which the next call overwrites.
+        pad_to_buckets: route requests through the buckets. Default: on CUDA, or when compiling;
+            on the CPU without ``compile_mode`` there is nothing to capture or to keep from
+            recompiling, so calls go straight to :func:`ithp_fast.encode.encode` (no padding).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+        tokens: int = DEFAULT_TOKENS,
+        sample: bool = False,
+        precision: Optional[str] = None,
+        compile_mode: Optional[str] = None,
+        cuda_graphs: Optional[bool] = None,
+        clone_output: bool = True,
+        pad_to_buckets: Optional[bool] = None,
+    ) -> None:
+        _require_eval(model, "ServingEncoder")
+        sizes, toks = _check_batch_sizes(batch_sizes, tokens)
+        self.model = model
+        self.sample = bool(sample)
+        self.precision = float32_precision(precision)
+        self.device, self.dtype = _model_device_dtype(model)
+        self._runner = _BucketRunner(self.device, compile_mode, cuda_graphs, clone_output)
+        self.bucket_rows = tuple(sorted({b * t for b in sizes for t in toks}))
+        self._buckets: dict[int, _Bucket] = {}
+        if not _pads(pad_to_buckets, self.device, compile_mode):
+            self.bucket_rows = ()
+        cfg = model.config
+        with torch.no_grad():
+            for rows in self.bucket_rows:
+                path = choose_path(model, rows, self.dtype, self.device, self.precision)
+                fn = functools.partial(_encode_rows, model, path, self.sample, self.precision)
+                x = torch.zeros(rows, cfg.X0_dim, dtype=self.dtype, device=self.device)
+                self._buckets[rows] = self._runner.build(rows, fn, (x,))
+
+    @property
+    def chosen_modes(self) -> dict:
+        """Rows of each bucket -> the compile mode ``compile_mode="auto"`` kept (None: eager)."""
+        return self._runner.chosen_modes
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``b1`` ``[..., B1_dim]`` for ``x`` ``[..., X0_dim]`` (same checks as ``encode``)."""
+        cfg = self.model.config
+        check_encode_inputs(cfg, x, None, next(self.model.parameters()))
+        lead = tuple(x.shape[:-1])
+        rows = math.prod(lead)
+        bucket_rows = next((r for r in self.bucket_rows if r >= rows), None)
+        with torch.no_grad():
+            if bucket_rows is None or rows == 0:
+                return encode(self.model, x, sample=self.sample, precision=self.precision)
+            bucket = self._buckets[bucket_rows]
+            bucket.inputs[0][:rows].copy_(x.reshape(rows, cfg.X0_dim))
+            out = bucket.run()[:rows]
+            return self._runner.finish(out).reshape(*lead, cfg.B1_dim)
+
+
+# ---------------------------------------------------------------------------------------------
+# ITHP-DeBERTa
+
+
+def deberta_logits(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: Optional[torch.Tensor] = None,
+    *,
+    noise: Noise = None,
+    precision: Optional[str] = None,
+) -> torch.Tensor:
+    """The logits of :class:`ithp_fast.ITHPDeberta` ``[batch, num_labels]``, for inference.
+
+    Equal to ``model(input_ids, visual, acoustic, attention_mask, noise=noise).logits`` in eval
+    mode, whatever the detector inputs: the head reads the fused states of the first token only,
+    and at inference ``b1`` of a token depends on its text features alone, so ITHP runs on the
+    first token through :func:`ithp_fast.encode.encode` (sampling as the model's
+    ``eval_sampling`` says; ``noise=(eps0, eps1)`` shaped as for the forward, ``[B, T, B*_dim]``).
+    """
+    ithp = model.ithp
+    body = model.dberta
+    mask = attention_mask if model.pass_attention_mask else None
+    x = body.model(input_ids, attention_mask=mask).last_hidden_state
+    first = x[:, :1]
+    sample = ithp.samples
+    if noise is not None and sample:
+        noise = tuple(eps[:, :1] for eps in noise)
+    else:
+        noise = None
+    b1 = encode(ithp, first, sample=sample, noise=noise, precision=precision)
+    return model.classifier(model.dropout(body.fuse(first, b1)))
+
+
+class ServingDeberta:
+    """``ITHPDeberta`` logits behind (batch, tokens) buckets and CUDA graphs.
+
+    Args:
+        model: an :class:`ithp_fast.ITHPDeberta` in eval mode on its serving device and dtype.
+        batch_sizes, tokens: bucket shapes ``(batch, tokens)``; ``tokens`` an int or several.
+            A request ``[b, t]`` goes to the smallest batch ``>= b`` and the smallest token
+            count ``>= t``; padded tokens are masked out (``attention_mask`` 0), which is exact
+            only when the model passes the mask to its backbone (``pass_attention_mask=True``,
+            the default) -- otherwise only requests of exactly a bucket's token count use the
+            buckets. Anything else runs :func:`deberta_logits` eagerly.
+        precision, compile_mode, cuda_graphs, clone_output, pad_to_buckets: as for
+            :class:`ServingEncoder`.
+
+    The attention mask is a static input of every graph; sampling (``eval_sampling="sample"``)
+    draws fresh noise on every replay.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        batch_sizes: Sequence[int] = (1, 8, 32),
+        tokens: Union[int, Sequence[int]] = DEFAULT_TOKENS,
+        precision: Optional[str] = None,
+        compile_mode: Optional[str] = None,
+        cuda_graphs: Optional[bool] = None,
+        clone_output: bool = True,
+        pad_to_buckets: Optional[bool] = None,
+    ) -> None:
+        _require_eval(model, "ServingDeberta")
+        self.batch_sizes, self.tokens = _check_batch_sizes(batch_sizes, tokens)
+        self.model = model
+        self.precision = float32_precision(precision)
+        self.device, _ = _model_device_dtype(model)
+        self._runner = _BucketRunner(self.device, compile_mode, cuda_graphs, clone_output)
+        self._buckets: dict[tuple[int, int], _Bucket] = {}
+        fn = functools.partial(_deberta_logits_static, model, self.precision)
+        if not _pads(pad_to_buckets, self.device, compile_mode):
+            self.batch_sizes = ()
+        with torch.no_grad():
+            for b in self.batch_sizes:
+                for t in self.tokens:
+                    ids = torch.zeros(b, t, dtype=torch.long, device=self.device)
+                    mask = torch.ones(b, t, dtype=torch.long, device=self.device)
+                    self._buckets[(b, t)] = self._runner.build((b, t), fn, (ids, mask))
+
+    @property
+    def chosen_modes(self) -> dict:
+        """``(batch, tokens)`` -> the compile mode ``compile_mode="auto"`` kept (None: eager)."""
+        return self._runner.chosen_modes
+
+    def _bucket_for(self, batch: int, tokens: int) -> Optional[tuple[int, int]]:
+        b = next((s for s in self.batch_sizes if s >= batch), None)
+        if self.model.pass_attention_mask:
+            t = next((s for s in self.tokens if s >= tokens), None)
+        else:
+            t = tokens if tokens in self.tokens else None
+        return None if b is None or t is None else (b, t)
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits ``[batch, num_labels]`` for ``input_ids`` ``[batch, tokens]``."""
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
+            raise ValueError(
+                f"input_ids: expected an integer tensor [batch, tokens], got "
+                f"{getattr(input_ids, 'dtype', type(input_ids).__name__)} {tuple(getattr(input_ids, 'shape', ()))}"
+            )
+        if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
+            raise ValueError(
+                f"attention_mask: expected shape {tuple(input_ids.shape)} (that of input_ids), got {tuple(attention_mask.shape)}"
+            )
+        batch, tokens = input_ids.shape
+        key = self._bucket_for(batch, tokens) if batch > 0 else None
+        with torch.no_grad():
+            if key is None:
+                mask = None if attention_mask is None else attention_mask.to(self.device)
+                return deberta_logits(self.model, input_ids.to(self.device), mask, precision=self.precision)
+            bucket = self._buckets[key]
+            ids, mask = bucket.inputs
+            ids[:batch, :tokens].copy_(input_ids)
+            if attention_mask is None:
+                mask[:batch, :tokens].fill_(1)
+            else:
+                mask[:batch, :tokens].copy_(attention_mask)
+            if tokens < key[1]:
+                mask[:batch, tokens:].zero_()
+            return self._runner.finish(bucket.run()[:batch])
+
+
+def _deberta_logits_static(model: nn.Module, precision: str, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    return deberta_logits(model, input_ids, attention_mask, precision=precision)
