@@ -1,5 +1,10 @@
 """End-to-end ITHP-DeBERTa inference: backbone + ITHP + fusion + head, eval mode, no grad.
 
+Providers: ``reference`` (the released computation: the full ITHP forward inside, all six
+outputs), ``ithp_fast`` (the same model with the drop-in ``ithp_fast.ITHP``),
+``ithp_fast.deberta_logits`` (the eager logits-only fast path: ITHP's ``encode`` instead of its
+losses), ``ithp_fast+graphs`` (CUDA: ``ServingDeberta``, one CUDA-graph bucket of the shape).
+
 On CUDA the backbone has the shape of deberta-v3-base (12 layers, hidden 768, relative attention),
 randomly initialised: nothing is downloaded. On the CPU a small random config of the same kind
 (so the suite stays within its time budget); in tiny mode the smallest one.
@@ -10,11 +15,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scale import DEVICE, SCALE, TOKENS, pick
+from scale import CUDA, DEVICE, SCALE, TOKENS, pick
 from workloads import optional
 
 BATCHES = pick(cuda=[1, 32], cpu=[1, 8], tiny=[2])
-PROVIDERS = ["reference", "ithp_fast", "ithp_fast+graphs"]
+PROVIDERS = ["reference", "ithp_fast", "ithp_fast.deberta_logits"] + (["ithp_fast+graphs"] if CUDA else [])
 
 # deberta-v3-base's architecture; smaller widths and depths off the GPU.
 _V3_BASE = dict(
@@ -64,11 +69,17 @@ def deberta_fn(provider: str, batch: int):
     if provider == "reference":
         model = reference
     else:
-        model = ITHPDeberta(backbone, cfg, ithp_cls=ithp_fast.ITHP).to(DEVICE).eval()
-        model.load_state_dict(reference.state_dict(), strict=True)
-        if provider == "ithp_fast+graphs":
-            model = optional("ithp_fast.inference", "InferenceSession")(model)
-        elif provider != "ithp_fast":
+        fast = ITHPDeberta(backbone, cfg, ithp_cls=ithp_fast.ITHP).to(DEVICE).eval()
+        fast.load_state_dict(reference.state_dict(), strict=True)
+        if provider == "ithp_fast":
+            model = fast
+        elif provider == "ithp_fast.deberta_logits":
+            logits = optional("ithp_fast.inference", "deberta_logits")
+            return torch.no_grad()(lambda: logits(fast, input_ids, mask))
+        elif provider == "ithp_fast+graphs":
+            serve = optional("ithp_fast.inference", "ServingDeberta")(fast, batch_sizes=[batch], tokens=TOKENS)
+            return torch.no_grad()(lambda: serve(input_ids, mask))
+        else:
             raise ValueError(f"provider: unknown {provider!r}")
     return torch.no_grad()(lambda: model(input_ids, visual, acoustic, mask))
 

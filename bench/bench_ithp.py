@@ -5,7 +5,10 @@ Groups (each compares providers on the same inputs and weights):
 ``inference b1 B=…``  ``b1`` for ``[B, 50, 768]`` text, eval mode, no grad. ``reference`` is the
                       released model's eval forward (all six outputs, the only way it gives b1);
                       ``reference.encode`` the plain posterior-mean chain; ``ithp_fast`` the fast
-                      ``encode``; ``+torch.compile`` / ``+graphs`` their compiled / graphed forms.
+                      ``encode``; ``reference.encode+torch.compile`` the compiled chain;
+                      ``ithp_fast+graphs`` (CUDA) / ``ithp_fast+compile`` (CPU) the serving
+                      wrapper ``ithp_fast.inference.ServingEncoder`` with one bucket of the
+                      benchmark's shape (CUDA graph of the fast path / ``torch.compile``).
 ``forward B=…``       the full eval forward, all six outputs, no grad.
 ``train step B=…``    forward + ``IB_total.backward()`` in train mode (dropout on).
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scale import COMPILE, CUDA, pick, compiled
+from scale import COMPILE, CUDA, TOKENS, compiled, pick
 from workloads import DTYPES, ithp_config, ithp_inputs, ithp_pair, optional
 
 INFERENCE_BATCHES = pick(cuda=[1, 8, 32, 128, 1024], cpu=[1, 32, 128], tiny=[2])
@@ -24,16 +27,23 @@ FORWARD_BATCHES = pick(cuda=[8, 32, 128], cpu=[32], tiny=[2])
 TRAIN_BATCHES = pick(cuda=[8, 32, 128], cpu=[8, 32, 128], tiny=[2])
 # torch.compile costs compile time per shape: the compiled providers run at the sizes that matter.
 COMPILED_INFERENCE = pick(cuda=[1, 32, 1024], cpu=[32], tiny=[2])
+# ServingEncoder(compile_mode="default") on the CPU (on CUDA its graphs are the fast provider).
+FAST_COMPILED_INFERENCE = pick(cuda=[], cpu=[32], tiny=[])
 COMPILED_FORWARD = pick(cuda=[32], cpu=[32], tiny=[2])
 COMPILED_TRAIN = pick(cuda=[32], cpu=[32], tiny=[2])
 
 
-def _cases(batches, providers, compiled_at, dtype="float32"):
-    """``(batch, provider, dtype)`` params, compiled providers only at ``compiled_at``."""
+def _cases(batches, providers, compiled_at, dtype="float32", fast_compiled_at=()):
+    """``(batch, provider, dtype)`` params: compiled providers only at ``compiled_at`` (reference)
+    and ``fast_compiled_at`` (ithp_fast), CUDA-graph providers only on CUDA."""
     cases = []
     for batch in batches:
         for provider in providers:
             if provider.endswith("torch.compile") and (not COMPILE or batch not in compiled_at):
+                continue
+            if provider == "ithp_fast+compile" and (not COMPILE or batch not in fast_compiled_at):
+                continue
+            if provider.endswith("+graphs") and not CUDA:
                 continue
             cases.append(pytest.param(batch, provider, dtype, id=f"B{batch}-{provider}-{dtype}"))
     return cases
@@ -45,6 +55,7 @@ INFERENCE_PROVIDERS = [
     "reference.encode+torch.compile",
     "ithp_fast",
     "ithp_fast+graphs",
+    "ithp_fast+compile",
 ]
 
 
@@ -61,8 +72,10 @@ def inference_fn(provider: str, batch: int, dtype: torch.dtype):
         run = lambda: encode(x)  # noqa: E731
     elif provider == "ithp_fast":
         run = lambda: fast.encode(x)  # noqa: E731
-    elif provider == "ithp_fast+graphs":
-        serve = optional("ithp_fast.inference", "InferenceSession")(fast)
+    elif provider in ("ithp_fast+graphs", "ithp_fast+compile"):
+        serving = optional("ithp_fast.inference", "ServingEncoder")
+        mode = "default" if provider == "ithp_fast+compile" else None
+        serve = serving(fast, batch_sizes=[batch], tokens=TOKENS, compile_mode=mode)
         run = lambda: serve(x)  # noqa: E731
     else:
         raise ValueError(f"provider: unknown {provider!r}")
@@ -71,7 +84,7 @@ def inference_fn(provider: str, batch: int, dtype: torch.dtype):
 
 @pytest.mark.parametrize(
     "batch, provider, dtype",
-    _cases(INFERENCE_BATCHES, INFERENCE_PROVIDERS, COMPILED_INFERENCE)
+    _cases(INFERENCE_BATCHES, INFERENCE_PROVIDERS, COMPILED_INFERENCE, fast_compiled_at=FAST_COMPILED_INFERENCE)
     + _cases(INFERENCE_BF16_BATCHES, INFERENCE_PROVIDERS, [], "bfloat16"),
 )
 def test_inference_b1(measure, batch, provider, dtype):

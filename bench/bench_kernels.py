@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ithp_fast.reference.ithp import kl_to_standard_normal, reparameterize
 from scale import COMPILE, CUDA, DEVICE, TINY, compiled, pick
-from workloads import dtype_bytes, ithp_config
+from workloads import dtype_bytes, ithp_config, optional
 
 ROWS = pick(cuda=[1600, 1 << 20], cpu=[1600, 1 << 16], tiny=[7])
 COMPILED_ROWS = pick(cuda=[1 << 20], cpu=[], tiny=[7])
@@ -53,7 +53,13 @@ def _reparam_kl_reference(h):
 
 
 def _reparam_kl_fast():
-    pytest.skip("ithp_fast: the fused reparam_kl op is not available yet")
+    """The fused op (Triton) on CUDA; the CPU torch backend's level function elsewhere."""
+    if CUDA:
+        reparam_kl = optional("ithp_fast.kernels.reparam_kl", "reparam_kl")
+        rng = optional("ithp_fast.kernels.rng")
+        seed = rng.draw_seed(DEVICE)
+        return lambda h: reparam_kl(h, seed, rng.Stream.EPS0)
+    pytest.skip("ithp_fast: no CPU entry point for reparam_kl alone yet")
 
 
 def _detector_loss_inputs(rows: int):
@@ -70,7 +76,14 @@ def _detector_loss_reference(z, target):
 
 
 def _detector_loss_fast():
-    pytest.skip("ithp_fast: the fused detector_loss op is not available yet")
+    """The fused op (Triton) on CUDA; the CPU torch backend's level function elsewhere."""
+    p = ithp_config().drop_prob
+    if CUDA:
+        detector_loss = optional("ithp_fast.kernels.detector_loss", "detector_loss")
+        rng = optional("ithp_fast.kernels.rng")
+        seed = rng.draw_seed(DEVICE)
+        return lambda z, target: (detector_loss(z, target, seed, rng.Stream.MLP1_OUTPUT, p),)
+    pytest.skip("ithp_fast: no CPU entry point for detector_loss alone yet")
 
 
 def _elements(width_of: Callable[[], int]) -> Callable[[int], int]:
