@@ -11,6 +11,11 @@ Groups (each compares providers on the same inputs and weights):
                       benchmark's shape (CUDA graph of the fast path / ``torch.compile``).
 ``forward B=…``       the full eval forward, all six outputs, no grad.
 ``train step B=…``    forward + ``IB_total.backward()`` in train mode (dropout on).
+
+``reference+torch.compile`` is ``torch.compile`` of the reference module (``reduce-overhead``
+for the no-grad forward on CUDA, the default mode for the training step); ``ithp_fast+graphs``
+(CUDA) is ``ithp_fast.graphs.GraphedForward`` / ``GraphedTrainStep``, called with the inputs
+(copied into its static buffers, then one graph replay).
 """
 
 from __future__ import annotations
@@ -127,7 +132,8 @@ def train_step_fn(provider: str, batch: int, dtype: torch.dtype):
     reference, fast = ithp_pair(cfg, dtype, train=True)
     x, visual, acoustic = ithp_inputs(cfg, batch, dtype)
     if provider == "ithp_fast+graphs":
-        return optional("ithp_fast.graphs", "GraphedTrainStep")(fast, x, visual, acoustic)
+        graphed_step = optional("ithp_fast.graphs", "GraphedTrainStep")(fast, x, visual, acoustic)
+        return lambda: graphed_step(x, visual, acoustic)  # copies the inputs in, replays
     if provider == "reference":
         model = reference
     elif provider == "reference+torch.compile":
