@@ -188,7 +188,7 @@ def _sm_count(index: int) -> int:
 
 def _launch_config(B: int, C: int, device: torch.device, block_b=None, block_c=None, max_split=None):
     """Tile sizes and the row split: enough programs to fill the GPU, few partials to merge."""
-    block_c = block_c or min(64, triton.next_power_of_2(C))
+    block_c = block_c or min(64, max(16, triton.next_power_of_2(C)))
     block_b = block_b or max(16, min(256, 4096 // block_c))
     n_cblocks = triton.cdiv(C, block_c)
     n_row_tiles = triton.cdiv(B, block_b)
@@ -234,7 +234,7 @@ class TCMaxFactorised(torch.autograd.Function):
         logz = torch.empty((), device=device, dtype=torch.float64)
         out = torch.empty((M + 1,), device=device, dtype=work)
         block_m = triton.next_power_of_2(M)
-        block_s = triton.next_power_of_2(n_split)
+        block_s = max(2, triton.next_power_of_2(n_split))
         _tcmax_combine_kernel[(1,)](
             pmax, psum, ppick, pcount, mx, ls, count, logz, out,
             B, C, n_split, n_cblocks,
