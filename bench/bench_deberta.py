@@ -12,6 +12,8 @@ randomly initialised: nothing is downloaded. On the CPU a small random config of
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -53,35 +55,40 @@ def backbone_config():
     return DebertaV2Config(**{**_V3_BASE, **_SHAPES[SCALE]})
 
 
-def deberta_fn(provider: str, batch: int):
+@functools.lru_cache(maxsize=1)
+def deberta_pair():
+    """The reference ITHP-DeBERTa and the same weights with ``ithp_fast.ITHP``, built once on the device."""
     import ithp_fast
     from ithp_fast import ITHPConfig, ITHPDeberta
 
     backbone = backbone_config()
     cfg = ITHPConfig.for_dataset("mosi", X0_dim=backbone.hidden_size)
     torch.manual_seed(0)
-    reference = ITHPDeberta(backbone, cfg).to(DEVICE).eval()
+    with torch.device(DEVICE):  # initialise on the device: deberta-v3-base is 184M parameters
+        reference = ITHPDeberta(backbone, cfg).eval()
+        fast = ITHPDeberta(backbone, cfg, ithp_cls=ithp_fast.ITHP).eval()
+    fast.load_state_dict(reference.state_dict(), strict=True)
+    return reference, fast
+
+
+def deberta_fn(provider: str, batch: int):
+    reference, fast = deberta_pair()
+    backbone, cfg = reference.dberta.model.config, reference.ithp.config
     g = torch.Generator().manual_seed(batch)
     input_ids = torch.randint(0, backbone.vocab_size, (batch, TOKENS), generator=g).to(DEVICE)
     mask = torch.ones(batch, TOKENS, dtype=torch.long, device=DEVICE)
     visual = torch.rand(batch, TOKENS, cfg.X2_dim, generator=g).to(DEVICE)
     acoustic = torch.rand(batch, TOKENS, cfg.X1_dim, generator=g).to(DEVICE)
-    if provider == "reference":
-        model = reference
-    else:
-        fast = ITHPDeberta(backbone, cfg, ithp_cls=ithp_fast.ITHP).to(DEVICE).eval()
-        fast.load_state_dict(reference.state_dict(), strict=True)
-        if provider == "ithp_fast":
-            model = fast
-        elif provider == "ithp_fast.deberta_logits":
-            logits = optional("ithp_fast.inference", "deberta_logits")
-            return torch.no_grad()(lambda: logits(fast, input_ids, mask))
-        elif provider == "ithp_fast+graphs":
-            serve = optional("ithp_fast.inference", "ServingDeberta")(fast, batch_sizes=[batch], tokens=TOKENS)
-            return torch.no_grad()(lambda: serve(input_ids, mask))
-        else:
-            raise ValueError(f"provider: unknown {provider!r}")
-    return torch.no_grad()(lambda: model(input_ids, visual, acoustic, mask))
+    if provider in ("reference", "ithp_fast"):
+        model = reference if provider == "reference" else fast
+        return torch.no_grad()(lambda: model(input_ids, visual, acoustic, mask))
+    if provider == "ithp_fast.deberta_logits":
+        logits = optional("ithp_fast.inference", "deberta_logits")
+        return torch.no_grad()(lambda: logits(fast, input_ids, mask))
+    if provider == "ithp_fast+graphs":
+        serve = optional("ithp_fast.inference", "ServingDeberta")(fast, batch_sizes=[batch], tokens=TOKENS)
+        return torch.no_grad()(lambda: serve(input_ids, mask))
+    raise ValueError(f"provider: unknown {provider!r}")
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

@@ -21,7 +21,7 @@ last kernel, never the time to enqueue asynchronous launches. On the CPU it is
 ``time.perf_counter``. After a few warm-up calls (where ``torch.compile`` / CUDA-graph capture
 happen) the number of calls per round is chosen so that a round lasts about 1 ms (CUDA) or 5 ms
 (CPU), and the number of rounds from a time budget per benchmark (``ITHP_BENCH_BUDGET`` seconds,
-default 0.25 on CUDA, 0.4 on CPU; ``ITHP_BENCH_ROUNDS`` fixes the rounds). With
+default 0.15 on CUDA, 0.4 on CPU; ``ITHP_BENCH_ROUNDS`` fixes the rounds). With
 ``--benchmark-disable`` ``fn`` runs once and its single wall time is returned.
 
 Recorded in each result's ``extra_info``: group, provider, device name, torch / triton versions,
@@ -55,7 +55,7 @@ from scale import CUDA, DEVICE, SCALE
 # Per-scale timing plan: warm-up calls, target length of one round, calls per round at most,
 # rounds at least / at most, default budget (seconds of timed rounds per benchmark).
 _PLAN = {
-    "cuda": dict(warmup=3, round_s=1e-3, max_iters=200, min_rounds=10, max_rounds=50, budget=0.25),
+    "cuda": dict(warmup=3, round_s=1e-3, max_iters=200, min_rounds=10, max_rounds=30, budget=0.15),
     "cpu": dict(warmup=2, round_s=5e-3, max_iters=50, min_rounds=3, max_rounds=20, budget=0.4),
     "tiny": dict(warmup=1, round_s=1e-3, max_iters=10, min_rounds=2, max_rounds=5, budget=0.05),
 }
