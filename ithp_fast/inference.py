@@ -269,16 +269,42 @@ def deberta_logits(
     first token through :func:`ithp_fast.encode.encode` (sampling as the model's
     ``eval_sampling`` says; ``noise=(eps0, eps1)`` shaped as for the forward, ``[B, T, B*_dim]``).
     """
+    return _logits(model, input_ids, attention_mask, noise, precision, None)
+
+
+def _backbone_states(backbone: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor,
+                     relative_pos: Optional[torch.Tensor]) -> torch.Tensor:
+    """The backbone's last hidden states. With ``relative_pos`` given (built ahead of a CUDA-graph
+    capture: building it copies a host scalar to the device), embeddings and encoder are called
+    as ``DebertaV2Model.forward`` calls them, with that tensor passed in."""
+    if relative_pos is None:
+        return backbone(input_ids, attention_mask=mask).last_hidden_state
+    states = backbone.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids), mask=mask)
+    return backbone.encoder(states, mask, output_hidden_states=False, relative_pos=relative_pos).last_hidden_state
+
+
+def _prebuilt_relative_positions(backbone: nn.Module, tokens: int, device: torch.device) -> Optional[torch.Tensor]:
+    """DeBERTa's relative positions for ``tokens`` tokens, or None where the backbone has none
+    (or is not laid out as ``DebertaV2Model``: then it runs whole)."""
+    encoder = getattr(backbone, "encoder", None)
+    if not getattr(encoder, "relative_attention", False) or getattr(backbone, "z_steps", 0) > 1 \
+            or not hasattr(backbone, "embeddings"):
+        return None
+    hidden = backbone.config.hidden_size
+    return encoder.get_rel_pos(torch.zeros(1, tokens, hidden, device=device))
+
+
+def _logits(model, input_ids, attention_mask, noise, precision, relative_pos):
     ithp = model.ithp
     body = model.dberta
-    mask = attention_mask if model.pass_attention_mask else None
-    x = body.model(input_ids, attention_mask=mask).last_hidden_state
+    # The backbone gets a mask tensor always: without one it checks the ids for padding on the
+    # host (a device sync, impossible inside a CUDA graph); all ones is what it would assume.
+    if attention_mask is None or not model.pass_attention_mask:
+        attention_mask = torch.ones_like(input_ids)
+    x = _backbone_states(body.model, input_ids, attention_mask, relative_pos)
     first = x[:, :1]
     sample = ithp.samples
-    if noise is not None and sample:
-        noise = tuple(eps[:, :1] for eps in noise)
-    else:
-        noise = None
+    noise = tuple(eps[:, :1] for eps in noise) if noise is not None and sample else None
     b1 = encode(ithp, first, sample=sample, noise=noise, precision=precision)
     return model.classifier(model.dropout(body.fuse(first, b1)))
 
@@ -320,12 +346,13 @@ class ServingDeberta:
         self.device, _ = _model_device_dtype(model)
         self._runner = _BucketRunner(self.device, compile_mode, cuda_graphs, clone_output)
         self._buckets: dict[tuple[int, int], _Bucket] = {}
-        fn = functools.partial(_deberta_logits_static, model, self.precision)
         if not _pads(pad_to_buckets, self.device, compile_mode):
             self.batch_sizes = ()
         with torch.no_grad():
-            for b in self.batch_sizes:
-                for t in self.tokens:
+            for t in self.tokens:
+                relative_pos = _prebuilt_relative_positions(model.dberta.model, t, self.device)
+                fn = functools.partial(_bucket_logits, model, self.precision, relative_pos)
+                for b in self.batch_sizes:
                     ids = torch.zeros(b, t, dtype=torch.long, device=self.device)
                     mask = torch.ones(b, t, dtype=torch.long, device=self.device)
                     self._buckets[(b, t)] = self._runner.build((b, t), fn, (ids, mask))
@@ -372,5 +399,6 @@ class ServingDeberta:
             return self._runner.finish(bucket.run()[:batch])
 
 
-def _deberta_logits_static(model: nn.Module, precision: str, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-    return deberta_logits(model, input_ids, attention_mask, precision=precision)
+def _bucket_logits(model: nn.Module, precision: str, relative_pos: Optional[torch.Tensor],
+                   input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    return _logits(model, input_ids, attention_mask, None, precision, relative_pos)

@@ -8,7 +8,8 @@ import ithp_fast
 from helpers import TOLERANCES, small_config
 from ithp_fast import ITHPConfig, ITHPDeberta
 from ithp_fast.encode import encode
-from ithp_fast.inference import ServingDeberta, ServingEncoder, deberta_logits
+from ithp_fast.inference import (ServingDeberta, ServingEncoder, _backbone_states, _prebuilt_relative_positions,
+                                  deberta_logits)
 from test_encode import identity_second_level_model
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -121,12 +122,18 @@ def test_bad_arguments_are_named():
 HIDDEN = 32
 
 
+def tiny_backbone():
+    """DeBERTa-v3's layout (relative attention with log-bucketed positions, c2p + p2c), tiny."""
+    return DebertaV2Config(hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                           vocab_size=100, max_position_embeddings=64, relative_attention=True,
+                           position_buckets=8, pos_att_type=["p2c", "c2p"], share_att_key=True,
+                           norm_rel_ebd="layer_norm", position_biased_input=False)
+
+
 def tiny_deberta(ithp_cls=ithp_fast.ITHP, eval_sampling="sample", pass_attention_mask=True, dtype=torch.float32):
     torch.manual_seed(0)
-    backbone = DebertaV2Config(hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                               vocab_size=100, max_position_embeddings=64)
     cfg = ITHPConfig(X0_dim=HIDDEN, X1_dim=7, X2_dim=5, inter_dim=16, B0_dim=8, B1_dim=6)
-    model = ITHPDeberta(backbone, cfg, ithp_cls=ithp_cls, eval_sampling=eval_sampling,
+    model = ITHPDeberta(tiny_backbone(), cfg, ithp_cls=ithp_cls, eval_sampling=eval_sampling,
                         pass_attention_mask=pass_attention_mask)
     return model.to(dtype).eval()
 
@@ -156,6 +163,16 @@ def test_fast_logits_equal_the_forward_logits(ithp_cls, eval_sampling, dtype):
     if eval_sampling == "sample":
         with torch.no_grad():
             assert not torch.equal(deberta_logits(model, ids, mask), deberta_logits(model, ids, mask))
+
+
+def test_prebuilt_relative_positions_give_the_backbone_output():
+    backbone = tiny_deberta().dberta.model
+    ids, mask = requests(2, 11, pad_from=7)
+    relative_pos = _prebuilt_relative_positions(backbone, 11, torch.device("cpu"))
+    assert relative_pos is not None
+    with torch.no_grad():
+        want = backbone(ids, attention_mask=mask).last_hidden_state
+        torch.testing.assert_close(_backbone_states(backbone, ids, mask, relative_pos), want, rtol=0, atol=0)
 
 
 def test_served_deberta_pads_tokens_and_batch_exactly():
