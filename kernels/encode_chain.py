@@ -73,7 +73,7 @@ def _encode_chain_kernel(
     eps0_ptr, eps1_ptr, out_ptr, part_ptr, count_ptr,
     N, X0, H, B0, B1,
     stride_x, stride_eps0, stride_eps1, stride_out,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr, TAIL_BLOCK_H: tl.constexpr,
     B0_P: tl.constexpr, B1_P: tl.constexpr,
     CHUNKS_PER_SPLIT: tl.constexpr, SPLITS: tl.constexpr,
     SAMPLE: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr,
@@ -114,7 +114,7 @@ def _encode_chain_kernel(
         _second_encoder(part_mu, part_lv, rows, row_ok, offs_b0, b0_ok,
                         c1_ptr, w2_ptr, c2_ptr, w3_ptr, c3_ptr, eps0_ptr, eps1_ptr, out_ptr,
                         H, B0, B1, stride_eps0, stride_eps1, stride_out,
-                        BLOCK_M, BLOCK_H, B0_P, B1_P, SAMPLE, TF32, UPCAST)
+                        BLOCK_M, TAIL_BLOCK_H, B0_P, B1_P, SAMPLE, TF32, UPCAST)
     else:
         width = B0 * (2 if SAMPLE else 1)
         part_mask = row_ok[:, None] & b0_ok[None, :]
@@ -138,7 +138,7 @@ def _encode_chain_kernel(
             _second_encoder(mu0, lv0, rows, row_ok, offs_b0, b0_ok,
                             c1_ptr, w2_ptr, c2_ptr, w3_ptr, c3_ptr, eps0_ptr, eps1_ptr, out_ptr,
                             H, B0, B1, stride_eps0, stride_eps1, stride_out,
-                            BLOCK_M, BLOCK_H, B0_P, B1_P, SAMPLE, TF32, UPCAST)
+                            BLOCK_M, TAIL_BLOCK_H, B0_P, B1_P, SAMPLE, TF32, UPCAST)
 
 
 @triton.jit
@@ -198,6 +198,7 @@ class EncodeChainConfig:
     block_h: int
     splits: int
     block_k: int = 64
+    tail_block_h: int = 64
     num_warps: int = 4
     num_stages: int = 2
 
@@ -352,6 +353,7 @@ def encode_chain(
         rows, x0, hidden, b0_dim, b1_dim,
         x.stride(0), eps0.stride(0) if sample else 0, eps1.stride(0) if sample else 0, out.stride(0),
         BLOCK_M=cfg.block_m, BLOCK_K=cfg.block_k, BLOCK_H=cfg.block_h,
+        TAIL_BLOCK_H=min(cfg.tail_block_h, _pow2_at_least(hidden)),
         B0_P=_pow2_at_least(b0_dim), B1_P=_pow2_at_least(b1_dim),
         CHUNKS_PER_SPLIT=chunks_per_split, SPLITS=cfg.splits,
         SAMPLE=sample, TF32=tf32, UPCAST=x.device.type != "cuda",

@@ -20,7 +20,7 @@ CONFIGS = {
     "auto": None,
     "one-split": ec.EncodeChainConfig(block_m=16, block_h=16, splits=1),
     "two-splits": ec.EncodeChainConfig(block_m=16, block_h=16, splits=2),
-    "four-splits-bk16": ec.EncodeChainConfig(block_m=32, block_h=16, splits=4, block_k=16),
+    "four-splits-bk16": ec.EncodeChainConfig(block_m=32, block_h=16, splits=4, block_k=16, tail_block_h=16),
 }
 
 
