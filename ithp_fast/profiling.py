@@ -5,8 +5,8 @@ the environment variable ``ITHP_FAST_NVTX=1`` or :func:`enable_nvtx`.
 
 ``ithp-fast profile`` (or ``python bench/profile.py``) runs a fixed, short ITHP workload at the
 paper's sizes: a few warm-up steps, then ``--steps`` steps each inside an NVTX range named after
-the workload (``train_step``, ``eval_forward`` or ``encode``), with the model's own stage ranges
-nested inside. Under Nsight (``ncu`` / ``nsys``, detected through the CUDA injection they use, or
+the workload (``train_step``, ``eval_forward`` or ``encode``; a training step holds ``forward``
+and ``backward``), with the model's own stage ranges nested inside. Under Nsight (``ncu`` / ``nsys``, detected through the CUDA injection they use, or
 ``--profiler nsight``) only the measured steps lie between ``cudaProfilerStart`` and
 ``cudaProfilerStop``. Elsewhere (``--profiler torch``, the default without Nsight, also on a CPU)
 ``torch.profiler`` records the steps, prints the busiest kernels / ops with their launch counts
@@ -80,8 +80,13 @@ def build_workload(
     if workload == "train":
 
         def step():
+            # The backward's kernels are launched from autograd's device thread: Nsight sees them
+            # inside these ranges with a process-wide NVTX stack (ncu --nvtx-push-pop-scope process).
             with stage(name):
-                model(x, visual, acoustic)[1].backward()
+                with stage("forward"):
+                    loss = model(x, visual, acoustic)[1]
+                with stage("backward"):
+                    loss.backward()
 
     elif workload == "forward":
 
@@ -179,11 +184,12 @@ def run_profile(args: argparse.Namespace) -> int:
 
 
 NSIGHT_HELP = """\
-Nsight (CUDA): select the measured steps by NVTX range, e.g.
-  ncu --nvtx --nvtx-include "train_step/" --profile-from-start off --set full -o ithp-train \\
-      ithp-fast profile --workload train --steps 1
-  nsys profile --trace=cuda,nvtx --capture-range=cudaProfilerApi --capture-range-end=stop -o ithp-train \\
-      ithp-fast profile --workload train --steps 20
+Nsight (CUDA): only the measured steps are captured (cudaProfilerStart/Stop), e.g.
+  ncu --profile-from-start off --nvtx --nvtx-push-pop-scope process --nvtx-include "train_step/" \\
+      --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \\
+      -o ithp-train ithp-fast profile --workload train --steps 1
+  nsys profile --trace=cuda,nvtx --capture-range=cudaProfilerApi --capture-range-end=stop \\
+      -o ithp-train ithp-fast profile --workload train --steps 20
 """
 
 
