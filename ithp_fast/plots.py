@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 def plot_training_curves(history: dict, path: str, convention: str = "authors") -> str:
     """Loss per step, the ITHP terms per epoch, and validation / test MAE and binary accuracy per epoch."""
     steps, epochs = history.get("steps", []), history.get("epochs", [])
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")
     ax = axes[0]
     if steps:
         x = [r["step"] for r in steps]
@@ -51,7 +51,6 @@ def plot_training_curves(history: dict, path: str, convention: str = "authors") 
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     if handles:
         ax.legend(handles=handles, loc="center right")
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -61,7 +60,7 @@ def plot_information_plane(history: dict, path: str) -> str:
     """Compression (KL of each level) against prediction error (reconstruction MSE of each level)
     over training, one panel per level, coloured by optimiser step."""
     steps = history.get("steps", [])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), layout="constrained")
     scatter = None
     for ax, (kl, mse, title) in zip(axes, (("kl0", "mse0", "level 0: B0 (target: acoustic)"), ("kl1", "mse1", "level 1: B1 (target: visual)"))):
         if steps:

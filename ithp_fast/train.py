@@ -169,15 +169,20 @@ def small_backbone_config(vocab_size: int, cfg: TrainConfig):
     )
 
 
-def load_pretrained_backbone(path: str, dropout: Optional[float]) -> nn.Module:
-    """A pretrained ``DebertaV2Model`` from a local directory; a clear error, never a download."""
-    from transformers import DebertaV2Config, DebertaV2Model
-
+def check_backbone_dir(path: str) -> None:
+    """A clear error when ``--backbone`` is not a local directory (a hub name is never downloaded)."""
     if not os.path.isdir(path):
         raise FileNotFoundError(
             f"--backbone: {path!r} is not a local directory. Nothing is downloaded: save the model "
             f"(config, weights and tokenizer) to a directory first and pass that directory"
         )
+
+
+def load_pretrained_backbone(path: str, dropout: Optional[float]) -> nn.Module:
+    """A pretrained ``DebertaV2Model`` from a local directory; a clear error, never a download."""
+    from transformers import DebertaV2Config, DebertaV2Model
+
+    check_backbone_dir(path)
     overrides = {} if dropout is None else {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
     try:
         config = DebertaV2Config.from_pretrained(path, local_files_only=True, **overrides)
@@ -344,7 +349,7 @@ def _say(ctx: DistContext, msg: str) -> None:
 
 
 def _fmt(metrics: dict, keys=("Non0_acc_2", "Non0_F1_score", "MAE", "Corr")) -> str:
-    return " ".join(f"{k} {metrics[k]:.4f}" for k in keys if k in metrics)
+    return " ".join(f"{k} {metrics[k]:.4f}" for k in keys if k in metrics and k != "count")
 
 
 def _check_resume(saved: dict, cfg: TrainConfig, path: str) -> None:
@@ -564,6 +569,8 @@ def train(cfg: TrainConfig) -> dict:
     ctx = init_distributed(cfg.device)
     try:
         cfg.validate(ctx.world_size)
+        if cfg.backbone:
+            check_backbone_dir(cfg.backbone)
         tokenizer = PretrainedWordTokenizer.from_directory(cfg.backbone) if cfg.backbone else None
         data = load_sentiment_data(cfg.data, tokenizer=tokenizer, max_len=cfg.max_seq_length,
                                    synthetic=SyntheticSpec(seed=cfg.synthetic_seed, sizes=tuple(cfg.synthetic_sizes)))
@@ -666,16 +673,28 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag, type=kind, default=f.default, help=f"{help_text} (default: {f.default})", **meta)
 
 
+# Errors that come from what the user gave (paths, files, options): one line, no traceback.
+USER_ERRORS = (DataFormatError, FileNotFoundError, ValueError, KeyError)
+
+
 def _train_command(args: argparse.Namespace) -> int:
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     cfg.synthetic_sizes, cfg.seeds = tuple(cfg.synthetic_sizes), tuple(cfg.seeds)
-    train(cfg)
+    try:
+        train(cfg)
+    except USER_ERRORS as exc:
+        print(f"ithp-fast train: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
 def _evaluate_command(args: argparse.Namespace) -> int:
-    evaluate_checkpoint(args.checkpoint, args.data, split=args.split, protocol=args.protocol, batch_size=args.batch_size,
-                        impl=args.impl, device=args.device, output=args.output)
+    try:
+        evaluate_checkpoint(args.checkpoint, args.data, split=args.split, protocol=args.protocol, batch_size=args.batch_size,
+                            impl=args.impl, device=args.device, output=args.output)
+    except USER_ERRORS as exc:
+        print(f"ithp-fast evaluate: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,0 +1,170 @@
+"""Training on the synthetic default (CPU): the loss falls, checkpoints reload to the same
+predictions, metrics and plots are written, resuming is exact, seeds are summarised."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ithp_fast.data import SyntheticSpec, load_sentiment_data
+from ithp_fast.metrics import mean_std
+from ithp_fast.train import (
+    TrainConfig,
+    evaluate_checkpoint,
+    load_checkpoint_model,
+    new_model,
+    optimizer_groups,
+    predict,
+    train,
+)
+from ithp_fast.distributed import DistContext
+
+TINY = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=32, inter_dim=32, b0_dim=16, b1_dim=8,
+            progress=False, plots=False)
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """48 steps on 64 synthetic examples with the default small backbone; a few seconds on a quiet CPU."""
+    out = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(output_dir=str(out), synthetic_sizes=(64, 16, 16), epochs=6, lr=5e-3, batch_size=8,
+                      backbone_dropout=0.0, fusion_dropout=0.1, ithp_dropout=0.1, log_every=4, progress=False)
+    summary = train(cfg)
+    run_dir = out / "seed-1"
+    return cfg, summary, run_dir, json.loads((run_dir / "results.json").read_text())
+
+
+def test_loss_falls_well_below_its_start(short_run):
+    _, _, _, results = short_run
+    epochs = results["history"]["epochs"]
+    first, last = epochs[0]["train"]["loss"], epochs[-1]["train"]["loss"]
+    assert last < 0.75 * first, f"loss {first:.3f} -> {last:.3f}"
+    assert results["timing"]["steps"] == 48 and len(epochs) == 6
+
+
+def test_run_writes_metrics_plots_predictions_and_checkpoint(short_run):
+    cfg, summary, run_dir, results = short_run
+    for name in ("results.json", "predictions_test.csv", "training_curves.png", "information_plane.png"):
+        assert (run_dir / name).stat().st_size > 0, name
+    for name in ("model.safetensors", "config.json", "vocab.json", "optimizer.safetensors", "trainer_state.json"):
+        assert (run_dir / "checkpoint-last" / name).is_file(), name
+    assert not (run_dir / "checkpoint-best").exists()  # authors protocol: last epoch
+    for conv, keys in (("authors", {"Non0_acc_2", "Non0_F1_score"}), ("mmsa", {"Has0_acc_2", "Has0_F1_score", "Non0_acc_2"})):
+        assert keys | {"Mult_acc_5", "Mult_acc_7", "MAE", "Corr"} <= set(results["test"][conv])
+    labels = load_sentiment_data(synthetic=SyntheticSpec(sizes=(64, 16, 16))).splits["test"].labels
+    assert results["test"]["mmsa"]["count"] == 16 and results["test"]["authors"]["count"] == int((labels != 0).sum())
+    assert results["headline"] == results["test"]["authors"] and results["selection"] == {"rule": "last", "metric": None, "epoch": 6}
+    assert results["synthetic_text_only_ceiling"]["authors"]["Corr"] > 0
+    rec = results["history"]["steps"][0]
+    assert {"step", "loss", "task_mse", "IB_total", "kl0", "mse0", "kl1", "mse1"} <= set(rec)
+    config = json.loads((run_dir / "checkpoint-last" / "config.json").read_text())
+    assert config["run"]["lr"] == 5e-3 and config["run"]["seed"] == 1
+    assert config["model"]["ithp"]["X1_dim"] == 74 and config["model"]["ithp"]["X2_dim"] == 47
+    assert config["model"]["backbone"]["hidden_size"] == 64
+    assert json.loads((run_dir.parent / "summary.json").read_text())["seeds"] == [1]
+
+
+def test_checkpoint_reloads_to_identical_predictions(short_run, tmp_path):
+    _, _, run_dir, results = short_run
+    out = tmp_path / "eval.json"
+    report = evaluate_checkpoint(str(run_dir / "checkpoint-last"), split="test", device="cpu", output=str(out))
+    with open(run_dir / "predictions_test.csv") as a, open(tmp_path / "eval-predictions.csv") as b:
+        assert a.read() == b.read()
+    assert report["metrics"] == json.loads(json.dumps(results["test"]))
+    # and the weights themselves round-trip exactly
+    model, _ = load_checkpoint_model(str(run_dir / "checkpoint-last"))
+    saved = load_file(str(run_dir / "checkpoint-last" / "model.safetensors"))
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, saved[name]), name
+
+
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
+    base = dict(TINY, synthetic_sizes=(24, 8, 8), epochs=2, batch_size=8, lr=1e-3)  # 3 steps per epoch, dropout on
+    train(TrainConfig(output_dir=str(tmp_path / "a"), **base))
+    partial = train(TrainConfig(output_dir=str(tmp_path / "b"), stop_after_steps=4, **base))
+    assert partial["seeds"] == []  # nothing finished yet
+    state = json.loads((tmp_path / "b/seed-1/checkpoint-last/trainer_state.json").read_text())
+    assert (state["global_step"], state["epoch"], state["step_in_epoch"], state["finished"]) == (4, 1, 1, False)
+    with pytest.raises(ValueError, match="lr: saved 0.001, now 0.002"):
+        train(TrainConfig(output_dir=str(tmp_path / "b"), resume=True, **{**base, "lr": 2e-3}))
+    train(TrainConfig(output_dir=str(tmp_path / "b"), resume=True, **base))
+    a = load_file(str(tmp_path / "a/seed-1/checkpoint-last/model.safetensors"))
+    b = load_file(str(tmp_path / "b/seed-1/checkpoint-last/model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ra = json.loads((tmp_path / "a/seed-1/results.json").read_text())
+    rb = json.loads((tmp_path / "b/seed-1/results.json").read_text())
+    assert ra["test"] == rb["test"]
+    # a finished seed is not trained again
+    again = train(TrainConfig(output_dir=str(tmp_path / "b"), resume=True, **base))
+    assert again["metrics"]["authors"]["MAE"]["values"] == [rb["test"]["authors"]["MAE"]]
+
+
+def test_several_seeds_report_mean_and_std(tmp_path):
+    summary = train(TrainConfig(output_dir=str(tmp_path), seeds=(1, 2), max_steps=2, synthetic_sizes=(16, 8, 8), **TINY))
+    assert summary["seeds"] == [1, 2]
+    per_seed = [json.loads((tmp_path / f"seed-{s}/results.json").read_text()) for s in (1, 2)]
+    values = [r["test"]["authors"]["MAE"] for r in per_seed]
+    assert values[0] != values[1]
+    assert summary["metrics"]["authors"]["MAE"]["values"] == values
+    assert (summary["metrics"]["authors"]["MAE"]["mean"], summary["metrics"]["authors"]["MAE"]["std"]) == pytest.approx(mean_std(values))
+
+
+def test_mmsa_protocol_selects_the_best_validation_epoch(tmp_path):
+    train(TrainConfig(output_dir=str(tmp_path), protocol="mmsa", epochs=3, synthetic_sizes=(16, 8, 8), lr=1e-3, **TINY))
+    results = json.loads((tmp_path / "seed-1/results.json").read_text())
+    epochs = results["history"]["epochs"]
+    best = min(epochs, key=lambda r: r["valid"]["mmsa"]["MAE"])
+    assert results["selection"] == {"rule": "best", "metric": "MAE", "epoch": best["epoch"]}
+    assert results["test"] == best["test"]  # the best weights, reloaded, score as they did at that epoch
+    assert results["headline"] == results["test"]["mmsa"]
+    assert (tmp_path / "seed-1/checkpoint-best/model.safetensors").is_file()
+
+
+def test_per_example_noise_makes_predictions_independent_of_batching():
+    cfg = TrainConfig(noise="per-example", synthetic_sizes=(8, 4, 11), **TINY)
+    data = load_sentiment_data(synthetic=SyntheticSpec(sizes=(8, 4, 11)))
+    torch.manual_seed(0)
+    model, model_config = new_model(cfg, data)
+    ctx = DistContext()
+    preds = []
+    for batch in (11, 4, 1):
+        cfg.eval_batch_size = batch
+        preds.append(predict(model, data.splits["test"], cfg, model_config, ctx, seed=5)["predictions"])
+    np.testing.assert_allclose(preds[1], preds[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(preds[2], preds[0], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(predict(model, data.splits["test"], cfg, model_config, ctx, seed=6)["predictions"], preds[0])
+
+
+def test_weight_decay_skips_biases_and_layernorm():
+    data = load_sentiment_data(synthetic=SyntheticSpec(sizes=(4, 2, 2)))
+    model, _ = new_model(TrainConfig(**TINY), data)
+    decay, no_decay = optimizer_groups(model, 0.01)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    assert all(names[id(p)].endswith("bias") or "LayerNorm" in names[id(p)] for p in no_decay["params"])
+    assert any("LayerNorm.weight" in names[id(p)] for p in no_decay["params"])
+    assert all(not names[id(p)].endswith("bias") and "LayerNorm" not in names[id(p)] for p in decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(names)
+
+
+@pytest.mark.parametrize("impl", ["reference", "fast"])
+def test_impl_picks_the_ithp_class(impl):
+    import ithp_fast
+    from ithp_fast.reference import ITHP as ReferenceITHP
+
+    data = load_sentiment_data(synthetic=SyntheticSpec(sizes=(4, 2, 2)))
+    model, _ = new_model(TrainConfig(impl=impl, **TINY), data)
+    assert type(model.ithp) is (ithp_fast.ITHP if impl == "fast" else ReferenceITHP)
+
+
+def test_bad_options_are_named():
+    with pytest.raises(ValueError, match="--batch-size 8 .global. must be divisible by the number of processes .3."):
+        TrainConfig().validate(world_size=3)
+    with pytest.raises(ValueError, match="--hidden-size 30 must be a multiple of --num-heads 4"):
+        TrainConfig(hidden_size=30, num_heads=4).validate()
+    with pytest.raises(FileNotFoundError, match="not a local directory. Nothing is downloaded"):
+        train(TrainConfig(backbone="microsoft/deberta-v3-base", output_dir=os.devnull))
