@@ -31,7 +31,7 @@ INFERENCE_BF16_BATCHES = pick(cuda=[1, 1024], cpu=[], tiny=[])
 FORWARD_BATCHES = pick(cuda=[8, 32, 128], cpu=[32], tiny=[2])
 TRAIN_BATCHES = pick(cuda=[8, 32, 128], cpu=[8, 32, 128], tiny=[2])
 # torch.compile costs compile time per shape: the compiled providers run at the sizes that matter.
-COMPILED_INFERENCE = pick(cuda=[1, 32, 1024], cpu=[32], tiny=[2])
+COMPILED_INFERENCE = pick(cuda=[1, 1024], cpu=[32], tiny=[2])
 # ServingEncoder(compile_mode="default") on the CPU (on CUDA its graphs are the fast provider).
 FAST_COMPILED_INFERENCE = pick(cuda=[], cpu=[32], tiny=[])
 COMPILED_FORWARD = pick(cuda=[32], cpu=[32], tiny=[2])

@@ -20,6 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ithp_fast.kernels.rng import Stream
 from ithp_fast.reference.ithp import kl_to_standard_normal, reparameterize
 from scale import COMPILE, CUDA, DEVICE, TINY, compiled, pick
 from workloads import dtype_bytes, ithp_config, optional
@@ -53,13 +54,14 @@ def _reparam_kl_reference(h):
 
 
 def _reparam_kl_fast():
-    """The fused op (Triton) on CUDA; the CPU torch backend's level function elsewhere."""
+    """The fused op: Triton on CUDA, the torch backend (``ithp_fast.torch_path``) on the CPU."""
     if CUDA:
         reparam_kl = optional("ithp_fast.kernels.reparam_kl", "reparam_kl")
-        rng = optional("ithp_fast.kernels.rng")
-        seed = rng.draw_seed(DEVICE)
-        return lambda h: reparam_kl(h, seed, rng.Stream.EPS0)
-    pytest.skip("ithp_fast: no CPU entry point for reparam_kl alone yet")
+        seed = optional("ithp_fast.kernels.rng", "draw_seed")(DEVICE)
+        return lambda h: reparam_kl(h, seed, Stream.EPS0)
+    torch_path = optional("ithp_fast.torch_path")
+    seed = torch_path.new_seed()
+    return lambda h: torch_path.reparam_kl(h, seed, Stream.EPS0)
 
 
 def _detector_loss_inputs(rows: int):
@@ -76,14 +78,15 @@ def _detector_loss_reference(z, target):
 
 
 def _detector_loss_fast():
-    """The fused op (Triton) on CUDA; the CPU torch backend's level function elsewhere."""
+    """The fused op: Triton on CUDA, the torch backend (``ithp_fast.torch_path``) on the CPU."""
     p = ithp_config().drop_prob
     if CUDA:
         detector_loss = optional("ithp_fast.kernels.detector_loss", "detector_loss")
-        rng = optional("ithp_fast.kernels.rng")
-        seed = rng.draw_seed(DEVICE)
-        return lambda z, target: (detector_loss(z, target, seed, rng.Stream.MLP1_OUTPUT, p),)
-    pytest.skip("ithp_fast: no CPU entry point for detector_loss alone yet")
+        seed = optional("ithp_fast.kernels.rng", "draw_seed")(DEVICE)
+        return lambda z, target: (detector_loss(z, target, seed, Stream.MLP1_OUTPUT, p),)
+    torch_path = optional("ithp_fast.torch_path")
+    seed = torch_path.new_seed()
+    return lambda z, target: (torch_path.detector_loss(z, target, seed, Stream.MLP1_OUTPUT, p),)
 
 
 def _elements(width_of: Callable[[], int]) -> Callable[[int], int]:
