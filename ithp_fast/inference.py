@@ -66,8 +66,9 @@ def _median_seconds(run: Callable[[], object], device: torch.device, calls: int 
 class _Bucket:
     """Static inputs and output of one shape, and how to run it (graph replay or call)."""
 
-    def __init__(self, inputs: tuple[torch.Tensor, ...], output: torch.Tensor, run: Callable[[], torch.Tensor], mode):
-        self.inputs, self.output, self.run, self.mode = inputs, output, run, mode
+    def __init__(self, inputs: tuple[torch.Tensor, ...], output: torch.Tensor, run: Callable[[], torch.Tensor],
+                 mode: Optional[str], graph: Optional["torch.cuda.CUDAGraph"] = None) -> None:
+        self.inputs, self.output, self.run, self.mode, self.graph = inputs, output, run, mode, graph
 
 
 class _BucketRunner:
@@ -85,6 +86,8 @@ class _BucketRunner:
         self.clone_output = clone_output
         self.chosen_modes: dict = {}
         """Bucket key -> compile mode kept (None: eager), after ``compile_mode="auto"`` timed them."""
+        self.candidate_seconds: dict = {}
+        """Bucket key -> {compile mode: seconds per call}, as ``compile_mode="auto"`` measured."""
         self._stream = torch.cuda.Stream(device) if self.cuda_graphs else None
 
     @staticmethod
@@ -115,9 +118,7 @@ class _BucketRunner:
             graph.replay()
             return output
 
-        bucket = _Bucket(inputs, output, replay, mode)
-        bucket.graph = graph
-        return bucket
+        return _Bucket(inputs, output, replay, mode, graph)
 
     def build(self, key, fn: Callable, inputs: tuple) -> _Bucket:
         """Prepare the bucket ``key`` for ``fn(*inputs)``; with ``"auto"``, time the candidates, keep the fastest."""
@@ -127,6 +128,7 @@ class _BucketRunner:
         for mode in AUTO_CANDIDATES["cuda" if self.device.type == "cuda" else "cpu"]:
             bucket = self._prepare(self._callable(fn, mode), inputs, mode)
             seconds = _median_seconds(bucket.run, self.device)
+            self.candidate_seconds.setdefault(str(key), {})[str(mode)] = seconds
             if seconds < best_time:
                 best, best_time = bucket, seconds
         self.chosen_modes[key] = best.mode
@@ -402,3 +404,187 @@ class ServingDeberta:
 def _bucket_logits(model: nn.Module, precision: str, relative_pos: Optional[torch.Tensor],
                    input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     return _logits(model, input_ids, attention_mask, None, precision, relative_pos)
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurement (``python -m ithp_fast.inference``): what chooses the thresholds and defaults above.
+
+
+def graphed_seconds(fn: Callable[[], object], device: torch.device, calls_per_graph: int = 20, replays: int = 10) -> float:
+    """Seconds per call of ``fn()`` captured ``calls_per_graph`` times in one CUDA graph (median)."""
+    from .kernels.encode_chain import prepare_stream
+
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        prepare_stream(device)
+        for _ in range(WARMUP_CALLS):
+            fn()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        for _ in range(calls_per_graph):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph.replay()
+    return _median_seconds(graph.replay, device, replays) / calls_per_graph
+
+
+def _sweep_configs(rows: int, hidden: int, sm_count: int):
+    """A few launch configurations around the default, for the sweep."""
+    from .kernels.encode_chain import EncodeChainConfig, choose_config
+
+    seen = {choose_config(rows, hidden, sm_count)}
+    if rows <= 4096:
+        for block_m in (16, 32):
+            for splits in (1, 4, 8, 16):
+                seen.add(EncodeChainConfig(block_m=block_m, block_h=max(16, min(64, hidden // splits)), splits=splits))
+    else:
+        for block_m in (32, 64, 128):
+            for num_warps in (4, 8):
+                seen.add(EncodeChainConfig(block_m=block_m, block_h=64, splits=1, num_warps=num_warps))
+    return sorted(seen, key=str)
+
+
+SWEEP_ROWS = (50, 1600, 51200)
+
+
+def _emit(record: dict) -> None:
+    import json
+
+    print(json.dumps(record), flush=True)
+
+
+def _deberta_v3_base_config():
+    """DeBERTa-v3-base's architecture (random weights: nothing is downloaded)."""
+    from transformers import DebertaV2Config
+
+    return DebertaV2Config(
+        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+        vocab_size=128100, max_position_embeddings=512, relative_attention=True, position_buckets=256,
+        norm_rel_ebd="layer_norm", share_att_key=True, pos_att_type=["p2c", "c2p"], max_relative_positions=-1,
+        position_biased_input=False, type_vocab_size=0, layer_norm_eps=1e-7, hidden_act="gelu",
+    )
+
+
+def measure_cuda(rows_list: Sequence[int] = (50, 1600, 6400, 51200), *, sweep: bool = True,
+                 compile_modes: bool = False, deberta: bool = True, deberta_compile: Optional[str] = None) -> None:
+    """Print (JSON lines) the timings that choose ``FUSED_KERNEL_MAX_ROWS``, the kernel's split
+    and the serving modes, with the reference baselines on the same card."""
+    from . import ITHP, ITHPConfig, ITHPDeberta
+    from .kernels.encode_chain import _sm_count, encode_chain
+    from .encode import layers
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    card = torch.cuda.get_device_name(device)
+    torch.manual_seed(0)
+    base = ITHP(ITHPConfig(), backend="triton").to(device).eval()
+    sms = _sm_count(device)
+    kinds = [("float32", "ieee"), ("float32", "tf32"), ("bfloat16", "ieee")]
+    with torch.no_grad():
+        for dtype_name, precision in kinds:
+            dtype = getattr(torch, dtype_name)
+            model = base.to(dtype)
+            for rows in rows_list:
+                x = torch.randn(rows, 768, device=device, dtype=dtype)
+                rec = dict(what="encode", card=card, dtype=dtype_name, precision=precision, rows=rows)
+                saved = torch.backends.cuda.matmul.allow_tf32
+                torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+                try:
+                    rec["reference_encode_us"] = 1e6 * graphed_seconds(lambda: ReferenceITHP.encode(model, x), device)
+                    rec["chain_us"] = 1e6 * graphed_seconds(lambda: chain_path(model, x), device)
+                finally:
+                    torch.backends.cuda.matmul.allow_tf32 = saved
+                rec["fused_default_us"] = 1e6 * graphed_seconds(lambda: fused_path(model, x, precision=precision), device)
+                if sweep and precision == "ieee" and rows in SWEEP_ROWS:
+                    timings = {}
+                    for cfg in _sweep_configs(rows, 256, sms):
+                        timings[str(cfg)] = 1e6 * graphed_seconds(
+                            lambda: encode_chain(x, *layers(model), precision=precision, config=cfg), device)
+                    best = min(timings, key=timings.get)
+                    rec["fused_best_us"], rec["fused_best_config"] = timings[best], best
+                _emit(rec)
+            for batch in (1, 1024):
+                server = ServingEncoder(model, batch_sizes=(batch,), precision=precision, clone_output=False)
+                x = torch.randn(batch, DEFAULT_TOKENS, 768, device=device, dtype=dtype)
+                bucket = server._buckets[batch * DEFAULT_TOKENS]
+                _emit(dict(what="serving_encoder", card=card, dtype=dtype_name, precision=precision, batch=batch,
+                           tokens=DEFAULT_TOKENS, replay_us=1e6 * _median_seconds(bucket.run, device, 50),
+                           call_us=1e6 * _median_seconds(lambda: server(x), device, 50)))
+        if compile_modes:
+            model = base.float()
+            server = ServingEncoder(model, batch_sizes=(1, 32, 1024), compile_mode="auto")
+            _emit(dict(what="serving_encoder_modes", card=card, seconds=server._runner.candidate_seconds,
+                       chosen=server.chosen_modes))
+        if not deberta:
+            return
+        for dtype in (torch.float32, torch.bfloat16):
+            torch.manual_seed(0)
+            model = ITHPDeberta(_deberta_v3_base_config(), ithp_cls=ITHP).to(device, dtype).eval()
+            ids = torch.randint(1, 1000, (1, DEFAULT_TOKENS), device=device)
+            mask = torch.ones_like(ids)
+            visual = torch.rand(1, DEFAULT_TOKENS, 47, device=device, dtype=dtype)
+            acoustic = torch.rand(1, DEFAULT_TOKENS, 74, device=device, dtype=dtype)
+            rec = dict(what="deberta", card=card, dtype=str(dtype).split(".")[-1], batch=1, tokens=DEFAULT_TOKENS)
+            rec["forward_eager_us"] = 1e6 * _median_seconds(lambda: model(ids, visual, acoustic, mask), device)
+            rec["logits_eager_us"] = 1e6 * _median_seconds(lambda: deberta_logits(model, ids, mask), device)
+            server = ServingDeberta(model, batch_sizes=(1, 8, 32), compile_mode=deberta_compile)
+            for batch in (1, 8, 32):
+                ids_b = torch.randint(1, 1000, (batch, DEFAULT_TOKENS), device=device)
+                rec[f"served_b{batch}_us"] = 1e6 * _median_seconds(lambda: server(ids_b, torch.ones_like(ids_b)), device, 50)
+            rec["compile_mode"] = deberta_compile
+            _emit(rec)
+            del model, server
+            torch.cuda.empty_cache()
+
+
+def measure_cpu(batch: int = 32, tokens: int = DEFAULT_TOKENS, repeats: int = 5, calls: int = 20) -> None:
+    """Print the CPU comparison: the reference eval forward against ``encode`` (interleaved)."""
+    from . import ITHP, ITHPConfig
+
+    torch.manual_seed(0)
+    model = ITHP(ITHPConfig()).eval()
+    ref = ReferenceITHP(ITHPConfig()).eval()
+    ref.load_state_dict(model.state_dict())
+    x = torch.randn(batch, tokens, 768)
+    visual, acoustic = torch.rand(batch, tokens, 47), torch.rand(batch, tokens, 74)
+    cpu = torch.device("cpu")
+    compiled = torch.compile(functools.partial(chain_path, model), dynamic=False)
+    x2d = x.reshape(-1, 768)
+    runs = {
+        "reference_forward_grad_ms": lambda: ref(x, visual, acoustic),
+        "reference_forward_ms": lambda: _no_grad(ref, x, visual, acoustic),
+        "reference_encode_ms": lambda: _no_grad(ref.encode, x),
+        "encode_ms": lambda: _no_grad(model.encode, x),
+        "encode_compiled_ms": lambda: _no_grad(compiled, x2d),
+    }
+    results = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            run()
+            results[name].append(1e3 * _median_seconds(run, cpu, calls))
+    rec = dict(what="cpu_encode", threads=torch.get_num_threads(), batch=batch, tokens=tokens)
+    rec.update({name: statistics.median(v) for name, v in results.items()})
+    rec["speedup_vs_reference_forward"] = rec["reference_forward_ms"] / rec["encode_ms"]
+    _emit(rec)
+
+
+def _no_grad(fn, *args):
+    with torch.no_grad():
+        return fn(*args)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Timings behind the serving defaults (JSON lines).")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the kernel configuration sweep")
+    parser.add_argument("--compile-modes", action="store_true", help="time torch.compile modes for the encoder")
+    parser.add_argument("--no-deberta", action="store_true")
+    parser.add_argument("--deberta-compile", default=None, help="compile mode for the served ITHP-DeBERTa")
+    parser.add_argument("--rows", type=int, nargs="*", default=[50, 1600, 6400, 51200])
+    args = parser.parse_args()
+    if torch.cuda.is_available():
+        measure_cuda(args.rows, sweep=not args.no_sweep, compile_modes=args.compile_modes,
+                     deberta=not args.no_deberta, deberta_compile=args.deberta_compile)
+    else:
+        measure_cpu()

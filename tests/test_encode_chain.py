@@ -9,11 +9,20 @@ import torch
 
 from helpers import TOLERANCES, small_config
 from ithp_fast import ITHPConfig
+from ithp_fast.backends import triton_interpreter_on
 from ithp_fast.encode import layers
 from ithp_fast.kernels import encode_chain as ec
 from ithp_fast.reference import ITHP as ReferenceITHP
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.fixture(autouse=True)
+def _triton_can_run_on(request):
+    """Kernel launches on the CPU need Triton's interpreter (set by conftest only without CUDA)."""
+    device = request.getfixturevalue("device") if "device" in request.fixturenames else None
+    if device == "cpu" and not triton_interpreter_on():
+        pytest.skip("Triton on the CPU runs only under TRITON_INTERPRET=1")
 
 WIDE = dict(X0_dim=70, inter_dim=40, B0_dim=20, B1_dim=18)  # several hidden chunks, padded B0 / B1
 CONFIGS = {

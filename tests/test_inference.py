@@ -10,7 +10,7 @@ from ithp_fast import ITHPConfig, ITHPDeberta
 from ithp_fast.encode import encode
 from ithp_fast.inference import (ServingDeberta, ServingEncoder, _backbone_states, _prebuilt_relative_positions,
                                   deberta_logits)
-from test_encode import identity_second_level_model
+from test_encode import identity_second_level_model, skip_unless_triton_runs
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -20,6 +20,7 @@ def compiled_graphs() -> int:
 
 
 def ithp(device="cpu", backend=None, cfg=None, dtype=torch.float32):
+    skip_unless_triton_runs(device, backend)
     torch.manual_seed(0)
     return ithp_fast.ITHP(cfg or small_config(), backend=backend).to(device=device, dtype=dtype).eval()
 
