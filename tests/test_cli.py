@@ -1,0 +1,93 @@
+"""The ``ithp-fast train`` / ``evaluate`` command line on both pickle layouts, a local backbone
+directory and the synthetic default; user errors come back as one clear line."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from ithp_fast.cli import main
+from test_data import D_A, D_V, array_data, dump, word_data
+
+TINY = ["--hidden-size", "32", "--num-layers", "1", "--intermediate-size", "32", "--inter-dim", "32", "--b0-dim", "16",
+        "--b1-dim", "8", "--max-steps", "1", "--epochs", "1", "--no-progress", "--no-plots", "--device", "cpu"]
+
+
+def test_console_script_help():
+    exe = shutil.which("ithp-fast")
+    assert exe, "the ithp-fast entry point is not installed"
+    out = subprocess.run([exe, "train", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())
+    for flag in ("--data", "--backbone", "--lr", "--weight-decay", "--warmup-ratio", "--batch-size", "--epochs", "--seeds",
+                 "--protocol", "--select", "--resume", "--impl", "--max-seq-length", "--p-beta", "--noise"):
+        assert flag in text, flag
+    assert "runs code stored in the file" in text and "(default: 1e-05)" in text and "never downloaded" in text
+
+
+@pytest.mark.parametrize("layout", ["words", "arrays"])
+def test_train_then_evaluate_a_pickle(tmp_path, capsys, layout):
+    data = dump(tmp_path, word_data() if layout == "words" else array_data())
+    out = tmp_path / "run"
+    assert main(["train", "--data", data, "--output-dir", str(out), "--batch-size", "2", *TINY]) == 0
+    ckpt = out / "seed-1" / "checkpoint-last"
+    config = json.loads((ckpt / "config.json").read_text())
+    assert (config["model"]["ithp"]["X1_dim"], config["model"]["ithp"]["X2_dim"]) == (D_A, D_V)  # widths from the data
+    assert config["data"]["layout"] == layout and config["tokenizer"]["kind"] == ("word-vocabulary" if layout == "words" else "ids-in-data")
+    capsys.readouterr()
+    # A checkpoint never loads a pickle by itself: the file must be named.
+    assert main(["evaluate", "--checkpoint", str(ckpt)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ithp-fast evaluate: error: --data: this checkpoint was trained on") and data in err
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--data", data, "--split", "valid", "--protocol", "mmsa"]) == 0
+    report = json.loads((ckpt / "eval-valid.json").read_text())
+    assert report["split"] == "valid" and "Has0_acc_2" in report["headline"] and set(report["metrics"]) == {"authors", "mmsa"}
+    assert (ckpt / "eval-valid-predictions.csv").is_file()
+
+
+def test_malformed_data_is_one_clear_line(tmp_path, capsys):
+    raw = word_data()
+    raw["dev"][1] = ((["a", "b"], [[0.0] * D_V], [[0.0] * D_A] * 2), [[0.0]], "x")
+    path = dump(tmp_path, raw)
+    assert main(["train", "--data", path, "--output-dir", str(tmp_path / "run"), *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"ithp-fast train: error: {path}, split 'dev', example 1: visual: 1 rows for 2 words (one row per word expected)"
+
+
+def test_evaluate_checks_widths_against_the_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--output-dir", str(out), "--synthetic-sizes", "8", "4", "4", *TINY]) == 0
+    ckpt = out / "seed-1" / "checkpoint-last"
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--data", dump(tmp_path, word_data())]) == 2
+    err = capsys.readouterr().err
+    assert f"visual width {D_V} but the checkpoint" in err and "X2_dim=47" in err and f"acoustic width {D_A}" in err
+    # the synthetic checkpoint evaluates on its own synthetic set without --data
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--impl", "reference"]) == 0
+
+
+def test_missing_backbone_is_never_downloaded(tmp_path, capsys):
+    assert main(["train", "--backbone", "microsoft/deberta-v3-base", "--output-dir", str(tmp_path), *TINY]) == 2
+    assert "is not a local directory. Nothing is downloaded" in capsys.readouterr().err
+
+
+def test_local_backbone_directory_with_its_tokenizer(tmp_path):
+    from transformers import BertTokenizer, DebertaV2Config, DebertaV2Model
+
+    backbone = tmp_path / "backbone"
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "word", "##0", "##1", "##2", "##3", "##4", "##5", "##6"]
+    BertTokenizer(vocab={p: i for i, p in enumerate(pieces)}).save_pretrained(backbone)
+    DebertaV2Model(DebertaV2Config(vocab_size=len(pieces), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=16, relative_attention=True, position_buckets=8,
+                                   pos_att_type=["p2c", "c2p"], position_biased_input=False, type_vocab_size=0)).save_pretrained(backbone)
+    data = dump(tmp_path, word_data())
+    out = tmp_path / "run"
+    args = ["train", "--backbone", str(backbone), "--data", data, "--output-dir", str(out), "--backbone-dropout", "0", "--batch-size", "2"]
+    assert main(args + TINY) == 0
+    ckpt = out / "seed-1" / "checkpoint-last"
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["model"]["backbone"]["hidden_size"] == 16 and config["model"]["ithp"]["X0_dim"] == 16
+    assert config["model"]["backbone"]["hidden_dropout_prob"] == 0 and config["tokenizer"]["kind"] == "pretrained"
+    assert (ckpt / "tokenizer_config.json").is_file()  # the checkpoint carries its tokenizer
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--data", data]) == 0
