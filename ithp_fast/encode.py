@@ -6,8 +6,8 @@ unless sampling needs the logvar rows too; no detectors, no losses):
 ``fused``  one Triton launch for the whole chain (:mod:`ithp_fast.kernels.encode_chain`). Used on
            the ``"triton"`` backend for inference calls (no gradient wanted, no active dropout, no
            autocast) up to :data:`FUSED_KERNEL_MAX_ROWS` rows.
-``chain``  four ``addmm`` calls (cuBLAS on CUDA, MKL / oneDNN on the CPU), ReLU in place, the mu
-           halves as views of the weights. Every other call: the CPU default, large batches on
+``chain``  four ``addmm`` calls (cuBLAS on CUDA, ReLU in its epilogue; MKL / oneDNN on the CPU),
+           the mu halves as views of the weights. Every other call: the CPU default, large batches on
            CUDA, and anything that needs autograd, dropout (training mode) or autocast.
 
 Nothing derived from the weights is cached, so ``load_state_dict`` and optimiser steps are seen
@@ -70,6 +70,14 @@ def _needs_grad(model: torch.nn.Module, x: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in layers(model)))
 
 
+def _linear_relu(layer: torch.nn.Linear, b: torch.Tensor) -> torch.Tensor:
+    """``relu(b @ W.T + c)``; on CUDA without autograd or autocast, ReLU runs in cuBLAS's GEMM epilogue."""
+    needs_grad = torch.is_grad_enabled() and (b.requires_grad or layer.weight.requires_grad)
+    if b.is_cuda and not needs_grad and not torch.is_autocast_enabled("cuda"):
+        return torch._addmm_activation(layer.bias, b, layer.weight.t())
+    return torch.addmm(layer.bias, b, layer.weight.t()).relu_()
+
+
 def chain(model: torch.nn.Module, x2d: torch.Tensor, eps0: Optional[torch.Tensor] = None,
           eps1: Optional[torch.Tensor] = None, *, sample: bool = False) -> torch.Tensor:
     """The PyTorch path on ``[rows, X0]``: ``addmm`` per layer, the modules' dropout in between."""
@@ -77,7 +85,7 @@ def chain(model: torch.nn.Module, x2d: torch.Tensor, eps0: Optional[torch.Tensor
     b = x2d
     for encoder, width, eps in ((model.encoder1, cfg.B0_dim, eps0), (model.encoder2, cfg.B1_dim, eps1)):
         first, dropout, last = encoder[0], encoder[2], encoder[3]
-        h = dropout(torch.addmm(first.bias, b, first.weight.t()).relu_())
+        h = dropout(_linear_relu(first, b))
         if sample:
             mu, logvar = torch.addmm(last.bias, h, last.weight.t()).chunk(2, dim=-1)
             b = reparameterize(mu, logvar, torch.randn_like(mu) if eps is None else eps)

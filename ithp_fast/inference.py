@@ -439,9 +439,10 @@ def _sweep_configs(rows: int, hidden: int, sm_count: int):
             for splits in (1, 4, 8, 16):
                 seen.add(EncodeChainConfig(block_m=block_m, block_h=max(16, min(64, hidden // splits)), splits=splits))
     else:
-        for block_m in (32, 64, 128):
-            for num_warps in (4, 8):
-                seen.add(EncodeChainConfig(block_m=block_m, block_h=64, splits=1, num_warps=num_warps))
+        for block_m, block_h, num_warps, num_stages in [(32, 64, 4, 2), (64, 64, 4, 3), (64, 128, 8, 3), (64, 256, 8, 3),
+                                                        (128, 64, 8, 3), (128, 128, 8, 3)]:
+            seen.add(EncodeChainConfig(block_m=block_m, block_h=block_h, splits=1, num_warps=num_warps,
+                                       num_stages=num_stages))
     return sorted(seen, key=str)
 
 

@@ -231,3 +231,15 @@ def test_cuda_sampling_statistics():
         mu0, logvar0 = fast.encoder1(x[:1]).chunk(2, dim=-1)
         z = (fast.encode(x, sample=True) - mu0) / torch.exp(logvar0 / 2)
     assert abs(float(z.mean())) < 0.02 and abs(float(z.std()) - 1) < 0.02
+
+
+@cuda
+def test_cuda_autocast_and_gradients_take_the_chain():
+    fast, ref = pair("cuda", cfg=ITHPConfig())
+    x = torch.randn(3, 50, 768, device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        got, want = fast.encode(x), ref.encode(x)
+    assert got.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want.float(), rtol=5e-2, atol=5e-2)
+    fast.encode(x).sum().backward()
+    assert fast.encoder1[0].weight.grad is not None
