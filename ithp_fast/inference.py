@@ -499,10 +499,14 @@ def measure_cuda(rows_list: Sequence[int] = (50, 1600, 6400, 51200), *, sweep: b
                 if sweep and precision == "ieee" and rows in SWEEP_ROWS:
                     timings = {}
                     for cfg in _sweep_configs(rows, 256, sms):
-                        timings[str(cfg)] = 1e6 * graphed_seconds(
-                            lambda: encode_chain(x, *layers(model), precision=precision, config=cfg), device)
+                        try:
+                            timings[str(cfg)] = 1e6 * graphed_seconds(
+                                lambda: encode_chain(x, *layers(model), precision=precision, config=cfg), device)
+                        except Exception as err:  # e.g. a block too large for shared memory
+                            rec.setdefault("failed_configs", {})[str(cfg)] = type(err).__name__
                     best = min(timings, key=timings.get)
                     rec["fused_best_us"], rec["fused_best_config"] = timings[best], best
+                    rec["fused_configs_us"] = timings
                 _emit(rec)
             for batch in (1, 1024):
                 server = ServingEncoder(model, batch_sizes=(batch,), precision=precision, clone_output=False)
