@@ -81,7 +81,9 @@ class FusedOps:
 
             self.new_seed = lambda device: torch_path.new_seed()
             self.relu_dropout = torch_path.relu_dropout
-            self.reparam_kl = torch_path.reparam_kl
+            self.reparam_kl = lambda h, eps, seed, stream, sample: torch_path.reparam_kl(
+                h, seed, stream, eps=eps, sample=sample
+            )
             self.detector_loss = torch_path.detector_loss
             self.combine = torch_path.combine
         else:

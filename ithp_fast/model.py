@@ -72,8 +72,8 @@ class ITHP(ReferenceITHP):
         eps0, eps1 = noise or (None, None)
         with stage("ithp.forward"):
             seed = ops.new_seed(x.device) if self._draws_noise(noise) else None
-            b0, kl0, mse0 = self._level(ops, 0, x, acoustic, eps0, seed)
-            b1, kl1, mse1 = self._level(ops, 1, b0, visual, eps1, seed)
+            b0, kl0, mse0 = self._fused_level(ops, 0, x, acoustic, eps0, seed)
+            b1, kl1, mse1 = self._fused_level(ops, 1, b0, visual, eps1, seed)
             losses = ops.combine(kl0, mse0, kl1, mse1, self.config, x.dtype)
         return (b1.reshape(*x.shape[:-1], b1.shape[-1]),) + tuple(losses)
 
@@ -84,25 +84,25 @@ class ITHP(ReferenceITHP):
         dropouts = (self.encoder1[2], self.MLP1[2], self.MLP1[5], self.encoder2[2], self.MLP2[2], self.MLP2[5])
         return any(_dropout_p(m) > 0.0 for m in dropouts)
 
-    def _mlp(self, ops: FusedOps, mlp: torch.nn.Sequential, inp: torch.Tensor, seed, stream: int) -> torch.Tensor:
+    def _fused_mlp(self, ops: FusedOps, mlp: torch.nn.Sequential, inp: torch.Tensor, seed, stream: int) -> torch.Tensor:
         """``Linear -> ReLU -> Dropout -> Linear`` with the middle fused."""
         hidden = F.linear(inp, mlp[0].weight, mlp[0].bias)
         hidden = ops.relu_dropout(hidden, seed, stream, _dropout_p(mlp[2]))
         return F.linear(hidden, mlp[3].weight, mlp[3].bias)
 
-    def _level(self, ops: FusedOps, level: int, inp: torch.Tensor, target: torch.Tensor, eps, seed):
+    def _fused_level(self, ops: FusedOps, level: int, inp: torch.Tensor, target: torch.Tensor, eps, seed):
         encoder, detector = (self.encoder1, self.MLP1) if level == 0 else (self.encoder2, self.MLP2)
         hidden_stream, eps_stream, detector_stream, output_stream = _LEVEL_STREAMS[level]
         encoder_stage, reparam_stage, detector_stage = _STAGES[level]
         with stage(encoder_stage):
-            h = self._mlp(ops, encoder, inp, seed, hidden_stream)
+            h = self._fused_mlp(ops, encoder, inp, seed, hidden_stream)
             h = h.reshape(-1, h.shape[-1])
         with stage(reparam_stage):
             width = h.shape[-1] // 2
             eps = eps.reshape(-1, width) if eps is not None else None
             b, kl = ops.reparam_kl(h, eps, seed, eps_stream, self.samples)
         with stage(detector_stage):
-            z = self._mlp(ops, detector, b, seed, detector_stream)
+            z = self._fused_mlp(ops, detector, b, seed, detector_stream)
             mse = ops.detector_loss(z, target.reshape(-1, target.shape[-1]), seed, output_stream,
                                     _dropout_p(detector[5]))
         return b, kl, mse

@@ -119,7 +119,7 @@ class _ReparamKL(torch.autograd.Function):
         return grad_h.to(h.dtype), grad_eps, None, None, None
 
 
-def reparam_kl(h: torch.Tensor, eps: Optional[torch.Tensor], seed: int, stream: int, sample: bool = True):
+def reparam_kl(h: torch.Tensor, seed: int, stream: int, *, eps: Optional[torch.Tensor] = None, sample: bool = True):
     """``(b, kl)`` from ``h = [mu | logvar]``; ``kl`` float32 0-dim. ``eps`` injects the noise."""
     return _ReparamKL.apply(h, eps, seed, stream, bool(sample))
 

@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from .relu_dropout import _check_p, _check_seed
+from .rounding import rounded_to
 from .rng import GROUP, QUARTER, group_uniform
 
 
@@ -78,9 +79,9 @@ def _backward_quarter(z_ptr, t_ptr, gz_ptr, gt_ptr, e, numel, u, p, scale, g, DR
         out = tl.where(keep, s * scale, 0.0)
         slope = tl.where(keep, slope * scale, 0.0)
     residual = g * (out - t)
-    tl.store(gz_ptr + e, (residual * slope).to(gz_ptr.dtype.element_ty), mask=inside)
+    tl.store(gz_ptr + e, rounded_to(residual * slope, gz_ptr.dtype.element_ty), mask=inside)
     if NEED_GRAD_T:
-        tl.store(gt_ptr + e, (-residual).to(gt_ptr.dtype.element_ty), mask=inside)
+        tl.store(gt_ptr + e, rounded_to(-residual, gt_ptr.dtype.element_ty), mask=inside)
 
 
 @triton.jit

@@ -23,6 +23,8 @@ import triton.language as tl
 
 from ..reference.ithp import combine_ib
 
+from .rounding import rounded_to
+
 _BLOCK = 1024
 
 
@@ -51,11 +53,11 @@ def _ib_combine_forward_kernel(p0, n0, p1, n1, p2, n2, p3, n3, out_ib, out0, out
     kl1 = _sum_partials(p2, n2, BLOCK)
     mse1 = _sum_partials(p3, n3, BLOCK)
     total = w0 * kl0 + w1 * mse0 + w2 * kl1 + w3 * mse1
-    tl.store(out_ib, total.to(out_ib.dtype.element_ty))
-    tl.store(out0, kl0.to(out0.dtype.element_ty))
-    tl.store(out1, mse0.to(out1.dtype.element_ty))
-    tl.store(out2, kl1.to(out2.dtype.element_ty))
-    tl.store(out3, mse1.to(out3.dtype.element_ty))
+    tl.store(out_ib, rounded_to(total, out_ib.dtype.element_ty))
+    tl.store(out0, rounded_to(kl0, out0.dtype.element_ty))
+    tl.store(out1, rounded_to(mse0, out1.dtype.element_ty))
+    tl.store(out2, rounded_to(kl1, out2.dtype.element_ty))
+    tl.store(out3, rounded_to(mse1, out3.dtype.element_ty))
 
 
 @triton.jit

@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .rounding import rounded_to
 from .rng import GROUP, QUARTER, group_uniform
 
 _BWD_BLOCK = 1024
@@ -44,7 +45,7 @@ def _forward_quarter(a_ptr, d_ptr, offs, numel, u, p, scale, DROPOUT: tl.constex
     d = tl.maximum(a, 0.0)
     if DROPOUT:
         d = tl.where(u >= p, d * scale, 0.0)
-    tl.store(d_ptr + offs, d.to(d_ptr.dtype.element_ty), mask=inside)
+    tl.store(d_ptr + offs, rounded_to(d, d_ptr.dtype.element_ty), mask=inside)
 
 
 @triton.jit
@@ -72,7 +73,7 @@ def _relu_dropout_backward_kernel(gd_ptr, d_ptr, ga_ptr, numel, scale, BLOCK: tl
     gd = tl.load(gd_ptr + offs, mask=inside, other=0.0).to(tl.float32)
     d = tl.load(d_ptr + offs, mask=inside, other=0.0).to(tl.float32)
     ga = tl.where(d > 0.0, gd * scale, 0.0)
-    tl.store(ga_ptr + offs, ga.to(ga_ptr.dtype.element_ty), mask=inside)
+    tl.store(ga_ptr + offs, rounded_to(ga, ga_ptr.dtype.element_ty), mask=inside)
 
 
 def relu_dropout_forward(a: torch.Tensor, seed: torch.Tensor, stream: int, p: float, *, start: int = 0) -> torch.Tensor:

@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from .relu_dropout import _check_seed
+from .rounding import rounded_to
 from .rng import GROUP, QUARTER, group_normal
 
 
@@ -48,7 +49,7 @@ def _forward_quarter(h_ptr, eps_ptr, b_ptr, e, n_elem, row_stride, noise, B: tl.
         b = mu + noise * std
     else:
         b = mu
-    tl.store(b_ptr + e, b.to(b_ptr.dtype.element_ty), mask=inside)
+    tl.store(b_ptr + e, rounded_to(b, b_ptr.dtype.element_ty), mask=inside)
     term = tl.where(inside, 1.0 + logvar - mu * mu - std * std, 0.0)
     return tl.sum(term, axis=0)
 
@@ -97,10 +98,10 @@ def _backward_quarter(h_ptr, eps_ptr, gb_ptr, gh_ptr, geps_ptr, e, n_elem, row_s
                 noise = tl.load(eps_ptr + e, mask=inside, other=0.0).to(tl.float32)
             grad_logvar += 0.5 * gb * noise * std
             if NEED_GRAD_EPS:
-                tl.store(geps_ptr + e, (gb * std).to(geps_ptr.dtype.element_ty), mask=inside)
+                tl.store(geps_ptr + e, rounded_to(gb * std, geps_ptr.dtype.element_ty), mask=inside)
     out = gh_ptr + row * (2 * B) + col
-    tl.store(out, grad_mu.to(gh_ptr.dtype.element_ty), mask=inside)
-    tl.store(out + B, grad_logvar.to(gh_ptr.dtype.element_ty), mask=inside)
+    tl.store(out, rounded_to(grad_mu, gh_ptr.dtype.element_ty), mask=inside)
+    tl.store(out + B, rounded_to(grad_logvar, gh_ptr.dtype.element_ty), mask=inside)
 
 
 @triton.jit

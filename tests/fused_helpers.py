@@ -1,0 +1,75 @@
+"""Helpers for the fused-op tests: each backend's ops, seeds and noise, fixed-mask dropout."""
+
+import torch
+from torch import nn
+
+from ithp_fast import torch_path
+from ithp_fast.kernels import detector_loss as triton_detector_loss
+from ithp_fast.kernels import relu_dropout as triton_relu_dropout
+from ithp_fast.kernels import reparam_kl as triton_reparam_kl
+from ithp_fast.kernels import rng
+
+# The fused backends every device runs in the tests (Triton on the CPU through the interpreter).
+FUSED_BACKENDS = ("torch", "triton")
+
+OPS = {
+    "triton": dict(relu_dropout=triton_relu_dropout.relu_dropout, reparam_kl=triton_reparam_kl.reparam_kl,
+                   detector_loss=triton_detector_loss.detector_loss),
+    "torch": dict(relu_dropout=torch_path.relu_dropout, reparam_kl=torch_path.reparam_kl,
+                  detector_loss=torch_path.detector_loss),
+}
+
+
+def op(backend: str, name: str):
+    return OPS[backend][name]
+
+
+def op_seed(backend: str, device, value: int = 20240531):
+    """A seed as the backend's ops take it: an int64 device tensor (Triton) or an int (torch)."""
+    if backend == "triton":
+        return torch.tensor([value], dtype=torch.int64, device=device)
+    return value
+
+
+def uniforms(backend: str, seed, stream: int, shape, device) -> torch.Tensor:
+    """The uniforms the backend draws for ``(seed, stream)`` and a tensor of ``shape``."""
+    if backend == "triton":
+        n = 1
+        for s in shape:
+            n *= s
+        return rng.uniform_stream(seed, stream, n).view(shape)
+    return torch_path.uniform(seed, stream, shape, device)
+
+
+def normals(backend: str, seed, stream: int, shape, device) -> torch.Tensor:
+    """The N(0, 1) draws the backend uses for ``(seed, stream)`` and a tensor of ``shape``."""
+    if backend == "triton":
+        n = 1
+        for s in shape:
+            n *= s
+        return rng.normal_stream(seed, stream, n).view(shape)
+    return torch_path.normal(seed, stream, shape, device)
+
+
+def keep_mask(backend: str, seed, stream: int, shape, p: float, device) -> torch.Tensor:
+    """float 0/1: where a dropout of probability ``p`` keeps the element."""
+    return (uniforms(backend, seed, stream, shape, device) >= p).float()
+
+
+class FixedMaskDropout(nn.Module):
+    """A dropout whose mask is given (to run the reference with the fast path's masks)."""
+
+    def __init__(self, mask: torch.Tensor, p: float) -> None:
+        super().__init__()
+        self.mask, self.p = mask, p
+
+    def forward(self, x):
+        return x * self.mask.to(x.dtype) / (1 - self.p)
+
+
+def assert_close_dtype(actual, expected, dtype, **overrides):
+    from helpers import TOLERANCES
+
+    tol = dict(TOLERANCES[dtype])
+    tol.update(overrides)
+    torch.testing.assert_close(actual.float(), expected.float(), **tol)

@@ -1,0 +1,106 @@
+"""Detector loss of one level (sigmoid -> dropout -> MSE): both fused backends vs plain torch."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from fused_helpers import FUSED_BACKENDS, assert_close_dtype, keep_mask, op, op_seed
+
+from ithp_fast.kernels.detector_loss import detector_loss_backward, detector_loss_forward
+from ithp_fast.kernels.rng import Stream
+
+SHAPES = [(1, 1), (7, 35), (50, 47), (1000, 74), (7, 257), (3, 5, 74)]
+
+
+def inputs(shape, device, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(*shape, generator=g) * 2
+    t = torch.rand(*shape, generator=g)
+    return z.to(device=device, dtype=dtype), t.to(device=device, dtype=dtype)
+
+
+def reference(z, t, mask, p):
+    return F.mse_loss(torch.sigmoid(z) * mask / (1 - p), t)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_matches_fixed_mask_reference(device, backend, shape, p):
+    z, t = inputs(shape, device)
+    seed = op_seed(backend, device)
+    mask = keep_mask(backend, seed, Stream.MLP1_OUTPUT, shape, p, device)
+    zs = [z.clone().requires_grad_(True) for _ in range(2)]
+    ts = [t.clone().requires_grad_(True) for _ in range(2)]
+    got = op(backend, "detector_loss")(zs[0], ts[0], seed, Stream.MLP1_OUTPUT, p)
+    want = reference(zs[1], ts[1], mask, p)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    (got * 1.3).backward()
+    (want * 1.3).backward()
+    torch.testing.assert_close(zs[0].grad, zs[1].grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(ts[0].grad, ts[1].grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_target_without_grad(device, backend):
+    z, t = inputs((50, 47), device)
+    z.requires_grad_(True)
+    seed = op_seed(backend, device)
+    op(backend, "detector_loss")(z, t, seed, Stream.MLP2_OUTPUT, 0.3).backward()
+    z_ref = z.detach().clone().requires_grad_(True)
+    reference(z_ref, t, keep_mask(backend, seed, Stream.MLP2_OUTPUT, (50, 47), 0.3, device), 0.3).backward()
+    torch.testing.assert_close(z.grad, z_ref.grad)
+    assert t.grad is None
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_non_contiguous(device, backend):
+    z, t = inputs((74, 50), device)
+    z, t = z.t(), t.t()
+    seed = op_seed(backend, device)
+    got = op(backend, "detector_loss")(z, t, seed, Stream.MLP1_OUTPUT, 0.3)
+    torch.testing.assert_close(got, reference(z, t, keep_mask(backend, seed, Stream.MLP1_OUTPUT, (50, 74), 0.3, device),
+                                              0.3))
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_bfloat16(device, backend):
+    z, t = inputs((50, 74), device, torch.bfloat16)
+    z.requires_grad_(True)
+    seed = op_seed(backend, device)
+    mse = op(backend, "detector_loss")(z, t, seed, Stream.MLP1_OUTPUT, 0.3)
+    assert mse.dtype == torch.float32  # reduced in float32
+    z_ref = z.detach().float().requires_grad_(True)
+    want = reference(z_ref, t.float(), keep_mask(backend, seed, Stream.MLP1_OUTPUT, (50, 74), 0.3, device), 0.3)
+    torch.testing.assert_close(mse, want, rtol=1e-5, atol=1e-6)  # same bf16 inputs, float32 math
+    mse.backward()
+    want.backward()
+    assert z.grad.dtype == torch.bfloat16
+    assert_close_dtype(z.grad, z_ref.grad, torch.bfloat16, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_dropout_distribution(device, backend):
+    """Kept fraction 1-p and kept values scaled by 1/(1-p): the loss against 0 shows both."""
+    z = torch.full((400, 257), 50.0, device=device)  # sigmoid = 1 exactly
+    t = torch.zeros_like(z)
+    mse = op(backend, "detector_loss")(z, t, op_seed(backend, device), Stream.MLP2_OUTPUT, 0.3)
+    # each kept element contributes (1/0.7)^2: mse = kept_fraction / 0.49
+    assert abs(mse.item() * 0.49 - 0.7) < 0.01
+
+
+def test_mask_regenerated_in_backward(device):
+    z, t = inputs((1000, 74), device)
+    seed = op_seed("triton", device)
+    parts = detector_loss_forward(z, t, seed, Stream.MLP1_OUTPUT, 0.3)
+    grad_z, _ = detector_loss_backward(z, t, torch.ones_like(parts), seed, Stream.MLP1_OUTPUT, 0.3)
+    z_ref = z.clone().requires_grad_(True)
+    reference(z_ref, t, keep_mask("triton", seed, Stream.MLP1_OUTPUT, (1000, 74), 0.3, device), 0.3).backward()
+    torch.testing.assert_close(grad_z, z_ref.grad)
+
+
+def test_bad_inputs(device):
+    seed = op_seed("triton", device)
+    with pytest.raises(ValueError, match="target: expected the shape of z"):
+        detector_loss_forward(torch.ones(4, 3, device=device), torch.ones(4, 2, device=device), seed, 1, 0.3)
+    with pytest.raises(ValueError, match="p: dropout probability"):
+        detector_loss_forward(torch.ones(4, 3, device=device), torch.ones(4, 3, device=device), seed, 1, -0.1)

@@ -1,0 +1,153 @@
+"""Reparameterisation + KL of one level: both fused backends vs the reference formulas."""
+
+import pytest
+import torch
+from fused_helpers import FUSED_BACKENDS, assert_close_dtype, normals, op, op_seed
+
+from ithp_fast.kernels.reparam_kl import reparam_kl_backward, reparam_kl_forward
+from ithp_fast.kernels.rng import Stream
+from ithp_fast.reference.ithp import kl_to_standard_normal, reparameterize
+
+SHAPES = [(1, 1), (7, 35), (50, 47), (7, 74), (1000, 257), (1000, 1)]
+
+
+def make_h(rows, width, device, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(rows, 2 * width, generator=g)
+    h[:, width:] *= 0.5  # moderate log-variances
+    return h.to(device=device, dtype=dtype)
+
+
+def reference(h, eps, sample=True):
+    mu, logvar = h.chunk(2, dim=-1)
+    b = reparameterize(mu, logvar, eps) if sample else mu
+    return b, kl_to_standard_normal(mu, logvar)
+
+
+def run_and_grad(fn, h, eps, grad_b, grad_kl):
+    h = h.detach().clone().requires_grad_(True)
+    b, kl = fn(h, eps)
+    torch.autograd.backward([b, kl], [grad_b, grad_kl])
+    return b.detach(), kl.detach(), h.grad
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("rows, width", SHAPES, ids=str)
+@pytest.mark.parametrize("generated", [False, True], ids=["injected", "generated"])
+def test_matches_reference(device, backend, rows, width, generated):
+    h = make_h(rows, width, device)
+    seed = op_seed(backend, device)
+    eps = normals(backend, seed, Stream.EPS0, (rows, width), device)
+    g = torch.Generator().manual_seed(5)
+    grad_b = torch.randn(rows, width, generator=g).to(device)
+    grad_kl = torch.tensor(1.7, device=device)
+    fast = op(backend, "reparam_kl")
+    got = run_and_grad(lambda h_, e: fast(h_, seed, Stream.EPS0, eps=None if generated else e), h, eps, grad_b, grad_kl)
+    want = run_and_grad(reference, h, eps, grad_b, grad_kl)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_posterior_mean(device, backend):
+    h = make_h(7, 35, device)
+    grad_b = torch.randn(7, 35, device=device)
+    grad_kl = torch.tensor(0.5, device=device)
+    fast = op(backend, "reparam_kl")
+    got = run_and_grad(lambda h_, e: fast(h_, op_seed(backend, device), Stream.EPS0, sample=False), h, None, grad_b,
+                       grad_kl)
+    want = run_and_grad(lambda h_, e: reference(h_, e, sample=False), h, None, grad_b, grad_kl)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_grad_of_injected_eps(device, backend):
+    h = make_h(7, 35, device)
+    eps = torch.randn(7, 35, device=device, requires_grad=True)
+    eps_ref = eps.detach().clone().requires_grad_(True)
+    b, kl = op(backend, "reparam_kl")(h, op_seed(backend, device), Stream.EPS1, eps=eps)
+    b_ref, kl_ref = reference(h, eps_ref)
+    grad_b = torch.randn_like(b)
+    (b * grad_b).sum().backward()
+    (b_ref * grad_b).sum().backward()
+    torch.testing.assert_close(eps.grad, eps_ref.grad)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("only", ["b", "kl"])
+def test_one_output_used(device, backend, only):
+    h = make_h(50, 47, device).requires_grad_(True)
+    h_ref = h.detach().clone().requires_grad_(True)
+    eps = torch.randn(50, 47, device=device)
+    b, kl = op(backend, "reparam_kl")(h, op_seed(backend, device), Stream.EPS0, eps=eps)
+    b_ref, kl_ref = reference(h_ref, eps)
+    (b.sum() if only == "b" else kl).backward()
+    (b_ref.sum() if only == "b" else kl_ref).backward()
+    torch.testing.assert_close(h.grad, h_ref.grad)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_strided_h(device, backend):
+    """A row-strided view (a slice of a wider buffer) and a transposed one."""
+    wide = make_h(50, 64, device)
+    for h in (wide[:, :94], make_h(47, 50, device).t().contiguous().t()[:, :]):
+        width = h.shape[1] // 2
+        eps = torch.randn(h.shape[0], width, device=device)
+        b, kl = op(backend, "reparam_kl")(h, op_seed(backend, device), Stream.EPS0, eps=eps)
+        b_ref, kl_ref = reference(h, eps)
+        torch.testing.assert_close(b, b_ref)
+        torch.testing.assert_close(kl, kl_ref)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_bfloat16(device, backend):
+    h32 = make_h(50, 47, device)
+    h = h32.to(torch.bfloat16).requires_grad_(True)
+    eps = torch.randn(50, 47, device=device)
+    b, kl = op(backend, "reparam_kl")(h, op_seed(backend, device), Stream.EPS0, eps=eps)
+    assert b.dtype == torch.bfloat16 and kl.dtype == torch.float32  # float32 accumulation
+    h_ref = h.detach().float().requires_grad_(True)
+    b_ref, kl_ref = reference(h_ref, eps)
+    assert_close_dtype(b, b_ref, torch.bfloat16)
+    torch.testing.assert_close(kl, kl_ref, rtol=1e-5, atol=1e-6)  # same bf16 inputs, float32 math
+    grad_b = torch.randn(50, 47, device=device)
+    torch.autograd.backward([b, kl], [grad_b.to(torch.bfloat16), torch.tensor(2.0, device=device)])
+    torch.autograd.backward([b_ref, kl_ref], [grad_b, torch.tensor(2.0, device=device)])
+    assert h.grad.dtype == torch.bfloat16
+    assert_close_dtype(h.grad, h_ref.grad, torch.bfloat16)
+
+
+def test_eps_regenerated_in_backward(device):
+    """The Triton backward draws exactly the forward's eps (no eps is stored)."""
+    h = make_h(50, 47, device)
+    seed = op_seed("triton", device)
+    b, parts = reparam_kl_forward(h, seed, Stream.EPS1)
+    eps = normals("triton", seed, Stream.EPS1, (50, 47), device)
+    grad_b = torch.randn(50, 47, device=device)
+    grad_h, _ = reparam_kl_backward(h, grad_b, None, seed, Stream.EPS1)
+    _, _, want = run_and_grad(reference, h, eps, grad_b, torch.tensor(0.0, device=device))
+    torch.testing.assert_close(grad_h, want)
+    other_seed = op_seed("triton", device, 1)
+    grad_other, _ = reparam_kl_backward(h, grad_b, None, other_seed, Stream.EPS1)
+    assert not torch.allclose(grad_other, want)
+
+
+def test_partials_gradient_may_be_a_broadcast_scalar(device):
+    h = make_h(1000, 47, device)
+    seed = op_seed("triton", device)
+    _, parts = reparam_kl_forward(h, seed, Stream.EPS0)
+    scalar = torch.tensor([3.0], device=device)
+    a, _ = reparam_kl_backward(h, None, scalar.expand(parts.numel()), seed, Stream.EPS0)
+    b, _ = reparam_kl_backward(h, None, torch.full_like(parts, 3.0), seed, Stream.EPS0)
+    torch.testing.assert_close(a, b)
+
+
+def test_bad_inputs(device):
+    seed = op_seed("triton", device)
+    with pytest.raises(ValueError, match="h: expected"):
+        reparam_kl_forward(torch.ones(4, 3, device=device), seed, Stream.EPS0)
+    with pytest.raises(ValueError, match="eps: expected shape"):
+        reparam_kl_forward(torch.ones(4, 6, device=device), seed, Stream.EPS0, eps=torch.ones(4, 2, device=device))
+    with pytest.raises(TypeError, match="seed"):
+        reparam_kl_forward(torch.ones(4, 6, device=device), None, Stream.EPS0)
