@@ -31,6 +31,8 @@ FUSED_KERNEL_MAX_ROWS = {"ieee": 8192, "tf32": 8192, "bf16": 8192}
 Keyed by matmul precision: float32 exact (``"ieee"``), float32 TF32, and 16-bit inputs."""
 
 PRECISIONS = ("ieee", "tf32")
+FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+"""Input dtypes the fused kernel takes (float64 and others go through the chain)."""
 
 
 def float32_precision(precision: Optional[str] = None) -> str:
@@ -60,7 +62,7 @@ def choose_path(model: torch.nn.Module, rows: int, dtype: torch.dtype, device: t
     if backend != "triton":
         return "reference" if backend == "reference" else "chain"
     dropout_active = model.training and model.config.drop_prob > 0
-    if dropout_active or requires_grad or torch.is_autocast_enabled(device.type):
+    if dropout_active or requires_grad or torch.is_autocast_enabled(device.type) or dtype not in FUSED_DTYPES:
         return "chain"
     limit = FUSED_KERNEL_MAX_ROWS[_precision_key(dtype, float32_precision(precision))]
     return "fused" if rows <= limit else "chain"

@@ -73,6 +73,7 @@ def test_path_choice():
         assert choose_path(fast, rows, torch.float32, torch.device("cpu")) == "fused"
         assert choose_path(fast, FUSED_KERNEL_MAX_ROWS["ieee"] + 1, torch.float32, torch.device("cpu")) == "chain"
         assert choose_path(fast, rows, torch.float32, torch.device("cpu"), requires_grad=True) == "chain"
+        assert choose_path(fast, rows, torch.float64, torch.device("cpu")) == "chain"
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert choose_path(fast, rows, torch.float32, torch.device("cpu")) == "chain"
         fast.train()
