@@ -417,9 +417,11 @@ def train_seed(cfg: TrainConfig, seed: int, data: SentimentData, ctx: DistContex
         epoch = state["epoch"]
         sampler.set_epoch(epoch)
         ddp.train()
-        epoch_sum = torch.zeros(len(TERMS), device=ctx.device)
-        epoch_steps = 0
-        window: list[torch.Tensor] = []
+        # Sums of an epoch interrupted by --stop-after-steps carry over, so a resumed epoch logs as an uninterrupted one.
+        partial = state.pop("partial", None) or {"sum": [0.0] * len(TERMS), "steps": 0, "window": []}
+        epoch_sum = torch.tensor(partial["sum"], device=ctx.device)
+        epoch_steps = partial["steps"]
+        window = [torch.tensor(w, device=ctx.device) for w in partial["window"]]
         bar = tqdm(total=min(steps_per_epoch, total_steps - state["global_step"] + state["step_in_epoch"]),
                    initial=state["step_in_epoch"], desc=f"seed {seed} epoch {epoch + 1}/{cfg.epochs}",
                    disable=not (cfg.progress and ctx.is_main), leave=False, dynamic_ncols=True)
@@ -456,13 +458,14 @@ def train_seed(cfg: TrainConfig, seed: int, data: SentimentData, ctx: DistContex
                 break
         bar.close()
         state["train_seconds"] += time.perf_counter() - t0
+        epoch_done = state["step_in_epoch"] >= steps_per_epoch or state["global_step"] >= total_steps
+        if not epoch_done:
+            state["partial"] = {"sum": epoch_sum.tolist(), "steps": epoch_steps, "window": [w.tolist() for w in window]}
+            save_last(False)
+            break
         if window:
             history["steps"].append({"step": state["global_step"], "epoch": epoch + 1,
                                      **dict(zip(TERMS, torch.stack(window).mean(0).tolist()))})
-        epoch_done = state["step_in_epoch"] >= steps_per_epoch or state["global_step"] >= total_steps
-        if not epoch_done:
-            save_last(False)
-            break
         seconds = time.perf_counter() - t0
         record = {"epoch": epoch + 1, "seconds": seconds, "lr": scheduler.get_last_lr()[0],
                   "train": dict(zip(TERMS, (mean_across_ranks(epoch_sum, ctx) / max(epoch_steps, 1)).tolist()))}

@@ -98,6 +98,8 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
     ra = json.loads((tmp_path / "a/seed-1/results.json").read_text())
     rb = json.loads((tmp_path / "b/seed-1/results.json").read_text())
     assert ra["test"] == rb["test"]
+    assert [r["train"] for r in ra["history"]["epochs"]] == [r["train"] for r in rb["history"]["epochs"]]
+    assert ra["history"]["steps"] == rb["history"]["steps"]
     # a finished seed is not trained again
     again = train(TrainConfig(output_dir=str(tmp_path / "b"), resume=True, **base))
     assert again["metrics"]["authors"]["MAE"]["values"] == [rb["test"]["authors"]["MAE"]]
