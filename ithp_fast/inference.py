@@ -470,76 +470,96 @@ def _deberta_v3_base_config():
 def measure_cuda(rows_list: Sequence[int] = (50, 1600, 6400, 51200), *, sweep: bool = True,
                  compile_modes: bool = False, deberta: bool = True, deberta_compile: Optional[str] = None) -> None:
     """Print (JSON lines) the timings that choose ``FUSED_KERNEL_MAX_ROWS``, the kernel's split
-    and the serving modes, with the reference baselines on the same card."""
-    from . import ITHP, ITHPConfig, ITHPDeberta
-    from .kernels.encode_chain import _sm_count, encode_chain
-    from .encode import layers
+    and the serving modes, with the reference baselines on the same card. A section that fails
+    prints its error and the next one runs."""
+    from . import ITHP, ITHPConfig
 
     device = torch.device("cuda", torch.cuda.current_device())
     card = torch.cuda.get_device_name(device)
     torch.manual_seed(0)
     base = ITHP(ITHPConfig(), backend="triton").to(device).eval()
-    sms = _sm_count(device)
-    kinds = [("float32", "ieee"), ("float32", "tf32"), ("bfloat16", "ieee")]
-    with torch.no_grad():
-        for dtype_name, precision in kinds:
-            dtype = getattr(torch, dtype_name)
-            model = base.to(dtype)
-            for rows in rows_list:
-                x = torch.randn(rows, 768, device=device, dtype=dtype)
-                rec = dict(what="encode", card=card, dtype=dtype_name, precision=precision, rows=rows)
-                saved = torch.backends.cuda.matmul.allow_tf32
-                torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-                try:
-                    rec["reference_encode_us"] = 1e6 * graphed_seconds(lambda: ReferenceITHP.encode(model, x), device)
-                    rec["chain_us"] = 1e6 * graphed_seconds(lambda: chain_path(model, x), device)
-                finally:
-                    torch.backends.cuda.matmul.allow_tf32 = saved
-                rec["fused_default_us"] = 1e6 * graphed_seconds(lambda: fused_path(model, x, precision=precision), device)
-                if sweep and precision == "ieee" and rows in SWEEP_ROWS:
-                    timings = {}
-                    for cfg in _sweep_configs(rows, 256, sms):
-                        try:
-                            timings[str(cfg)] = 1e6 * graphed_seconds(
-                                lambda: encode_chain(x, *layers(model), precision=precision, config=cfg), device)
-                        except Exception as err:  # e.g. a block too large for shared memory
-                            rec.setdefault("failed_configs", {})[str(cfg)] = type(err).__name__
-                    best = min(timings, key=timings.get)
-                    rec["fused_best_us"], rec["fused_best_config"] = timings[best], best
-                    rec["fused_configs_us"] = timings
-                _emit(rec)
-            for batch in (1, 1024):
-                server = ServingEncoder(model, batch_sizes=(batch,), precision=precision, clone_output=False)
-                x = torch.randn(batch, DEFAULT_TOKENS, 768, device=device, dtype=dtype)
-                bucket = server._buckets[batch * DEFAULT_TOKENS]
-                _emit(dict(what="serving_encoder", card=card, dtype=dtype_name, precision=precision, batch=batch,
-                           tokens=DEFAULT_TOKENS, replay_us=1e6 * _median_seconds(bucket.run, device, 50),
-                           call_us=1e6 * _median_seconds(lambda: server(x), device, 50)))
-        if compile_modes:
-            model = base.float()
-            server = ServingEncoder(model, batch_sizes=(1, 32, 1024), compile_mode="auto")
-            _emit(dict(what="serving_encoder_modes", card=card, seconds=server._runner.candidate_seconds,
-                       chosen=server.chosen_modes))
-        if not deberta:
-            return
+    sections = [(f"encode {d} {p}", functools.partial(_measure_encode, base, d, p, rows_list, sweep, device, card))
+                for d, p in [("float32", "ieee"), ("float32", "tf32"), ("bfloat16", "ieee")]]
+    if compile_modes:
+        sections.append(("encoder compile modes", functools.partial(_measure_modes, base, device, card)))
+    if deberta:
         for dtype in (torch.float32, torch.bfloat16):
-            torch.manual_seed(0)
-            model = ITHPDeberta(_deberta_v3_base_config(), ithp_cls=ITHP).to(device, dtype).eval()
-            ids = torch.randint(1, 1000, (1, DEFAULT_TOKENS), device=device)
-            mask = torch.ones_like(ids)
-            visual = torch.rand(1, DEFAULT_TOKENS, 47, device=device, dtype=dtype)
-            acoustic = torch.rand(1, DEFAULT_TOKENS, 74, device=device, dtype=dtype)
-            rec = dict(what="deberta", card=card, dtype=str(dtype).split(".")[-1], batch=1, tokens=DEFAULT_TOKENS)
-            rec["forward_eager_us"] = 1e6 * _median_seconds(lambda: model(ids, visual, acoustic, mask), device)
-            rec["logits_eager_us"] = 1e6 * _median_seconds(lambda: deberta_logits(model, ids, mask), device)
-            server = ServingDeberta(model, batch_sizes=(1, 8, 32), compile_mode=deberta_compile)
-            for batch in (1, 8, 32):
-                ids_b = torch.randint(1, 1000, (batch, DEFAULT_TOKENS), device=device)
-                rec[f"served_b{batch}_us"] = 1e6 * _median_seconds(lambda: server(ids_b, torch.ones_like(ids_b)), device, 50)
-            rec["compile_mode"] = deberta_compile
-            _emit(rec)
-            del model, server
-            torch.cuda.empty_cache()
+            sections.append((f"deberta {dtype}", functools.partial(_measure_deberta, dtype, deberta_compile, device, card)))
+    for name, run in sections:
+        try:
+            with torch.no_grad():
+                run()
+        except Exception as err:
+            _emit(dict(what="error", section=name, error=f"{type(err).__name__}: {err}"[:2000]))
+        torch.cuda.empty_cache()
+
+
+def _measure_encode(base, dtype_name, precision, rows_list, sweep, device, card):
+    from .encode import layers
+    from .kernels.encode_chain import _sm_count, encode_chain
+
+    dtype = getattr(torch, dtype_name)
+    model = base.to(dtype)
+    for rows in rows_list:
+        x = torch.randn(rows, 768, device=device, dtype=dtype)
+        rec = dict(what="encode", card=card, dtype=dtype_name, precision=precision, rows=rows)
+        saved = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        try:
+            rec["reference_encode_us"] = 1e6 * graphed_seconds(lambda: ReferenceITHP.encode(model, x), device)
+            rec["chain_us"] = 1e6 * graphed_seconds(lambda: chain_path(model, x), device)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = saved
+        rec["fused_default_us"] = 1e6 * graphed_seconds(lambda: fused_path(model, x, precision=precision), device)
+        if sweep and precision == "ieee" and rows in SWEEP_ROWS:
+            timings = {}
+            for cfg in _sweep_configs(rows, 256, _sm_count(device)):
+                try:
+                    timings[str(cfg)] = 1e6 * graphed_seconds(
+                        lambda: encode_chain(x, *layers(model), precision=precision, config=cfg), device)
+                except Exception as err:  # e.g. a block too large for shared memory
+                    rec.setdefault("failed_configs", {})[str(cfg)] = type(err).__name__
+            best = min(timings, key=timings.get)
+            rec["fused_best_us"], rec["fused_best_config"] = timings[best], best
+            rec["fused_configs_us"] = timings
+        _emit(rec)
+    for batch in (1, 1024):
+        server = ServingEncoder(model, batch_sizes=(batch,), precision=precision, clone_output=False)
+        x = torch.randn(batch, DEFAULT_TOKENS, 768, device=device, dtype=dtype)
+        bucket = server._buckets[batch * DEFAULT_TOKENS]
+        _emit(dict(what="serving_encoder", card=card, dtype=dtype_name, precision=precision, batch=batch,
+                   tokens=DEFAULT_TOKENS, replay_us=1e6 * _median_seconds(bucket.run, device, 50),
+                   call_us=1e6 * _median_seconds(lambda: server(x), device, 50)))
+
+
+def _measure_modes(base, device, card):
+    server = ServingEncoder(base.float(), batch_sizes=(1, 32, 1024), compile_mode="auto")
+    _emit(dict(what="serving_encoder_modes", card=card, seconds=server._runner.candidate_seconds,
+               chosen={str(k): v for k, v in server.chosen_modes.items()}))
+
+
+def _measure_deberta(dtype, compile_mode, device, card):
+    from . import ITHP, ITHPDeberta
+
+    torch.manual_seed(0)
+    model = ITHPDeberta(_deberta_v3_base_config(), ithp_cls=ITHP).to(device, dtype).eval()
+    ids = torch.randint(1, 1000, (1, DEFAULT_TOKENS), device=device)
+    mask = torch.ones_like(ids)
+    visual = torch.rand(1, DEFAULT_TOKENS, 47, device=device, dtype=dtype)
+    acoustic = torch.rand(1, DEFAULT_TOKENS, 74, device=device, dtype=dtype)
+    rec = dict(what="deberta", card=card, dtype=str(dtype).split(".")[-1], tokens=DEFAULT_TOKENS,
+               compile_mode=compile_mode)
+    rec["b1_forward_eager_us"] = 1e6 * _median_seconds(lambda: model(ids, visual, acoustic, mask), device)
+    rec["b1_logits_eager_us"] = 1e6 * _median_seconds(lambda: deberta_logits(model, ids, mask), device)
+    server = ServingDeberta(model, batch_sizes=(1, 8, 32), compile_mode=compile_mode)
+    for batch in (1, 8, 32):
+        ids_b = torch.randint(1, 1000, (batch, DEFAULT_TOKENS), device=device)
+        mask_b = torch.ones_like(ids_b)
+        rec[f"b{batch}_served_us"] = 1e6 * _median_seconds(lambda: server(ids_b, mask_b), device, 50)
+        rec[f"b{batch}_replay_us"] = 1e6 * _median_seconds(server._buckets[(batch, DEFAULT_TOKENS)].run, device, 50)
+    want = model(ids, visual, acoustic, mask).logits
+    rec["b1_max_abs_diff_vs_forward"] = float((server(ids, mask).float() - want.float()).abs().max())
+    _emit(rec)
 
 
 def measure_cpu(batch: int = 32, tokens: int = DEFAULT_TOKENS, repeats: int = 5, calls: int = 20) -> None:
@@ -578,7 +598,8 @@ def _no_grad(fn, *args):
         return fn(*args)
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """``python -m ithp_fast.inference``: the CUDA timings (or, without CUDA, the CPU comparison)."""
     import argparse
 
     parser = argparse.ArgumentParser(description="Timings behind the serving defaults (JSON lines).")
@@ -593,3 +614,7 @@ if __name__ == "__main__":
                      deberta=not args.no_deberta, deberta_compile=args.deberta_compile)
     else:
         measure_cpu()
+
+
+if __name__ == "__main__":
+    main()
