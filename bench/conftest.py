@@ -35,6 +35,8 @@ whole suite that way with ``--benchmark-disable``). ``compiled(fn, mode=...)`` i
 for the compiled providers (the cheap ``"eager"`` backend in tiny mode); skip compiled providers
 when ``scale.COMPILE`` is false (``ITHP_BENCH_COMPILE=0``).
 
+``ITHP_BENCH_THREADS=n`` sets torch's CPU threads for the run (recorded in the device name).
+
 This conftest never sets ``TRITON_INTERPRET``: on a CPU the fast path is the pure-PyTorch backend.
 """
 
@@ -51,6 +53,9 @@ import pytest
 import torch
 
 from scale import CUDA, DEVICE, SCALE
+
+if os.environ.get("ITHP_BENCH_THREADS"):  # CPU threads for the whole run (default: torch's choice)
+    torch.set_num_threads(int(os.environ["ITHP_BENCH_THREADS"]))
 
 # Per-scale timing plan: warm-up calls, target length of one round, calls per round at most,
 # rounds at least / at most, default budget (seconds of timed rounds per benchmark).
