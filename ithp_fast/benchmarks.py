@@ -191,15 +191,15 @@ def render_chart(results: Sequence[BenchResult], path: Optional[os.PathLike | st
         labels.append(group)
         y += 1.0
     ax.set_yticks(ticks, labels, fontsize=8)
-    ax.invert_yaxis()
+    ax.set_ylim(len(groups) - 0.1, -0.5)  # first group on top, no empty margin
     ax.set_xscale("log")
     ax.set_xlabel("median time per call (µs, log scale); label: time and speedup vs reference")
     times = [r.median_s * 1e6 for r in results] or [1.0]
     ax.set_xlim(min(times) / 3, max(times) * 6)  # room for the shortest bar and the longest label
     ax.grid(axis="x", which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
     if title:
         ax.set_title(title, fontsize=9)
+    fig.legend(loc="outside lower center", ncols=min(4, len(seen)), fontsize=8)
     if path is not None:
         fig.savefig(path, dpi=110)
     return fig

@@ -99,7 +99,8 @@ def test_chart_has_one_bar_per_benchmark_and_one_tick_per_group(tmp_path):
     widths = sorted(p.get_width() for p in ax.patches)
     assert widths == pytest.approx(sorted(r.median_s * 1e6 for r in results))
     assert [t.get_text() for t in ax.get_yticklabels()] == list(dict.fromkeys(r.group for r in results))
-    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    (fig_legend,) = fig.legends
+    legend = [t.get_text() for t in fig_legend.get_texts()]
     assert legend[0] == BASELINE and set(legend) == {r.provider for r in results}
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     import matplotlib.image
