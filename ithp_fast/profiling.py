@@ -237,4 +237,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy's: the model's stage() reads the
+    # switches of ithp_fast.profiling.
+    from ithp_fast.profiling import main as _main
+
+    sys.exit(_main())

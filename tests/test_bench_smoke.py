@@ -4,6 +4,7 @@ The suite runs in a subprocess exactly as a user runs it (``pytest bench/``), wi
 Triton interpreter that this test session switches on: the benchmarks must not need it.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -75,5 +76,7 @@ def test_profile_command_writes_a_chrome_trace(tmp_path, workload):
         [sys.executable, str(BENCH / "profile.py"), "--workload", workload, "--batch", "2", "--tokens", "3",
          "--steps", "1", "--warmup", "1", "--device", "cpu", "--trace", str(trace)]
     )
-    assert trace.stat().st_size > 0
     assert "per step:" in proc.stdout and "torch.profiler" in proc.stdout
+    names = {event.get("name") for event in json.loads(trace.read_text())["traceEvents"]}
+    expected = {"train": {"train_step", "forward", "backward"}, "encode": {"encode"}}[workload]
+    assert expected <= names  # the NVTX stage names, recorded as torch.profiler spans
