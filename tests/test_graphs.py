@@ -1,0 +1,108 @@
+"""CUDA-graph-captured forward / training step (CUDA only; on the CPU only the clear errors)."""
+
+import pytest
+import torch
+from helpers import make_inputs, make_noise, small_config
+
+import ithp_fast
+from ithp_fast.graphs import GraphedForward, GraphedTrainStep, graphed_autograd
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+
+
+def model(cfg, train=True, **kwargs):
+    torch.manual_seed(0)
+    return ithp_fast.ITHP(cfg, **kwargs).cuda().train(train)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
+def test_needs_cuda():
+    cfg = small_config()
+    with pytest.raises(RuntimeError, match="CUDA graphs need a CUDA device"):
+        GraphedForward(ithp_fast.ITHP(cfg), *make_inputs(cfg))
+
+
+@cuda
+def test_needs_cuda_inputs_and_triton():
+    cfg = small_config()
+    with pytest.raises(ValueError, match="x: CUDA graphs need CUDA tensors"):
+        GraphedForward(model(cfg), *make_inputs(cfg))
+    with pytest.raises(ValueError, match="'triton' backend"):
+        GraphedForward(model(cfg, backend="torch"), *make_inputs(cfg, device="cuda"))
+
+
+@cuda
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_forward_replay_equals_eager(train):
+    cfg = small_config(drop_prob=0.0)
+    m = model(cfg, train)
+    inputs = make_inputs(cfg, (4, 50), device="cuda")
+    noise = make_noise(cfg, (4, 50), device="cuda")
+    graphed = GraphedForward(m, *inputs, noise=noise)
+    new_inputs = make_inputs(cfg, (4, 50), device="cuda", seed=3)
+    new_noise = make_noise(cfg, (4, 50), device="cuda", seed=4)
+    got = [o.clone() for o in graphed(*new_inputs, noise=new_noise)]
+    with torch.no_grad():
+        want = m(*new_inputs, noise=new_noise)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+@cuda
+def test_replays_draw_fresh_noise_and_manual_seed_reproduces():
+    cfg = small_config(drop_prob=0.3)
+    m = model(cfg)
+    graphed = GraphedForward(m, *make_inputs(cfg, (4, 50), device="cuda"))
+    torch.manual_seed(11)
+    a = [o.clone() for o in graphed()]
+    b = [o.clone() for o in graphed()]
+    assert not torch.equal(a[0], b[0]) and not torch.equal(a[3], b[3])
+    torch.manual_seed(11)
+    c = [o.clone() for o in graphed()]
+    for u, w in zip(a, c):
+        assert torch.equal(u, w)
+
+
+@cuda
+def test_train_step_gradients_match_eager():
+    cfg = small_config(drop_prob=0.0)
+    inputs = make_inputs(cfg, (4, 50), device="cuda")
+    noise = make_noise(cfg, (4, 50), device="cuda")
+    eager = model(cfg)
+    eager(*inputs, noise=noise)[1].backward()
+    graphed_model = model(cfg)
+    step = GraphedTrainStep(graphed_model, *inputs, noise=noise)
+    for _ in range(2):  # gradients are overwritten, not accumulated, by every replay
+        loss = step(*inputs, noise=noise)
+    torch.testing.assert_close(loss, eager(*inputs, noise=noise)[1])
+    for (name, p), q in zip(eager.named_parameters(), graphed_model.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, msg=lambda m: f"{name}: {m}")
+
+
+@cuda
+def test_train_step_with_optimizer_learns():
+    cfg = small_config(drop_prob=0.3)
+    m = model(cfg)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2, capturable=True)
+    inputs = make_inputs(cfg, (8, 50), device="cuda")
+    step = GraphedTrainStep(m, *inputs, optimizer=opt)
+    first = step().item()
+    for _ in range(200):
+        last = step()
+    assert last.item() < first
+
+
+@cuda
+def test_graphed_autograd_matches_eager():
+    cfg = small_config(drop_prob=0.0)
+    m = model(cfg, eval_sampling="mean")
+    m.eval()  # b = mu: no noise, so eager and graphed agree exactly
+    inputs = make_inputs(cfg, (4, 50), device="cuda")
+    f = graphed_autograd(m, *inputs)
+    m.zero_grad()
+    f(*inputs)[1].backward()
+    graphed_grads = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    m(*inputs)[1].backward()
+    for a, p in zip(graphed_grads, m.parameters()):
+        torch.testing.assert_close(a, p.grad)

@@ -1,0 +1,71 @@
+"""Bytes saved for backward in a training step: the fast path keeps at least 2x fewer.
+
+Counted with ``torch.autograd.graph.saved_tensors_hooks`` as unique storages (a tensor saved by
+two nodes counts once), in training mode with dropout, at the paper's widths.
+"""
+
+import pytest
+import torch
+from fused_helpers import FUSED_BACKENDS
+
+import ithp_fast
+from ithp_fast import ITHPConfig
+from ithp_fast.reference import ITHP as ReferenceITHP
+
+
+def saved_bytes(model, inputs):
+    """(all saved bytes, saved bytes that are not parameters) of one forward."""
+    storages = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(*inputs)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    total = sum(storages.values())
+    return total, total - sum(n for ptr, n in storages.items() if ptr in params)
+
+
+def models(device, backend):
+    cfg = ITHPConfig.for_dataset("mosi")
+    torch.manual_seed(0)
+    ref = ReferenceITHP(cfg).to(device).train()
+    fast = ithp_fast.ITHP(cfg, backend=backend).to(device).train()
+    fast.load_state_dict(ref.state_dict())
+    return cfg, ref, fast
+
+
+def inputs(cfg, batch, device):
+    return (torch.randn(batch, 50, cfg.X0_dim, device=device), torch.rand(batch, 50, cfg.X2_dim, device=device),
+            torch.rand(batch, 50, cfg.X1_dim, device=device))
+
+
+def test_torch_backend_training_step_32x50():
+    cfg, ref, fast = models("cpu", "torch")
+    batch = inputs(cfg, 32, "cpu")
+    ref_total, ref_acts = saved_bytes(ref, batch)
+    fast_total, fast_acts = saved_bytes(fast, batch)
+    assert ref_total >= 2 * fast_total, (ref_total, fast_total)
+    assert ref_acts >= 2 * fast_acts, (ref_acts, fast_acts)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_activations_saved(device, backend):
+    """Without the parameters (which both keep), on a smaller batch (the interpreter is slow)."""
+    cfg, ref, fast = models(device, backend)
+    batch = inputs(cfg, 2, device)
+    _, ref_acts = saved_bytes(ref, batch)
+    _, fast_acts = saved_bytes(fast, batch)
+    assert ref_acts >= 2 * fast_acts, (ref_acts, fast_acts)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_triton_training_step_32x50_cuda():
+    cfg, ref, fast = models("cuda", "triton")
+    batch = inputs(cfg, 32, "cuda")
+    ref_total, _ = saved_bytes(ref, batch)
+    fast_total, _ = saved_bytes(fast, batch)
+    assert ref_total >= 2 * fast_total, (ref_total, fast_total)
