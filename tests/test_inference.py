@@ -91,8 +91,9 @@ def test_sampling_draws_fresh_noise_with_the_posterior_statistics():
 def test_compiled_buckets_never_recompile_after_warm_up():
     torch._dynamo.reset()
     model = ithp(cfg=small_config(X0_dim=16, inter_dim=16, B0_dim=8, B1_dim=8))
-    server = ServingEncoder(model, batch_sizes=(1, 2), tokens=2, compile_mode="default")
+    server = ServingEncoder(model, batch_sizes=(1, 2), tokens=2, compile_mode="auto")  # eager vs "default"
     assert server.bucket_rows == (2, 4)
+    assert set(server.chosen_modes) == {2, 4} and set(server.chosen_modes.values()) <= {None, "default"}
     after_warmup = compiled_graphs()
     assert after_warmup >= 2  # one graph per bucket
     with torch.no_grad():
