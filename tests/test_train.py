@@ -24,7 +24,7 @@ from ithp_fast.train import (
 from ithp_fast.distributed import DistContext
 
 TINY = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=32, inter_dim=32, b0_dim=16, b1_dim=8,
-            progress=False, plots=False)
+            progress=False, plots=False, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def short_run(tmp_path_factory):
     """48 steps on 64 synthetic examples with the default small backbone; a few seconds on a quiet CPU."""
     out = tmp_path_factory.mktemp("run")
     cfg = TrainConfig(output_dir=str(out), synthetic_sizes=(64, 16, 16), epochs=6, lr=5e-3, batch_size=8,
-                      backbone_dropout=0.0, fusion_dropout=0.1, ithp_dropout=0.1, log_every=4, progress=False)
+                      backbone_dropout=0.0, fusion_dropout=0.1, ithp_dropout=0.1, log_every=4, progress=False, device="cpu")
     summary = train(cfg)
     run_dir = out / "seed-1"
     return cfg, summary, run_dir, json.loads((run_dir / "results.json").read_text())
@@ -170,3 +170,20 @@ def test_bad_options_are_named():
         TrainConfig(hidden_size=30, num_heads=4).validate()
     with pytest.raises(FileNotFoundError, match="not a local directory. Nothing is downloaded"):
         train(TrainConfig(backbone="microsoft/deberta-v3-base", output_dir=os.devnull))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("amp", [False, True])
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_cuda_run_learns_and_reloads_to_identical_predictions(tmp_path, impl, amp):
+    cfg = TrainConfig(output_dir=str(tmp_path), synthetic_sizes=(64, 16, 16), epochs=6, lr=5e-3, batch_size=8, impl=impl,
+                      amp=amp, backbone_dropout=0.0, fusion_dropout=0.1, ithp_dropout=0.1, progress=False, device="cuda")
+    train(cfg)
+    results = json.loads((tmp_path / "seed-1/results.json").read_text())
+    epochs = results["history"]["epochs"]
+    assert epochs[-1]["train"]["loss"] < 0.75 * epochs[0]["train"]["loss"]
+    assert results["timing"]["device"].startswith("cuda")
+    evaluate_checkpoint(str(tmp_path / "seed-1/checkpoint-last"), device="cuda", output=str(tmp_path / "eval.json"))
+    with open(tmp_path / "seed-1/predictions_test.csv") as a, open(tmp_path / "eval-predictions.csv") as b:
+        assert a.read() == b.read()
