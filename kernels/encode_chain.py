@@ -18,6 +18,7 @@ ever waits on another, so the kernel cannot deadlock (and runs under Triton's in
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from typing import Optional
 
@@ -234,9 +235,14 @@ def choose_config(rows: int, hidden: int, sm_count: int) -> EncodeChainConfig:
     return EncodeChainConfig(block_m=block_m, block_h=block_h, splits=splits)
 
 
+@functools.lru_cache(maxsize=None)
+def _cuda_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def _sm_count(device: torch.device) -> int:
     if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
+        return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
     return 4  # Triton's interpreter: small, to exercise the split on CPU tests
 
 
@@ -333,7 +339,7 @@ def encode_chain(
                 )
     if x.stride(-1) != 1:
         x = x.contiguous()
-    w0, w1, w2, w3 = (w.contiguous() for w in (w0, w1, w2, w3))
+    w0, c0, w1, c1, w2, c2, w3, c3 = (t.contiguous() for t in weights)  # no copies for nn.Linear's own
     out = torch.empty(rows, b1_dim, dtype=x.dtype, device=x.device)
     if rows == 0:
         return out
