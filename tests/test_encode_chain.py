@@ -51,6 +51,8 @@ def eps_for(model, rows, device, dtype=torch.float32, seed=1):
 @pytest.mark.parametrize("rows", [1, 7, 50])
 @pytest.mark.parametrize("widths", ["small", "wide"])
 def test_posterior_mean_equals_reference(device, config, rows, widths):
+    if device == "cuda" and config in ("one-split", "two-splits"):
+        pytest.skip("covered on the GPU by the default and four-split launches (fewer compilations)")
     model, x = model_and_input(rows, device, **(WIDE if widths == "wide" else {}))
     with torch.no_grad():
         out = ec.encode_chain(x, *layers(model), config=CONFIGS[config])
