@@ -526,9 +526,12 @@ def _finish_seed(cfg, seed, data, ctx, model, model_config, state, run_dir, best
     if ctx.is_main:
         write_predictions(os.path.join(run_dir, "predictions_test.csv"), data.splits["test"], scored["test"])
         if cfg.plots:
-            from .plots import plot_run
-
-            results["plots"] = plot_run(state["history"], run_dir, cfg.protocol)
+            try:
+                from .plots import plot_run
+            except ImportError as exc:  # matplotlib is an optional dependency
+                warnings.warn(f"no figures written ({exc}); install matplotlib or pass --no-plots", stacklevel=2)
+            else:
+                results["plots"] = plot_run(state["history"], run_dir, cfg.protocol)
         ckpt.write_json(results_path, results)
     _say(ctx, f"seed {seed}: test ({cfg.protocol} convention, {cfg.selection} epoch {selected}) {_fmt(results['headline'], tuple(results['headline']))}")
     return results
@@ -581,6 +584,9 @@ def train(cfg: TrainConfig) -> dict:
             warnings.warn("the array (MMSA) layout carries token ids from its own BERT tokenizer; they are used as they are, "
                           "which is only meaningful for a backbone that shares that vocabulary", stacklevel=2)
         _say(ctx, f"data: {data.describe()}")
+        if not cfg.backbone and cfg.lr <= 1e-5:
+            _say(ctx, f"note: --lr {cfg.lr:g} is the published rate for a pretrained backbone; the randomly initialised "
+                      f"one learns little at it (try --lr 1e-3), or pass --backbone DIR")
         results = [train_seed(cfg, seed, data, ctx) for seed in cfg.seeds]
         summary = summarise(results, cfg.protocol)
         if ctx.is_main and summary["seeds"]:

@@ -1,7 +1,6 @@
 """Training on the synthetic default (CPU): the loss falls, checkpoints reload to the same
 predictions, metrics and plots are written, resuming is exact, seeds are summarised."""
 
-import csv
 import json
 import os
 

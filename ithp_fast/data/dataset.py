@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .formats import SPLITS, DataFormatError, detect_layout, parse_arrays, parse_word_level, read_pickle
+from .formats import DataFormatError, detect_layout, parse_arrays, parse_word_level, read_pickle
 from .synthetic import SyntheticSpec, make_synthetic
-from .tokenize import PretrainedWordTokenizer, WordTokenizer, WordVocabulary, align_words
+from .tokenize import WordTokenizer, WordVocabulary, align_words
 
 
 class SentimentSplit(Dataset):
@@ -152,13 +152,3 @@ def minmax_normalise(t: torch.Tensor, bounds: Optional[tuple[torch.Tensor, torch
     span = hi - lo
     return torch.where(span > 0, (t - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(t))
 
-
-__all__ = [
-    "SPLITS",
-    "SentimentData",
-    "SentimentSplit",
-    "PretrainedWordTokenizer",
-    "check_feature_widths",
-    "load_sentiment_data",
-    "minmax_normalise",
-]
