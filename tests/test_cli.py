@@ -77,7 +77,9 @@ def test_local_backbone_directory_with_its_tokenizer(tmp_path):
 
     backbone = tmp_path / "backbone"
     pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "word", "##0", "##1", "##2", "##3", "##4", "##5", "##6"]
-    BertTokenizer(vocab={p: i for i, p in enumerate(pieces)}).save_pretrained(backbone)
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(pieces))
+    BertTokenizer(str(vocab)).save_pretrained(backbone)
     DebertaV2Model(DebertaV2Config(vocab_size=len(pieces), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                    intermediate_size=16, relative_attention=True, position_buckets=8,
                                    pos_att_type=["p2c", "c2p"], position_biased_input=False, type_vocab_size=0)).save_pretrained(backbone)

@@ -139,8 +139,9 @@ def test_vocabulary_comes_from_the_training_split_only(tmp_path):
 def test_pretrained_tokenizer_from_a_local_directory(tmp_path):
     from transformers import BertTokenizer
 
-    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "word", "##0", "##1", "##2", "##3", "##4", "##5"]
-    BertTokenizer(vocab={p: i for i, p in enumerate(pieces)}).save_pretrained(tmp_path / "tok")
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "word", "##0", "##1", "##2", "##3", "##4", "##5"]))
+    BertTokenizer(str(vocab)).save_pretrained(tmp_path / "tok")  # positional vocabulary file: transformers 4 and 5
     tok = PretrainedWordTokenizer.from_directory(tmp_path / "tok")
     assert tok.encode_word("Word1") == [5, 7]  # lower-cased word piece + "##1"
     data = load_sentiment_data(dump(tmp_path, word_data()), tokenizer=tok, max_len=10)
