@@ -177,6 +177,17 @@ def test_sampling_draws_match_the_posterior(backend):
         assert not torch.equal(fast.encode(x, sample=True), draws)  # fresh noise per call
 
 
+@pytest.mark.parametrize("sample", [False, True])
+def test_fused_path_traces_into_one_graph(device, sample):
+    """The kernel is a registered op: torch.compile keeps the whole encode in one graph."""
+    fast, ref = pair(device, backend="triton")
+    x = torch.randn(2, 5, fast.config.X0_dim, device=device)
+    eps = noise_like(fast.config, (2, 5), device) if sample else None
+    compiled = torch.compile(lambda x: encode(fast, x, sample=sample, noise=eps), backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), ref.encode(x, sample=sample, noise=eps), **TOLERANCES[torch.float32])
+
+
 def test_errors_name_the_argument():
     fast, _ = pair("cpu")
     x = torch.randn(3, fast.config.X0_dim)
