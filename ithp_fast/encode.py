@@ -28,7 +28,9 @@ from .reference.ithp import reparameterize
 
 FUSED_KERNEL_MAX_ROWS = {"ieee": 8192, "tf32": 8192, "bf16": 8192}
 """Row counts (tokens) up to which CUDA uses the fused kernel; above, the cuBLAS chain.
-Keyed by matmul precision: float32 exact (``"ieee"``), float32 TF32, and 16-bit inputs."""
+Keyed by matmul precision: float32 exact (``"ieee"``), float32 TF32, and 16-bit inputs.
+Provisional until measured: set each to the largest row count where ``fused`` beats ``chain``
+in ``python -m ithp_fast.inference`` on the target GPU."""
 
 PRECISIONS = ("ieee", "tf32")
 FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
