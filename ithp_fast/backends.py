@@ -51,7 +51,8 @@ def resolve_backend(requested: Optional[str], device: Union[torch.device, str]) 
 class FusedOps:
     """The elementwise tails of one backend, behind one interface (what ``ITHP.forward`` calls).
 
-    ``new_seed(device)`` the forward's seed; ``relu_dropout(a, seed, stream, p)``;
+    ``new_seed(device)`` the forward's seed; ``relu_dropout(a, seed, stream, p)`` (may overwrite
+    ``a``: the model hands it its own Linear output);
     ``reparam_kl(h, eps, seed, stream, sample) -> (b, kl_term)``;
     ``detector_loss(z, t, seed, stream, p) -> mse_term``;
     ``combine(kl0, mse0, kl1, mse1, cfg, dtype) -> (IB_total, kl0, mse0, kl1, mse1)``.
@@ -80,7 +81,7 @@ class FusedOps:
             from . import torch_path
 
             self.new_seed = lambda device: torch_path.new_seed()
-            self.relu_dropout = torch_path.relu_dropout
+            self.relu_dropout = lambda a, seed, stream, p: torch_path.relu_dropout(a, seed, stream, p, inplace=True)
             self.reparam_kl = lambda h, eps, seed, stream, sample: torch_path.reparam_kl(
                 h, seed, stream, eps=eps, sample=sample
             )

@@ -72,7 +72,8 @@ class ITHP(ReferenceITHP):
         eps0, eps1 = noise or (None, None)
         with stage("ithp.forward"):
             seed = ops.new_seed(x.device) if self._draws_noise(noise) else None
-            b0, kl0, mse0 = self._fused_level(ops, 0, x, acoustic, eps0, seed)
+            rows = x.reshape(-1, x.shape[-1])  # 2-D: every Linear output is a plain [N, d] buffer
+            b0, kl0, mse0 = self._fused_level(ops, 0, rows, acoustic, eps0, seed)
             b1, kl1, mse1 = self._fused_level(ops, 1, b0, visual, eps1, seed)
             losses = ops.combine(kl0, mse0, kl1, mse1, self.config, x.dtype)
         return (b1.reshape(*x.shape[:-1], b1.shape[-1]),) + tuple(losses)
@@ -96,7 +97,6 @@ class ITHP(ReferenceITHP):
         encoder_stage, reparam_stage, detector_stage = _STAGES[level]
         with stage(encoder_stage):
             h = self._fused_mlp(ops, encoder, inp, seed, hidden_stream)
-            h = h.reshape(-1, h.shape[-1])
         with stage(reparam_stage):
             width = h.shape[-1] // 2
             eps = eps.reshape(-1, width) if eps is not None else None

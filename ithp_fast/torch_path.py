@@ -16,6 +16,7 @@ reads a device tensor back to the host, on any device.
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -33,9 +34,21 @@ def _float32(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float32 else t.float()
 
 
-def uniform(seed: int, stream: int, shape, device) -> torch.Tensor:
-    """The torch backend's uniforms in [0, 1) for ``(seed, stream)`` (float32, ``shape``)."""
-    return torch.empty(shape, dtype=torch.float32, device=device).uniform_(generator=torch_generator(seed, stream, device))
+def dropout_scale(seed: int, stream: int, shape, device, p: float) -> torch.Tensor:
+    """The dropout multiplier for ``(seed, stream)``: ``1/(1-p)`` where kept, 0 where dropped (float32).
+
+    One uniform 32-bit word per element (random 64-bit words split in two: the fastest draw on a
+    CPU), read as a signed int ``w``; the element is kept when ``float(w) >= float(ceil(p * 2^32) - 2^31)``
+    (probability ``1 - p`` up to float rounding at the threshold).
+    """
+    numel = 1
+    for n in shape:
+        numel *= n
+    words = torch.empty((numel + 1) // 2, dtype=torch.int64, device=device)
+    words.random_(-(2**63), None, generator=torch_generator(seed, stream, device))
+    threshold = float(math.ceil(p * 2**32) - 2**31)
+    scale = words.view(torch.int32)[:numel].view(shape).to(torch.float32)
+    return scale.ge_(threshold).mul_(1.0 / (1.0 - p))
 
 
 def normal(seed: int, stream: int, shape, device) -> torch.Tensor:
@@ -43,17 +56,24 @@ def normal(seed: int, stream: int, shape, device) -> torch.Tensor:
     return torch.empty(shape, dtype=torch.float32, device=device).normal_(generator=torch_generator(seed, stream, device))
 
 
-def _keep_scaled(seed: int, stream: int, shape, device, p: float) -> torch.Tensor:
-    # {0, 1/(1-p)} in float32, in the uniforms' own buffer
-    return uniform(seed, stream, shape, device).ge_(p).mul_(1.0 / (1.0 - p))
+def _tracked(*tensors) -> bool:
+    """Whether autograd records an op on ``tensors`` (else the ops run as plain functions)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _relu_dropout_values(a, seed: int, stream: int, p: float, inplace: bool) -> torch.Tensor:
+    d = a.clamp_min_(0.0) if inplace else torch.relu(a)
+    if p > 0.0:
+        d.mul_(dropout_scale(seed, stream, a.shape, a.device, p))
+    return d
 
 
 class _ReluDropout(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a, seed: int, stream: int, p: float):
-        d = torch.relu(a)
-        if p > 0.0:
-            d.mul_(_keep_scaled(seed, stream, a.shape, a.device, p))
+    def forward(ctx, a, seed: int, stream: int, p: float, inplace: bool):
+        if inplace:
+            ctx.mark_dirty(a)
+        d = _relu_dropout_values(a, seed, stream, p, inplace)
         ctx.p = p
         ctx.save_for_backward(d)
         return d
@@ -62,44 +82,54 @@ class _ReluDropout(torch.autograd.Function):
     def backward(ctx, grad_d):
         (d,) = ctx.saved_tensors
         grad_a = torch.ops.aten.threshold_backward(grad_d, d, 0)
-        if ctx.p > 0.0:
-            grad_a.mul_(1.0 / (1.0 - ctx.p))
-        return grad_a, None, None, None
+        return grad_a.mul_(1.0 / (1.0 - ctx.p)), None, None, None, None
 
 
-def relu_dropout(a: torch.Tensor, seed: int, stream: int, p: float) -> torch.Tensor:
-    """``dropout(relu(a), p)``, mask from ``(seed, stream)``; the backward reads only the output."""
-    return _ReluDropout.apply(a, seed, stream, float(p))
+def relu_dropout(a: torch.Tensor, seed: int, stream: int, p: float, *, inplace: bool = False) -> torch.Tensor:
+    """``dropout(relu(a), p)``, mask from ``(seed, stream)``; the backward reads only the output.
+
+    ``inplace=True`` overwrites ``a`` (the model passes its own Linear output, which nothing else
+    keeps: no new buffer).
+    """
+    p = float(p)
+    if p == 0.0 or not _tracked(a):
+        if p == 0.0:  # a plain ReLU: autograd's own (it saves only the output too)
+            return torch.relu_(a) if inplace else torch.relu(a)
+        return _relu_dropout_values(a, seed, stream, p, inplace)
+    return _ReluDropout.apply(a, seed, stream, p, bool(inplace))
+
+
+def _reparam_kl_values(h, eps, seed: int, stream: int, sample: bool):
+    width = h.shape[-1] // 2
+    hf = _float32(h)
+    mu, logvar = hf[..., :width], hf[..., width:]
+    std = torch.exp(logvar * 0.5)
+    # kl = -0.5 * mean(1 + logvar - mu^2 - std^2)
+    term = torch.addcmul(logvar, mu, mu, value=-1.0).addcmul_(std, std, value=-1.0)
+    kl = term.sum().div_(mu.numel()).add_(1.0).mul_(-0.5)
+    if sample:
+        noise = _float32(eps) if eps is not None else normal(seed, stream, mu.shape, h.device)
+        b = torch.addcmul(mu, noise, std)
+    else:
+        b = mu.clone()
+    return b.to(h.dtype), kl
 
 
 class _ReparamKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, eps, seed: int, stream: int, sample: bool):
-        width = h.shape[-1] // 2
-        hf = _float32(h)
-        mu, logvar = hf[..., :width], hf[..., width:]
-        std = torch.exp(logvar * 0.5)
-        count = mu.numel()
-        # kl = -0.5 * mean(1 + logvar - mu^2 - std^2)
-        term = torch.addcmul(logvar, mu, mu, value=-1.0).addcmul_(std, std, value=-1.0)
-        kl = term.sum().div_(count).add_(1.0).mul_(-0.5)
-        if sample:
-            noise = _float32(eps) if eps is not None else normal(seed, stream, mu.shape, h.device)
-            b = torch.addcmul(mu, noise, std)
-        else:
-            b = mu.clone()
-        ctx.width, ctx.stream, ctx.sample, ctx.seed = width, stream, sample, seed
+        ctx.stream, ctx.sample, ctx.seed = stream, sample, seed
         ctx.save_for_backward(h, eps)
-        return b.to(h.dtype), kl
+        return _reparam_kl_values(h, eps, seed, stream, sample)
 
     @staticmethod
     def backward(ctx, grad_b, grad_kl):
         h, eps = ctx.saved_tensors
-        width = ctx.width
+        width = h.shape[-1] // 2
         hf = _float32(h)
         mu, logvar = hf[..., :width], hf[..., width:]
         std = torch.exp(logvar * 0.5)
-        g = grad_kl.float() * (1.0 / mu.numel())  # d kl / d term = -0.5/count; folded below
+        g = grad_kl.float() * (1.0 / mu.numel())
         grad_h = torch.empty_like(hf)
         grad_mu, grad_logvar = grad_h[..., :width], grad_h[..., width:]
         # grad_mu = grad_b + g*mu;  grad_logvar = 0.5*(grad_b*eps*std + g*(std^2 - 1));  grad_eps = grad_b*std
@@ -121,32 +151,38 @@ class _ReparamKL(torch.autograd.Function):
 
 def reparam_kl(h: torch.Tensor, seed: int, stream: int, *, eps: Optional[torch.Tensor] = None, sample: bool = True):
     """``(b, kl)`` from ``h = [mu | logvar]``; ``kl`` float32 0-dim. ``eps`` injects the noise."""
+    if not _tracked(h, eps):
+        return _reparam_kl_values(h, eps, seed, stream, bool(sample))
     return _ReparamKL.apply(h, eps, seed, stream, bool(sample))
+
+
+def _detector_loss_values(z, t, seed: int, stream: int, p: float, grad_z: bool, grad_t: bool):
+    """``(mse, dmse/dz or None, dmse/dt or None)``."""
+    s = torch.sigmoid(_float32(z))
+    if p > 0.0:
+        keep = dropout_scale(seed, stream, z.shape, z.device, p)
+        residual = torch.mul(s, keep).sub_(_float32(t))
+    else:
+        keep = None
+        residual = torch.sub(s, _float32(t))
+    flat = residual.view(-1)
+    numel = flat.numel()
+    mse = torch.dot(flat, flat) / numel
+    two = 2.0 / numel
+    d_t = residual * -two if grad_t else None
+    d_z = None
+    if grad_z:  # 2/numel * residual * keep * s * (1 - s)
+        d_z = torch.addcmul(s, s, s, value=-1.0).mul_(residual).mul_(two)
+        if keep is not None:
+            d_z.mul_(keep)
+    return mse, d_z, d_t
 
 
 class _DetectorLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z, t, seed: int, stream: int, p: float, need_grad: bool):
-        s = torch.sigmoid(_float32(z))
-        tf = _float32(t)
-        if p > 0.0:
-            keep = _keep_scaled(seed, stream, z.shape, z.device, p)
-            residual = torch.mul(s, keep).sub_(tf)
-        else:
-            keep = None
-            residual = torch.sub(s, tf)
-        flat = residual.view(-1)
-        numel = flat.numel()
-        mse = torch.dot(flat, flat) / numel
-        grad_z = grad_t = None
-        if need_grad:
-            two = 2.0 / numel
-            if ctx.needs_input_grad[1]:
-                grad_t = residual * -two
-            # dMSE/dz = 2/numel * residual * keep * s * (1 - s)
-            grad_z = torch.addcmul(s, s, s, value=-1.0).mul_(residual).mul_(two)
-            if keep is not None:
-                grad_z.mul_(keep)
+    def forward(ctx, z, t, seed: int, stream: int, p: float):
+        mse, grad_z, grad_t = _detector_loss_values(z, t, seed, stream, p, ctx.needs_input_grad[0],
+                                                    ctx.needs_input_grad[1])
         ctx.save_for_backward(grad_z, grad_t)
         ctx.dtypes = (z.dtype, t.dtype)
         return mse
@@ -154,17 +190,21 @@ class _DetectorLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_mse):
         grad_z, grad_t = ctx.saved_tensors
-        if grad_z is None:
-            raise RuntimeError("detector_loss: backward through a loss computed without gradient tracking")
         g = grad_mse.float()
-        return ((grad_z * g).to(ctx.dtypes[0]), (grad_t * g).to(ctx.dtypes[1]) if grad_t is not None else None,
-                None, None, None, None)
+        return ((grad_z * g).to(ctx.dtypes[0]) if grad_z is not None else None,
+                (grad_t * g).to(ctx.dtypes[1]) if grad_t is not None else None, None, None, None)
 
 
 def detector_loss(z: torch.Tensor, t: torch.Tensor, seed: int, stream: int, p: float) -> torch.Tensor:
-    """``mean((dropout(sigmoid(z), p) - t)^2)`` as float32 0-dim; mask from ``(seed, stream)``."""
-    need_grad = torch.is_grad_enabled() and (z.requires_grad or t.requires_grad)
-    return _DetectorLoss.apply(z.contiguous(), t.contiguous(), seed, stream, float(p), need_grad)
+    """``mean((dropout(sigmoid(z), p) - t)^2)`` as float32 0-dim; mask from ``(seed, stream)``.
+
+    The forward keeps ``dMSE/dz`` (and ``dMSE/dt`` if the target needs a gradient) instead of
+    the sigmoid, the mask and the target: the backward only scales it.
+    """
+    z, t = z.contiguous(), t.contiguous()
+    if not _tracked(z, t):
+        return _detector_loss_values(z, t, seed, stream, float(p), False, False)[0]
+    return _DetectorLoss.apply(z, t, seed, stream, float(p))
 
 
 def combine(kl0, mse0, kl1, mse1, cfg, dtype: torch.dtype):

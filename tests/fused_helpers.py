@@ -31,16 +31,6 @@ def op_seed(backend: str, device, value: int = 20240531):
     return value
 
 
-def uniforms(backend: str, seed, stream: int, shape, device) -> torch.Tensor:
-    """The uniforms the backend draws for ``(seed, stream)`` and a tensor of ``shape``."""
-    if backend == "triton":
-        n = 1
-        for s in shape:
-            n *= s
-        return rng.uniform_stream(seed, stream, n).view(shape)
-    return torch_path.uniform(seed, stream, shape, device)
-
-
 def normals(backend: str, seed, stream: int, shape, device) -> torch.Tensor:
     """The N(0, 1) draws the backend uses for ``(seed, stream)`` and a tensor of ``shape``."""
     if backend == "triton":
@@ -52,8 +42,13 @@ def normals(backend: str, seed, stream: int, shape, device) -> torch.Tensor:
 
 
 def keep_mask(backend: str, seed, stream: int, shape, p: float, device) -> torch.Tensor:
-    """float 0/1: where a dropout of probability ``p`` keeps the element."""
-    return (uniforms(backend, seed, stream, shape, device) >= p).float()
+    """float 0/1: where the backend's dropout of probability ``p`` keeps the element."""
+    if backend == "triton":
+        n = 1
+        for s in shape:
+            n *= s
+        return (rng.uniform_stream(seed, stream, n).view(shape) >= p).float()
+    return (torch_path.dropout_scale(seed, stream, shape, device, p) > 0).float()
 
 
 class FixedMaskDropout(nn.Module):

@@ -165,12 +165,12 @@ def test_bfloat16_within_reference_error(device, backend, p):
     """bfloat16: error (relative L2) against float32 math on the same bfloat16 weights and inputs.
 
     Each output, and all gradients taken together, must stay within twice the bfloat16
-    reference's own error plus 0.01. A single gradient tensor only gets a sanity bound (0.15 or
-    twice the reference's): the few ReLUs whose sign a bfloat16 rounding flips move whole rows of
-    one layer's gradient, differently for every rounding order.
+    reference's own error plus 0.01; a single gradient tensor within twice plus 0.02, or 0.15:
+    the few ReLUs whose sign a bfloat16 rounding flips move whole rows of one layer's gradient,
+    differently for every rounding order (800 rows average that out enough).
     """
     cfg = small_config(drop_prob=p)
-    lead = (6, 9)
+    lead = (16, 50)
     ref32, _ = pair(cfg, device, backend)
     ref16, fast16 = pair(cfg, device, backend, dtype=torch.bfloat16)
     ref32.load_state_dict({k: v.float() for k, v in ref16.state_dict().items()})
@@ -192,7 +192,7 @@ def test_bfloat16_within_reference_error(device, backend, p):
     for i, want in enumerate(truth[0]):
         assert err(fast[0][i], want) <= 2 * err(bf16_ref[0][i], want) + 1e-2, f"output {i}"
     for name, want in truth[1].items():
-        assert err(fast[1][name], want) <= max(2 * err(bf16_ref[1][name], want), 0.15), f"grad {name}"
+        assert err(fast[1][name], want) <= max(2 * err(bf16_ref[1][name], want) + 0.02, 0.15), f"grad {name}"
 
     def all_grads(grads):
         return torch.cat([grads[name].float().flatten() for name in truth[1]])
