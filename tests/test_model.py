@@ -253,3 +253,20 @@ def test_reference_backend_is_the_reference(device):
     b = fast(*inputs, noise=noise)
     for u, w in zip(a, b):
         assert torch.equal(u, w)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host synchronisation is a CUDA matter")
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_no_host_sync_on_cuda(train):
+    """Forward and backward never wait on the GPU (torch's sync debug mode turns a sync into an error)."""
+    cfg = small_config(drop_prob=0.3)
+    _, fast = pair(cfg, "cuda", "triton", train=train)
+    inputs = make_inputs(cfg, (8, 50), device="cuda")
+    fast(*inputs)[1].backward()  # compile the kernels first
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = fast(*inputs)
+        loss_of(out).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
