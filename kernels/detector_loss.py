@@ -42,7 +42,7 @@ def _forward_quarter(z_ptr, t_ptr, e, numel, u, p, scale, DROPOUT: tl.constexpr)
     if DROPOUT:
         out = tl.where(u >= p, out * scale, 0.0)
     diff = tl.where(inside, out - t, 0.0)
-    return tl.sum(diff * diff, axis=0)
+    return diff * diff
 
 
 @triton.jit
@@ -62,7 +62,7 @@ def _detector_loss_forward_kernel(z_ptr, t_ptr, seed_ptr, part_ptr, numel, p, sc
     total += _forward_quarter(z_ptr, t_ptr, first + QUARTER + j, numel, u1, p, scale, DROPOUT)
     total += _forward_quarter(z_ptr, t_ptr, first + 2 * QUARTER + j, numel, u2, p, scale, DROPOUT)
     total += _forward_quarter(z_ptr, t_ptr, first + 3 * QUARTER + j, numel, u3, p, scale, DROPOUT)
-    tl.store(part_ptr + pid, total * inv_numel)
+    tl.store(part_ptr + pid, tl.sum(total, axis=0) * inv_numel)
 
 
 @triton.jit

@@ -50,8 +50,7 @@ def _forward_quarter(h_ptr, eps_ptr, b_ptr, e, n_elem, row_stride, noise, B: tl.
     else:
         b = mu
     tl.store(b_ptr + e, rounded_to(b, b_ptr.dtype.element_ty), mask=inside)
-    term = tl.where(inside, 1.0 + logvar - mu * mu - std * std, 0.0)
-    return tl.sum(term, axis=0)
+    return tl.where(inside, 1.0 + logvar - mu * mu - std * std, 0.0)
 
 
 @triton.jit
@@ -74,7 +73,7 @@ def _reparam_kl_forward_kernel(h_ptr, eps_ptr, seed_ptr, b_ptr, part_ptr, n_elem
                               HAS_EPS)
     total += _forward_quarter(h_ptr, eps_ptr, b_ptr, first + 3 * QUARTER + j, n_elem, row_stride, n3, B, SAMPLE,
                               HAS_EPS)
-    tl.store(part_ptr + pid, total * kl_scale)
+    tl.store(part_ptr + pid, tl.sum(total, axis=0) * kl_scale)
 
 
 @triton.jit
