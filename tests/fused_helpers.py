@@ -1,9 +1,11 @@
 """Helpers for the fused-op tests: each backend's ops, seeds and noise, fixed-mask dropout."""
 
+import pytest
 import torch
 from torch import nn
 
 from ithp_fast import torch_path
+from ithp_fast.backends import triton_interpreter_on
 from ithp_fast.kernels import detector_loss as triton_detector_loss
 from ithp_fast.kernels import relu_dropout as triton_relu_dropout
 from ithp_fast.kernels import reparam_kl as triton_reparam_kl
@@ -18,6 +20,21 @@ OPS = {
     "torch": dict(relu_dropout=torch_path.relu_dropout, reparam_kl=torch_path.reparam_kl,
                   detector_loss=torch_path.detector_loss),
 }
+
+
+@pytest.fixture(autouse=True)
+def skip_triton_on_cpu_without_interpreter(request):
+    """Triton runs on the CPU only in its interpreter (on by default without CUDA, see conftest).
+
+    A test module imports this fixture; a test parametrised with ``device == "cpu"`` is skipped
+    when it runs Triton (its ``backend`` parameter, or the module's ``DEFAULT_BACKEND``) and the
+    interpreter is off -- on a CUDA machine, where the same tests run on the GPU.
+    """
+    callspec = getattr(request.node, "callspec", None)
+    params = callspec.params if callspec is not None else {}
+    backend = params.get("backend", getattr(request.module, "DEFAULT_BACKEND", None))
+    if params.get("device") == "cpu" and backend == "triton" and not triton_interpreter_on():
+        pytest.skip("Triton on the CPU needs TRITON_INTERPRET=1 (the interpreter is off: CUDA present)")
 
 
 def op(backend: str, name: str):

@@ -55,6 +55,8 @@ def test_triton_on_cpu_needs_the_interpreter(no_env):
 @pytest.mark.parametrize("name", ["torch", "triton", "reference"])
 def test_model_dispatches(no_env, name):
     """The chosen backend's ops (and only those) compute the forward."""
+    if name == "triton" and not backends.triton_interpreter_on():
+        pytest.skip("Triton on the CPU needs TRITON_INTERPRET=1")
     calls = []
     real = backends.fused_ops
 

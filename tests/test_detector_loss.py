@@ -3,11 +3,19 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from fused_helpers import FUSED_BACKENDS, assert_close_dtype, keep_mask, op, op_seed
+from fused_helpers import (  # noqa: F401 (the fixture is used by name)
+    FUSED_BACKENDS,
+    assert_close_dtype,
+    keep_mask,
+    op,
+    op_seed,
+    skip_triton_on_cpu_without_interpreter,
+)
 
 from ithp_fast.kernels.detector_loss import detector_loss_backward, detector_loss_forward
 from ithp_fast.kernels.rng import Stream
 
+DEFAULT_BACKEND = "triton"  # the ops tested without a backend parameter
 SHAPES = [(1, 1), (7, 35), (50, 47), (1000, 74), (7, 257), (3, 5, 74)]
 
 

@@ -2,10 +2,12 @@
 
 import pytest
 import torch
+from fused_helpers import skip_triton_on_cpu_without_interpreter  # noqa: F401
 
 from ithp_fast.kernels.ib_combine import combine_weights, ib_combine
 from ithp_fast.reference.ithp import combine_ib
 
+DEFAULT_BACKEND = "triton"  # the ops tested without a backend parameter
 BETA, GAMMA, LAMBDA = 8.0, 32.0, 0.3
 
 

@@ -9,7 +9,13 @@ stay within twice the bfloat16 reference's own error (see test_bfloat16_within_r
 
 import pytest
 import torch
-from fused_helpers import FUSED_BACKENDS, FixedMaskDropout, keep_mask, normals
+from fused_helpers import (  # noqa: F401 (the fixture is used by name)
+    FUSED_BACKENDS,
+    FixedMaskDropout,
+    keep_mask,
+    normals,
+    skip_triton_on_cpu_without_interpreter,
+)
 from helpers import TOLERANCES, make_inputs, make_noise, small_config
 
 import ithp_fast

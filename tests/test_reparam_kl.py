@@ -2,12 +2,20 @@
 
 import pytest
 import torch
-from fused_helpers import FUSED_BACKENDS, assert_close_dtype, normals, op, op_seed
+from fused_helpers import (  # noqa: F401 (the fixture is used by name)
+    FUSED_BACKENDS,
+    assert_close_dtype,
+    normals,
+    op,
+    op_seed,
+    skip_triton_on_cpu_without_interpreter,
+)
 
 from ithp_fast.kernels.reparam_kl import reparam_kl_backward, reparam_kl_forward
 from ithp_fast.kernels.rng import Stream
 from ithp_fast.reference.ithp import kl_to_standard_normal, reparameterize
 
+DEFAULT_BACKEND = "triton"  # the ops tested without a backend parameter
 SHAPES = [(1, 1), (7, 35), (50, 47), (7, 74), (1000, 257), (1000, 1)]
 
 

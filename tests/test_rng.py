@@ -2,12 +2,14 @@
 
 import pytest
 import torch
+from fused_helpers import skip_triton_on_cpu_without_interpreter  # noqa: F401
 
 from ithp_fast import torch_path
 from ithp_fast.kernels import rng
 from ithp_fast.kernels.relu_dropout import relu_dropout_forward
 from ithp_fast.kernels.rng import GROUP, Stream
 
+DEFAULT_BACKEND = "triton"  # the ops tested without a backend parameter
 N = 1 << 16  # samples per statistic: the standard error of a mean of N(0, 1) is 0.004
 
 

@@ -6,7 +6,7 @@ two nodes counts once), in training mode with dropout, at the paper's widths.
 
 import pytest
 import torch
-from fused_helpers import FUSED_BACKENDS
+from fused_helpers import FUSED_BACKENDS, skip_triton_on_cpu_without_interpreter  # noqa: F401
 
 import ithp_fast
 from ithp_fast import ITHPConfig

@@ -8,7 +8,7 @@ compared within the spread between two reference runs with different seeds (and 
 
 import pytest
 import torch
-from fused_helpers import FUSED_BACKENDS
+from fused_helpers import FUSED_BACKENDS, skip_triton_on_cpu_without_interpreter  # noqa: F401
 from helpers import small_config
 
 import ithp_fast
