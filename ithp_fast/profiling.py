@@ -184,12 +184,13 @@ def run_profile(args: argparse.Namespace) -> int:
 
 
 NSIGHT_HELP = """\
-Nsight (CUDA): only the measured steps are captured (cudaProfilerStart/Stop), e.g.
-  ncu --profile-from-start off --nvtx --nvtx-push-pop-scope process --nvtx-include "train_step/" \\
-      --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \\
-      -o ithp-train ithp-fast profile --workload train --steps 1
+Nsight (CUDA): only the measured steps lie between cudaProfilerStart and cudaProfilerStop, e.g.
+  ncu --profile-from-start off --set full -o ithp-train \\
+      ithp-fast profile --profiler nsight --workload train --steps 1
+  ncu --profile-from-start off --nvtx --nvtx-push-pop-scope process --nvtx-include "backward/" \\
+      --set full -o ithp-backward ithp-fast profile --profiler nsight --workload train --steps 1
   nsys profile --trace=cuda,nvtx --capture-range=cudaProfilerApi --capture-range-end=stop \\
-      -o ithp-train ithp-fast profile --workload train --steps 20
+      -o ithp-train ithp-fast profile --profiler nsight --workload train --steps 20
 """
 
 
