@@ -187,7 +187,7 @@ NSIGHT_HELP = """\
 Nsight (CUDA): only the measured steps lie between cudaProfilerStart and cudaProfilerStop, e.g.
   ncu --profile-from-start off --set full -o ithp-train \\
       ithp-fast profile --profiler nsight --workload train --steps 1
-  ncu --profile-from-start off --nvtx --nvtx-push-pop-scope process --nvtx-include "backward/" \\
+  ncu --profile-from-start off --nvtx --nvtx-push-pop-scope process --nvtx-include "train_step/backward/" \\
       --set full -o ithp-backward ithp-fast profile --profiler nsight --workload train --steps 1
   nsys profile --trace=cuda,nvtx --capture-range=cudaProfilerApi --capture-range-end=stop \\
       -o ithp-train ithp-fast profile --profiler nsight --workload train --steps 20
