@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ithp_fast.kernels.rng import Stream
 from ithp_fast.reference.ithp import kl_to_standard_normal, reparameterize
-from scale import COMPILE, CUDA, DEVICE, TINY, compiled, pick
+from scale import COMPILE, CUDA, DEVICE, compiled, pick
 from workloads import dtype_bytes, ithp_config, optional
 
 ROWS = pick(cuda=[1600, 1 << 20], cpu=[1600, 1 << 16], tiny=[7])
@@ -87,10 +87,6 @@ def _detector_loss_fast():
     torch_path = optional("ithp_fast.torch_path")
     seed = torch_path.new_seed()
     return lambda z, target: (torch_path.detector_loss(z, target, seed, Stream.MLP1_OUTPUT, p),)
-
-
-def _elements(width_of: Callable[[], int]) -> Callable[[int], int]:
-    return lambda rows: rows * width_of()
 
 
 _B0 = lambda: ithp_config().B0_dim  # noqa: E731
