@@ -31,8 +31,8 @@ _LEVEL_STREAMS = (
     (Stream.ENCODER2_HIDDEN, Stream.EPS1, Stream.MLP2_HIDDEN, Stream.MLP2_OUTPUT),
 )
 _STAGES = (
-    ("encoder1", "level0/reparam_kl", "level0/detector_loss"),
-    ("encoder2", "level1/reparam_kl", "level1/detector_loss"),
+    ("encoder1", "level0.reparam_kl", "level0.detector_loss"),
+    ("encoder2", "level1.reparam_kl", "level1.detector_loss"),
 )
 
 
