@@ -26,13 +26,16 @@ from .checks import Noise, check_encode_inputs
 from .reference.ithp import ITHP as ReferenceITHP
 from .reference.ithp import reparameterize
 
-FUSED_KERNEL_MAX_ROWS = {"ieee": 8192, "tf32": 8192, "bf16": 8192}
+FUSED_KERNEL_MAX_ROWS = {"ieee": 64, "tf32": 8192, "tf32x3": 8192, "bf16": 0}
 """Row counts (tokens) up to which CUDA uses the fused kernel; above, the cuBLAS chain.
-Keyed by matmul precision: float32 exact (``"ieee"``), float32 TF32, and 16-bit inputs.
-Provisional until measured: set each to the largest row count where ``fused`` beats ``chain``
-in ``python -m ithp_fast.inference`` on the target GPU."""
+Keyed by matmul precision: float32 exact (``"ieee"``), TF32, 3xTF32, and 16-bit inputs.
+Set from ``scripts/encode_probe.py`` on an H100 (GPU time under graph replay,
+bench/results/encode-probe-nvidia-h100-2026-11-26.jsonl): exact float32, the fused kernel
+wins only at 50 rows (57 vs 62 us), the cuBLAS chain from 100 rows on; TF32 the fused
+kernel wins up to 6400 rows (42 vs 127 us); bfloat16 the chain wins (12 vs 19 us at 50 rows).
+``"tf32x3"`` follows TF32 until measured."""
 
-PRECISIONS = ("ieee", "tf32")
+PRECISIONS = ("ieee", "tf32", "tf32x3")
 FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 """Input dtypes the fused kernel takes (float64 and others go through the chain)."""
 
@@ -122,8 +125,9 @@ def encode(model: torch.nn.Module, x: torch.Tensor, *, sample: bool = False, noi
     """``b1`` (``[..., B1_dim]``) of the text features ``x`` (``[..., X0_dim]``); see
     :meth:`ithp_fast.reference.ITHP.encode` for ``sample`` and ``noise``.
 
-    ``precision`` (float32 on the Triton path only): ``"ieee"`` exact float32, ``"tf32"``, or None
-    to follow ``torch.backends.cuda.matmul.allow_tf32``. bfloat16 comes from the model's dtype
+    ``precision`` (float32 on the Triton path only): ``"ieee"`` exact float32, ``"tf32"``,
+    ``"tf32x3"`` (three TF32 tensor-core products per float32 product: near-float32 accuracy), or
+    None to follow ``torch.backends.cuda.matmul.allow_tf32``. bfloat16 comes from the model's dtype
     (``model.to(torch.bfloat16)``) or autocast.
     """
     noise = check_encode_inputs(model.config, x, noise, next(model.parameters(), None))

@@ -26,8 +26,9 @@ import torch
 import triton
 import triton.language as tl
 
-PRECISIONS = ("ieee", "tf32")
-"""Float32 matmul precision: ``"ieee"`` exact float32 (no tensor cores), ``"tf32"`` TensorFloat-32."""
+PRECISIONS = ("ieee", "tf32", "tf32x3")
+"""Float32 matmul precision: ``"ieee"`` exact float32 (no tensor cores), ``"tf32"`` TensorFloat-32,
+``"tf32x3"`` three TF32 products per float32 product (tensor cores, close to float32 accuracy)."""
 
 MIN_DOT = 16
 """Smallest block side ``tl.dot`` accepts."""
@@ -38,21 +39,19 @@ _HAS_INPUT_PRECISION = "input_precision" in inspect.signature(tl.dot).parameters
 
 
 @triton.jit
-def _dot_input_precision(a, b, TF32: tl.constexpr, UPCAST: tl.constexpr):
+def _dot_input_precision(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     if UPCAST:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    elif TF32:
-        return tl.dot(a, b, input_precision="tf32")
     else:
-        return tl.dot(a, b, input_precision="ieee")
+        return tl.dot(a, b, input_precision=PRECISION)
 
 
 @triton.jit
-def _dot_allow_tf32(a, b, TF32: tl.constexpr, UPCAST: tl.constexpr):
+def _dot_allow_tf32(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     if UPCAST:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), allow_tf32=False)
     else:
-        return tl.dot(a, b, allow_tf32=TF32)
+        return tl.dot(a, b, allow_tf32=PRECISION == "tf32")
 
 
 _dot = _dot_input_precision if _HAS_INPUT_PRECISION else _dot_allow_tf32
@@ -77,7 +76,7 @@ def _encode_chain_kernel(
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr, TAIL_BLOCK_H: tl.constexpr,
     B0_P: tl.constexpr, B1_P: tl.constexpr,
     CHUNKS_PER_SPLIT: tl.constexpr, SPLITS: tl.constexpr,
-    SAMPLE: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr,
+    SAMPLE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -101,21 +100,21 @@ def _encode_chain_kernel(
             k_ok = ks < X0
             xt = tl.load(x_ptr + rows[:, None] * stride_x + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
             w0t = tl.load(w0_ptr + cols[None, :] * X0 + ks[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-            acc += _dot(xt, w0t, TF32, UPCAST)
+            acc += _dot(xt, w0t, PRECISION, UPCAST)
         bias0 = tl.load(c0_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
         h0 = tl.maximum(acc + bias0[None, :], 0.0).to(dt)  # ReLU commutes with rounding
         w_mask = col_ok[:, None] & b0_ok[None, :]
         w1t = tl.load(w1_ptr + offs_b0[None, :] * H + cols[:, None], mask=w_mask, other=0.0)
-        part_mu += _dot(h0, w1t, TF32, UPCAST)
+        part_mu += _dot(h0, w1t, PRECISION, UPCAST)
         if SAMPLE:
             w1t_lv = tl.load(w1_ptr + (B0 + offs_b0)[None, :] * H + cols[:, None], mask=w_mask, other=0.0)
-            part_lv += _dot(h0, w1t_lv, TF32, UPCAST)
+            part_lv += _dot(h0, w1t_lv, PRECISION, UPCAST)
 
     if SPLITS == 1:
         _second_encoder(part_mu, part_lv, rows, row_ok, offs_b0, b0_ok,
                         c1_ptr, w2_ptr, c2_ptr, w3_ptr, c3_ptr, eps0_ptr, eps1_ptr, out_ptr,
                         H, B0, B1, stride_eps0, stride_eps1, stride_out,
-                        BLOCK_M, TAIL_BLOCK_H, B0_P, B1_P, SAMPLE, TF32, UPCAST)
+                        BLOCK_M, TAIL_BLOCK_H, B0_P, B1_P, SAMPLE, PRECISION, UPCAST)
     else:
         width = B0 * (2 if SAMPLE else 1)
         part_mask = row_ok[:, None] & b0_ok[None, :]
@@ -139,7 +138,7 @@ def _encode_chain_kernel(
             _second_encoder(mu0, lv0, rows, row_ok, offs_b0, b0_ok,
                             c1_ptr, w2_ptr, c2_ptr, w3_ptr, c3_ptr, eps0_ptr, eps1_ptr, out_ptr,
                             H, B0, B1, stride_eps0, stride_eps1, stride_out,
-                            BLOCK_M, TAIL_BLOCK_H, B0_P, B1_P, SAMPLE, TF32, UPCAST)
+                            BLOCK_M, TAIL_BLOCK_H, B0_P, B1_P, SAMPLE, PRECISION, UPCAST)
 
 
 @triton.jit
@@ -148,7 +147,7 @@ def _second_encoder(
     c1_ptr, w2_ptr, c2_ptr, w3_ptr, c3_ptr, eps0_ptr, eps1_ptr, out_ptr,
     H, B0, B1, stride_eps0, stride_eps1, stride_out,
     BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, B0_P: tl.constexpr, B1_P: tl.constexpr,
-    SAMPLE: tl.constexpr, TF32: tl.constexpr, UPCAST: tl.constexpr,
+    SAMPLE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """From the float32 sums of layer 2 (bias not yet added) to ``b1`` stored in ``out``."""
     dt = out_ptr.dtype.element_ty
@@ -170,13 +169,13 @@ def _second_encoder(
         col_ok = cols < H
         w2t = tl.load(w2_ptr + cols[None, :] * B0 + offs_b0[:, None], mask=b0_ok[:, None] & col_ok[None, :], other=0.0)
         bias2 = tl.load(c2_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-        h1 = tl.maximum(_dot(b0, w2t, TF32, UPCAST) + bias2[None, :], 0.0).to(dt)
+        h1 = tl.maximum(_dot(b0, w2t, PRECISION, UPCAST) + bias2[None, :], 0.0).to(dt)
         w_mask = col_ok[:, None] & b1_ok[None, :]
         w3t = tl.load(w3_ptr + offs_b1[None, :] * H + cols[:, None], mask=w_mask, other=0.0)
-        acc_mu += _dot(h1, w3t, TF32, UPCAST)
+        acc_mu += _dot(h1, w3t, PRECISION, UPCAST)
         if SAMPLE:
             w3t_lv = tl.load(w3_ptr + (B1 + offs_b1)[None, :] * H + cols[:, None], mask=w_mask, other=0.0)
-            acc_lv += _dot(h1, w3t_lv, TF32, UPCAST)
+            acc_lv += _dot(h1, w3t_lv, PRECISION, UPCAST)
 
     out_mask = row_ok[:, None] & b1_ok[None, :]
     b1 = (acc_mu + tl.load(c3_ptr + offs_b1, mask=b1_ok, other=0.0).to(tl.float32)[None, :]).to(dt)
@@ -319,7 +318,7 @@ def encode_chain(
     ``w0, c0`` .. ``w3, c3`` are the four Linear layers (``encoder1.0``, ``encoder1.3``,
     ``encoder2.0``, ``encoder2.3``) as stored: ``w1`` / ``w3`` hold the mu rows first and the
     logvar rows after; only the mu rows are read unless ``eps0`` / ``eps1`` (``[rows, B0]`` /
-    ``[rows, B1]``, sampling) are given. ``precision`` (float32 only): ``"ieee"`` or ``"tf32"``.
+    ``[rows, B1]``, sampling) are given. ``precision`` (float32 only): one of :data:`PRECISIONS`.
     No gradient flows through this op.
     """
     weights = (w0, c0, w1, c1, w2, c2, w3, c3)
@@ -354,7 +353,7 @@ def encode_chain(
         counters = _arrival_counters(x.device, row_blocks)
     else:
         part = counters = out  # unused by the kernel when there is no split
-    tf32 = precision == "tf32" and x.dtype == torch.float32
+    dot_precision = precision if x.dtype == torch.float32 else "ieee"  # 16-bit inputs: plain tensor-core dots
     _encode_chain_kernel[(row_blocks, cfg.splits)](
         x, w0, c0, w1, c1, w2, c2, w3, c3,
         eps0 if sample else x, eps1 if sample else x, out, part, counters,
@@ -364,7 +363,7 @@ def encode_chain(
         TAIL_BLOCK_H=min(cfg.tail_block_h, _pow2_at_least(hidden)),
         B0_P=_pow2_at_least(b0_dim), B1_P=_pow2_at_least(b1_dim),
         CHUNKS_PER_SPLIT=chunks_per_split, SPLITS=cfg.splits,
-        SAMPLE=sample, TF32=tf32, UPCAST=x.device.type != "cuda",
+        SAMPLE=sample, PRECISION=dot_precision, UPCAST=x.device.type != "cuda",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out

@@ -175,6 +175,8 @@ def test_cuda_paper_sizes_bfloat16_and_tf32(rows):
     x = torch.randn(rows, 768, device="cuda")
     with torch.no_grad():
         want = model.encode(x)
+        # three TF32 products per float32 product: float32's tolerance, not TF32's
+        torch.testing.assert_close(ec.encode_chain(x, *layers(model), precision="tf32x3"), want, **TOLERANCES[torch.float32])
         torch.testing.assert_close(ec.encode_chain(x, *layers(model), precision="tf32"), want, rtol=1e-2, atol=1e-2)
         model.bfloat16()
         got = ec.encode_chain(x.bfloat16(), *layers(model))
