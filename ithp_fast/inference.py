@@ -66,7 +66,7 @@ def _median_seconds(run: Callable[[], object], device: torch.device, calls: int 
 class _Bucket:
     """Static inputs and output of one shape, and how to run it (graph replay or call)."""
 
-    def __init__(self, inputs: tuple[torch.Tensor, ...], output: torch.Tensor, run: Callable[[], torch.Tensor],
+    def __init__(self, inputs: tuple[torch.Tensor, ...], output: Optional[torch.Tensor], run: Callable[[], torch.Tensor],
                  mode: Optional[str], graph: Optional["torch.cuda.CUDAGraph"] = None) -> None:
         self.inputs, self.output, self.run, self.mode, self.graph = inputs, output, run, mode, graph
 
@@ -98,9 +98,11 @@ class _BucketRunner:
     def _prepare(self, call: Callable, inputs: tuple, mode: Optional[str]) -> _Bucket:
         graphed = self.cuda_graphs and mode != "reduce-overhead"  # reduce-overhead brings its own graphs
         if not graphed:
+            # No warm-up output is kept: under "reduce-overhead" it lives in torch.compile's own
+            # graph pool, which refuses live tensors it does not track.
             for _ in range(WARMUP_CALLS):
-                output = call(*inputs)
-            return _Bucket(inputs, output, lambda: call(*inputs), mode)
+                call(*inputs)
+            return _Bucket(inputs, None, lambda: call(*inputs), mode)
         from .kernels.encode_chain import prepare_stream
 
         stream = self._stream
@@ -496,7 +498,8 @@ def measure_cuda(rows_list: Sequence[int] = (50, 1600, 6400, 51200), *, sweep: b
 
 def _measure_encode(base, dtype_name, precision, rows_list, sweep, device, card):
     from .encode import layers
-    from .kernels.encode_chain import _sm_count, encode_chain
+    from .kernels import sm_count
+    from .kernels.encode_chain import encode_chain
 
     dtype = getattr(torch, dtype_name)
     model = base.to(dtype)
@@ -513,7 +516,7 @@ def _measure_encode(base, dtype_name, precision, rows_list, sweep, device, card)
         rec["fused_default_us"] = 1e6 * graphed_seconds(lambda: fused_path(model, x, precision=precision), device)
         if sweep and precision == "ieee" and rows in SWEEP_ROWS:
             timings = {}
-            for cfg in _sweep_configs(rows, 256, _sm_count(device)):
+            for cfg in _sweep_configs(rows, 256, sm_count(device)):
                 try:
                     timings[str(cfg)] = 1e6 * graphed_seconds(
                         lambda: encode_chain(x, *layers(model), precision=precision, config=cfg), device)

@@ -18,13 +18,14 @@ ever waits on another, so the kernel cannot deadlock (and runs under Triton's in
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
+
+from . import sm_count
 
 PRECISIONS = ("ieee", "tf32", "tf32x3")
 """Float32 matmul precision: ``"ieee"`` exact float32 (no tensor cores), ``"tf32"`` TensorFloat-32,
@@ -236,17 +237,6 @@ def choose_config(rows: int, hidden: int, sm_count: int) -> EncodeChainConfig:
     return EncodeChainConfig(block_m=block_m, block_h=block_h, splits=splits)
 
 
-@functools.lru_cache(maxsize=None)
-def _cuda_sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    return 4  # Triton's interpreter: small, to exercise the split on CPU tests
-
-
 # Arrival counters, one int32 per row block, zero between launches (each launch leaves them at
 # zero). Kept per (device, stream): two streams must not share one. Never replaced once
 # created, so CUDA graphs that captured them keep valid memory.
@@ -344,7 +334,7 @@ def encode_chain(
     out = torch.empty(rows, b1_dim, dtype=x.dtype, device=x.device)
     if rows == 0:
         return out
-    cfg = config or choose_config(rows, hidden, _sm_count(x.device))
+    cfg = config or choose_config(rows, hidden, sm_count(x.device))
     row_blocks = triton.cdiv(rows, cfg.block_m)
     chunks = triton.cdiv(hidden, cfg.block_h)
     chunks_per_split = triton.cdiv(chunks, cfg.splits)

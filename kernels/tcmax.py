@@ -13,13 +13,14 @@ its gradient once (one launch per modality).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import torch
 import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
+
+from . import INTERPRETER_SM_COUNT, sm_count
 
 # The math (m indexes modalities, j rows of the batch, c classes; n_c = #{i : y_i = c}):
 #
@@ -181,21 +182,14 @@ def _tcmax_grad_kernel(
 # Host side
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def _launch_config(B: int, C: int, device: torch.device, block_b=None, block_c=None, max_split=None):
     """Tile sizes and the row split: enough programs to fill the GPU, few partials to merge."""
     block_c = block_c or min(64, max(16, triton.next_power_of_2(C)))
     block_b = block_b or max(16, min(256, 4096 // block_c))
     n_cblocks = triton.cdiv(C, block_c)
     n_row_tiles = triton.cdiv(B, block_b)
-    if device.type == "cuda":
-        target = 2 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    else:  # Triton's interpreter: every program costs Python time
-        target = 4
+    # under Triton's interpreter every program costs Python time: few programs there
+    target = 2 * sm_count(device) if device.type == "cuda" else INTERPRETER_SM_COUNT
     n_split = max(1, min(n_row_tiles, triton.cdiv(target, n_cblocks), max_split or 64))
     tiles_per_split = triton.cdiv(n_row_tiles, n_split)
     n_split = triton.cdiv(n_row_tiles, tiles_per_split)

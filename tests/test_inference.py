@@ -255,7 +255,9 @@ def test_cuda_compile_modes_never_recompile(mode):
 def test_cuda_served_deberta_equals_eager(dtype):
     model = tiny_deberta(eval_sampling="mean").to("cuda", dtype)
     server = ServingDeberta(model, batch_sizes=(1, 8, 32), tokens=50)
-    tol = TOLERANCES[dtype]
+    # Padding a request to its bucket changes the GEMM shapes, hence cuBLAS's reduction order:
+    # float32 through the backbone then differs at ~1e-5 (2.4e-5 seen on an H100).
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else TOLERANCES[dtype]
     with torch.no_grad():
         for b, t in [(1, 50), (5, 50), (32, 50), (2, 30), (40, 50)]:
             ids, mask = requests(b, t)

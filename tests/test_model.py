@@ -79,6 +79,34 @@ def run(model, inputs, noise, torch_seed=123):
     return [o.detach() for o in out], grads
 
 
+def clear_of_relu_kinks(ref, inputs, noise, tau=1e-4, tries=50):
+    """Redraw the rows whose pre-ReLU values after the first layer lie within ``tau`` of zero.
+
+    Behind the first Linear the two paths see ``b0`` / ``b1`` that differ by float rounding
+    (the fused kernel's exp and fused multiply-add against torch's separate ops): at a ReLU kink
+    such an ulp flips the derivative and the math is no longer the same. Rows are independent
+    (and the fixed masks depend on position only), so redrawing a row moves only that row.
+    """
+    inputs, noise = [t.clone() for t in inputs], [t.clone() for t in noise]
+    flat = [t.view(-1, t.shape[-1]) for t in inputs + noise]
+    layers = [ref.MLP1[0], ref.encoder2[0], ref.MLP2[0]]
+    gen = torch.Generator().manual_seed(99)
+    for _ in range(tries):
+        near = []
+        hooks = [m.register_forward_hook(lambda m, i, out: near.append((out.abs() < tau).flatten(0, -2).any(-1)))
+                 for m in layers]
+        with torch.no_grad():
+            ref(*inputs, noise=tuple(noise))
+        for h in hooks:
+            h.remove()
+        rows = torch.stack(near).any(0).nonzero().flatten()
+        if rows.numel() == 0:
+            return tuple(inputs), tuple(noise)
+        for t, draw in zip(flat, (torch.randn, torch.rand, torch.rand, torch.randn, torch.randn)):
+            t[rows] = draw(rows.numel(), t.shape[-1], generator=gen).to(t)
+    raise AssertionError(f"rows near a ReLU kink after {tries} redraws")
+
+
 def assert_same(got, want, dtype=torch.float32):
     (out_g, grads_g), (out_w, grads_w) = got, want
     tol = TOLERANCES[dtype]
@@ -103,6 +131,7 @@ def test_matches_reference(device, backend, train, p, lead):
     noise = make_noise(cfg, lead, device=device)
     if train and p > 0:
         fix_masks(ref, cfg, backend, forward_seed(backend, device, 123), lead, device)
+    inputs, noise = clear_of_relu_kinks(ref, inputs, noise)
     assert_same(run(fast, inputs, noise), run(ref, inputs, noise))
 
 
@@ -115,6 +144,7 @@ def test_odd_widths(device, backend, lead):
     inputs = make_inputs(cfg, lead, device=device)
     noise = make_noise(cfg, lead, device=device)
     fix_masks(ref, cfg, backend, forward_seed(backend, device, 123), lead, device)
+    inputs, noise = clear_of_relu_kinks(ref, inputs, noise)
     assert_same(run(fast, inputs, noise), run(ref, inputs, noise))
 
 

@@ -13,6 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from ithp_fast import losses
+from ithp_fast.backends import triton_interpreter_on
 from ithp_fast.losses import TCMaxLoss, tcmax_loss, tcmax_loss_multi, tcmax_loss_pairwise, tcmax_loss_sampled
 
 F64 = dict(rtol=0.0, atol=1e-10)
@@ -235,6 +236,8 @@ def test_backend_choice_reaches_the_kernel(monkeypatch):
     real = kernel.tcmax_factorised
     monkeypatch.setattr(kernel, "tcmax_factorised", lambda *a, **k: calls.append(1) or real(*a, **k))
     (la, lv), labels = random_logits(2, 6, 4)
+    if not triton_interpreter_on():  # a CUDA machine: the kernel runs on the GPU, not in the interpreter
+        la, lv, labels = la.cuda(), lv.cuda(), labels.cuda()
     tcmax_loss(la, lv, labels, backend="torch")
     assert calls == []
     monkeypatch.setenv("ITHP_FAST_BACKEND", "triton")
