@@ -17,7 +17,9 @@ _COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ithp-fast", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="ithp-fast", description="ITHP-DeBERTa training and evaluation, benchmarks and profiling."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name in _COMMAND_MODULES:
         importlib.import_module(name).register(sub)
