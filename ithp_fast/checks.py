@@ -108,3 +108,17 @@ def check_encode_inputs(
     x = check_x(cfg, x, param)
     lead = tuple(x.shape[:-1])
     return check_noise(noise, [lead + (cfg.B0_dim,), lead + (cfg.B1_dim,)], x.device)
+
+
+def check_token_inputs(input_ids: object, attention_mask: Optional[torch.Tensor] = None) -> None:
+    """Validate ``input_ids`` (integer ``[batch, tokens]``) and an optional mask of the same shape."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
+        raise ValueError(
+            f"input_ids: expected an integer tensor [batch, tokens], got "
+            f"{getattr(input_ids, 'dtype', type(input_ids).__name__)} {tuple(getattr(input_ids, 'shape', ()))}"
+        )
+    if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
+        raise ValueError(
+            f"attention_mask: expected shape {tuple(input_ids.shape)} (that of input_ids), "
+            f"got {tuple(attention_mask.shape)}"
+        )

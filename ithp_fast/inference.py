@@ -27,7 +27,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .checks import Noise, check_encode_inputs
+from .checks import Noise, check_encode_inputs, check_token_inputs
 from .encode import choose_path, encode, float32_precision
 from .encode import chain as chain_path
 from .encode import fused as fused_path
@@ -376,15 +376,7 @@ class ServingDeberta:
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits ``[batch, num_labels]`` for ``input_ids`` ``[batch, tokens]``."""
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
-            raise ValueError(
-                f"input_ids: expected an integer tensor [batch, tokens], got "
-                f"{getattr(input_ids, 'dtype', type(input_ids).__name__)} {tuple(getattr(input_ids, 'shape', ()))}"
-            )
-        if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
-            raise ValueError(
-                f"attention_mask: expected shape {tuple(input_ids.shape)} (that of input_ids), got {tuple(attention_mask.shape)}"
-            )
+        check_token_inputs(input_ids, attention_mask)
         batch, tokens = input_ids.shape
         key = self._bucket_for(batch, tokens) if batch > 0 else None
         with torch.no_grad():

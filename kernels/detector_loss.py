@@ -22,7 +22,7 @@ import triton.language as tl
 
 from .relu_dropout import _check_p, _check_seed
 from .rounding import rounded_to
-from .rng import GROUP, QUARTER, group_uniform
+from .rng import GROUP, QUARTER, group_uniform_or_keep
 
 
 def num_partials(numel: int) -> int:
@@ -51,13 +51,7 @@ def _detector_loss_forward_kernel(z_ptr, t_ptr, seed_ptr, part_ptr, numel, p, sc
     pid = tl.program_id(0)
     first = pid.to(tl.int64) * (4 * QUARTER)
     j = tl.arange(0, QUARTER).to(tl.int64)
-    if DROPOUT:
-        u0, u1, u2, u3 = group_uniform(tl.load(seed_ptr), STREAM, first, QUARTER)
-    else:
-        u0 = 1.0
-        u1 = 1.0
-        u2 = 1.0
-        u3 = 1.0
+    u0, u1, u2, u3 = group_uniform_or_keep(seed_ptr, STREAM, first, QUARTER, DROPOUT)
     total = _forward_quarter(z_ptr, t_ptr, first + j, numel, u0, p, scale, DROPOUT)
     total += _forward_quarter(z_ptr, t_ptr, first + QUARTER + j, numel, u1, p, scale, DROPOUT)
     total += _forward_quarter(z_ptr, t_ptr, first + 2 * QUARTER + j, numel, u2, p, scale, DROPOUT)
@@ -92,13 +86,7 @@ def _detector_loss_backward_kernel(z_ptr, t_ptr, seed_ptr, gpart_ptr, gpart_stri
     first = pid.to(tl.int64) * (4 * QUARTER)
     j = tl.arange(0, QUARTER).to(tl.int64)
     g = tl.load(gpart_ptr + pid * gpart_stride).to(tl.float32) * two_over_numel
-    if DROPOUT:
-        u0, u1, u2, u3 = group_uniform(tl.load(seed_ptr), STREAM, first, QUARTER)
-    else:
-        u0 = 1.0
-        u1 = 1.0
-        u2 = 1.0
-        u3 = 1.0
+    u0, u1, u2, u3 = group_uniform_or_keep(seed_ptr, STREAM, first, QUARTER, DROPOUT)
     _backward_quarter(z_ptr, t_ptr, gz_ptr, gt_ptr, first + j, numel, u0, p, scale, g, DROPOUT, NEED_GRAD_T)
     _backward_quarter(z_ptr, t_ptr, gz_ptr, gt_ptr, first + QUARTER + j, numel, u1, p, scale, g, DROPOUT, NEED_GRAD_T)
     _backward_quarter(z_ptr, t_ptr, gz_ptr, gt_ptr, first + 2 * QUARTER + j, numel, u2, p, scale, g, DROPOUT,

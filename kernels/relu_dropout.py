@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .rounding import rounded_to
-from .rng import GROUP, QUARTER, group_uniform
+from .rng import GROUP, QUARTER, group_uniform_or_keep
 
 _BWD_BLOCK = 1024
 
@@ -53,13 +53,7 @@ def _relu_dropout_forward_kernel(a_ptr, d_ptr, seed_ptr, numel, start, p, scale,
                                  DROPOUT: tl.constexpr, QUARTER: tl.constexpr):
     first = tl.program_id(0).to(tl.int64) * (4 * QUARTER)
     j = tl.arange(0, QUARTER).to(tl.int64)
-    if DROPOUT:
-        u0, u1, u2, u3 = group_uniform(tl.load(seed_ptr), STREAM, start + first, QUARTER)
-    else:
-        u0 = 1.0
-        u1 = 1.0
-        u2 = 1.0
-        u3 = 1.0
+    u0, u1, u2, u3 = group_uniform_or_keep(seed_ptr, STREAM, start + first, QUARTER, DROPOUT)
     _forward_quarter(a_ptr, d_ptr, first + j, numel, u0, p, scale, DROPOUT)
     _forward_quarter(a_ptr, d_ptr, first + QUARTER + j, numel, u1, p, scale, DROPOUT)
     _forward_quarter(a_ptr, d_ptr, first + 2 * QUARTER + j, numel, u2, p, scale, DROPOUT)

@@ -23,7 +23,7 @@ import triton.language as tl
 
 from .relu_dropout import _check_seed
 from .rounding import rounded_to
-from .rng import GROUP, QUARTER, group_normal
+from .rng import GROUP, QUARTER, group_normal_or_zero
 
 
 def num_partials(n_rows: int, width: int) -> int:
@@ -60,13 +60,7 @@ def _reparam_kl_forward_kernel(h_ptr, eps_ptr, seed_ptr, b_ptr, part_ptr, n_elem
     pid = tl.program_id(0)
     first = pid.to(tl.int64) * (4 * QUARTER)
     j = tl.arange(0, QUARTER).to(tl.int64)
-    if GENERATE:
-        n0, n1, n2, n3 = group_normal(tl.load(seed_ptr), STREAM, first, QUARTER)
-    else:
-        n0 = 0.0
-        n1 = 0.0
-        n2 = 0.0
-        n3 = 0.0
+    n0, n1, n2, n3 = group_normal_or_zero(seed_ptr, STREAM, first, QUARTER, GENERATE)
     total = _forward_quarter(h_ptr, eps_ptr, b_ptr, first + j, n_elem, row_stride, n0, B, SAMPLE, HAS_EPS)
     total += _forward_quarter(h_ptr, eps_ptr, b_ptr, first + QUARTER + j, n_elem, row_stride, n1, B, SAMPLE, HAS_EPS)
     total += _forward_quarter(h_ptr, eps_ptr, b_ptr, first + 2 * QUARTER + j, n_elem, row_stride, n2, B, SAMPLE,
@@ -116,13 +110,7 @@ def _reparam_kl_backward_kernel(h_ptr, eps_ptr, seed_ptr, gb_ptr, gpart_ptr, gpa
         g = tl.load(gpart_ptr + pid * gpart_stride).to(tl.float32) * kl_scale
     else:
         g = 0.0
-    if GENERATE:
-        n0, n1, n2, n3 = group_normal(tl.load(seed_ptr), STREAM, first, QUARTER)
-    else:
-        n0 = 0.0
-        n1 = 0.0
-        n2 = 0.0
-        n3 = 0.0
+    n0, n1, n2, n3 = group_normal_or_zero(seed_ptr, STREAM, first, QUARTER, GENERATE)
     _backward_quarter(h_ptr, eps_ptr, gb_ptr, gh_ptr, geps_ptr, first + j, n_elem, row_stride, n0, g,
                       B, SAMPLE, HAS_EPS, HAS_GRAD_B, NEED_GRAD_EPS)
     _backward_quarter(h_ptr, eps_ptr, gb_ptr, gh_ptr, geps_ptr, first + QUARTER + j, n_elem, row_stride, n1, g,

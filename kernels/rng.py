@@ -123,6 +123,24 @@ def group_normal(seed, stream: tl.constexpr, first, QUARTER: tl.constexpr):
 
 
 @triton.jit
+def group_uniform_or_keep(seed_ptr, stream: tl.constexpr, first, QUARTER: tl.constexpr, DRAW: tl.constexpr):
+    """:func:`group_uniform` from the seed at ``seed_ptr`` when ``DRAW``, else four 1.0 (keep all)."""
+    if DRAW:
+        return group_uniform(tl.load(seed_ptr), stream, first, QUARTER)
+    else:
+        return 1.0, 1.0, 1.0, 1.0
+
+
+@triton.jit
+def group_normal_or_zero(seed_ptr, stream: tl.constexpr, first, QUARTER: tl.constexpr, DRAW: tl.constexpr):
+    """:func:`group_normal` from the seed at ``seed_ptr`` when ``DRAW``, else four 0.0."""
+    if DRAW:
+        return group_normal(tl.load(seed_ptr), stream, first, QUARTER)
+    else:
+        return 0.0, 0.0, 0.0, 0.0
+
+
+@triton.jit
 def _stream_kernel(seed_ptr, out_ptr, numel, start, STREAM: tl.constexpr, NORMAL: tl.constexpr,
                    QUARTER: tl.constexpr, BLOCK: tl.constexpr):
     # Element-wise form of the mapping above, for any start: out[i] = noise(start + i).

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checks import Noise
+from ..checks import Noise, check_token_inputs
 from ..config import ConfigLike, ITHPConfig, as_config
 from .ithp import ITHP
 
@@ -125,16 +125,7 @@ class ITHPDeberta(nn.Module):
         noise: Noise = None,
     ) -> ITHPDebertaOutput:
         """``input_ids`` ``[B, T]``; ``visual`` ``[B, T, X2_dim]``; ``acoustic`` ``[B, T, X1_dim]``."""
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
-            raise ValueError(
-                f"input_ids: expected an integer tensor [batch, tokens], got "
-                f"{getattr(input_ids, 'dtype', type(input_ids).__name__)} {tuple(getattr(input_ids, 'shape', ()))}"
-            )
-        if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
-            raise ValueError(
-                f"attention_mask: expected shape {tuple(input_ids.shape)} (that of input_ids), "
-                f"got {tuple(attention_mask.shape)}"
-            )
+        check_token_inputs(input_ids, attention_mask)
         mask = attention_mask if self.pass_attention_mask else None
         x = self.dberta.model(input_ids, attention_mask=mask).last_hidden_state
         b1, IB_total, kl0, mse0, kl1, mse1 = self.dberta.ITHP(x, visual, acoustic, noise=noise)
