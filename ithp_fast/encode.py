@@ -70,24 +70,8 @@ def choose_path(model: torch.nn.Module, rows: int, dtype: torch.dtype, device: t
     if dropout_active or requires_grad or torch.is_autocast_enabled(device.type) or dtype not in FUSED_DTYPES:
         return "chain"
     limit = FUSED_KERNEL_MAX_ROWS[_precision_key(dtype, float32_precision(precision))]
-    if rows > limit or (device.type == "cuda" and _capturing_a_split_launch(model, rows, device)):
-        return "chain"
-    return "fused"
+    return "fused" if rows <= limit else "chain"
 
-
-def _capturing_a_split_launch(model: torch.nn.Module, rows: int, device: torch.device) -> bool:
-    """Whether a CUDA graph is being captured and the kernel would split the first layer.
-
-    Replays of a captured split launch (programs meeting through arrival counters) failed their
-    equality test on an H100 (tests/test_encode_chain.py, 2026-11-26) while eager split launches
-    pass; until that is understood, captures take the chain.
-    """
-    if not torch.cuda.is_current_stream_capturing():
-        return False
-    from .kernels import sm_count
-    from .kernels.encode_chain import choose_config
-
-    return choose_config(rows, model.config.inter_dim, sm_count(device)).splits > 1
 
 
 def _needs_grad(model: torch.nn.Module, x: torch.Tensor) -> bool:
