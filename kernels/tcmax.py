@@ -6,9 +6,10 @@ sum of per-modality logits) and integer labels ``y`` of shape ``[B]``. Output: o
 logits). The pure-PyTorch form of the same numbers is ``ithp_fast.losses.tcmax_loss_multi`` with
 ``backend="torch"``; the tests hold the two equal.
 
-Passes over memory: forward reads each ``L_m`` once (one launch per modality) and one
-single-program launch merges the per-split partials; backward reads each ``L_m`` once and writes
-its gradient once (one launch per modality).
+Passes over memory: the forward reads each ``L_m`` once (one launch per modality, a grid of
+class blocks x row splits), then one program per class block merges its splits and modalities,
+and one single program reduces the class-block partials to logZ and the losses; the backward
+reads each ``L_m`` once and writes its gradient once (one launch per modality).
 """
 
 from __future__ import annotations
@@ -81,60 +82,91 @@ def _column_lse_partial_kernel(
 
 
 @triton.jit
-def _tcmax_combine_kernel(
-    pmax_ptr, psum_ptr, ppick_ptr, pcount_ptr, mx_ptr, ls_ptr, count_ptr, logz_ptr, out_ptr,
-    B, C, n_split, n_cblocks,
+def _class_block_merge_kernel(
+    pmax_ptr, psum_ptr, ppick_ptr, pcount_ptr, mx_ptr, ls_ptr, count_ptr,
+    bmax_ptr, bsum_ptr, bcross_ptr, bpick_ptr,
+    C, n_split, n_cblocks,
     M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Single program: merge the splits per class, logZ over classes, the M + 1 losses."""
+    """One class block (the partial kernel's): merge its row splits into mx, ls and the label
+    counts; reduce its classes to one partial of logZ (max and sum of exp of T) and of each
+    modality's cross and pick sums."""
+    pid = tl.program_id(0)
+    cols = pid * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = cols < C
     m_idx = tl.arange(0, BLOCK_M)
-    s_idx = tl.arange(0, BLOCK_S)
+    m_ok = m_idx < M
     m3 = m_idx[:, None, None]
-    s3 = s_idx[None, :, None]
-    ms_ok = (m3 < M) & (s3 < n_split)
-    t_max = tl.full([BLOCK_C], float("-inf"), tl.float64)
-    t_sum = tl.zeros([BLOCK_C], tl.float64)
-    cross = tl.zeros([BLOCK_M, BLOCK_C], tl.float64)
-    for c0 in range(0, C, BLOCK_C):
-        cols = c0 + tl.arange(0, BLOCK_C)
-        c_ok = cols < C
-        ok3 = ms_ok & (cols[None, None, :] < C)
-        offs3 = (m3 * n_split + s3) * C + cols[None, None, :]
+    run_max = tl.full([BLOCK_M, BLOCK_C], float("-inf"), pmax_ptr.dtype.element_ty)
+    run_sum = tl.zeros([BLOCK_M, BLOCK_C], psum_ptr.dtype.element_ty)
+    cnt = tl.zeros([BLOCK_C], tl.int32)
+    pick = tl.zeros([BLOCK_M], tl.float64)
+    for s0 in range(0, n_split, BLOCK_S):
+        s_idx = s0 + tl.arange(0, BLOCK_S)
+        s_ok = s_idx < n_split
+        ok3 = (m3 < M) & s_ok[None, :, None] & c_ok[None, None, :]
+        offs3 = (m3 * n_split + s_idx[None, :, None]) * C + cols[None, None, :]
         pmax = tl.load(pmax_ptr + offs3, mask=ok3, other=float("-inf"))
         psum = tl.load(psum_ptr + offs3, mask=ok3, other=0.0)
-        mx = tl.max(pmax, axis=1)
-        shift = tl.where(mx == float("-inf"), 0.0, mx)
-        ok2 = (m_idx[:, None] < M) & c_ok[None, :]
-        ls = tl.log(tl.where(ok2, tl.sum(psum * tl.exp(pmax - shift[:, None, :]), axis=1), 1.0))
-        offs2 = m_idx[:, None] * C + cols[None, :]
-        tl.store(mx_ptr + offs2, mx, mask=ok2)
-        tl.store(ls_ptr + offs2, ls, mask=ok2)
-        s = tl.where(ok2, mx.to(tl.float64) + ls.to(tl.float64), 0.0)
-        t = tl.where(c_ok, tl.sum(s, axis=0), float("-inf"))
-        new_max = tl.maximum(t_max, t)
-        t_shift = tl.where(new_max == float("-inf"), 0.0, new_max)
-        t_sum = t_sum * tl.exp(t_max - t_shift) + tl.exp(t - t_shift)
-        t_max = new_max
-        cnt_ok = (s_idx[:, None] < n_split) & c_ok[None, :]
-        cnt = tl.sum(tl.load(pcount_ptr + s_idx[:, None] * C + cols[None, :], mask=cnt_ok, other=0), axis=0)
-        tl.store(count_ptr + cols, cnt.to(count_ptr.dtype.element_ty), mask=c_ok)
-        cross += cnt.to(tl.float64)[None, :] * s
+        new_max = tl.maximum(run_max, tl.max(pmax, axis=1))
+        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+        run_sum = run_sum * tl.exp(run_max - shift) + tl.sum(psum * tl.exp(pmax - shift[:, None, :]), axis=1)
+        run_max = new_max
+        cnt_ok = s_ok[:, None] & c_ok[None, :]
+        cnt += tl.sum(tl.load(pcount_ptr + s_idx[:, None] * C + cols[None, :], mask=cnt_ok, other=0), axis=0)
+        pick_ok = m_ok[:, None] & s_ok[None, :]
+        pick_offs = (m_idx[:, None] * n_split + s_idx[None, :]) * n_cblocks + pid
+        pick += tl.sum(tl.load(ppick_ptr + pick_offs, mask=pick_ok, other=0.0), axis=1)
+    ok2 = m_ok[:, None] & c_ok[None, :]
+    ls = tl.log(tl.where(ok2, run_sum, 1.0))
+    offs2 = m_idx[:, None] * C + cols[None, :]
+    tl.store(mx_ptr + offs2, run_max, mask=ok2)
+    tl.store(ls_ptr + offs2, ls, mask=ok2)
+    tl.store(count_ptr + cols, cnt.to(count_ptr.dtype.element_ty), mask=c_ok)
+    s = tl.where(ok2, run_max.to(tl.float64) + ls.to(tl.float64), 0.0)
+    t = tl.where(c_ok, tl.sum(s, axis=0), float("-inf"))
+    t_max = tl.max(t, axis=0)
+    t_shift = tl.where(t_max == float("-inf"), 0.0, t_max)
+    tl.store(bmax_ptr + pid, t_max)
+    tl.store(bsum_ptr + pid, tl.sum(tl.exp(t - t_shift), axis=0))
+    tl.store(bcross_ptr + m_idx * n_cblocks + pid, tl.sum(cnt.to(tl.float64)[None, :] * s, axis=1), mask=m_ok)
+    tl.store(bpick_ptr + m_idx * n_cblocks + pid, pick, mask=m_ok)
+
+
+@triton.jit
+def _tcmax_losses_kernel(
+    bmax_ptr, bsum_ptr, bcross_ptr, bpick_ptr, logz_ptr, out_ptr, B, n_cblocks,
+    M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Single program over the class-block partials: logZ and the M + 1 losses."""
+    m_idx = tl.arange(0, BLOCK_M)
+    m_ok = m_idx < M
+    lane_max = tl.full([BLOCK_N], float("-inf"), tl.float64)
+    lane_sum = tl.zeros([BLOCK_N], tl.float64)
+    cross = tl.zeros([BLOCK_M], tl.float64)
     pick = tl.zeros([BLOCK_M], tl.float64)
-    for b0 in range(0, n_cblocks, BLOCK_C):
-        cb = b0 + tl.arange(0, BLOCK_C)
-        ok3 = ms_ok & (cb[None, None, :] < n_cblocks)
-        part = tl.load(ppick_ptr + (m3 * n_split + s3) * n_cblocks + cb[None, None, :], mask=ok3, other=0.0)
-        pick += tl.sum(tl.sum(part, axis=2), axis=1)
-    g_max = tl.max(t_max, axis=0)
-    logz = g_max + tl.log(tl.sum(t_sum * tl.exp(t_max - g_max), axis=0))
+    for n0 in range(0, n_cblocks, BLOCK_N):
+        n_idx = n0 + tl.arange(0, BLOCK_N)
+        n_ok = n_idx < n_cblocks
+        bmax = tl.load(bmax_ptr + n_idx, mask=n_ok, other=float("-inf"))
+        bsum = tl.load(bsum_ptr + n_idx, mask=n_ok, other=0.0)
+        new_max = tl.maximum(lane_max, bmax)
+        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+        lane_sum = lane_sum * tl.exp(lane_max - shift) + bsum * tl.exp(bmax - shift)
+        lane_max = new_max
+        offs = m_idx[:, None] * n_cblocks + n_idx[None, :]
+        ok = m_ok[:, None] & n_ok[None, :]
+        cross += tl.sum(tl.load(bcross_ptr + offs, mask=ok, other=0.0), axis=1)
+        pick += tl.sum(tl.load(bpick_ptr + offs, mask=ok, other=0.0), axis=1)
+    g_max = tl.max(lane_max, axis=0)
+    logz = g_max + tl.log(tl.sum(lane_sum * tl.exp(lane_max - g_max), axis=0))
     b = tl.zeros([], tl.float64) + B  # B may arrive as a specialised constant
     const = logz - tl.log(b)
-    cross_m = tl.sum(cross, axis=1)
     loss = -tl.sum(pick, axis=0) / b + const
-    loss_m = -(pick + tl.sum(cross_m, axis=0) - cross_m) / b + const
+    loss_m = -(pick + tl.sum(cross, axis=0) - cross) / b + const
     tl.store(logz_ptr, logz)
     tl.store(out_ptr, loss.to(out_ptr.dtype.element_ty))
-    tl.store(out_ptr + 1 + m_idx, loss_m.to(out_ptr.dtype.element_ty), mask=m_idx < M)
+    tl.store(out_ptr + 1 + m_idx, loss_m.to(out_ptr.dtype.element_ty), mask=m_ok)
 
 
 @triton.jit
@@ -182,15 +214,17 @@ def _tcmax_grad_kernel(
 # Host side
 
 
-def _launch_config(B: int, C: int, device: torch.device, block_b=None, block_c=None, max_split=None):
+def _launch_config(B: int, C: int, device: torch.device, block_b=None, block_c=None, splits=None):
     """Tile sizes and the row split: enough programs to fill the GPU, few partials to merge."""
     block_c = block_c or min(64, max(16, triton.next_power_of_2(C)))
     block_b = block_b or max(16, min(256, 4096 // block_c))
     n_cblocks = triton.cdiv(C, block_c)
     n_row_tiles = triton.cdiv(B, block_b)
-    # under Triton's interpreter every program costs Python time: few programs there
-    target = 2 * sm_count(device) if device.type == "cuda" else INTERPRETER_SM_COUNT
-    n_split = max(1, min(n_row_tiles, triton.cdiv(target, n_cblocks), max_split or 64))
+    if splits is None:
+        # under Triton's interpreter every program costs Python time: few programs there
+        target = 2 * sm_count(device) if device.type == "cuda" else INTERPRETER_SM_COUNT
+        splits = min(triton.cdiv(target, n_cblocks), 64)
+    n_split = max(1, min(n_row_tiles, splits))
     tiles_per_split = triton.cdiv(n_row_tiles, n_split)
     n_split = triton.cdiv(n_row_tiles, tiles_per_split)
     return block_b, block_c, n_cblocks, n_split, tiles_per_split * block_b
@@ -225,14 +259,19 @@ class TCMaxFactorised(torch.autograd.Function):
         mx = torch.empty((M, C), device=device, dtype=work)
         ls = torch.empty_like(mx)
         count = torch.empty((C,), device=device, dtype=work)
+        blocks = torch.empty((2 + 2 * M, n_cblocks), device=device, dtype=torch.float64)
+        bmax, bsum, bcross, bpick = blocks[0], blocks[1], blocks[2 : 2 + M], blocks[2 + M :]
+        block_m = triton.next_power_of_2(M)
+        _class_block_merge_kernel[(n_cblocks,)](
+            pmax, psum, ppick, pcount, mx, ls, count, bmax, bsum, bcross, bpick,
+            C, n_split, n_cblocks,
+            M=M, BLOCK_M=block_m, BLOCK_S=min(16, max(2, triton.next_power_of_2(n_split))), BLOCK_C=block_c,
+        )
         logz = torch.empty((), device=device, dtype=torch.float64)
         out = torch.empty((M + 1,), device=device, dtype=work)
-        block_m = triton.next_power_of_2(M)
-        block_s = max(2, triton.next_power_of_2(n_split))
-        _tcmax_combine_kernel[(1,)](
-            pmax, psum, ppick, pcount, mx, ls, count, logz, out,
-            B, C, n_split, n_cblocks,
-            M=M, BLOCK_M=block_m, BLOCK_S=block_s, BLOCK_C=max(16, min(256, 4096 // (block_m * block_s))),
+        _tcmax_losses_kernel[(1,)](
+            bmax, bsum, bcross, bpick, logz, out, B, n_cblocks,
+            M=M, BLOCK_M=block_m, BLOCK_N=max(2, min(256, triton.next_power_of_2(n_cblocks))),
         )
         ctx.save_for_backward(labels, mx, ls, count, logz, *logits)
         ctx.launch = (block_b, block_c, n_cblocks, n_split, rows_per_split)
@@ -263,13 +302,14 @@ class TCMaxFactorised(torch.autograd.Function):
 
 
 def tcmax_factorised(
-    logits: Sequence[torch.Tensor], labels: torch.Tensor, *, block_b=None, block_c=None, max_split=None
+    logits: Sequence[torch.Tensor], labels: torch.Tensor, *, block_b=None, block_c=None, splits=None
 ) -> torch.Tensor:
     """``[loss, loss_1, ..., loss_M]`` for already validated inputs (see ``ithp_fast.losses``).
 
     ``logits``: M tensors ``[B, C]`` of one floating dtype on one device; ``labels``: integer
-    ``[B]`` in ``[0, C)``. ``block_b`` / ``block_c`` / ``max_split`` override the launch
-    configuration (tests use them to exercise several class blocks and row splits on small shapes).
+    ``[B]`` in ``[0, C)``. ``block_b`` / ``block_c`` (tile sizes) and ``splits`` (row splits, at
+    most one per row tile) override the launch configuration: the tests use them to exercise
+    several class blocks and row splits on small shapes, ``scripts/tcmax_probe.py`` to tune it.
     """
-    config = dict(block_b=block_b, block_c=block_c, max_split=max_split)
+    config = dict(block_b=block_b, block_c=block_c, splits=splits)
     return TCMaxFactorised.apply(labels.contiguous(), config, *logits)

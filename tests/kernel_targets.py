@@ -7,11 +7,12 @@ interpreter must be off when Triton is imported): prints one line per kernel, ex
 
 import sys
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from ithp_fast.kernels import detector_loss, ib_combine, relu_dropout, reparam_kl, rng
+from ithp_fast.kernels import detector_loss, encode_chain, ib_combine, relu_dropout, reparam_kl, rng, tcmax
 
 Q = rng.QUARTER
 
@@ -61,10 +62,58 @@ def stream_variants():
              dict(STREAM=1, NORMAL=normal, QUARTER=Q, BLOCK=1024)) for normal in (True, False)]
 
 
+def tcmax_variants(dt):
+    """The TCMax kernels for logits of element dtype ``dt`` (accumulating in float32, float64 for fp64)."""
+    p, acc = f"*{dt}", ("fp64" if dt == "fp64" else "fp32")
+    work, out = f"*{acc}", []
+    out.append((f"tcmax column partials {dt}", tcmax._column_lse_partial_kernel,
+                dict(logits_ptr=p, labels_ptr="*i64", pmax_ptr=work, psum_ptr=work, ppick_ptr="*fp64",
+                     pcount_ptr="*i32", B="i32", C="i32", stride_b="i32", stride_c="i32", rows_per_split="i32",
+                     n_split="i32", n_cblocks="i32", modality="i32"),
+                dict(BLOCK_B=64, BLOCK_C=64, WRITE_COUNT=True, ACC=tcmax._acc_dtype(_TORCH[dt]))))
+    out.append((f"tcmax class-block merge {dt}", tcmax._class_block_merge_kernel,
+                dict(pmax_ptr=work, psum_ptr=work, ppick_ptr="*fp64", pcount_ptr="*i32", mx_ptr=work, ls_ptr=work,
+                     count_ptr=work, bmax_ptr="*fp64", bsum_ptr="*fp64", bcross_ptr="*fp64", bpick_ptr="*fp64",
+                     C="i32", n_split="i32", n_cblocks="i32"),
+                dict(M=2, BLOCK_M=2, BLOCK_S=16, BLOCK_C=64)))
+    out.append((f"tcmax losses {dt}", tcmax._tcmax_losses_kernel,
+                dict(bmax_ptr="*fp64", bsum_ptr="*fp64", bcross_ptr="*fp64", bpick_ptr="*fp64", logz_ptr="*fp64",
+                     out_ptr=work, B="i32", n_cblocks="i32"),
+                dict(M=3, BLOCK_M=4, BLOCK_N=16)))
+    out.append((f"tcmax gradient {dt}", tcmax._tcmax_grad_kernel,
+                dict(logits_ptr=p, labels_ptr="*i64", grad_ptr=p, mx_ptr=work, ls_ptr=work, count_ptr=work,
+                     logz_ptr="*fp64", gout_ptr=work, B="i32", C="i32", stride_b="i32", stride_c="i32",
+                     gstride_b="i32", gstride_c="i32", rows_per_split="i32", modality="i32"),
+                dict(M=2, BLOCK_M=2, BLOCK_B=64, BLOCK_C=64, ACC=tcmax._acc_dtype(_TORCH[dt]))))
+    return out
+
+
+def encode_chain_variants():
+    out = []
+    for dt, precisions in (("fp32", encode_chain.PRECISIONS), ("bf16", ("ieee",))):
+        p = f"*{dt}"
+        for precision in precisions:
+            for sample, splits in ((False, 1), (False, 4), (True, 4)):
+                out.append((f"encode_chain {dt} {precision} sample={sample} splits={splits}",
+                            encode_chain._encode_chain_kernel,
+                            dict(x_ptr=p, w0_ptr=p, c0_ptr=p, w1_ptr=p, c1_ptr=p, w2_ptr=p, c2_ptr=p, w3_ptr=p,
+                                 c3_ptr=p, eps0_ptr=p, eps1_ptr=p, out_ptr=p, part_ptr="*fp32", count_ptr="*i32",
+                                 N="i32", X0="i32", H="i32", B0="i32", B1="i32", stride_x="i32", stride_eps0="i32",
+                                 stride_eps1="i32", stride_out="i32"),
+                            dict(BLOCK_M=16, BLOCK_K=64, BLOCK_H=64, TAIL_BLOCK_H=64, B0_P=128, B1_P=64,
+                                 CHUNKS_PER_SPLIT=1, SPLITS=splits, SAMPLE=sample, PRECISION=precision, UPCAST=False)))
+    return out
+
+
+_TORCH = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
+
+
 def main() -> int:
     target = GPUTarget("cuda", 90, 32)
     failed = 0
-    for name, kernel, signature, constexprs in variants("fp32") + variants("bf16") + stream_variants():
+    kernels = variants("fp32") + variants("bf16") + stream_variants() + encode_chain_variants()
+    kernels += [v for dt in ("fp32", "bf16", "fp64") for v in tcmax_variants(dt)]
+    for name, kernel, signature, constexprs in kernels:
         signature = dict(signature, **{k: "constexpr" for k in constexprs})
         try:
             triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs), target=target)

@@ -165,9 +165,10 @@ def test_factorised_never_builds_b_b_c():
 TRITON_SHAPES = [
     # (M, B, C, launch overrides): several class blocks, row splits and ragged tiles
     (2, 1, 2, dict()),
-    (2, 37, 11, dict(block_b=8, block_c=4, max_split=3)),
-    (2, 20, 33, dict(block_b=16, block_c=16, max_split=1)),
-    (3, 9, 5, dict(block_b=4, block_c=4, max_split=4)),
+    (2, 37, 11, dict(block_b=8, block_c=4, splits=3)),
+    (2, 20, 33, dict(block_b=16, block_c=16, splits=1)),
+    (3, 9, 5, dict(block_b=4, block_c=4, splits=4)),
+    (3, 150, 9, dict(block_b=2, block_c=4, splits=40)),  # more splits than the merge takes at once
     (2, 300, 70, dict()),  # the default launch configuration
 ]
 
@@ -204,7 +205,7 @@ def test_triton_kernel_float32_large_logits_match_float64():
     results = []
     for dtype in (torch.float32, torch.float64):
         logits = [t.to(dtype).requires_grad_() for t in x]
-        launch = dict(block_b=16, block_c=8, max_split=2)
+        launch = dict(block_b=16, block_c=8, splits=2)
         results.append(values_and_grads(lambda: tuple(tcmax_factorised(logits, labels, **launch)), logits, weights))
     (v32, g32), (v64, g64) = results
     for got, want in zip(v32, v64):
@@ -222,7 +223,7 @@ def test_triton_kernel_reads_strided_logits_and_skips_unneeded_grads():
     lv = torch.randn(13, 7, generator=g, dtype=torch.float64).to(device)  # no gradient wanted
     labels = torch.randint(0, 7, (13,), generator=g).to(device)
     want = losses._factorised_torch([la, lv], labels)
-    got = tcmax_factorised([la, lv], labels, block_b=4, block_c=4, max_split=2)
+    got = tcmax_factorised([la, lv], labels, block_b=4, block_c=4, splits=2)
     torch.testing.assert_close(got, want, **F64)
     (g_want,) = torch.autograd.grad(want.sum(), la)
     (g_got,) = torch.autograd.grad(got.sum(), la)
