@@ -3,8 +3,8 @@
 # Results and logs go under $OUT: eight files (tests.log, failures.txt, bench.log, bench/{json,md,png},
 # encode_probe.jsonl, tcmax_probe.jsonl), the most the device tool brings back.
 #   OUT=/tmp/gpu bash scripts/gpu_run.sh
-# STEPS picks the steps (default: all four, up to 660 s with the default time limits; one device
-# command may run 600 s, so split it there, e.g. STEPS=tests, then STEPS=bench,encode,tcmax).
+# STEPS picks the steps (default: tests,bench,encode,tcmax, up to 660 s with the default time limits; one device
+# command may run 600 s, so split it there, e.g. STEPS=tests, then STEPS=bench,encode,tcmax,profile).
 set -uo pipefail
 : "${OUT:?set OUT to a folder for the results}"
 export PYTHONUNBUFFERED=1
@@ -32,3 +32,9 @@ echo "encode probe rc=$?"; }
 # 4. TCMax: GPU time of the fused kernels per launch configuration (tunes kernels/tcmax.py).
 step tcmax && { timeout "${TCMAX_PROBE_TIMEOUT:-90}" python3 scripts/tcmax_probe.py > "$OUT/tcmax_probe.jsonl" 2>&1
 echo "tcmax probe rc=$?"; }
+
+# 5. Where the training step's GPU time goes: torch.profiler's busiest kernels, eager fast path,
+#    batch 32 x 50 (kernel times match a graph replay's; launch gaps do not). Printed here only.
+step profile && { for workload in train forward; do
+    timeout 60 python3 -m ithp_fast.cli profile --workload "$workload" --steps 10 --rows 30 \
+        --trace "/tmp/ithp-profile-$workload.json" 2>&1 | tail -40; done; }
