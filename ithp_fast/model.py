@@ -63,10 +63,15 @@ class ITHP(ReferenceITHP):
 
         ``noise=(eps0, eps1)`` injects the Gaussian draws (shapes of ``mu0`` and ``mu1``); the
         dropout masks still come from the forward's seed.
+
+        Under ``torch.compile`` the forward traces the reference formula instead of the fused
+        ops (one graph, no breaks; the compiler fuses the elementwise work itself, and the noise
+        comes from torch's generator as in the reference). For the fastest CUDA training step
+        use :class:`ithp_fast.graphs.GraphedTrainStep` rather than compiling.
         """
         noise = check_forward_inputs(self.config, x, visual, acoustic, noise, self._first_param())
         name = resolve_backend(self.backend, x.device)
-        if name == "reference":
+        if name == "reference" or torch.compiler.is_compiling():
             return ReferenceITHP.forward(self, x, visual, acoustic, noise=noise)
         ops = fused_ops(name)
         eps0, eps1 = noise or (None, None)

@@ -278,6 +278,25 @@ def test_bad_inputs_fail_before_any_work(device, backend):
         fast(x.double(), visual, acoustic)
 
 
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_torch_compile_traces_one_graph_equal_to_the_reference(device, backend, train):
+    """torch.compile(fullgraph=True) of the fast model: one graph, no break, the reference's numbers."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    cfg = small_config(drop_prob=0.0)
+    ref, fast = pair(cfg, device, backend, train=train)
+    inputs = make_inputs(cfg, (3, 5), device=device)
+    noise = make_noise(cfg, (3, 5), device=device)
+    compiled = torch.compile(fast, backend="aot_eager", fullgraph=True)
+    got = run(compiled, inputs, noise)
+    got[1].update({n: p.grad for n, p in fast.named_parameters()})
+    assert_same(got, run(ref, inputs, noise))
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+
+
 def test_reference_backend_is_the_reference(device):
     cfg = small_config()
     ref, fast = pair(cfg, device, "reference")
