@@ -27,7 +27,7 @@ from scale import COMPILE, CUDA, TOKENS, compiled, pick
 from workloads import DTYPES, ithp_config, ithp_inputs, ithp_pair, optional
 
 INFERENCE_BATCHES = pick(cuda=[1, 8, 32, 128, 1024], cpu=[1, 32, 128], tiny=[2])
-INFERENCE_BF16_BATCHES = pick(cuda=[1, 1024], cpu=[], tiny=[])
+INFERENCE_BF16_BATCHES = pick(cuda=[1, 1024], cpu=[32], tiny=[])
 FORWARD_BATCHES = pick(cuda=[8, 32, 128], cpu=[32], tiny=[2])
 TRAIN_BATCHES = pick(cuda=[8, 32, 128], cpu=[8, 32, 128], tiny=[2])
 # torch.compile costs compile time per shape: the compiled providers run at the sizes that matter.
