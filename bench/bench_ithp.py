@@ -8,7 +8,9 @@ Groups (each compares providers on the same inputs and weights):
                       ``encode``; ``reference.encode+torch.compile`` the compiled chain;
                       ``ithp_fast+graphs`` (CUDA) / ``ithp_fast+compile`` (CPU) the serving
                       wrapper ``ithp_fast.inference.ServingEncoder`` with one bucket of the
-                      benchmark's shape (CUDA graph of the fast path / ``torch.compile``).
+                      benchmark's shape (CUDA graph of the fast path / ``torch.compile``);
+                      ``first Linear alone`` the encoder's first ``addmm`` (768 -> 256, 70 % of
+                      the chain's FLOPs) by itself: a floor no exact ``encode`` can beat.
 ``forward B=…``       the full eval forward, all six outputs, no grad.
 ``train step B=…``    forward + ``IB_total.backward()`` in train mode (dropout on).
 
@@ -61,6 +63,7 @@ INFERENCE_PROVIDERS = [
     "ithp_fast",
     "ithp_fast+graphs",
     "ithp_fast+compile",
+    "first Linear alone",
 ]
 
 
@@ -77,6 +80,9 @@ def inference_fn(provider: str, batch: int, dtype: torch.dtype):
         run = lambda: encode(x)  # noqa: E731
     elif provider == "ithp_fast":
         run = lambda: fast.encode(x)  # noqa: E731
+    elif provider == "first Linear alone":
+        first, rows = fast.encoder1[0], x.reshape(-1, cfg.X0_dim)
+        run = lambda: torch.addmm(first.bias, rows, first.weight.t())  # noqa: E731
     elif provider in ("ithp_fast+graphs", "ithp_fast+compile"):
         serving = optional("ithp_fast.inference", "ServingEncoder")
         mode = "default" if provider == "ithp_fast+compile" else None
