@@ -12,7 +12,9 @@ Groups (each compares providers on the same inputs and weights):
                       ``first Linear alone`` the encoder's first ``addmm`` (768 -> 256, 70 % of
                       the chain's FLOPs) by itself: a floor no exact ``encode`` can beat.
 ``forward B=…``       the full eval forward, all six outputs, no grad.
-``train step B=…``    forward + ``IB_total.backward()`` in train mode (dropout on).
+``train step B=…``    forward + ``IB_total.backward()`` in train mode (dropout on); the eager
+                      providers also record ``saved_bytes``, what autograd keeps for the backward
+                      (parameters included).
 
 ``reference+torch.compile`` is ``torch.compile`` of the reference module (``reduce-overhead``
 for the no-grad forward on CUDA, the default mode for the training step); ``ithp_fast+graphs``
@@ -27,6 +29,8 @@ import torch
 
 from scale import COMPILE, CUDA, TOKENS, compiled, pick
 from workloads import DTYPES, ithp_config, ithp_inputs, ithp_pair, optional
+
+from ithp_fast.profiling import saved_for_backward
 
 INFERENCE_BATCHES = pick(cuda=[1, 8, 32, 128, 1024], cpu=[1, 32, 128], tiny=[2])
 INFERENCE_BF16_BATCHES = pick(cuda=[1, 1024], cpu=[32], tiny=[])
@@ -158,4 +162,10 @@ def train_step_fn(provider: str, batch: int, dtype: torch.dtype):
 @pytest.mark.parametrize("batch, provider, dtype", _cases(TRAIN_BATCHES, TRAIN_PROVIDERS, COMPILED_TRAIN))
 def test_train_step(measure, batch, provider, dtype):
     fn = train_step_fn(provider, batch, DTYPES[dtype])
-    measure(fn, group=f"train step B={batch}", provider=provider, extra={"dtype": dtype, "batch": batch})
+    extra = {"dtype": dtype, "batch": batch}
+    if provider in ("reference", "ithp_fast"):  # eager forwards: what autograd keeps for the backward
+        reference, fast = ithp_pair(ithp_config(), DTYPES[dtype], train=True)
+        model = reference if provider == "reference" else fast
+        inputs = ithp_inputs(ithp_config(), batch, DTYPES[dtype])
+        extra["saved_bytes"] = saved_for_backward(lambda: model(*inputs))[0]
+    measure(fn, group=f"train step B={batch}", provider=provider, extra=extra)

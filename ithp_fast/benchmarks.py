@@ -6,7 +6,8 @@
 
 A run writes ``bench/results/<device>-<date>.json`` (pytest-benchmark's JSON), ``.md`` (a
 Markdown table: median time per call, speedup against each group's ``reference`` provider,
-achieved GB/s against the device's memory bandwidth) and ``.png`` (a bar chart of the same).
+achieved GB/s against the device's memory bandwidth, recorded memory) and ``.png`` (a bar chart
+of the times).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from typing import Any, Optional
 
 BASELINE = "reference"
 """The provider every other provider of a group is compared with."""
+MEMORY_KINDS = ("saved", "peak")
+"""The memory a benchmark may record in its ``extra_info`` (``<kind>_bytes``), in that order."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,10 @@ class BenchResult:
     dtype: str
     gbps: Optional[float] = None
     pct_of_bandwidth: Optional[float] = None
+    memory_bytes: Optional[int] = None
+    memory_kind: Optional[str] = None
+    """``"saved"`` (kept for the backward, ``extra_info["saved_bytes"]``) or ``"peak"``
+    (allocated at the peak of one call, ``extra_info["peak_bytes"]``)."""
 
 
 def results_from_benchmarks(benchmarks: Iterable[Mapping[str, Any]]) -> list[BenchResult]:
@@ -55,6 +62,7 @@ def results_from_benchmarks(benchmarks: Iterable[Mapping[str, Any]]) -> list[Ben
         if "median" not in stats:
             continue
         extra = bench.get("extra_info") or {}
+        kind = next((k for k in MEMORY_KINDS if extra.get(f"{k}_bytes") is not None), None)
         results.append(
             BenchResult(
                 group=bench.get("group") or extra.get("group") or bench["name"],
@@ -66,6 +74,8 @@ def results_from_benchmarks(benchmarks: Iterable[Mapping[str, Any]]) -> list[Ben
                 dtype=str(extra.get("dtype", "")),
                 gbps=extra.get("GBps"),
                 pct_of_bandwidth=extra.get("pct_of_bandwidth"),
+                memory_bytes=None if kind is None else int(extra[f"{kind}_bytes"]),
+                memory_kind=kind,
             )
         )
     return results
@@ -114,6 +124,15 @@ def format_time(seconds: float) -> str:
     raise AssertionError("unreachable")
 
 
+def format_bytes(n: int) -> str:
+    """Three significant digits in B, kB, MB or GB (powers of 1000)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.{max(0, 2 - int(math.floor(math.log10(value))))}f} {unit}"
+    return f"{n} B"
+
+
 def describe_device(header: Mapping[str, Any]) -> str:
     """One line naming the device, the versions, the bandwidth and the date of a run."""
     info = header.get("ithp_fast") or {}
@@ -129,21 +148,23 @@ def describe_device(header: Mapping[str, Any]) -> str:
 
 
 def render_markdown(results: Sequence[BenchResult], header: Optional[Mapping[str, Any]] = None) -> str:
-    """A Markdown table: per group and provider, median time, speedup vs reference, GB/s."""
+    """A Markdown table: per group and provider, median time, speedup vs reference, GB/s, and the
+    memory the benchmark recorded (bytes saved for backward, or peak bytes of one call)."""
     lines = []
     if header:
         lines += [describe_device(header), ""]
     lines += [
-        "| group | provider | dtype | median | IQR | speedup vs reference | GB/s (% of bandwidth) |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| group | provider | dtype | median | IQR | speedup vs reference | GB/s (% of bandwidth) | memory |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for group, rows in by_group(results).items():
         for r in rows:
             s = speedup(r, rows)
             gb = "" if r.gbps is None else f"{r.gbps:.1f} ({r.pct_of_bandwidth:.0f} %)"
+            memory = "" if r.memory_bytes is None else f"{format_bytes(r.memory_bytes)} {r.memory_kind}"
             lines.append(
                 f"| {group} | {r.provider} | {r.dtype} | {format_time(r.median_s)} | {format_time(r.iqr_s)} "
-                f"| {'' if s is None else f'{s:.2f}x'} | {gb} |"
+                f"| {'' if s is None else f'{s:.2f}x'} | {gb} | {memory} |"
             )
     return "\n".join(lines) + "\n"
 

@@ -105,6 +105,27 @@ def build_workload(
     return step
 
 
+def saved_for_backward(fn: Callable[[], object], params: Sequence[torch.Tensor] = ()) -> tuple[int, int]:
+    """Bytes autograd keeps for the backward while ``fn()`` runs: ``(all, all but params)``.
+
+    Counted with ``torch.autograd.graph.saved_tensors_hooks`` over unique storages (a tensor that
+    two nodes save counts once); ``params`` (e.g. ``model.parameters()``) are what the second
+    number leaves out.
+    """
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    kept = {p.untyped_storage().data_ptr() for p in params}
+    total = sum(storages.values())
+    return total, total - sum(n for ptr, n in storages.items() if ptr in kept)
+
+
 def _sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()

@@ -13,6 +13,7 @@ import pytest
 
 from ithp_fast.benchmarks import (
     BASELINE,
+    format_bytes,
     format_time,
     load_results,
     render_chart,
@@ -80,6 +81,25 @@ def test_bandwidth_column_from_extra_info(raw):
         assert row[6] == f"{e['GBps']:.1f} ({e['pct_of_bandwidth']:.0f} %)"
         # GB/s is nbytes over the median time
         assert e["GBps"] == pytest.approx(e["nbytes"] / bench["stats"]["median"] / 1e9, rel=1e-2)
+
+
+def test_memory_column_from_extra_info(raw):
+    """``saved_bytes`` (kept for backward) or ``peak_bytes`` in a benchmark's extra_info fill the last column."""
+    benches = json.loads(json.dumps(raw["benchmarks"]))
+    benches[0]["extra_info"]["saved_bytes"] = 16_812_544
+    benches[1]["extra_info"]["peak_bytes"] = 820_000
+    rows = _table_rows(render_markdown(results_from_benchmarks(benches)))
+    memory = {(r[0], r[1]): r[7] for r in rows}
+    for bench, text in ((benches[0], "16.8 MB saved"), (benches[1], "820 kB peak")):
+        assert memory[bench["group"], bench["extra_info"]["provider"]] == text
+    assert sum(1 for value in memory.values() if value) == 2
+
+
+def test_format_bytes():
+    assert format_bytes(2_521_000_000) == "2.52 GB"
+    assert format_bytes(35_900_000) == "35.9 MB"
+    assert format_bytes(999) == "999 B"
+    assert format_bytes(1000) == "1.00 kB"
 
 
 def test_header_names_device_versions_and_date(raw):

@@ -1,7 +1,8 @@
 """Bytes saved for backward in a training step: the fast path keeps at least 2x fewer.
 
-Counted with ``torch.autograd.graph.saved_tensors_hooks`` as unique storages (a tensor saved by
-two nodes counts once), in training mode with dropout, at the paper's widths.
+Counted by :func:`ithp_fast.profiling.saved_for_backward` (``torch.autograd.graph.saved_tensors_hooks``,
+unique storages: a tensor saved by two nodes counts once), in training mode with dropout, at the
+paper's widths.
 """
 
 import pytest
@@ -10,23 +11,13 @@ from fused_helpers import FUSED_BACKENDS, skip_triton_on_cpu_without_interpreter
 
 import ithp_fast
 from ithp_fast import ITHPConfig
+from ithp_fast.profiling import saved_for_backward
 from ithp_fast.reference import ITHP as ReferenceITHP
 
 
 def saved_bytes(model, inputs):
     """(all saved bytes, saved bytes that are not parameters) of one forward."""
-    storages = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        storages[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(*inputs)
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    total = sum(storages.values())
-    return total, total - sum(n for ptr, n in storages.items() if ptr in params)
+    return saved_for_backward(lambda: model(*inputs), list(model.parameters()))
 
 
 def models(device, backend):
