@@ -78,8 +78,9 @@ def _needs_grad(model: torch.nn.Module, x: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in layers(model)))
 
 
-def _linear_relu(layer: torch.nn.Linear, b: torch.Tensor) -> torch.Tensor:
-    """``relu(b @ W.T + c)``; on CUDA without autograd or autocast, ReLU runs in cuBLAS's GEMM epilogue."""
+def linear_relu(layer: torch.nn.Linear, b: torch.Tensor) -> torch.Tensor:
+    """``relu(b @ W.T + c)`` for 2-D ``b``; on CUDA without autograd or autocast, ReLU runs in
+    cuBLAS's GEMM epilogue (one launch instead of two)."""
     needs_grad = torch.is_grad_enabled() and (b.requires_grad or layer.weight.requires_grad)
     if b.is_cuda and not needs_grad and not torch.is_autocast_enabled("cuda"):
         return torch._addmm_activation(layer.bias, b, layer.weight.t())
@@ -93,7 +94,7 @@ def chain(model: torch.nn.Module, x2d: torch.Tensor, eps0: Optional[torch.Tensor
     b = x2d
     for encoder, width, eps in ((model.encoder1, cfg.B0_dim, eps0), (model.encoder2, cfg.B1_dim, eps1)):
         first, dropout, last = encoder[0], encoder[2], encoder[3]
-        h = dropout(_linear_relu(first, b))
+        h = dropout(linear_relu(first, b))
         if sample:
             mu, logvar = torch.addmm(last.bias, h, last.weight.t()).chunk(2, dim=-1)
             b = reparameterize(mu, logvar, torch.randn_like(mu) if eps is None else eps)

@@ -7,6 +7,8 @@ tail to the fused ops of the chosen backend (:mod:`ithp_fast.backends`):
     b0 --linear--> relu_dropout --linear--> z1 --detector_loss(acoustic)--> mse0
     (level 1 the same from b0, with visual)      combine -> IB_total, kl0, mse0, kl1, mse1
 
+Without dropout (eval mode, or ``drop_prob`` 0) ``relu_dropout`` is a plain ReLU and joins the
+Linear before it instead (``ithp_fast.encode.linear_relu``: cuBLAS's ReLU epilogue on CUDA).
 One int64 seed per forward (drawn from torch's generator on the input's device) addresses
 every random number; nothing is read back to the host.
 """
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from .backends import FusedOps, fused_ops, resolve_backend, validate_backend
 from .checks import Noise, check_forward_inputs
 from .config import ConfigLike
+from .encode import linear_relu
 from .kernels.rng import Stream
 from .profiling import stage
 from .reference.ithp import ITHP as ReferenceITHP
@@ -91,9 +94,13 @@ class ITHP(ReferenceITHP):
         return any(_dropout_p(m) > 0.0 for m in dropouts)
 
     def _fused_mlp(self, ops: FusedOps, mlp: torch.nn.Sequential, inp: torch.Tensor, seed, stream: int) -> torch.Tensor:
-        """``Linear -> ReLU -> Dropout -> Linear`` with the middle fused."""
-        hidden = F.linear(inp, mlp[0].weight, mlp[0].bias)
-        hidden = ops.relu_dropout(hidden, seed, stream, _dropout_p(mlp[2]))
+        """``Linear -> ReLU -> Dropout -> Linear`` with the middle fused; without dropout (eval
+        mode, ``drop_prob`` 0) the ReLU joins the first Linear (cuBLAS's epilogue where it can)."""
+        p = _dropout_p(mlp[2])
+        if p == 0.0:
+            hidden = linear_relu(mlp[0], inp)
+        else:
+            hidden = ops.relu_dropout(F.linear(inp, mlp[0].weight, mlp[0].bias), seed, stream, p)
         return F.linear(hidden, mlp[3].weight, mlp[3].bias)
 
     def _fused_level(self, ops: FusedOps, level: int, inp: torch.Tensor, target: torch.Tensor, eps, seed):
