@@ -138,12 +138,14 @@ TRAIN_PROVIDERS = ["reference", "reference+torch.compile", "ithp_fast", "ithp_fa
 
 
 def train_step_fn(provider: str, batch: int, dtype: torch.dtype):
+    """``(step, saved_bytes)``: one training step, and for the eager providers the bytes its
+    forward keeps for the backward (None for the compiled and graphed ones)."""
     cfg = ithp_config()
     reference, fast = ithp_pair(cfg, dtype, train=True)
     x, visual, acoustic = ithp_inputs(cfg, batch, dtype)
     if provider == "ithp_fast+graphs":
         graphed_step = optional("ithp_fast.graphs", "GraphedTrainStep")(fast, x, visual, acoustic)
-        return lambda: graphed_step(x, visual, acoustic)  # copies the inputs in, replays
+        return (lambda: graphed_step(x, visual, acoustic)), None  # copies the inputs in, replays
     if provider == "reference":
         model = reference
     elif provider == "reference+torch.compile":
@@ -156,16 +158,14 @@ def train_step_fn(provider: str, batch: int, dtype: torch.dtype):
     def step():
         model(x, visual, acoustic)[1].backward()
 
-    return step
+    eager = provider in ("reference", "ithp_fast")
+    return step, saved_for_backward(lambda: model(x, visual, acoustic))[0] if eager else None
 
 
 @pytest.mark.parametrize("batch, provider, dtype", _cases(TRAIN_BATCHES, TRAIN_PROVIDERS, COMPILED_TRAIN))
 def test_train_step(measure, batch, provider, dtype):
-    fn = train_step_fn(provider, batch, DTYPES[dtype])
+    fn, saved_bytes = train_step_fn(provider, batch, DTYPES[dtype])
     extra = {"dtype": dtype, "batch": batch}
-    if provider in ("reference", "ithp_fast"):  # eager forwards: what autograd keeps for the backward
-        reference, fast = ithp_pair(ithp_config(), DTYPES[dtype], train=True)
-        model = reference if provider == "reference" else fast
-        inputs = ithp_inputs(ithp_config(), batch, DTYPES[dtype])
-        extra["saved_bytes"] = saved_for_backward(lambda: model(*inputs))[0]
+    if saved_bytes is not None:
+        extra["saved_bytes"] = saved_bytes
     measure(fn, group=f"train step B={batch}", provider=provider, extra=extra)
