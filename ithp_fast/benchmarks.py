@@ -114,13 +114,17 @@ def speedup(result: BenchResult, group: Sequence[BenchResult]) -> Optional[float
     return base.median_s / result.median_s
 
 
+def _three_digits(value: float, unit: str) -> str:
+    """``value`` with three significant digits (no decimals from 100 on), then ``unit``."""
+    digits = max(0, 2 - int(math.floor(math.log10(value)))) if value > 0 else 0
+    return f"{value:.{digits}f} {unit}"
+
+
 def format_time(seconds: float) -> str:
     """Three significant digits in s, ms or µs."""
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
         if seconds >= scale or unit == "µs":
-            value = seconds / scale
-            digits = max(0, 2 - int(math.floor(math.log10(value)))) if value > 0 else 0
-            return f"{value:.{digits}f} {unit}"
+            return _three_digits(seconds / scale, unit)
     raise AssertionError("unreachable")
 
 
@@ -128,8 +132,7 @@ def format_bytes(n: int) -> str:
     """Three significant digits in B, kB, MB or GB (powers of 1000)."""
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= scale:
-            value = n / scale
-            return f"{value:.{max(0, 2 - int(math.floor(math.log10(value))))}f} {unit}"
+            return _three_digits(n / scale, unit)
     return f"{n} B"
 
 
