@@ -83,10 +83,10 @@ def deberta_fn(provider: str, batch: int):
         model = reference if provider == "reference" else fast
         return torch.no_grad()(lambda: model(input_ids, visual, acoustic, mask))
     if provider == "ithp_fast.deberta_logits":
-        logits = optional("ithp_fast.inference", "deberta_logits")
+        logits = optional("ithp_fast.serving", "deberta_logits")
         return torch.no_grad()(lambda: logits(fast, input_ids, mask))
     if provider == "ithp_fast+graphs":
-        serve = optional("ithp_fast.inference", "ServingDeberta")(fast, batch_sizes=[batch], tokens=TOKENS)
+        serve = optional("ithp_fast.serving", "ServingDeberta")(fast, batch_sizes=[batch], tokens=TOKENS)
         return torch.no_grad()(lambda: serve(input_ids, mask))
     raise ValueError(f"provider: unknown {provider!r}")
 

@@ -7,7 +7,7 @@ Groups (each compares providers on the same inputs and weights):
                       ``reference.encode`` the plain posterior-mean chain; ``ithp_fast`` the fast
                       ``encode``; ``reference.encode+torch.compile`` the compiled chain;
                       ``ithp_fast+graphs`` (CUDA) / ``ithp_fast+compile`` (CPU) the serving
-                      wrapper ``ithp_fast.inference.ServingEncoder`` with one bucket of the
+                      wrapper ``ithp_fast.ServingEncoder`` with one bucket of the
                       benchmark's shape (CUDA graph of the fast path / ``torch.compile``);
                       ``first Linear alone`` the encoder's first ``addmm`` (768 -> 256, 70 % of
                       the chain's FLOPs) by itself: a floor no exact ``encode`` can beat.
@@ -18,7 +18,7 @@ Groups (each compares providers on the same inputs and weights):
 
 ``reference+torch.compile`` is ``torch.compile`` of the reference module (``reduce-overhead``
 for the no-grad forward on CUDA, the default mode for the training step); ``ithp_fast+graphs``
-(CUDA) is ``ithp_fast.graphs.GraphedForward`` / ``GraphedTrainStep``, called with the inputs
+(CUDA) is ``ithp_fast.serving.GraphedForward`` / ``GraphedTrainStep``, called with the inputs
 (copied into its static buffers, then one graph replay).
 """
 
@@ -30,7 +30,7 @@ import torch
 from scale import COMPILE, CUDA, TOKENS, compiled, pick
 from workloads import DTYPES, ithp_config, ithp_inputs, ithp_pair, optional
 
-from ithp_fast.profiling import saved_for_backward
+from ithp_fast.tools.profile import saved_for_backward
 
 INFERENCE_BATCHES = pick(cuda=[1, 8, 32, 128, 1024], cpu=[1, 32, 128], tiny=[2])
 INFERENCE_BF16_BATCHES = pick(cuda=[1, 1024], cpu=[32], tiny=[])
@@ -88,7 +88,7 @@ def inference_fn(provider: str, batch: int, dtype: torch.dtype):
         first, rows = fast.encoder1[0], x.reshape(-1, cfg.X0_dim)
         run = lambda: torch.addmm(first.bias, rows, first.weight.t())  # noqa: E731
     elif provider in ("ithp_fast+graphs", "ithp_fast+compile"):
-        serving = optional("ithp_fast.inference", "ServingEncoder")
+        serving = optional("ithp_fast.serving", "ServingEncoder")
         mode = "default" if provider == "ithp_fast+compile" else None
         serve = serving(fast, batch_sizes=[batch], tokens=TOKENS, compile_mode=mode)
         run = lambda: serve(x)  # noqa: E731
@@ -122,7 +122,7 @@ def forward_fn(provider: str, batch: int, dtype: torch.dtype):
     elif provider == "ithp_fast":
         model = fast
     elif provider == "ithp_fast+graphs":
-        model = optional("ithp_fast.graphs", "GraphedForward")(fast, x, visual, acoustic)
+        model = optional("ithp_fast.serving", "GraphedForward")(fast, x, visual, acoustic)
     else:
         raise ValueError(f"provider: unknown {provider!r}")
     return torch.no_grad()(lambda: model(x, visual, acoustic))
@@ -144,7 +144,7 @@ def train_step_fn(provider: str, batch: int, dtype: torch.dtype):
     reference, fast = ithp_pair(cfg, dtype, train=True)
     x, visual, acoustic = ithp_inputs(cfg, batch, dtype)
     if provider == "ithp_fast+graphs":
-        graphed_step = optional("ithp_fast.graphs", "GraphedTrainStep")(fast, x, visual, acoustic)
+        graphed_step = optional("ithp_fast.serving", "GraphedTrainStep")(fast, x, visual, acoustic)
         return (lambda: graphed_step(x, visual, acoustic)), None  # copies the inputs in, replays
     if provider == "reference":
         model = reference

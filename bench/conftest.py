@@ -236,7 +236,7 @@ def pytest_terminal_summary(terminalreporter, config) -> None:
     session = getattr(config, "_benchmarksession", None)
     if session is None or not session.benchmarks:
         return
-    from ithp_fast.benchmarks import render_markdown, results_from_benchmarks
+    from ithp_fast.tools.benchmarks import render_markdown, results_from_benchmarks
 
     docs = [bench.as_dict(include_data=False) for bench in session.benchmarks if bench]
     if not docs:

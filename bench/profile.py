@@ -11,7 +11,7 @@ import sys
 _here = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
 
-from ithp_fast.profiling import main  # noqa: E402
+from ithp_fast.tools.profile import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

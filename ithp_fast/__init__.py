@@ -1,14 +1,52 @@
-"""ithp_fast: ITHP as a readable reference and a fused fast path, plus the TCMax loss."""
+"""ithp_fast: ITHP as a readable reference and a fused fast path, plus the TCMax loss.
 
-from .config import ITHPConfig
-from .inference import ServingDeberta, ServingEncoder, deberta_logits
-from .losses import TCMaxLoss, tcmax_loss, tcmax_loss_multi, tcmax_loss_pairwise, tcmax_loss_sampled
-from .model import ITHP
-from .reference import ITHPDeberta, ITHPDebertaOutput
+The public names load on first use (``import ithp_fast`` costs little more than ``import torch``);
+Triton, ONNX and matplotlib are imported only by the code paths that need them.
+"""
 
-__all__ = [
-    "ITHP", "ITHPConfig", "ITHPDeberta", "ITHPDebertaOutput",
-    "TCMaxLoss", "tcmax_loss", "tcmax_loss_multi", "tcmax_loss_pairwise", "tcmax_loss_sampled",
-    "ServingEncoder", "ServingDeberta", "deberta_logits",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+# public name -> the module (relative to this package) that defines it
+_PUBLIC = {
+    "ITHPConfig": ".config",
+    "ITHP": ".model",
+    "ITHPDeberta": ".reference.deberta",
+    "ITHPDebertaOutput": ".reference.deberta",
+    "TCMaxLoss": ".losses",
+    "tcmax_loss": ".losses",
+    "tcmax_loss_multi": ".losses",
+    "tcmax_loss_pairwise": ".losses",
+    "tcmax_loss_sampled": ".losses",
+    "ServingEncoder": ".serving.encoder",
+    "ServingDeberta": ".serving.deberta",
+    "deberta_logits": ".serving.deberta",
+}
+
+__all__ = list(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ithp_fast' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))
+
+
+if TYPE_CHECKING:  # what static tools and IDEs see
+    from .config import ITHPConfig
+    from .losses import TCMaxLoss, tcmax_loss, tcmax_loss_multi, tcmax_loss_pairwise, tcmax_loss_sampled
+    from .model import ITHP
+    from .reference.deberta import ITHPDeberta, ITHPDebertaOutput
+    from .serving.deberta import ServingDeberta, deberta_logits
+    from .serving.encoder import ServingEncoder

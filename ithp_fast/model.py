@@ -25,7 +25,7 @@ from .checks import Noise, check_forward_inputs
 from .config import ConfigLike
 from .encode import linear_relu
 from .kernels.rng import Stream
-from .profiling import stage
+from .nvtx import stage
 from .reference.ithp import ITHP as ReferenceITHP
 
 # (hidden dropout of the encoder, eps, hidden dropout of the detector, detector output dropout)
@@ -70,7 +70,7 @@ class ITHP(ReferenceITHP):
         Under ``torch.compile`` the forward traces the reference formula instead of the fused
         ops (one graph, no breaks; the compiler fuses the elementwise work itself, and the noise
         comes from torch's generator as in the reference). For the fastest CUDA training step
-        use :class:`ithp_fast.graphs.GraphedTrainStep` rather than compiling.
+        use :class:`ithp_fast.serving.GraphedTrainStep` rather than compiling.
         """
         noise = check_forward_inputs(self.config, x, visual, acoustic, noise, self._first_param())
         name = resolve_backend(self.backend, x.device)

@@ -8,7 +8,7 @@ normalisation of the acoustic and visual features. Every one of them is an optio
 Without ``--data`` the synthetic set of :mod:`ithp_fast.data.synthetic` is used; without
 ``--backbone`` a small randomly initialised DeBERTa-v2 is built (nothing is downloaded).
 
-Multi-process: ``torchrun --nproc_per_node N -m ithp_fast.cli train ...`` (or the ``ithp-fast``
+Multi-process: ``torchrun --nproc_per_node N -m ithp_fast train ...`` (or the ``ithp-fast``
 script). ``--batch-size`` is the global batch, split evenly over the ranks; the min-max bounds are
 reduced over the ranks so a sharded batch is normalised like the whole batch; evaluation
 predictions are gathered so metrics are those of the whole split; rank 0 alone writes files.

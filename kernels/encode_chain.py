@@ -204,7 +204,7 @@ class EncodeChainConfig:
     num_stages: int = 2
 
 
-# Provisional launch heuristics (the sweep of ``python -m ithp_fast.inference`` on the GPU
+# Provisional launch heuristics (the sweep of ``python -m ithp_fast.tools.measure_serving`` on the GPU
 # reports the fastest configuration per row count; these follow it once measured).
 SMALL_ROWS_BLOCK_M = 16
 """Row block while the rows fit in a few blocks (latency: every program is short)."""

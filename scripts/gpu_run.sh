@@ -21,7 +21,7 @@ step tests && { ITHP_TEST_FAILURE_LOG="$OUT/failures.txt" timeout "${TEST_TIMEOU
 echo "tests rc=$?"; grep -E "passed|failed" "$OUT/tests.log" | tail -3; grep "^====" "$OUT/failures.txt" 2>/dev/null | sort -u; }
 
 # 2. The benchmark suite: bench/results-style JSON, Markdown table and PNG chart.
-step bench && { mkdir -p "$OUT/bench"; timeout "${BENCH_TIMEOUT:-210}" python3 -m ithp_fast.cli bench --out "$OUT/bench" -- -q -p no:cacheprovider \
+step bench && { mkdir -p "$OUT/bench"; timeout "${BENCH_TIMEOUT:-210}" python3 -m ithp_fast bench --out "$OUT/bench" -- -q -p no:cacheprovider \
     ${BENCH_ARGS:-} > "$OUT/bench.log" 2>&1
 echo "bench rc=$?"; tail -5 "$OUT/bench.log"; cat "$OUT"/bench/*.md 2>/dev/null | cut -c1-150; }
 
@@ -36,5 +36,5 @@ echo "tcmax probe rc=$?"; }
 # 5. Where the training step's GPU time goes: torch.profiler's busiest kernels, eager fast path,
 #    batch 32 x 50 (kernel times match a graph replay's; launch gaps do not). Printed here only.
 step profile && { for workload in train forward; do
-    timeout 60 python3 -m ithp_fast.cli profile --workload "$workload" --steps 10 --rows 30 \
+    timeout 60 python3 -m ithp_fast profile --workload "$workload" --steps 10 --rows 30 \
         --trace "/tmp/ithp-profile-$workload.json" 2>&1 | tail -40; done; }

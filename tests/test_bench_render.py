@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ithp_fast.benchmarks import (
+from ithp_fast.tools.benchmarks import (
     BASELINE,
     format_bytes,
     format_time,
@@ -133,7 +133,7 @@ def test_render_files_and_the_render_command(tmp_path):
     md, png, table = render_files(EXAMPLE, tmp_path)
     assert md.read_text() == table and png.stat().st_size > 0
     proc = subprocess.run(
-        [sys.executable, "-m", "ithp_fast.cli", "bench", "--render", str(EXAMPLE), "--out", str(tmp_path / "again")],
+        [sys.executable, "-m", "ithp_fast", "bench", "--render", str(EXAMPLE), "--out", str(tmp_path / "again")],
         capture_output=True,
         text=True,
     )

@@ -48,7 +48,7 @@ def test_every_benchmark_runs_once(tmp_path):
 def test_bench_command_writes_json_table_and_chart(tmp_path):
     """``ithp-fast bench`` end to end on tiny sizes (one group, timed for real)."""
     proc = _run(
-        [sys.executable, "-m", "ithp_fast.cli", "bench", "--tiny", "--out", str(tmp_path), "--", "-q", "-k", "test_forward"]
+        [sys.executable, "-m", "ithp_fast", "bench", "--tiny", "--out", str(tmp_path), "--", "-q", "-k", "test_forward"]
     )
     (json_path,) = tmp_path.glob("*.json")
     for suffix in (".md", ".png"):
@@ -60,7 +60,7 @@ def test_bench_command_writes_json_table_and_chart(tmp_path):
 
 def test_bench_command_rejects_a_missing_suite(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "ithp_fast.cli", "bench", "--bench-dir", str(tmp_path)],
+        [sys.executable, "-m", "ithp_fast", "bench", "--bench-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         env=_bench_env(),

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from ithp_fast.cli import main
+from ithp_fast.tools.cli import main
 from test_data import D_A, D_V, array_data, dump, word_data
 
 TINY = ["--hidden-size", "32", "--num-layers", "1", "--intermediate-size", "32", "--inter-dim", "32", "--b0-dim", "16",

@@ -43,7 +43,7 @@ def _predictions(run_dir):
 def test_two_process_torchrun_matches_one_process(tmp_path):
     two = tmp_path / "two"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "ithp_fast.cli", "train", "--output-dir", str(two), "--device", "cpu", *_flags(OPTIONS)]
+           "-m", "ithp_fast", "train", "--output-dir", str(two), "--device", "cpu", *_flags(OPTIONS)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -5,7 +5,7 @@ import torch
 from helpers import make_inputs, make_noise, small_config
 
 import ithp_fast
-from ithp_fast.graphs import GraphedForward, GraphedTrainStep, graphed_autograd
+from ithp_fast.serving.graphs import GraphedForward, GraphedTrainStep, graphed_autograd
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 

@@ -1,4 +1,4 @@
-"""Serving wrappers (ithp_fast/inference.py): buckets, padding, graphs, compile, ITHP-DeBERTa logits."""
+"""Serving wrappers (ithp_fast/serving/): buckets, padding, graphs, compile, ITHP-DeBERTa logits."""
 
 import pytest
 import torch
@@ -8,8 +8,8 @@ import ithp_fast
 from helpers import TOLERANCES, small_config
 from ithp_fast import ITHPConfig, ITHPDeberta
 from ithp_fast.encode import encode
-from ithp_fast.inference import (ServingDeberta, ServingEncoder, _backbone_states, _prebuilt_relative_positions,
-                                  deberta_logits)
+from ithp_fast.serving.deberta import ServingDeberta, _backbone_states, _prebuilt_relative_positions, deberta_logits
+from ithp_fast.serving.encoder import ServingEncoder
 from test_encode import identity_second_level_model, skip_unless_triton_runs
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

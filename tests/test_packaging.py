@@ -28,4 +28,4 @@ def test_wheel_holds_the_mapped_subpackages(tmp_path):
         assert module in names, module
     assert not any(n.startswith(("kernels/", "reference/", "tests/", "bench/")) for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "ithp-fast = ithp_fast.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "ithp-fast = ithp_fast.tools.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

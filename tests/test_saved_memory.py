@@ -1,6 +1,6 @@
 """Bytes saved for backward in a training step: the fast path keeps at least 2x fewer.
 
-Counted by :func:`ithp_fast.profiling.saved_for_backward` (``torch.autograd.graph.saved_tensors_hooks``,
+Counted by :func:`ithp_fast.tools.profile.saved_for_backward` (``torch.autograd.graph.saved_tensors_hooks``,
 unique storages: a tensor saved by two nodes counts once), in training mode with dropout, at the
 paper's widths.
 """
@@ -11,7 +11,7 @@ from fused_helpers import FUSED_BACKENDS, skip_triton_on_cpu_without_interpreter
 
 import ithp_fast
 from ithp_fast import ITHPConfig
-from ithp_fast.profiling import saved_for_backward
+from ithp_fast.tools.profile import saved_for_backward
 from ithp_fast.reference import ITHP as ReferenceITHP
 
 

@@ -248,7 +248,7 @@ def device_slug() -> str:
 
 def find_bench_dir(given: Optional[str]) -> Path:
     """The suite's folder: ``--bench-dir``, else ``bench/`` beside this package's source, else ./bench."""
-    candidates = [Path(given)] if given else [Path(__file__).resolve().parents[1] / "bench", Path.cwd() / "bench"]
+    candidates = [Path(given)] if given else [Path(__file__).resolve().parents[2] / "bench", Path.cwd() / "bench"]
     for c in candidates:
         if (c / "conftest.py").is_file():
             return c

@@ -1,71 +1,39 @@
-"""NVTX ranges around the model's stages, and ``ithp-fast profile``: a short workload to profile.
+"""``ithp-fast profile``: a short, fixed ITHP workload to profile with Nsight or torch.profiler.
 
-Off by default and free when off (``stage`` returns one shared null context). Switch on with
-the environment variable ``ITHP_FAST_NVTX=1`` or :func:`enable_nvtx`.
-
-``ithp-fast profile`` (or ``python bench/profile.py``) runs a fixed, short ITHP workload at the
-paper's sizes: a few warm-up steps, then ``--steps`` steps each inside an NVTX range named after
-the workload (``train_step``, ``eval_forward`` or ``encode``; a training step holds ``forward``
-and ``backward``), with the model's own stage ranges nested inside. Under Nsight (``ncu`` / ``nsys``, detected through the CUDA injection they use, or
+It runs a few warm-up steps at the paper's sizes, then ``--steps`` steps each inside an NVTX
+range named after the workload (``train_step``, ``eval_forward`` or ``encode``; a training step
+holds ``forward`` and ``backward``), with the model's own stage ranges (:mod:`ithp_fast.nvtx`)
+nested inside. Under Nsight (``ncu`` / ``nsys``, detected through the CUDA injection they use, or
 ``--profiler nsight``) only the measured steps lie between ``cudaProfilerStart`` and
 ``cudaProfilerStop``. Elsewhere (``--profiler torch``, the default without Nsight, also on a CPU)
 ``torch.profiler`` records the steps, prints the busiest kernels / ops with their launch counts
 and writes a Chrome trace (open it in ``chrome://tracing`` or https://ui.perfetto.dev).
+
+:func:`saved_for_backward` counts the bytes autograd keeps for a backward (the benchmarks'
+memory column and the saved-memory tests use it).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
 import time
 from typing import Callable, Optional, Sequence
 
 import torch
 
-_NULL = contextlib.nullcontext()
-_enabled = os.environ.get("ITHP_FAST_NVTX", "0") not in ("", "0")
-_record_functions = False
+from ..nvtx import enable_nvtx, profiler_spans, stage, under_nsight
 
 WORKLOAD_RANGES = {"train": "train_step", "forward": "eval_forward", "encode": "encode"}
 """The NVTX range around each measured step, per workload (what ``ncu --nvtx-include`` selects)."""
-
-
-def enable_nvtx(flag: bool = True) -> None:
-    """Turn the NVTX ranges on or off for this process."""
-    global _enabled
-    _enabled = bool(flag)
-
-
-def nvtx_enabled() -> bool:
-    return _enabled
-
-
-def stage(name: str):
-    """Context manager: an NVTX range named ``name`` when enabled on a CUDA build, else nothing.
-
-    While ``ithp-fast profile`` records with ``torch.profiler`` the same names appear there as
-    ``record_function`` spans instead.
-    """
-    if _enabled and torch.cuda.is_available():
-        return torch.cuda.nvtx.range(name)
-    if _record_functions:
-        return torch.profiler.record_function(name)
-    return _NULL
-
-
-def under_nsight() -> bool:
-    """Whether an Nsight tool injected itself into this process (both ncu and nsys set this)."""
-    return bool(os.environ.get("CUDA_INJECTION64_PATH") or os.environ.get("NSYS_PROFILING_SESSION_ID"))
 
 
 def build_workload(
     workload: str, *, batch: int, tokens: int, device: str, dtype: torch.dtype, backend: Optional[str]
 ) -> Callable[[], object]:
     """One step of ``workload`` on ``ithp_fast.ITHP`` at the paper's MOSI sizes."""
-    from .config import ITHPConfig
-    from .model import ITHP
+    from ..config import ITHPConfig
+    from ..model import ITHP
 
     cfg = ITHPConfig.for_dataset("mosi")
     torch.manual_seed(0)
@@ -151,7 +119,6 @@ def _launch_counts(prof, steps: int, device: str) -> str:
 
 def run_profile(args: argparse.Namespace) -> int:
     """``ithp-fast profile``: warm up, then profile ``--steps`` steps of the workload."""
-    global _record_functions
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("ithp-fast profile: --device cuda, but no CUDA device is available")
@@ -186,14 +153,10 @@ def run_profile(args: argparse.Namespace) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-    _record_functions = True
-    try:
-        with profile(activities=activities) as prof:
-            for _ in range(args.steps):
-                step()
-            _sync(device)
-    finally:
-        _record_functions = False
+    with profiler_spans(), profile(activities=activities) as prof:
+        for _ in range(args.steps):
+            step()
+        _sync(device)
     trace = args.trace or f"ithp-profile-{args.workload}-{device}.json"
     prof.export_chrome_trace(trace)
     sort_by = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
@@ -250,7 +213,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m ithp_fast.profiling`` / ``python bench/profile.py``: the same as ``ithp-fast profile``."""
+    """``python -m ithp_fast.tools.profile`` / ``python bench/profile.py``: the same as ``ithp-fast profile``."""
     parser = argparse.ArgumentParser(
         prog="profile", description=__doc__, epilog=NSIGHT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -259,8 +222,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the imported module's main, not this __main__ copy's: the model's stage() reads the
-    # switches of ithp_fast.profiling.
-    from ithp_fast.profiling import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

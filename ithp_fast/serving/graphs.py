@@ -23,16 +23,18 @@ Outputs are the graph's static tensors, overwritten by the next replay: ``.clone
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, TypeVar
 
 import torch
 
-from .backends import resolve_backend
+from ..backends import resolve_backend
+
+T = TypeVar("T")
 
 
 def _check_cuda(model: torch.nn.Module, tensors: Sequence[torch.Tensor]) -> None:
     if not torch.cuda.is_available():
-        raise RuntimeError("ithp_fast.graphs: CUDA graphs need a CUDA device; none is available")
+        raise RuntimeError("ithp_fast.serving: CUDA graphs need a CUDA device; none is available")
     for name, t in zip(("x", "visual", "acoustic"), tensors):
         if not isinstance(t, torch.Tensor) or t.device.type != "cuda":
             where = t.device if isinstance(t, torch.Tensor) else type(t).__name__
@@ -71,7 +73,7 @@ class _Captured:
         eps = tuple(noise) if noise is not None else (None, None)
         self.model = model
         self.static = [_static(t) for t in (x, visual, acoustic, *eps)]
-        self.graph = torch.cuda.CUDAGraph()
+        self.graph: Optional[torch.cuda.CUDAGraph] = None
 
     def inputs(self):
         x, visual, acoustic, eps0, eps1 = self.static
@@ -83,14 +85,27 @@ class _Captured:
         self.graph.replay()
 
 
-def _warm_up(fn: Callable[[], None], iters: int) -> None:
-    """Run ``fn`` on a side stream (compiles the Triton kernels and sizes allocations before capture)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(iters):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
+def capture_graph(fn: Callable[[], T], *, warmup: int = 3, warmup_fn: Optional[Callable[[], object]] = None,
+                  stream: Optional["torch.cuda.Stream"] = None, calls: int = 1) -> tuple["torch.cuda.CUDAGraph", T]:
+    """``(graph, output)``: ``fn()`` captured ``calls`` times in one CUDA graph; ``output`` is what
+    the last captured call returned (the graph's static output).
+
+    First ``warmup_fn()`` (default ``fn``) runs ``warmup`` times on the capture stream (``stream``,
+    default a new side stream): Triton compiles its kernels, cuBLAS and the caching allocator size
+    their workspaces, and per-stream state (the fused encode kernel's arrival counters) exists
+    before the capture starts.
+    """
+    stream = stream if stream is not None else torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            (warmup_fn or fn)()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        for _ in range(calls):
+            output = fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    return graph, output
 
 
 class GraphedForward:
@@ -111,9 +126,7 @@ class GraphedForward:
         self._captured = _Captured(model, x, visual, acoustic, noise)
         args, eps = self._captured.inputs()
         with torch.no_grad():
-            _warm_up(lambda: model(*args, noise=eps), warmup)
-            with torch.cuda.graph(self._captured.graph):
-                self.outputs = model(*args, noise=eps)
+            self._captured.graph, self.outputs = capture_graph(lambda: model(*args, noise=eps), warmup=warmup)
 
     def __call__(self, x=None, visual=None, acoustic=None, *, noise=None):
         self._captured.replay(x, visual, acoustic, noise)
@@ -162,10 +175,8 @@ class GraphedTrainStep:
             step()
             self._clear_grads()
 
-        _warm_up(eager_step, warmup)
         self._clear_grads()
-        with torch.cuda.graph(self._captured.graph):
-            self.outputs, self.loss = step()
+        self._captured.graph, (self.outputs, self.loss) = capture_graph(step, warmup=warmup, warmup_fn=eager_step)
 
     def _clear_grads(self) -> None:
         if self.optimizer is not None:

@@ -1,0 +1,162 @@
+"""``ServingDeberta`` and ``deberta_logits``: the logits of a whole ``ITHPDeberta`` for inference.
+
+At inference the head reads the fused states of the first token only, and ``b1`` of a token
+depends on its text features alone, so ITHP runs on the first token through
+:func:`ithp_fast.encode.encode`. ``ServingDeberta`` puts that behind ``(batch, tokens)`` buckets
+with the attention mask a static input of every graph.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from ..checks import Noise, check_token_inputs
+from ..encode import encode, float32_precision
+from .buckets import DEFAULT_TOKENS, _Bucket, _BucketRunner, _check_batch_sizes, _model_device_dtype, _pads, _require_eval
+
+
+def deberta_logits(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: Optional[torch.Tensor] = None,
+    *,
+    noise: Noise = None,
+    precision: Optional[str] = None,
+) -> torch.Tensor:
+    """The logits of :class:`ithp_fast.ITHPDeberta` ``[batch, num_labels]``, for inference.
+
+    Equal to ``model(input_ids, visual, acoustic, attention_mask, noise=noise).logits`` in eval
+    mode, whatever the detector inputs: the head reads the fused states of the first token only,
+    and at inference ``b1`` of a token depends on its text features alone, so ITHP runs on the
+    first token through :func:`ithp_fast.encode.encode` (sampling as the model's
+    ``eval_sampling`` says; ``noise=(eps0, eps1)`` shaped as for the forward, ``[B, T, B*_dim]``).
+    """
+    return _logits(model, input_ids, attention_mask, noise, precision, None)
+
+
+def _backbone_states(backbone: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor,
+                     relative_pos: Optional[torch.Tensor]) -> torch.Tensor:
+    """The backbone's last hidden states. With ``relative_pos`` given (built ahead of a CUDA-graph
+    capture: building it copies a host scalar to the device), embeddings and encoder are called
+    as ``DebertaV2Model.forward`` calls them, with that tensor passed in."""
+    if relative_pos is None:
+        return backbone(input_ids, attention_mask=mask).last_hidden_state
+    states = backbone.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids), mask=mask)
+    return backbone.encoder(states, mask, output_hidden_states=False, relative_pos=relative_pos).last_hidden_state
+
+
+def _prebuilt_relative_positions(backbone: nn.Module, tokens: int, device: torch.device) -> Optional[torch.Tensor]:
+    """DeBERTa's relative positions for ``tokens`` tokens, or None where the backbone has none
+    (or is not laid out as ``DebertaV2Model``: then it runs whole)."""
+    encoder = getattr(backbone, "encoder", None)
+    if not getattr(encoder, "relative_attention", False) or getattr(backbone, "z_steps", 0) > 1 \
+            or not hasattr(backbone, "embeddings"):
+        return None
+    hidden = backbone.config.hidden_size
+    return encoder.get_rel_pos(torch.zeros(1, tokens, hidden, device=device))
+
+
+def _logits(model, input_ids, attention_mask, noise, precision, relative_pos):
+    ithp = model.ithp
+    body = model.dberta
+    # The backbone gets a mask tensor always: without one it checks the ids for padding on the
+    # host (a device sync, impossible inside a CUDA graph); all ones is what it would assume.
+    if attention_mask is None or not model.pass_attention_mask:
+        attention_mask = torch.ones_like(input_ids)
+    x = _backbone_states(body.model, input_ids, attention_mask, relative_pos)
+    first = x[:, :1]
+    sample = ithp.samples
+    noise = tuple(eps[:, :1] for eps in noise) if noise is not None and sample else None
+    b1 = encode(ithp, first, sample=sample, noise=noise, precision=precision)
+    return model.classifier(model.dropout(body.fuse(first, b1)))
+
+
+class ServingDeberta:
+    """``ITHPDeberta`` logits behind (batch, tokens) buckets and CUDA graphs.
+
+    Args:
+        model: an :class:`ithp_fast.ITHPDeberta` in eval mode on its serving device and dtype.
+        batch_sizes, tokens: bucket shapes ``(batch, tokens)``; ``tokens`` an int or several.
+            A request ``[b, t]`` goes to the smallest batch ``>= b`` and the smallest token
+            count ``>= t``; padded tokens are masked out (``attention_mask`` 0), which is exact
+            only when the model passes the mask to its backbone (``pass_attention_mask=True``,
+            the default) -- otherwise only requests of exactly a bucket's token count use the
+            buckets. Anything else runs :func:`deberta_logits` eagerly.
+        precision, compile_mode, cuda_graphs, clone_output, pad_to_buckets: as for
+            :class:`ServingEncoder`.
+
+    The attention mask is a static input of every graph; sampling (``eval_sampling="sample"``)
+    draws fresh noise on every replay.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        batch_sizes: Sequence[int] = (1, 8, 32),
+        tokens: Union[int, Sequence[int]] = DEFAULT_TOKENS,
+        precision: Optional[str] = None,
+        compile_mode: Optional[str] = None,
+        cuda_graphs: Optional[bool] = None,
+        clone_output: bool = True,
+        pad_to_buckets: Optional[bool] = None,
+    ) -> None:
+        _require_eval(model, "ServingDeberta")
+        self.batch_sizes, self.tokens = _check_batch_sizes(batch_sizes, tokens)
+        self.model = model
+        self.precision = float32_precision(precision)
+        self.device, _ = _model_device_dtype(model)
+        self._runner = _BucketRunner(self.device, compile_mode, cuda_graphs, clone_output)
+        self._buckets: dict[tuple[int, int], _Bucket] = {}
+        if not _pads(pad_to_buckets, self.device, compile_mode):
+            self.batch_sizes = ()
+        with torch.no_grad():
+            for t in self.tokens:
+                relative_pos = _prebuilt_relative_positions(model.dberta.model, t, self.device)
+                fn = functools.partial(_bucket_logits, model, self.precision, relative_pos)
+                for b in self.batch_sizes:
+                    ids = torch.zeros(b, t, dtype=torch.long, device=self.device)
+                    mask = torch.ones(b, t, dtype=torch.long, device=self.device)
+                    self._buckets[(b, t)] = self._runner.build((b, t), fn, (ids, mask))
+
+    @property
+    def chosen_modes(self) -> dict:
+        """``(batch, tokens)`` -> the compile mode ``compile_mode="auto"`` kept (None: eager)."""
+        return self._runner.chosen_modes
+
+    def _bucket_for(self, batch: int, tokens: int) -> Optional[tuple[int, int]]:
+        b = next((s for s in self.batch_sizes if s >= batch), None)
+        if self.model.pass_attention_mask:
+            t = next((s for s in self.tokens if s >= tokens), None)
+        else:
+            t = tokens if tokens in self.tokens else None
+        return None if b is None or t is None else (b, t)
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits ``[batch, num_labels]`` for ``input_ids`` ``[batch, tokens]``."""
+        check_token_inputs(input_ids, attention_mask)
+        batch, tokens = input_ids.shape
+        key = self._bucket_for(batch, tokens) if batch > 0 else None
+        with torch.no_grad():
+            if key is None:
+                mask = None if attention_mask is None else attention_mask.to(self.device)
+                return deberta_logits(self.model, input_ids.to(self.device), mask, precision=self.precision)
+            bucket = self._buckets[key]
+            ids, mask = bucket.inputs
+            ids[:batch, :tokens].copy_(input_ids)
+            if attention_mask is None:
+                mask[:batch, :tokens].fill_(1)
+            else:
+                mask[:batch, :tokens].copy_(attention_mask)
+            if tokens < key[1]:
+                mask[:batch, tokens:].zero_()
+            return self._runner.finish(bucket.run()[:batch])
+
+
+def _bucket_logits(model: nn.Module, precision: str, relative_pos: Optional[torch.Tensor],
+                   input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    return _logits(model, input_ids, attention_mask, None, precision, relative_pos)

@@ -1,0 +1,111 @@
+"""``ServingEncoder``: ``ITHP.encode`` (text features -> ``b1``) behind shape buckets and CUDA graphs.
+
+A request of ``n`` rows goes to the smallest bucket with at least ``n`` rows, padded (rows of
+``x`` are independent, so padding never changes the answer); a request larger than every bucket
+runs the eager fast path. The graphs read the model's parameters where they live: in-place
+updates (``load_state_dict``, optimiser steps) are seen by the next call; moving the model or
+replacing parameter tensors needs a new wrapper. One wrapper serves one stream at a time (its
+buffers are shared).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..checks import check_encode_inputs
+from ..encode import chain as chain_path
+from ..encode import choose_path, encode, float32_precision
+from ..encode import fused as fused_path
+from ..reference.ithp import ITHP as ReferenceITHP
+from .buckets import (DEFAULT_BATCH_SIZES, DEFAULT_TOKENS, _Bucket, _BucketRunner, _check_batch_sizes,
+                      _model_device_dtype, _pads, _require_eval)
+
+
+def _encode_rows(model: nn.Module, path: str, sample: bool, precision: str, x2d: torch.Tensor) -> torch.Tensor:
+    """``b1`` of ``[rows, X0]`` by a path fixed in advance (what a bucket captures or compiles)."""
+    if path == "fused":
+        return fused_path(model, x2d, sample=sample, precision=precision)
+    if path == "chain":
+        return chain_path(model, x2d, sample=sample)
+    return ReferenceITHP.encode(model, x2d, sample=sample)
+
+
+class ServingEncoder:
+    """``ITHP.encode`` behind shape buckets and CUDA graphs.
+
+    Args:
+        model: an ITHP module (``ithp_fast.ITHP`` or the reference class) in eval mode, on its
+            serving device and dtype (``model.to("cuda", torch.bfloat16)`` for bfloat16).
+        batch_sizes, tokens: the buckets hold ``batch * tokens`` rows each; a request of ``n``
+            rows (any leading shape) goes to the smallest bucket with ``>= n`` rows.
+        sample: False (default) serves the posterior mean ``b1 = mu1``; True draws as the
+            released model does, with fresh noise on every call and every graph replay.
+        precision: float32 matmul precision, ``"ieee"`` (exact) or ``"tf32"``; None follows
+            torch's setting (``torch.backends.cuda.matmul.allow_tf32``) at construction.
+        compile_mode: None (the eager fast path: the fused Triton kernel or the addmm chain),
+            a ``torch.compile`` mode, or ``"auto"``: time the candidates of
+            :data:`AUTO_CANDIDATES` per bucket and keep the fastest (see ``chosen_modes``).
+        cuda_graphs: capture each bucket in a CUDA graph (default: on CUDA).
+        clone_output: return a fresh tensor (default) rather than a view of the bucket's output
+            buffer, which the next call overwrites.
+        pad_to_buckets: route requests through the buckets. Default: on CUDA, or when compiling;
+            on the CPU without ``compile_mode`` there is nothing to capture or to keep from
+            recompiling, so calls go straight to :func:`ithp_fast.encode.encode` (no padding).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+        tokens: int = DEFAULT_TOKENS,
+        sample: bool = False,
+        precision: Optional[str] = None,
+        compile_mode: Optional[str] = None,
+        cuda_graphs: Optional[bool] = None,
+        clone_output: bool = True,
+        pad_to_buckets: Optional[bool] = None,
+    ) -> None:
+        _require_eval(model, "ServingEncoder")
+        sizes, toks = _check_batch_sizes(batch_sizes, tokens)
+        self.model = model
+        self.sample = bool(sample)
+        self.precision = float32_precision(precision)
+        self.device, self.dtype = _model_device_dtype(model)
+        self._runner = _BucketRunner(self.device, compile_mode, cuda_graphs, clone_output)
+        self.bucket_rows = tuple(sorted({b * t for b in sizes for t in toks}))
+        self._buckets: dict[int, _Bucket] = {}
+        if not _pads(pad_to_buckets, self.device, compile_mode):
+            self.bucket_rows = ()
+        cfg = model.config
+        with torch.no_grad():
+            for rows in self.bucket_rows:
+                path = choose_path(model, rows, self.dtype, self.device, self.precision)
+                fn = functools.partial(_encode_rows, model, path, self.sample, self.precision)
+                x = torch.zeros(rows, cfg.X0_dim, dtype=self.dtype, device=self.device)
+                self._buckets[rows] = self._runner.build(rows, fn, (x,))
+
+    @property
+    def chosen_modes(self) -> dict:
+        """Rows of each bucket -> the compile mode ``compile_mode="auto"`` kept (None: eager)."""
+        return self._runner.chosen_modes
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``b1`` ``[..., B1_dim]`` for ``x`` ``[..., X0_dim]`` (same checks as ``encode``)."""
+        cfg = self.model.config
+        check_encode_inputs(cfg, x, None, next(self.model.parameters()))
+        lead = tuple(x.shape[:-1])
+        rows = math.prod(lead)
+        bucket_rows = next((r for r in self.bucket_rows if r >= rows), None)
+        with torch.no_grad():
+            if bucket_rows is None or rows == 0:
+                return encode(self.model, x, sample=self.sample, precision=self.precision)
+            bucket = self._buckets[bucket_rows]
+            bucket.inputs[0][:rows].copy_(x.reshape(rows, cfg.X0_dim))
+            out = bucket.run()[:rows]
+            return self._runner.finish(out).reshape(*lead, cfg.B1_dim)
