@@ -19,11 +19,13 @@ from typing import Callable
 import pytest
 import torch
 import torch.nn.functional as F
-
+from ithp_fast.kernels import rng
+from ithp_fast.kernels.detector_loss import detector_loss
+from ithp_fast.kernels.reparam_kl import reparam_kl
 from ithp_fast.kernels.rng import Stream
 from ithp_fast.reference.ithp import kl_to_standard_normal, reparameterize
 from scale import COMPILE, CUDA, DEVICE, compiled, pick
-from workloads import dtype_bytes, ithp_config, optional
+from workloads import dtype_bytes, ithp_config
 
 ROWS = pick(cuda=[1600, 1 << 20], cpu=[1600, 1 << 16], tiny=[7])
 COMPILED_ROWS = pick(cuda=[1 << 20], cpu=[], tiny=[7])
@@ -53,15 +55,16 @@ def _reparam_kl_reference(h):
     return reparameterize(mu, logvar, torch.randn_like(mu)), kl_to_standard_normal(mu, logvar)
 
 
-def _reparam_kl_fast():
-    """The fused op: Triton on CUDA, the torch backend (``ithp_fast.torch_path``) on the CPU."""
+def _backend_and_seed():
+    """The fused ops' backend here (Triton on CUDA, torch on the CPU) and a seed for it."""
     if CUDA:
-        reparam_kl = optional("ithp_fast.kernels.reparam_kl", "reparam_kl")
-        seed = optional("ithp_fast.kernels.rng", "draw_seed")(DEVICE)
-        return lambda h: reparam_kl(h, seed, Stream.EPS0)
-    torch_path = optional("ithp_fast.torch_path")
-    seed = torch_path.new_seed()
-    return lambda h: torch_path.reparam_kl(h, seed, Stream.EPS0)
+        return "triton", rng.draw_seed(DEVICE)
+    return "torch", rng.new_seed()
+
+
+def _reparam_kl_fast():
+    backend, seed = _backend_and_seed()
+    return lambda h: reparam_kl(h, seed, Stream.EPS0, backend=backend)
 
 
 def _detector_loss_inputs(rows: int):
@@ -78,15 +81,9 @@ def _detector_loss_reference(z, target):
 
 
 def _detector_loss_fast():
-    """The fused op: Triton on CUDA, the torch backend (``ithp_fast.torch_path``) on the CPU."""
     p = ithp_config().drop_prob
-    if CUDA:
-        detector_loss = optional("ithp_fast.kernels.detector_loss", "detector_loss")
-        seed = optional("ithp_fast.kernels.rng", "draw_seed")(DEVICE)
-        return lambda z, target: (detector_loss(z, target, seed, Stream.MLP1_OUTPUT, p),)
-    torch_path = optional("ithp_fast.torch_path")
-    seed = torch_path.new_seed()
-    return lambda z, target: (torch_path.detector_loss(z, target, seed, Stream.MLP1_OUTPUT, p),)
+    backend, seed = _backend_and_seed()
+    return lambda z, target: (detector_loss(z, target, seed, Stream.MLP1_OUTPUT, p, backend=backend),)
 
 
 _B0 = lambda: ithp_config().B0_dim  # noqa: E731

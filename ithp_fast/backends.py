@@ -5,15 +5,23 @@
 ``"reference"`` the reference module's own computation
 
 Order of precedence: the ``backend=`` argument, then the ``ITHP_FAST_BACKEND`` environment
-variable, then the device default (CUDA -> triton, anything else -> torch).
+variable, then the device default (CUDA with Triton installed -> triton, anything else -> torch).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 from typing import Optional, Union
 
 import torch
+
+from .kernels import rng
+from .kernels.detector_loss import detector_loss_partials
+from .kernels.ib_combine import ib_combine
+from .kernels.relu_dropout import relu_dropout
+from .kernels.reparam_kl import reparam_kl_partials
 
 BACKENDS = ("triton", "torch", "reference")
 ENV_VAR = "ITHP_FAST_BACKEND"
@@ -21,6 +29,15 @@ ENV_VAR = "ITHP_FAST_BACKEND"
 
 def triton_interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def triton_installed() -> bool:
+    """Whether the ``triton`` package can be found (without importing it)."""
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def validate_backend(name: Optional[str], source: str = "backend") -> Optional[str]:
@@ -39,7 +56,12 @@ def resolve_backend(requested: Optional[str], device: Union[torch.device, str]) 
     if name is None:
         name = validate_backend(os.environ.get(ENV_VAR), f"environment variable {ENV_VAR}")
     if name is None:
-        return "triton" if device.type == "cuda" else "torch"
+        return "triton" if device.type == "cuda" and triton_installed() else "torch"
+    if name == "triton" and not triton_installed():
+        raise RuntimeError(
+            "backend 'triton' needs the triton package, which cannot be imported here "
+            "(pip install triton, on Linux); use backend='torch'"
+        )
     if name == "triton" and device.type != "cuda" and not triton_interpreter_on():
         raise RuntimeError(
             f"backend 'triton' cannot run on {device.type}: the Triton kernels need a CUDA device "
@@ -49,46 +71,38 @@ def resolve_backend(requested: Optional[str], device: Union[torch.device, str]) 
 
 
 class FusedOps:
-    """The elementwise tails of one backend, behind one interface (what ``ITHP.forward`` calls).
+    """The elementwise tails of one backend (``"triton"`` or ``"torch"``), as ``ITHP.forward`` calls them.
 
-    ``new_seed(device)`` the forward's seed; ``relu_dropout(a, seed, stream, p)`` (may overwrite
-    ``a``: the model hands it its own Linear output);
-    ``reparam_kl(h, eps, seed, stream, sample) -> (b, kl_term)``;
-    ``detector_loss(z, t, seed, stream, p) -> mse_term``;
-    ``combine(kl0, mse0, kl1, mse1, cfg, dtype) -> (IB_total, kl0, mse0, kl1, mse1)``.
-    The ``*_term`` values are whatever ``combine`` of the same backend takes (float32 partial sums
-    for Triton, float32 scalars for torch).
+    Each method is one fused op of :mod:`ithp_fast.kernels` with this backend bound. The level
+    losses travel as float32 partials (one per Triton program, one for the torch backend) until
+    :meth:`combine` reduces them; the seed is an int64 device tensor (Triton) or a Python int (torch).
     """
 
     def __init__(self, name: str) -> None:
-        self.name = name
-        if name == "triton":
-            from .kernels import ib_combine, rng
-            from .kernels.detector_loss import detector_loss_partials
-            from .kernels.relu_dropout import relu_dropout
-            from .kernels.reparam_kl import reparam_kl_partials
-
-            self.new_seed = rng.draw_seed
-            self.relu_dropout = relu_dropout
-            self.reparam_kl = lambda h, eps, seed, stream, sample: reparam_kl_partials(
-                h, seed, stream, eps=eps, sample=sample
-            )
-            self.detector_loss = detector_loss_partials
-            self.combine = lambda kl0, mse0, kl1, mse1, cfg, dtype: ib_combine.ib_combine(
-                kl0, mse0, kl1, mse1, ib_combine.combine_weights(cfg.p_beta, cfg.p_gamma, cfg.p_lambda), dtype
-            )
-        elif name == "torch":
-            from . import torch_path
-
-            self.new_seed = lambda device: torch_path.new_seed()
-            self.relu_dropout = lambda a, seed, stream, p: torch_path.relu_dropout(a, seed, stream, p, inplace=True)
-            self.reparam_kl = lambda h, eps, seed, stream, sample: torch_path.reparam_kl(
-                h, seed, stream, eps=eps, sample=sample
-            )
-            self.detector_loss = torch_path.detector_loss
-            self.combine = torch_path.combine
-        else:
+        if name not in ("triton", "torch"):
             raise ValueError(f"backend: {name!r} has no fused ops; expected 'triton' or 'torch'")
+        self.name = name
+
+    def new_seed(self, device: torch.device):
+        """The forward's seed, from torch's generator."""
+        return rng.draw_seed(device) if self.name == "triton" else rng.new_seed()
+
+    def relu_dropout(self, a: torch.Tensor, seed, stream: int, p: float) -> torch.Tensor:
+        """``dropout(relu(a), p)``; may overwrite ``a`` (the model hands it its own Linear output)."""
+        return relu_dropout(a, seed, stream, p, backend=self.name, inplace=True)
+
+    def reparam_kl(self, h: torch.Tensor, eps, seed, stream: int, sample: bool):
+        """``(b, kl partials)`` from ``h = [mu | logvar]``."""
+        return reparam_kl_partials(h, seed, stream, eps=eps, sample=sample, backend=self.name)
+
+    def detector_loss(self, z: torch.Tensor, t: torch.Tensor, seed, stream: int, p: float) -> torch.Tensor:
+        """MSE partials of ``dropout(sigmoid(z), p)`` against ``t``."""
+        return detector_loss_partials(z, t, seed, stream, p, backend=self.name)
+
+    def combine(self, kl0, mse0, kl1, mse1, cfg, dtype: torch.dtype):
+        """``(IB_total, kl0, mse0, kl1, mse1)`` in ``dtype`` from the four partial vectors."""
+        return ib_combine(kl0, mse0, kl1, mse1, p_beta=cfg.p_beta, p_gamma=cfg.p_gamma, p_lambda=cfg.p_lambda,
+                          dtype=dtype, backend=self.name)
 
 
 _OPS: dict = {}

@@ -3,7 +3,8 @@
 Two paths, both computing only what ``b1`` needs (the mu rows of each encoder's last Linear,
 unless sampling needs the logvar rows too; no detectors, no losses):
 
-``fused``  one Triton launch for the whole chain (:mod:`ithp_fast.kernels.encode_chain`). Used on
+``fused``  one Triton launch for the whole chain (:mod:`ithp_fast.kernels.encode_chain`, Triton
+           imported at the first launch). Used on
            the ``"triton"`` backend for inference calls (no gradient wanted, no active dropout, no
            autocast) up to :data:`FUSED_KERNEL_MAX_ROWS` rows.
 ``chain``  four ``addmm`` calls (cuBLAS on CUDA, ReLU in its epilogue; MKL / oneDNN on the CPU),
@@ -23,6 +24,7 @@ import torch
 
 from .backends import resolve_backend
 from .checks import Noise, check_encode_inputs
+from .kernels.encode_chain import PRECISIONS, encode_chain
 from .reference.ithp import ITHP as ReferenceITHP
 from .reference.ithp import reparameterize
 
@@ -35,7 +37,6 @@ wins only at 50 rows (57 vs 62 us), the cuBLAS chain from 100 rows on; TF32 the 
 kernel wins up to 6400 rows (42 vs 127 us); bfloat16 the chain wins (12 vs 19 us at 50 rows).
 ``"tf32x3"`` follows TF32 until measured."""
 
-PRECISIONS = ("ieee", "tf32", "tf32x3")
 FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 """Input dtypes the fused kernel takes (float64 and others go through the chain)."""
 
@@ -115,8 +116,6 @@ def fused(model: torch.nn.Module, x2d: torch.Tensor, eps0: Optional[torch.Tensor
     prec = float32_precision(precision)
     if not sample:
         eps0 = eps1 = None
-    from .kernels.encode_chain import encode_chain  # imports Triton (and registers the op) on first use
-
     if torch.compiler.is_compiling():
         return torch.ops.ithp_fast.encode_chain(*args, eps0, eps1, prec)
     return encode_chain(*args, eps0=eps0, eps1=eps1, precision=prec)

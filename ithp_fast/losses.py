@@ -29,11 +29,11 @@ from collections.abc import Callable, Sequence
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .backends import resolve_backend
+from .kernels.tcmax import tcmax_factorised, work_dtype
 
 __all__ = ["tcmax_loss", "tcmax_loss_multi", "tcmax_loss_pairwise", "tcmax_loss_sampled", "TCMaxLoss"]
 
@@ -104,51 +104,9 @@ def _check_logits(logits: object, labels: object, names: Sequence[str], check_ra
 # Factorised form (linear fusions)
 
 
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The O(B·C) sweeps run in float32 (float64 for float64 logits); losses come out in it."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _factorised_torch(logits: Sequence[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-    """``[loss, loss_1, ..., loss_M]``, pure PyTorch, O(M·B·C) time and memory.
-
-    With ``s_m[c] = logsumexp_j L_m[j, c]`` (a column log-sum-exp over the batch),
-    ``logZ = logsumexp_c sum_m s_m[c]``, ``pick_m = mean_i L_m[i, y_i]`` and
-    ``cross_m = mean_i s_m[y_i]``::
-
-        loss   = -sum_m pick_m + logZ - log B
-        loss_m = -pick_m - sum_{m' != m} cross_m' + logZ - log B
-
-    The column sweeps run in float32 and keep the max apart from the log-sum; the size-C and
-    size-B remainder runs in float64, so large logits (1e4) do not swamp a small loss.
-    """
-    B = labels.shape[0]
-    work = _work_dtype(logits[0].dtype)
-    index = labels.long()
-    s_rows, picks = [], []
-    for L in logits:
-        L = L.to(work)
-        col_max = L.detach().amax(dim=0)  # gradient-free shift: d s / d L is softmax either way
-        log_sum = (L - col_max).exp().sum(dim=0).log()
-        s_rows.append(col_max.double() + log_sum.double())
-        picks.append(L.gather(1, index[:, None]).squeeze(1).double().mean())
-    s = torch.stack(s_rows)  # [M, C]
-    log_z = torch.logsumexp(s.sum(dim=0), dim=0)
-    const = log_z - math.log(B)
-    pick = torch.stack(picks)  # [M]
-    cross = s[:, index].mean(dim=1)  # [M]
-    loss = -pick.sum() + const
-    loss_m = -(pick + cross.sum() - cross) + const
-    return torch.cat([loss[None], loss_m]).to(work)
-
-
 def _factorised(logits: Sequence[torch.Tensor], labels: torch.Tensor, backend: Optional[str]) -> torch.Tensor:
     name = resolve_backend(backend, logits[0].device)
-    if name == "triton":
-        from .kernels.tcmax import tcmax_factorised
-
-        return tcmax_factorised(logits, labels)
-    return _factorised_torch(logits, labels)
+    return tcmax_factorised(logits, labels, backend="triton" if name == "triton" else "torch")
 
 
 def tcmax_loss_multi(
@@ -263,7 +221,7 @@ def _pair_chunk(fusion: Fusion, za: torch.Tensor, feats_v: torch.Tensor, y_all: 
     if first_row == 0:
         _check_labels(y_all, B, scores.shape[1], za.device, True)
     y_rows = y_all[first_row:first_row + n]
-    scores = scores.to(_work_dtype(scores.dtype)).view(n, B, -1)  # S[j, k, c]
+    scores = scores.to(work_dtype(scores.dtype)).view(n, B, -1)  # S[j, k, c]
     at_row_label = scores.gather(2, y_rows[:, None, None].expand(n, B, 1)).squeeze(2)  # S[j, k, y_j]
     at_col_label = scores.gather(2, y_all[None, :, None].expand(n, B, 1)).squeeze(2)  # S[j, k, y_k]
     rows = torch.arange(n, device=za.device)
@@ -386,7 +344,7 @@ def _sampled_loss(fusion: Fusion, feats_a, feats_v, labels, idx_a: torch.Tensor,
     positives = _fuse(fusion, feats_a, feats_v)
     _check_labels(labels, B, positives.shape[1], feats_a.device, True)
     negatives = _fuse(fusion, feats_a[idx_a], feats_v[idx_v])
-    work = _work_dtype(positives.dtype)
+    work = work_dtype(positives.dtype)
     picked = positives.to(work).gather(1, labels.long()[:, None]).mean()
     log_z_share = torch.logsumexp(negatives.to(work).reshape(-1), dim=0)
     return -picked + log_z_share + math.log(B) - math.log(idx_a.shape[0])

@@ -1,4 +1,11 @@
-"""Fused Triton kernels, one op per file (installed as ``ithp_fast.kernels``)."""
+"""Fused ops, one op per file pair (installed as ``ithp_fast.kernels``).
+
+``<op>.py`` holds the formula as a short comment, the plain-PyTorch implementation (the ``torch``
+backend, the CPU default), one autograd Function and the dispatch between backends;
+``<op>_triton.py`` holds the Triton kernels and their launchers, imported only when a kernel is
+launched, so that everything here except the ``triton`` backend works where Triton is missing.
+``rng.py`` is the noise contract (no Triton); ``triton_helpers.py`` what the Triton kernels share.
+"""
 
 import functools
 
@@ -18,3 +25,28 @@ def sm_count(device: torch.device) -> int:
     if device.type == "cuda":
         return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
     return INTERPRETER_SM_COUNT
+
+
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for non-negative ints."""
+    return -(-a // b)
+
+
+def tracked(*tensors) -> bool:
+    """Whether autograd records an op on ``tensors`` now (else the ops run as plain functions)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def float32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 (no copy when it already is)."""
+    return t if t.dtype == torch.float32 else t.float()
+
+
+BACKENDS = ("triton", "torch")
+"""The backends a fused op computes with."""
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    return backend

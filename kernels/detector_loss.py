@@ -1,168 +1,96 @@
 """Detector reconstruction loss of one IB level: sigmoid -> dropout -> mean squared error.
 
-One pass over the detector's last pre-activation ``z`` and the target ``t`` writes one float32
-partial sum per program (the MSE is the sum of the partials); the dropout mask is drawn
-in-kernel and regenerated in the backward, so neither the sigmoid output nor the mask is stored.
+    s   = sigmoid(z);   out = s * keep / (1 - p),   keep = noise(seed, stream, e) >= p
+    mse = sum((out - t)^2) / numel
+    backward, g = d loss / d mse:
+      grad_z = g * 2/numel * (out - t) * keep/(1 - p) * s * (1 - s);   grad_t = -g * 2/numel * (out - t)
 
-Standalone launchers (``z``, ``t``: same shape, any float dtype, read in row-major order):
+The MSE comes out as float32 partials whose sum is the MSE (one per Triton program; one for the
+torch backend). What each backend keeps for the backward:
 
-* ``detector_loss_forward(z, t, seed, stream, p) -> partials fp32 [P]``
-* ``detector_loss_backward(z, t, grad_partials, seed, stream, p, *, need_grad_t=False)
-  -> (grad_z, grad_t or None)``
-* ``detector_loss(z, t, seed, stream, p) -> mse`` (autograd, float32 0-dim)
+* ``triton``: ``z`` and ``t``; the kernel regenerates the mask and the sigmoid.
+* ``torch``: the loss is the last op of its level, so its gradient is known up to the incoming
+  scalar: the forward keeps ``dMSE/dz`` (and ``dMSE/dt`` when the target needs a gradient) and the
+  backward scales it -- no sigmoid, mask or target is kept.
+
+``detector_loss_partials(z, t, seed, stream, p, *, backend) -> partials``;
+``detector_loss(...) -> mse`` sums them. Kernels: ``detector_loss_triton.py``.
 """
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
-import triton
-import triton.language as tl
 
-from .relu_dropout import _check_p, _check_seed
-from .rounding import rounded_to
-from .rng import GROUP, QUARTER, group_uniform_or_keep
+from . import check_backend, float32, tracked
+from .rng import dropout_scale
 
 
-def num_partials(numel: int) -> int:
-    """Programs (= MSE partials) the kernels use for ``numel`` elements."""
-    return max(1, triton.cdiv(numel, GROUP))
-
-
-# s = sigmoid(z);  out = s * keep / (1 - p)  (keep = uniform(seed, stream, e) >= p);  mse = sum((out - t)^2) / numel
-# backward, g = grad of a program's partial * 2/numel:
-#   grad_z = g * (out - t) * keep/(1 - p) * s * (1 - s);   grad_t = -g * (out - t)
-@triton.jit
-def _forward_quarter(z_ptr, t_ptr, e, numel, u, p, scale, DROPOUT: tl.constexpr):
-    inside = e < numel
-    z = tl.load(z_ptr + e, mask=inside, other=0.0).to(tl.float32)
-    t = tl.load(t_ptr + e, mask=inside, other=0.0).to(tl.float32)
-    out = 1.0 / (1.0 + tl.exp(-z))
-    if DROPOUT:
-        out = tl.where(u >= p, out * scale, 0.0)
-    diff = tl.where(inside, out - t, 0.0)
-    return diff * diff
-
-
-@triton.jit
-def _detector_loss_forward_kernel(z_ptr, t_ptr, seed_ptr, part_ptr, numel, p, scale, inv_numel,
-                                  STREAM: tl.constexpr, DROPOUT: tl.constexpr, QUARTER: tl.constexpr):
-    pid = tl.program_id(0)
-    first = pid.to(tl.int64) * (4 * QUARTER)
-    j = tl.arange(0, QUARTER).to(tl.int64)
-    u0, u1, u2, u3 = group_uniform_or_keep(seed_ptr, STREAM, first, QUARTER, DROPOUT)
-    total = _forward_quarter(z_ptr, t_ptr, first + j, numel, u0, p, scale, DROPOUT)
-    total += _forward_quarter(z_ptr, t_ptr, first + QUARTER + j, numel, u1, p, scale, DROPOUT)
-    total += _forward_quarter(z_ptr, t_ptr, first + 2 * QUARTER + j, numel, u2, p, scale, DROPOUT)
-    total += _forward_quarter(z_ptr, t_ptr, first + 3 * QUARTER + j, numel, u3, p, scale, DROPOUT)
-    tl.store(part_ptr + pid, tl.sum(total, axis=0) * inv_numel)
-
-
-@triton.jit
-def _backward_quarter(z_ptr, t_ptr, gz_ptr, gt_ptr, e, numel, u, p, scale, g, DROPOUT: tl.constexpr,
-                      NEED_GRAD_T: tl.constexpr):
-    inside = e < numel
-    z = tl.load(z_ptr + e, mask=inside, other=0.0).to(tl.float32)
-    t = tl.load(t_ptr + e, mask=inside, other=0.0).to(tl.float32)
-    s = 1.0 / (1.0 + tl.exp(-z))
-    slope = s * (1.0 - s)
-    out = s
-    if DROPOUT:
-        keep = u >= p
-        out = tl.where(keep, s * scale, 0.0)
-        slope = tl.where(keep, slope * scale, 0.0)
-    residual = g * (out - t)
-    tl.store(gz_ptr + e, rounded_to(residual * slope, gz_ptr.dtype.element_ty), mask=inside)
-    if NEED_GRAD_T:
-        tl.store(gt_ptr + e, rounded_to(-residual, gt_ptr.dtype.element_ty), mask=inside)
-
-
-@triton.jit
-def _detector_loss_backward_kernel(z_ptr, t_ptr, seed_ptr, gpart_ptr, gpart_stride, gz_ptr, gt_ptr, numel, p, scale,
-                                   two_over_numel, STREAM: tl.constexpr, DROPOUT: tl.constexpr,
-                                   NEED_GRAD_T: tl.constexpr, QUARTER: tl.constexpr):
-    pid = tl.program_id(0)
-    first = pid.to(tl.int64) * (4 * QUARTER)
-    j = tl.arange(0, QUARTER).to(tl.int64)
-    g = tl.load(gpart_ptr + pid * gpart_stride).to(tl.float32) * two_over_numel
-    u0, u1, u2, u3 = group_uniform_or_keep(seed_ptr, STREAM, first, QUARTER, DROPOUT)
-    _backward_quarter(z_ptr, t_ptr, gz_ptr, gt_ptr, first + j, numel, u0, p, scale, g, DROPOUT, NEED_GRAD_T)
-    _backward_quarter(z_ptr, t_ptr, gz_ptr, gt_ptr, first + QUARTER + j, numel, u1, p, scale, g, DROPOUT, NEED_GRAD_T)
-    _backward_quarter(z_ptr, t_ptr, gz_ptr, gt_ptr, first + 2 * QUARTER + j, numel, u2, p, scale, g, DROPOUT,
-                      NEED_GRAD_T)
-    _backward_quarter(z_ptr, t_ptr, gz_ptr, gt_ptr, first + 3 * QUARTER + j, numel, u3, p, scale, g, DROPOUT,
-                      NEED_GRAD_T)
-
-
-def _check_pair(z: torch.Tensor, t: torch.Tensor):
-    if z.shape != t.shape:
-        raise ValueError(f"target: expected the shape of z {tuple(z.shape)}, got {tuple(t.shape)}")
-    if z.device != t.device:
-        raise ValueError(f"target: is on {t.device} but z is on {z.device}")
-    return z.contiguous(), t.contiguous()
-
-
-def detector_loss_forward(z: torch.Tensor, t: torch.Tensor, seed: Optional[torch.Tensor], stream: int,
-                          p: float) -> torch.Tensor:
-    """float32 MSE partials of ``dropout(sigmoid(z), p)`` against ``t``; mask from ``(seed, stream)``."""
-    p = _check_p(p)
-    z, t = _check_pair(z, t)
-    dropout = p > 0.0
-    if dropout:
-        _check_seed(seed, z.device)
-    numel = z.numel()
-    parts = torch.empty(num_partials(numel), dtype=torch.float32, device=z.device)
-    _detector_loss_forward_kernel[(parts.numel(),)](z, t, seed if dropout else z, parts, numel, p, 1.0 / (1.0 - p),
-                                                    1.0 / max(numel, 1), STREAM=int(stream), DROPOUT=dropout,
-                                                    QUARTER=QUARTER)
-    return parts
-
-
-def detector_loss_backward(z: torch.Tensor, t: torch.Tensor, grad_partials: torch.Tensor,
-                           seed: Optional[torch.Tensor], stream: int, p: float, *, need_grad_t: bool = False):
-    """``(grad_z, grad_t)`` from the partials' gradient (a stride-0 expanded scalar works)."""
-    p = _check_p(p)
-    z, t = _check_pair(z, t)
-    numel = z.numel()
-    grad_partials = grad_partials.reshape(-1)
-    if grad_partials.numel() != num_partials(numel):
-        raise ValueError(f"grad_partials: expected {num_partials(numel)} values, got {grad_partials.numel()}")
-    dropout = p > 0.0
-    grad_z = torch.empty_like(z)
-    grad_t = torch.empty_like(t) if need_grad_t else None
-    _detector_loss_backward_kernel[(num_partials(numel),)](
-        z, t, seed if dropout else z, grad_partials, grad_partials.stride(0), grad_z,
-        grad_t if grad_t is not None else z, numel, p, 1.0 / (1.0 - p), 2.0 / max(numel, 1), STREAM=int(stream),
-        DROPOUT=dropout, NEED_GRAD_T=need_grad_t, QUARTER=QUARTER)
-    return grad_z, grad_t
+def detector_loss_torch(z: torch.Tensor, t: torch.Tensor, seed: int, stream: int, p: float, grad_z: bool = False,
+                        grad_t: bool = False):
+    """The plain-PyTorch forward: ``(mse, dmse/dz or None, dmse/dt or None)``, ``mse`` float32 0-dim."""
+    s = torch.sigmoid(float32(z))
+    if p > 0.0:
+        keep = dropout_scale(seed, stream, z.shape, z.device, p)
+        residual = torch.mul(s, keep).sub_(float32(t))
+    else:
+        keep = None
+        residual = torch.sub(s, float32(t))
+    flat = residual.view(-1)
+    numel = flat.numel()
+    mse = torch.dot(flat, flat) / numel
+    two = 2.0 / numel
+    d_t = residual * -two if grad_t else None
+    d_z = None
+    if grad_z:  # 2/numel * residual * keep * s * (1 - s)
+        d_z = torch.addcmul(s, s, s, value=-1.0).mul_(residual).mul_(two)
+        if keep is not None:
+            d_z.mul_(keep)
+    return mse, d_z, d_t
 
 
 class DetectorLoss(torch.autograd.Function):
-    """``(z, t, seed) -> partials``; saves ``z`` and ``t`` only (the mask is regenerated)."""
+    """``(z, t, seed) -> partials``; see the module docstring for what each backend saves."""
 
     @staticmethod
-    def forward(ctx, z, t, seed, stream: int, p: float):
-        parts = detector_loss_forward(z, t, seed, stream, p)
-        ctx.stream, ctx.p = stream, p
-        ctx.save_for_backward(z, t, seed)
-        return parts
+    def forward(ctx, z, t, seed, stream: int, p: float, backend: str):
+        ctx.backend, ctx.dtypes = backend, (z.dtype, t.dtype)
+        if backend == "triton":
+            from .detector_loss_triton import detector_loss_forward
+
+            ctx.stream, ctx.p = stream, p
+            ctx.save_for_backward(z, t, seed)
+            return detector_loss_forward(z, t, seed, stream, p)
+        mse, grad_z, grad_t = detector_loss_torch(z, t, seed, stream, p, ctx.needs_input_grad[0],
+                                                  ctx.needs_input_grad[1])
+        ctx.save_for_backward(grad_z, grad_t)
+        return mse.reshape(1)
 
     @staticmethod
     def backward(ctx, grad_parts):
-        z, t, seed = ctx.saved_tensors
-        grad_z, grad_t = detector_loss_backward(z, t, grad_parts, seed, ctx.stream, ctx.p,
-                                                need_grad_t=ctx.needs_input_grad[1])
-        return grad_z.view_as(z), (grad_t.view_as(t) if grad_t is not None else None), None, None, None
+        if ctx.backend == "triton":
+            from .detector_loss_triton import detector_loss_backward
+
+            z, t, seed = ctx.saved_tensors
+            grad_z, grad_t = detector_loss_backward(z, t, grad_parts, seed, ctx.stream, ctx.p,
+                                                    need_grad_t=ctx.needs_input_grad[1])
+            return grad_z.view_as(z), (grad_t.view_as(t) if grad_t is not None else None), None, None, None, None
+        grad_z, grad_t = ctx.saved_tensors
+        g = grad_parts.float().sum()
+        return ((grad_z * g).to(ctx.dtypes[0]) if grad_z is not None else None,
+                (grad_t * g).to(ctx.dtypes[1]) if grad_t is not None else None, None, None, None, None)
 
 
-def detector_loss_partials(z: torch.Tensor, t: torch.Tensor, seed: Optional[torch.Tensor], stream: int,
-                           p: float) -> torch.Tensor:
-    """Differentiable float32 partials; the MSE is ``partials.sum()``."""
-    return DetectorLoss.apply(z, t, seed, stream, p)
+def detector_loss_partials(z: torch.Tensor, t: torch.Tensor, seed, stream: int, p: float, *,
+                           backend: str = "torch") -> torch.Tensor:
+    """Differentiable float32 partials of ``mean((dropout(sigmoid(z), p) - t)^2)``; the MSE is their sum."""
+    check_backend(backend)
+    z, t = z.contiguous(), t.contiguous()
+    if backend == "torch" and not tracked(z, t):
+        return detector_loss_torch(z, t, seed, stream, float(p))[0].reshape(1)
+    return DetectorLoss.apply(z, t, seed, stream, float(p), backend)
 
 
-def detector_loss(z: torch.Tensor, t: torch.Tensor, seed: Optional[torch.Tensor], stream: int,
-                  p: float) -> torch.Tensor:
+def detector_loss(z: torch.Tensor, t: torch.Tensor, seed, stream: int, p: float, *,
+                  backend: str = "torch") -> torch.Tensor:
     """Differentiable ``mean((dropout(sigmoid(z), p) - t)^2)`` as a float32 0-dim tensor."""
-    return detector_loss_partials(z, t, seed, stream, p).sum()
+    return detector_loss_partials(z, t, seed, stream, p, backend=backend).sum()

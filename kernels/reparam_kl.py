@@ -1,16 +1,19 @@
 """Reparameterisation + KL of one IB level, from the encoder output ``h = [mu | logvar]``.
 
-One pass reads ``h`` (and ``eps`` only when injected), writes ``b`` and one float32 partial KL
-sum per program; the KL is the sum of the partials. The backward regenerates ``eps`` from the
-seed (never stored) and gets each partial's gradient from a pointer (a stride-0 view of a
-scalar works), so nothing waits on the host.
+    mu, logvar = h[:, :B], h[:, B:];   std = exp(logvar / 2)
+    b   = mu + eps * std                (b = mu when not sampling; eps = noise(seed, stream, e))
+    kl  = -0.5 / (N*B) * sum(1 + logvar - mu^2 - std^2)
+    backward, g = d loss / d kl:
+      grad_mu = grad_b + g * mu / (N*B)
+      grad_logvar = 0.5 * grad_b * eps * std + 0.5 * g * (std^2 - 1) / (N*B)
+      grad_eps = grad_b * std
 
-Standalone launchers (``h``: ``[N, 2B]`` with unit column stride, any float dtype):
+The KL comes out as float32 *partials* whose sum is the KL (one per Triton program; one for the
+torch backend), so the IB combination reduces every level in one place without a host sync.
+Nothing but ``h`` (and an injected ``eps``) is saved: the backward regenerates the noise.
 
-* ``reparam_kl_forward(h, seed, stream, *, eps=None, sample=True) -> (b [N, B], partials fp32 [P])``
-* ``reparam_kl_backward(h, grad_b, grad_partials, seed, stream, *, eps=None, sample=True,
-  need_grad_eps=False) -> (grad_h [N, 2B], grad_eps or None)``
-* ``reparam_kl(h, seed, stream, *, eps=None, sample=True) -> (b, kl)`` (autograd, ``kl`` float32 0-dim)
+``reparam_kl_partials(h, seed, stream, *, eps=None, sample=True, backend) -> (b, partials)``;
+``reparam_kl(...) -> (b, kl)`` sums them. Kernels: ``reparam_kl_triton.py``.
 """
 
 from __future__ import annotations
@@ -18,206 +21,99 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import triton
-import triton.language as tl
 
-from .relu_dropout import _check_seed
-from .rounding import rounded_to
-from .rng import GROUP, QUARTER, group_normal_or_zero
+from . import check_backend, float32, tracked
+from .rng import normal
 
 
-def num_partials(n_rows: int, width: int) -> int:
-    """Programs (= KL partials) the kernels use for ``n_rows`` rows of ``width`` latent features."""
-    return max(1, triton.cdiv(n_rows * width, GROUP))
+def _mu_logvar_std(h: torch.Tensor):
+    width = h.shape[-1] // 2
+    hf = float32(h)
+    mu, logvar = hf[..., :width], hf[..., width:]
+    return mu, logvar, torch.exp(logvar * 0.5)
 
 
-# mu, logvar = h[:, :B], h[:, B:];  std = exp(logvar / 2)
-# b = mu + eps * std  (b = mu when not sampling);   kl = -0.5/(N*B) * sum(1 + logvar - mu^2 - std^2)
-# backward, g = grad of a program's partial * (-0.5/(N*B)):
-#   grad_mu = grad_b - 2*g*mu;   grad_logvar = 0.5*grad_b*eps*std + g*(1 - std^2);   grad_eps = grad_b*std
-@triton.jit
-def _forward_quarter(h_ptr, eps_ptr, b_ptr, e, n_elem, row_stride, noise, B: tl.constexpr, SAMPLE: tl.constexpr,
-                     HAS_EPS: tl.constexpr):
-    inside = e < n_elem
-    at = h_ptr + (e // B) * row_stride + e % B
-    mu = tl.load(at, mask=inside, other=0.0).to(tl.float32)
-    logvar = tl.load(at + B, mask=inside, other=0.0).to(tl.float32)
-    std = tl.exp(0.5 * logvar)
-    if SAMPLE:
-        if HAS_EPS:
-            noise = tl.load(eps_ptr + e, mask=inside, other=0.0).to(tl.float32)
-        b = mu + noise * std
+def reparam_kl_torch(h: torch.Tensor, eps: Optional[torch.Tensor], seed: int, stream: int, sample: bool):
+    """The plain-PyTorch forward: ``(b, kl)`` with ``kl`` a float32 0-dim tensor."""
+    mu, logvar, std = _mu_logvar_std(h)
+    term = torch.addcmul(logvar, mu, mu, value=-1.0).addcmul_(std, std, value=-1.0)  # logvar - mu^2 - std^2
+    kl = term.sum().div_(mu.numel()).add_(1.0).mul_(-0.5)
+    if sample:
+        noise = float32(eps) if eps is not None else normal(seed, stream, mu.shape, h.device)
+        b = torch.addcmul(mu, noise, std)
     else:
-        b = mu
-    tl.store(b_ptr + e, rounded_to(b, b_ptr.dtype.element_ty), mask=inside)
-    return tl.where(inside, 1.0 + logvar - mu * mu - std * std, 0.0)
+        b = mu.clone()
+    return b.to(h.dtype), kl
 
 
-@triton.jit
-def _reparam_kl_forward_kernel(h_ptr, eps_ptr, seed_ptr, b_ptr, part_ptr, n_elem, row_stride, kl_scale,
-                               STREAM: tl.constexpr, B: tl.constexpr, SAMPLE: tl.constexpr, HAS_EPS: tl.constexpr,
-                               GENERATE: tl.constexpr, QUARTER: tl.constexpr):
-    pid = tl.program_id(0)
-    first = pid.to(tl.int64) * (4 * QUARTER)
-    j = tl.arange(0, QUARTER).to(tl.int64)
-    n0, n1, n2, n3 = group_normal_or_zero(seed_ptr, STREAM, first, QUARTER, GENERATE)
-    total = _forward_quarter(h_ptr, eps_ptr, b_ptr, first + j, n_elem, row_stride, n0, B, SAMPLE, HAS_EPS)
-    total += _forward_quarter(h_ptr, eps_ptr, b_ptr, first + QUARTER + j, n_elem, row_stride, n1, B, SAMPLE, HAS_EPS)
-    total += _forward_quarter(h_ptr, eps_ptr, b_ptr, first + 2 * QUARTER + j, n_elem, row_stride, n2, B, SAMPLE,
-                              HAS_EPS)
-    total += _forward_quarter(h_ptr, eps_ptr, b_ptr, first + 3 * QUARTER + j, n_elem, row_stride, n3, B, SAMPLE,
-                              HAS_EPS)
-    tl.store(part_ptr + pid, tl.sum(total, axis=0) * kl_scale)
-
-
-@triton.jit
-def _backward_quarter(h_ptr, eps_ptr, gb_ptr, gh_ptr, geps_ptr, e, n_elem, row_stride, noise, g,
-                      B: tl.constexpr, SAMPLE: tl.constexpr, HAS_EPS: tl.constexpr, HAS_GRAD_B: tl.constexpr,
-                      NEED_GRAD_EPS: tl.constexpr):
-    inside = e < n_elem
-    row = e // B
-    col = e % B
-    at = h_ptr + row * row_stride + col
-    mu = tl.load(at, mask=inside, other=0.0).to(tl.float32)
-    logvar = tl.load(at + B, mask=inside, other=0.0).to(tl.float32)
-    std = tl.exp(0.5 * logvar)
-    grad_mu = -2.0 * g * mu
-    grad_logvar = g * (1.0 - std * std)
-    if HAS_GRAD_B:
-        gb = tl.load(gb_ptr + e, mask=inside, other=0.0).to(tl.float32)
-        grad_mu += gb
-        if SAMPLE:
-            if HAS_EPS:
-                noise = tl.load(eps_ptr + e, mask=inside, other=0.0).to(tl.float32)
-            grad_logvar += 0.5 * gb * noise * std
-            if NEED_GRAD_EPS:
-                tl.store(geps_ptr + e, rounded_to(gb * std, geps_ptr.dtype.element_ty), mask=inside)
-    out = gh_ptr + row * (2 * B) + col
-    tl.store(out, rounded_to(grad_mu, gh_ptr.dtype.element_ty), mask=inside)
-    tl.store(out + B, rounded_to(grad_logvar, gh_ptr.dtype.element_ty), mask=inside)
-
-
-@triton.jit
-def _reparam_kl_backward_kernel(h_ptr, eps_ptr, seed_ptr, gb_ptr, gpart_ptr, gpart_stride, gh_ptr, geps_ptr,
-                                n_elem, row_stride, kl_scale, STREAM: tl.constexpr, B: tl.constexpr,
-                                SAMPLE: tl.constexpr, HAS_EPS: tl.constexpr, GENERATE: tl.constexpr,
-                                HAS_GRAD_B: tl.constexpr, HAS_GRAD_PART: tl.constexpr,
-                                NEED_GRAD_EPS: tl.constexpr, QUARTER: tl.constexpr):
-    pid = tl.program_id(0)
-    first = pid.to(tl.int64) * (4 * QUARTER)
-    j = tl.arange(0, QUARTER).to(tl.int64)
-    if HAS_GRAD_PART:
-        g = tl.load(gpart_ptr + pid * gpart_stride).to(tl.float32) * kl_scale
-    else:
-        g = 0.0
-    n0, n1, n2, n3 = group_normal_or_zero(seed_ptr, STREAM, first, QUARTER, GENERATE)
-    _backward_quarter(h_ptr, eps_ptr, gb_ptr, gh_ptr, geps_ptr, first + j, n_elem, row_stride, n0, g,
-                      B, SAMPLE, HAS_EPS, HAS_GRAD_B, NEED_GRAD_EPS)
-    _backward_quarter(h_ptr, eps_ptr, gb_ptr, gh_ptr, geps_ptr, first + QUARTER + j, n_elem, row_stride, n1, g,
-                      B, SAMPLE, HAS_EPS, HAS_GRAD_B, NEED_GRAD_EPS)
-    _backward_quarter(h_ptr, eps_ptr, gb_ptr, gh_ptr, geps_ptr, first + 2 * QUARTER + j, n_elem, row_stride, n2, g,
-                      B, SAMPLE, HAS_EPS, HAS_GRAD_B, NEED_GRAD_EPS)
-    _backward_quarter(h_ptr, eps_ptr, gb_ptr, gh_ptr, geps_ptr, first + 3 * QUARTER + j, n_elem, row_stride, n3, g,
-                      B, SAMPLE, HAS_EPS, HAS_GRAD_B, NEED_GRAD_EPS)
-
-
-def _as_rows(h: torch.Tensor) -> torch.Tensor:
-    if h.dim() != 2 or h.shape[-1] % 2:
-        raise ValueError(f"h: expected [N, 2*B] (mu | logvar), got shape {tuple(h.shape)}")
-    if h.stride(-1) != 1:
-        h = h.contiguous()
-    return h
-
-
-def _check_eps(eps: Optional[torch.Tensor], n: int, width: int, device: torch.device) -> Optional[torch.Tensor]:
-    if eps is None:
-        return None
-    if tuple(eps.shape) != (n, width):
-        raise ValueError(f"eps: expected shape {(n, width)} (the shape of mu), got {tuple(eps.shape)}")
-    if eps.device != device:
-        raise ValueError(f"eps: is on {eps.device} but h is on {device}")
-    return eps.contiguous()
-
-
-def reparam_kl_forward(h: torch.Tensor, seed: Optional[torch.Tensor], stream: int, *,
-                       eps: Optional[torch.Tensor] = None, sample: bool = True):
-    """``(b, partials)``: ``b = mu + eps*exp(logvar/2)`` (``mu`` when ``sample=False``), KL partials.
-
-    ``eps`` injects the noise; otherwise it is drawn from ``(seed, stream, element index of mu)``.
-    """
-    h = _as_rows(h)
-    n, width = h.shape[0], h.shape[1] // 2
-    eps = _check_eps(eps, n, width, h.device)
-    generate = sample and eps is None
-    if generate:
-        _check_seed(seed, h.device)
-    b = torch.empty((n, width), dtype=h.dtype, device=h.device)
-    parts = torch.empty(num_partials(n, width), dtype=torch.float32, device=h.device)
-    n_elem = n * width
-    _reparam_kl_forward_kernel[(parts.numel(),)](
-        h, eps if eps is not None else h, seed if generate else h, b, parts, n_elem, h.stride(0),
-        -0.5 / max(n_elem, 1), STREAM=int(stream), B=width, SAMPLE=bool(sample), HAS_EPS=eps is not None,
-        GENERATE=generate, QUARTER=QUARTER)
-    return b, parts
-
-
-def reparam_kl_backward(h: torch.Tensor, grad_b: Optional[torch.Tensor], grad_partials: Optional[torch.Tensor],
-                        seed: Optional[torch.Tensor], stream: int, *, eps: Optional[torch.Tensor] = None,
-                        sample: bool = True, need_grad_eps: bool = False):
-    """``(grad_h, grad_eps)`` from the gradients of ``b`` and of the partials (``None`` = zero)."""
-    h = _as_rows(h)
-    n, width = h.shape[0], h.shape[1] // 2
-    eps = _check_eps(eps, n, width, h.device)
-    generate = sample and eps is None and grad_b is not None
-    n_elem = n * width
+def _reparam_kl_backward_torch(h, eps, seed: int, stream: int, sample: bool, grad_b, grad_kl, need_grad_eps: bool):
+    """``(grad_h, grad_eps)`` by the formulas above (``grad_b`` / ``grad_kl`` None mean zero)."""
+    width = h.shape[-1] // 2
+    mu, logvar, std = _mu_logvar_std(h)
+    g = (grad_kl.float().sum() if grad_kl is not None else torch.zeros((), device=h.device)) * (1.0 / mu.numel())
+    grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device)
+    grad_mu, grad_logvar = grad_h[..., :width], grad_h[..., width:]
+    torch.mul(mu, g, out=grad_mu)
+    torch.mul(std, std, out=grad_logvar)
+    grad_logvar.sub_(1.0).mul_(g)
+    grad_eps = None
     if grad_b is not None:
-        grad_b = grad_b.reshape(n, width).contiguous()
-    if grad_partials is not None:
-        grad_partials = grad_partials.reshape(-1)
-        if grad_partials.numel() != num_partials(n, width):
-            raise ValueError(f"grad_partials: expected {num_partials(n, width)} values, got {grad_partials.numel()}")
-    need_grad_eps = bool(need_grad_eps and sample and grad_b is not None)
-    grad_h = torch.empty((n, 2 * width), dtype=h.dtype, device=h.device)
-    grad_eps = torch.empty((n, width), dtype=eps.dtype if eps is not None else h.dtype, device=h.device) \
-        if need_grad_eps else None
-    _reparam_kl_backward_kernel[(num_partials(n, width),)](
-        h, eps if eps is not None else h, seed if generate else h, grad_b if grad_b is not None else h,
-        grad_partials if grad_partials is not None else h,
-        grad_partials.stride(0) if grad_partials is not None else 0, grad_h,
-        grad_eps if grad_eps is not None else h, n_elem, h.stride(0), -0.5 / max(n_elem, 1),
-        STREAM=int(stream), B=width, SAMPLE=bool(sample), HAS_EPS=eps is not None, GENERATE=generate,
-        HAS_GRAD_B=grad_b is not None, HAS_GRAD_PART=grad_partials is not None, NEED_GRAD_EPS=need_grad_eps,
-        QUARTER=QUARTER)
-    return grad_h, grad_eps
+        gb = float32(grad_b)
+        grad_mu.add_(gb)
+        if sample:
+            noise = float32(eps) if eps is not None else normal(seed, stream, mu.shape, h.device)
+            if need_grad_eps:
+                grad_eps = (gb * std).to(eps.dtype)
+            grad_logvar.addcmul_(noise.mul_(std) if eps is None else noise * std, gb)
+    grad_logvar.mul_(0.5)
+    return grad_h.to(h.dtype), grad_eps
 
 
 class ReparamKL(torch.autograd.Function):
-    """``(h, eps, seed) -> (b, partials)``; saves ``h`` (and the injected ``eps``), never a drawn ``eps``."""
+    """``(h, eps, seed) -> (b, partials)``; saves ``h`` (and an injected ``eps``), never a drawn ``eps``."""
 
     @staticmethod
-    def forward(ctx, h, eps, seed, stream: int, sample: bool):
-        b, parts = reparam_kl_forward(h, seed, stream, eps=eps, sample=sample)
-        ctx.stream, ctx.sample = stream, sample
-        ctx.save_for_backward(h, eps, seed)
+    def forward(ctx, h, eps, seed, stream: int, sample: bool, backend: str):
+        ctx.stream, ctx.sample, ctx.backend = stream, sample, backend
         ctx.set_materialize_grads(False)
-        return b, parts
+        if backend == "triton":
+            from .reparam_kl_triton import reparam_kl_forward
+
+            ctx.save_for_backward(h, eps, seed)
+            return reparam_kl_forward(h, seed, stream, eps=eps, sample=sample)
+        ctx.seed = seed
+        ctx.save_for_backward(h, eps)
+        b, kl = reparam_kl_torch(h, eps, seed, stream, sample)
+        return b, kl.reshape(1)
 
     @staticmethod
     def backward(ctx, grad_b, grad_parts):
-        h, eps, seed = ctx.saved_tensors
-        grad_h, grad_eps = reparam_kl_backward(h, grad_b, grad_parts, seed, ctx.stream, eps=eps, sample=ctx.sample,
-                                               need_grad_eps=ctx.needs_input_grad[1])
-        return grad_h, grad_eps, None, None, None
+        need_grad_eps = ctx.needs_input_grad[1]
+        if ctx.backend == "triton":
+            from .reparam_kl_triton import reparam_kl_backward
+
+            h, eps, seed = ctx.saved_tensors
+            grad_h, grad_eps = reparam_kl_backward(h, grad_b, grad_parts, seed, ctx.stream, eps=eps,
+                                                   sample=ctx.sample, need_grad_eps=need_grad_eps)
+        else:
+            h, eps = ctx.saved_tensors
+            grad_h, grad_eps = _reparam_kl_backward_torch(h, eps, ctx.seed, ctx.stream, ctx.sample, grad_b, grad_parts,
+                                                          need_grad_eps)
+        return grad_h, grad_eps, None, None, None, None
 
 
-def reparam_kl_partials(h: torch.Tensor, seed: Optional[torch.Tensor], stream: int, *,
-                        eps: Optional[torch.Tensor] = None, sample: bool = True):
-    """Differentiable ``(b, partials)``; the KL is ``partials.sum()``."""
-    return ReparamKL.apply(h, eps, seed, stream, sample)
+def reparam_kl_partials(h: torch.Tensor, seed, stream: int, *, eps: Optional[torch.Tensor] = None,
+                        sample: bool = True, backend: str = "torch"):
+    """Differentiable ``(b, partials)``: ``b`` like ``mu``; the KL is ``partials.sum()`` (float32)."""
+    check_backend(backend)
+    if backend == "torch" and not tracked(h, eps):
+        b, kl = reparam_kl_torch(h, eps, seed, stream, bool(sample))
+        return b, kl.reshape(1)
+    return ReparamKL.apply(h, eps, seed, stream, bool(sample), backend)
 
 
-def reparam_kl(h: torch.Tensor, seed: Optional[torch.Tensor], stream: int, *, eps: Optional[torch.Tensor] = None,
-               sample: bool = True):
+def reparam_kl(h: torch.Tensor, seed, stream: int, *, eps: Optional[torch.Tensor] = None, sample: bool = True,
+               backend: str = "torch"):
     """Differentiable ``(b, kl)`` with ``kl`` a float32 0-dim tensor (mean over features, then rows)."""
-    b, parts = reparam_kl_partials(h, seed, stream, eps=eps, sample=sample)
+    b, parts = reparam_kl_partials(h, seed, stream, eps=eps, sample=sample, backend=backend)
     return b, parts.sum()

@@ -13,9 +13,9 @@ size is what its launch heuristic should pick.
 import json
 
 import torch
+from ithp_fast.kernels.tcmax import tcmax_factorised
+from ithp_fast.kernels.tcmax_triton import _launch_config
 from triton.testing import do_bench_cudagraph
-
-from ithp_fast.kernels.tcmax import _launch_config, tcmax_factorised
 
 SIZES = ((4096, 1000), (1024, 100), (256, 10))
 BLOCKS = ((None, None), (32, 64), (64, 64), (128, 32), (16, 128))
@@ -39,10 +39,10 @@ def main() -> None:
 
                 def forward():
                     with torch.no_grad():
-                        return tcmax_factorised(logits, labels, **launch)
+                        return tcmax_factorised(logits, labels, backend="triton", **launch)
 
                 def both():
-                    return torch.autograd.grad(tcmax_factorised(logits, labels, **launch).sum(), logits)
+                    return torch.autograd.grad(tcmax_factorised(logits, labels, backend="triton", **launch).sum(), logits)
 
                 try:
                     rec["forward_us"] = 1e3 * do_bench_cudagraph(forward, rep=20)

@@ -1,25 +1,22 @@
 """Helpers for the fused-op tests: each backend's ops, seeds and noise, fixed-mask dropout."""
 
+import functools
+import math
+
 import pytest
 import torch
+from ithp_fast.kernels import rng
+from ithp_fast.kernels.detector_loss import detector_loss
+from ithp_fast.kernels.relu_dropout import relu_dropout
+from ithp_fast.kernels.reparam_kl import reparam_kl
 from torch import nn
 
-from ithp_fast import torch_path
 from ithp_fast.backends import triton_interpreter_on
-from ithp_fast.kernels import detector_loss as triton_detector_loss
-from ithp_fast.kernels import relu_dropout as triton_relu_dropout
-from ithp_fast.kernels import reparam_kl as triton_reparam_kl
-from ithp_fast.kernels import rng
 
 # The fused backends every device runs in the tests (Triton on the CPU through the interpreter).
 FUSED_BACKENDS = ("torch", "triton")
 
-OPS = {
-    "triton": dict(relu_dropout=triton_relu_dropout.relu_dropout, reparam_kl=triton_reparam_kl.reparam_kl,
-                   detector_loss=triton_detector_loss.detector_loss),
-    "torch": dict(relu_dropout=torch_path.relu_dropout, reparam_kl=torch_path.reparam_kl,
-                  detector_loss=torch_path.detector_loss),
-}
+OPS = {"relu_dropout": relu_dropout, "reparam_kl": reparam_kl, "detector_loss": detector_loss}
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +35,8 @@ def skip_triton_on_cpu_without_interpreter(request):
 
 
 def op(backend: str, name: str):
-    return OPS[backend][name]
+    """The fused op ``name`` with ``backend`` bound."""
+    return functools.partial(OPS[name], backend=backend)
 
 
 def op_seed(backend: str, device, value: int = 20240531):
@@ -51,21 +49,21 @@ def op_seed(backend: str, device, value: int = 20240531):
 def normals(backend: str, seed, stream: int, shape, device) -> torch.Tensor:
     """The N(0, 1) draws the backend uses for ``(seed, stream)`` and a tensor of ``shape``."""
     if backend == "triton":
-        n = 1
-        for s in shape:
-            n *= s
-        return rng.normal_stream(seed, stream, n).view(shape)
-    return torch_path.normal(seed, stream, shape, device)
+        n = math.prod(shape)
+        from ithp_fast.kernels.triton_helpers import normal_stream
+
+        return normal_stream(seed, stream, n).view(shape)
+    return rng.normal(seed, stream, shape, device)
 
 
 def keep_mask(backend: str, seed, stream: int, shape, p: float, device) -> torch.Tensor:
     """float 0/1: where the backend's dropout of probability ``p`` keeps the element."""
     if backend == "triton":
-        n = 1
-        for s in shape:
-            n *= s
-        return (rng.uniform_stream(seed, stream, n).view(shape) >= p).float()
-    return (torch_path.dropout_scale(seed, stream, shape, device, p) > 0).float()
+        n = math.prod(shape)
+        from ithp_fast.kernels.triton_helpers import uniform_stream
+
+        return (uniform_stream(seed, stream, n).view(shape) >= p).float()
+    return (rng.dropout_scale(seed, stream, shape, device, p) > 0).float()
 
 
 class FixedMaskDropout(nn.Module):

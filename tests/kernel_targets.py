@@ -9,12 +9,17 @@ import sys
 
 import torch
 import triton
+from ithp_fast.kernels import detector_loss_triton as detector_loss
+from ithp_fast.kernels import encode_chain_triton as encode_chain
+from ithp_fast.kernels import ib_combine_triton as ib_combine
+from ithp_fast.kernels import relu_dropout_triton as relu_dropout
+from ithp_fast.kernels import reparam_kl_triton as reparam_kl
+from ithp_fast.kernels import tcmax_triton as tcmax
+from ithp_fast.kernels import triton_helpers
+from ithp_fast.kernels.encode_chain import PRECISIONS
+from ithp_fast.kernels.rng import LANE
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-
-from ithp_fast.kernels import detector_loss, encode_chain, ib_combine, relu_dropout, reparam_kl, rng, tcmax
-
-Q = rng.QUARTER
 
 
 def variants(dt):
@@ -24,7 +29,7 @@ def variants(dt):
     for dropout in (True, False):
         out.append((f"relu_dropout forward dropout={dropout}", relu_dropout._relu_dropout_forward_kernel,
                     dict(a_ptr=p, d_ptr=p, seed_ptr="*i64", numel="i32", start="i64", p="fp32", scale="fp32"),
-                    dict(STREAM=1, DROPOUT=dropout, QUARTER=Q)))
+                    dict(STREAM=1, DROPOUT=dropout, LANE=LANE)))
     out.append(("relu_dropout backward", relu_dropout._relu_dropout_backward_kernel,
                 dict(gd_ptr=p, d_ptr=p, ga_ptr=p, numel="i32", scale="fp32"), dict(BLOCK=1024)))
     for sample, has_eps in ((True, False), (True, True), (False, False)):
@@ -32,34 +37,36 @@ def variants(dt):
         out.append((f"reparam_kl forward sample={sample} eps={has_eps}", reparam_kl._reparam_kl_forward_kernel,
                     dict(h_ptr=p, eps_ptr=p, seed_ptr="*i64", b_ptr=p, part_ptr="*fp32", n_elem="i32", row_stride="i32",
                          kl_scale="fp32"),
-                    dict(STREAM=2, B=47, SAMPLE=sample, HAS_EPS=has_eps, GENERATE=generate, QUARTER=Q)))
+                    dict(STREAM=2, B=47, SAMPLE=sample, HAS_EPS=has_eps, GENERATE=generate, LANE=LANE)))
         out.append((f"reparam_kl backward sample={sample} eps={has_eps}", reparam_kl._reparam_kl_backward_kernel,
                     dict(h_ptr=p, eps_ptr=p, seed_ptr="*i64", gb_ptr=p, gpart_ptr="*fp32", gpart_stride="i32", gh_ptr=p,
                          geps_ptr=p, n_elem="i32", row_stride="i32", kl_scale="fp32"),
                     dict(STREAM=2, B=128, SAMPLE=sample, HAS_EPS=has_eps, GENERATE=generate, HAS_GRAD_B=True,
-                         HAS_GRAD_PART=True, NEED_GRAD_EPS=has_eps, QUARTER=Q)))
+                         HAS_GRAD_PART=True, NEED_GRAD_EPS=has_eps, LANE=LANE)))
     for dropout in (True, False):
         out.append((f"detector_loss forward dropout={dropout}", detector_loss._detector_loss_forward_kernel,
                     dict(z_ptr=p, t_ptr=p, seed_ptr="*i64", part_ptr="*fp32", numel="i32", p="fp32", scale="fp32",
                          inv_numel="fp32"),
-                    dict(STREAM=4, DROPOUT=dropout, QUARTER=Q)))
+                    dict(STREAM=4, DROPOUT=dropout, LANE=LANE)))
         out.append((f"detector_loss backward dropout={dropout}", detector_loss._detector_loss_backward_kernel,
                     dict(z_ptr=p, t_ptr=p, seed_ptr="*i64", gpart_ptr="*fp32", gpart_stride="i32", gz_ptr=p, gt_ptr=p,
                          numel="i32", p="fp32", scale="fp32", two_over_numel="fp32"),
-                    dict(STREAM=4, DROPOUT=dropout, NEED_GRAD_T=dropout, QUARTER=Q)))
+                    dict(STREAM=4, DROPOUT=dropout, NEED_GRAD_T=dropout, LANE=LANE)))
     out.append(("ib_combine forward", ib_combine._ib_combine_forward_kernel,
-                dict(p0="*fp32", n0="i32", p1="*fp32", n1="i32", p2="*fp32", n2="i32", p3="*fp32", n3="i32", out_ib=p,
-                     out0=p, out1=p, out2=p, out3=p, w0="fp32", w1="fp32", w2="fp32", w3="fp32"), dict(BLOCK=1024)))
+                dict(kl0_parts_ptr="*fp32", n_kl0="i32", mse0_parts_ptr="*fp32", n_mse0="i32", kl1_parts_ptr="*fp32",
+                     n_kl1="i32", mse1_parts_ptr="*fp32", n_mse1="i32", ib_ptr=p, kl0_ptr=p, mse0_ptr=p, kl1_ptr=p,
+                     mse1_ptr=p, w_kl0="fp32", w_mse0="fp32", w_kl1="fp32", w_mse1="fp32"), dict(BLOCK=1024)))
     out.append(("ib_combine backward", ib_combine._ib_combine_backward_kernel,
-                dict(g_ib=p, g0=p, g1=p, g2=p, g3=p, out_ptr="*fp32", w0="fp32", w1="fp32", w2="fp32", w3="fp32"),
-                dict(HAS_IB=True, HAS0=True, HAS1=False, HAS2=True, HAS3=False)))
+                dict(g_ib_ptr=p, g_kl0_ptr=p, g_mse0_ptr=p, g_kl1_ptr=p, g_mse1_ptr=p, out_ptr="*fp32", w_kl0="fp32",
+                     w_mse0="fp32", w_kl1="fp32", w_mse1="fp32"),
+                dict(HAS_IB=True, HAS_KL0=True, HAS_MSE0=False, HAS_KL1=True, HAS_MSE1=False)))
     return out
 
 
 def stream_variants():
-    return [(f"rng stream normal={normal}", rng._stream_kernel,
+    return [(f"rng stream normal={normal}", triton_helpers._stream_kernel,
              dict(seed_ptr="*i64", out_ptr="*fp32", numel="i32", start="i64"),
-             dict(STREAM=1, NORMAL=normal, QUARTER=Q, BLOCK=1024)) for normal in (True, False)]
+             dict(STREAM=1, NORMAL=normal, LANE=LANE, BLOCK=1024)) for normal in (True, False)]
 
 
 def tcmax_variants(dt):
@@ -90,7 +97,7 @@ def tcmax_variants(dt):
 
 def encode_chain_variants():
     out = []
-    for dt, precisions in (("fp32", encode_chain.PRECISIONS), ("bf16", ("ieee",))):
+    for dt, precisions in (("fp32", PRECISIONS), ("bf16", ("ieee",))):
         p = f"*{dt}"
         for precision in precisions:
             for sample, splits in ((False, 1), (False, 4), (True, 4)):

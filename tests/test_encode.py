@@ -2,13 +2,13 @@
 
 import pytest
 import torch
+from helpers import TOLERANCES, small_config
+from ithp_fast.reference import ITHP as ReferenceITHP
 
 import ithp_fast
-from helpers import TOLERANCES, small_config
 from ithp_fast import ITHPConfig
 from ithp_fast.backends import triton_interpreter_on
 from ithp_fast.encode import FUSED_KERNEL_MAX_ROWS, choose_path, encode, float32_precision
-from ithp_fast.reference import ITHP as ReferenceITHP
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 BACKENDS = ["torch", "triton", "reference"]

@@ -6,13 +6,14 @@ with CUDA the same tests run on the GPU, plus the paper sizes.
 
 import pytest
 import torch
-
 from helpers import TOLERANCES, small_config
+from ithp_fast.kernels import encode_chain_triton as ect
+from ithp_fast.kernels.encode_chain import encode_chain
+from ithp_fast.reference import ITHP as ReferenceITHP
+
 from ithp_fast import ITHPConfig
 from ithp_fast.backends import triton_interpreter_on
 from ithp_fast.encode import layers
-from ithp_fast.kernels import encode_chain as ec
-from ithp_fast.reference import ITHP as ReferenceITHP
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -27,9 +28,9 @@ def _triton_can_run_on(request):
 WIDE = dict(X0_dim=70, inter_dim=40, B0_dim=20, B1_dim=18)  # several hidden chunks, padded B0 / B1
 CONFIGS = {
     "auto": None,
-    "one-split": ec.EncodeChainConfig(block_m=16, block_h=16, splits=1),
-    "two-splits": ec.EncodeChainConfig(block_m=16, block_h=16, splits=2),
-    "four-splits-bk16": ec.EncodeChainConfig(block_m=32, block_h=16, splits=4, block_k=16, tail_block_h=16),
+    "one-split": ect.EncodeChainConfig(block_m=16, block_h=16, splits=1),
+    "two-splits": ect.EncodeChainConfig(block_m=16, block_h=16, splits=2),
+    "four-splits-bk16": ect.EncodeChainConfig(block_m=32, block_h=16, splits=4, block_k=16, tail_block_h=16),
 }
 
 
@@ -55,7 +56,7 @@ def test_posterior_mean_equals_reference(device, config, rows, widths):
         pytest.skip("covered on the GPU by the default and four-split launches (fewer compilations)")
     model, x = model_and_input(rows, device, **(WIDE if widths == "wide" else {}))
     with torch.no_grad():
-        out = ec.encode_chain(x, *layers(model), config=CONFIGS[config])
+        out = encode_chain(x, *layers(model), config=CONFIGS[config])
         torch.testing.assert_close(out, model.encode(x), **TOLERANCES[torch.float32])
 
 
@@ -65,7 +66,7 @@ def test_sampling_with_given_noise_equals_reference(device, config, rows):
     model, x = model_and_input(rows, device, **WIDE)
     eps = eps_for(model, rows, device)
     with torch.no_grad():
-        out = ec.encode_chain(x, *layers(model), eps0=eps[0], eps1=eps[1], config=CONFIGS[config])
+        out = encode_chain(x, *layers(model), eps0=eps[0], eps1=eps[1], config=CONFIGS[config])
         torch.testing.assert_close(out, model.encode(x, sample=True, noise=eps), **TOLERANCES[torch.float32])
 
 
@@ -75,7 +76,7 @@ def test_noise_with_a_row_stride_is_read_in_place(device):
     both = torch.randn(9, cfg.B0_dim + cfg.B1_dim, device=device)
     eps = (both[:, : cfg.B0_dim], both[:, cfg.B0_dim :])
     with torch.no_grad():
-        out = ec.encode_chain(x, *layers(model), eps0=eps[0], eps1=eps[1])
+        out = encode_chain(x, *layers(model), eps0=eps[0], eps1=eps[1])
         torch.testing.assert_close(out, model.encode(x, sample=True, noise=eps), **TOLERANCES[torch.float32])
 
 
@@ -83,17 +84,17 @@ def test_split_leaves_counters_at_zero_and_is_deterministic(device):
     model, x = model_and_input(40, device, **WIDE)
     cfg = CONFIGS["four-splits-bk16"]
     with torch.no_grad():
-        first = ec.encode_chain(x, *layers(model), config=cfg)
-        second = ec.encode_chain(x, *layers(model), config=cfg)
+        first = encode_chain(x, *layers(model), config=cfg)
+        second = encode_chain(x, *layers(model), config=cfg)
     assert torch.equal(first, second)  # partial sums are added in a fixed order
-    for counters in ec._counters.values():
+    for counters in ect._counters.values():
         assert int(counters.abs().sum()) == 0
 
 
 def test_bfloat16_within_documented_tolerance(device):
     model, x = model_and_input(23, device, dtype=torch.bfloat16)
     with torch.no_grad():
-        out = ec.encode_chain(x, *layers(model), config=CONFIGS["two-splits"])
+        out = encode_chain(x, *layers(model), config=CONFIGS["two-splits"])
         assert out.dtype == torch.bfloat16
         torch.testing.assert_close(out, model.encode(x), **TOLERANCES[torch.bfloat16])
 
@@ -101,13 +102,13 @@ def test_bfloat16_within_documented_tolerance(device):
 def test_tf32_runs_and_stays_close(device):
     model, x = model_and_input(5, device)
     with torch.no_grad():
-        out = ec.encode_chain(x, *layers(model), precision="tf32")
+        out = encode_chain(x, *layers(model), precision="tf32")
         torch.testing.assert_close(out, model.encode(x), rtol=1e-2, atol=1e-2)
 
 
 def test_no_rows(device):
     model, x = model_and_input(1, device)
-    out = ec.encode_chain(x[:0], *layers(model))
+    out = encode_chain(x[:0], *layers(model))
     assert out.shape == (0, model.config.B1_dim)
 
 
@@ -116,7 +117,7 @@ def test_custom_op_matches_and_passes_opcheck(device):
     with torch.no_grad():
         args = (x, *(t.detach() for t in layers(model)))
         out = torch.ops.ithp_fast.encode_chain(*args, None, None, "ieee")
-        torch.testing.assert_close(out, ec.encode_chain(*args), rtol=0, atol=0)
+        torch.testing.assert_close(out, encode_chain(*args), rtol=0, atol=0)
     torch.library.opcheck(torch.ops.ithp_fast.encode_chain.default, (*args, None, None, "ieee"),
                           test_utils=("test_schema", "test_faketensor"))
 
@@ -124,12 +125,12 @@ def test_custom_op_matches_and_passes_opcheck(device):
 @pytest.mark.parametrize("rows,sms", [(1, 132), (50, 132), (400, 132), (3000, 132), (50_000, 132), (50, 4)])
 def test_chosen_split_covers_the_hidden_width_once(rows, sms):
     hidden = 256
-    cfg = ec.choose_config(rows, hidden, sms)
+    cfg = ect.choose_config(rows, hidden, sms)
     chunks = -(-hidden // cfg.block_h)
     per_split = -(-chunks // cfg.splits)
     assert per_split * cfg.splits >= chunks and (per_split - 1) * cfg.splits < chunks
-    assert cfg.block_h >= ec.MIN_DOT and cfg.block_m >= ec.MIN_DOT
-    if rows >= ec.LARGE_ROWS_MIN:
+    assert cfg.block_h >= ect.MIN_DOT and cfg.block_m >= ect.MIN_DOT
+    if rows >= ect.LARGE_ROWS_MIN:
         assert cfg.splits == 1
 
 
@@ -137,16 +138,16 @@ def test_bad_operands_name_the_argument():
     model, x = model_and_input(3, "cpu")
     w = layers(model)
     with pytest.raises(ValueError, match="x: expected a 2-D"):
-        ec.encode_chain(x[None], *w)
+        encode_chain(x[None], *w)
     with pytest.raises(TypeError, match="w0: expected torch.float64"):
-        ec.encode_chain(x.double(), *w)
+        encode_chain(x.double(), *w)
     with pytest.raises(ValueError, match="precision"):
-        ec.encode_chain(x, *w, precision="fp8")
+        encode_chain(x, *w, precision="fp8")
     eps = eps_for(model, 3, "cpu")
     with pytest.raises(ValueError, match="eps0 / eps1"):
-        ec.encode_chain(x, *w, eps0=eps[0])
+        encode_chain(x, *w, eps0=eps[0])
     with pytest.raises(ValueError, match="eps1: expected shape"):
-        ec.encode_chain(x, *w, eps0=eps[0], eps1=eps[0])
+        encode_chain(x, *w, eps0=eps[0], eps1=eps[0])
 
 
 # --- CUDA only: paper sizes, exact float32, graphs -------------------------------------------
@@ -164,7 +165,7 @@ def test_cuda_paper_sizes_exact_float32(rows):
     x = torch.randn(rows, 768, device="cuda")
     with torch.no_grad():
         want = model.encode(x)  # cuBLAS float32 (TF32 off: torch's default)
-        got = ec.encode_chain(x, *layers(model), precision="ieee")
+        got = encode_chain(x, *layers(model), precision="ieee")
         torch.testing.assert_close(got, want, **TOLERANCES[torch.float32])
 
 
@@ -176,10 +177,10 @@ def test_cuda_paper_sizes_bfloat16_and_tf32(rows):
     with torch.no_grad():
         want = model.encode(x)
         # three TF32 products per float32 product: float32's tolerance, not TF32's
-        torch.testing.assert_close(ec.encode_chain(x, *layers(model), precision="tf32x3"), want, **TOLERANCES[torch.float32])
-        torch.testing.assert_close(ec.encode_chain(x, *layers(model), precision="tf32"), want, rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(encode_chain(x, *layers(model), precision="tf32x3"), want, **TOLERANCES[torch.float32])
+        torch.testing.assert_close(encode_chain(x, *layers(model), precision="tf32"), want, rtol=1e-2, atol=1e-2)
         model.bfloat16()
-        got = ec.encode_chain(x.bfloat16(), *layers(model))
+        got = encode_chain(x.bfloat16(), *layers(model))
         torch.testing.assert_close(got.float(), want, rtol=5e-2, atol=5e-2)
 
 
@@ -189,18 +190,18 @@ def test_cuda_graph_replay_of_the_split_kernel_equals_eager():
     x = torch.randn(50, 768, device="cuda")
     w = layers(model)
     with torch.no_grad():
-        eager = ec.encode_chain(x, *w)
+        eager = encode_chain(x, *w)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            ec.prepare_stream(x.device)
-            ec.encode_chain(x, *w)
+            ect.prepare_stream(x.device)
+            encode_chain(x, *w)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=stream):
-            out = ec.encode_chain(x, *w)
+            out = encode_chain(x, *w)
         graph.replay()
         torch.testing.assert_close(out, eager, rtol=0, atol=0)
         for _ in range(3):  # new inputs in the static buffer: each replay equals an eager launch on them
             x.copy_(torch.randn_like(x))
             graph.replay()
-            torch.testing.assert_close(out, ec.encode_chain(x, *w), rtol=0, atol=0)
+            torch.testing.assert_close(out, encode_chain(x, *w), rtol=0, atol=0)

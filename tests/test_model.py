@@ -17,12 +17,11 @@ from fused_helpers import (  # noqa: F401 (the fixture is used by name)
     skip_triton_on_cpu_without_interpreter,
 )
 from helpers import TOLERANCES, make_inputs, make_noise, small_config
-
-import ithp_fast
-from ithp_fast import torch_path
 from ithp_fast.kernels import rng
 from ithp_fast.kernels.rng import Stream
 from ithp_fast.reference import ITHP as ReferenceITHP
+
+import ithp_fast
 
 ODD = dict(X0_dim=35, X1_dim=74, X2_dim=47, inter_dim=257, B0_dim=35, B1_dim=1)
 DROPOUTS = [  # (module path, index, stream, width key)
@@ -48,7 +47,7 @@ def pair(cfg, device, backend, dtype=torch.float32, train=True, eval_sampling="s
 def forward_seed(backend, device, torch_seed):
     """The seed the fast forward draws right after ``torch.manual_seed(torch_seed)``."""
     torch.manual_seed(torch_seed)
-    return rng.draw_seed(device) if backend == "triton" else torch_path.new_seed()
+    return rng.draw_seed(device) if backend == "triton" else rng.new_seed()
 
 
 def fix_masks(ref, cfg, backend, seed, lead, device):

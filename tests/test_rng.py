@@ -3,11 +3,10 @@
 import pytest
 import torch
 from fused_helpers import skip_triton_on_cpu_without_interpreter  # noqa: F401
-
-from ithp_fast import torch_path
 from ithp_fast.kernels import rng
-from ithp_fast.kernels.relu_dropout import relu_dropout_forward
+from ithp_fast.kernels.relu_dropout_triton import relu_dropout_forward
 from ithp_fast.kernels.rng import GROUP, Stream
+from ithp_fast.kernels.triton_helpers import normal_stream, uniform_stream
 
 DEFAULT_BACKEND = "triton"  # the ops tested without a backend parameter
 N = 1 << 16  # samples per statistic: the standard error of a mean of N(0, 1) is 0.004
@@ -32,7 +31,7 @@ def test_draw_seed_follows_manual_seed(device):
 
 
 def test_normal_statistics(device):
-    eps = rng.normal_stream(seed_on(device), Stream.EPS0, N).cpu().double()
+    eps = normal_stream(seed_on(device), Stream.EPS0, N).cpu().double()
     assert abs(eps.mean()) < 0.02
     assert abs(eps.var() - 1) < 0.03
     assert abs((eps**3).mean()) < 0.05  # symmetric
@@ -45,7 +44,7 @@ def test_normal_statistics(device):
 
 
 def test_uniform_statistics(device):
-    u = rng.uniform_stream(seed_on(device), Stream.MLP1_OUTPUT, N).cpu().double()
+    u = uniform_stream(seed_on(device), Stream.MLP1_OUTPUT, N).cpu().double()
     assert u.min() >= 0 and u.max() < 1
     assert abs(u.mean() - 0.5) < 0.01
     assert abs(u.var() - 1 / 12) < 0.005
@@ -55,19 +54,19 @@ def test_uniform_statistics(device):
 
 def test_streams_and_seeds_are_independent(device):
     seed = seed_on(device)
-    eps0 = rng.normal_stream(seed, Stream.EPS0, N)
-    eps1 = rng.normal_stream(seed, Stream.EPS1, N)
-    other = rng.normal_stream(seed_on(device, 1235), Stream.EPS0, N)
+    eps0 = normal_stream(seed, Stream.EPS0, N)
+    eps1 = normal_stream(seed, Stream.EPS1, N)
+    other = normal_stream(seed_on(device, 1235), Stream.EPS0, N)
     assert abs(corr(eps0, eps1)) < 0.03  # the two levels
     assert abs(corr(eps0, other)) < 0.03  # two forwards (two seeds)
-    u0 = rng.uniform_stream(seed, Stream.ENCODER1_HIDDEN, N)
-    u1 = rng.uniform_stream(seed, Stream.ENCODER2_HIDDEN, N)
+    u0 = uniform_stream(seed, Stream.ENCODER1_HIDDEN, N)
+    u1 = uniform_stream(seed, Stream.ENCODER2_HIDDEN, N)
     assert abs(corr(u0, u1)) < 0.03
 
 
 def test_fixed_seed_reproduces(device):
-    a = rng.normal_stream(seed_on(device), Stream.EPS1, 5000)
-    b = rng.normal_stream(seed_on(device), Stream.EPS1, 5000)
+    a = normal_stream(seed_on(device), Stream.EPS1, 5000)
+    b = normal_stream(seed_on(device), Stream.EPS1, 5000)
     assert torch.equal(a, b)
 
 
@@ -75,12 +74,12 @@ def test_fixed_seed_reproduces(device):
 def test_int64_element_offsets(device, start):
     """Element addresses beyond 2^31 (and 2^32) stay distinct and consistent, without big tensors."""
     seed = seed_on(device)
-    window = rng.normal_stream(seed, Stream.EPS0, 3 * GROUP, start=start - GROUP)
-    inner = rng.normal_stream(seed, Stream.EPS0, GROUP, start=start)
+    window = normal_stream(seed, Stream.EPS0, 3 * GROUP, start=start - GROUP)
+    inner = normal_stream(seed, Stream.EPS0, GROUP, start=start)
     assert torch.equal(window[GROUP : 2 * GROUP], inner)  # a pure function of the index
     for wrap in (2**31, 2**32, 2**34):  # indices that would alias if truncated to 31, 32 or 34 bits
         alias = start + wrap if start < wrap else start - wrap
-        assert not torch.equal(inner, rng.normal_stream(seed, Stream.EPS0, GROUP, start=alias))
+        assert not torch.equal(inner, normal_stream(seed, Stream.EPS0, GROUP, start=alias))
 
 
 def test_kernel_with_base_offset_beyond_int32(device):
@@ -89,7 +88,7 @@ def test_kernel_with_base_offset_beyond_int32(device):
     start = 2**31 + 5 * GROUP
     a = torch.ones(2 * GROUP + 17, device=device)
     d = relu_dropout_forward(a, seed, Stream.MLP2_HIDDEN, 0.5, start=start)
-    u = rng.uniform_stream(seed, Stream.MLP2_HIDDEN, a.numel(), start=start)
+    u = uniform_stream(seed, Stream.MLP2_HIDDEN, a.numel(), start=start)
     torch.testing.assert_close(d, (u >= 0.5).float() * 2.0)
     d0 = relu_dropout_forward(a, seed, Stream.MLP2_HIDDEN, 0.5, start=0)
     assert not torch.equal(d, d0)
@@ -97,18 +96,18 @@ def test_kernel_with_base_offset_beyond_int32(device):
 
 def test_bad_seed_and_offset():
     with pytest.raises(TypeError, match="seed"):
-        rng.normal_stream(torch.tensor([1.0]), Stream.EPS0, 10)
+        normal_stream(torch.tensor([1.0]), Stream.EPS0, 10)
     with pytest.raises(ValueError, match="start"):
         relu_dropout_forward(torch.ones(4), seed_on("cpu"), Stream.EPS0, 0.5, start=3)
 
 
 def test_torch_backend_streams():
-    a = torch_path.normal(99, Stream.EPS0, (N,), "cpu")
-    assert torch.equal(a, torch_path.normal(99, Stream.EPS0, (N,), "cpu"))
-    assert abs(corr(a, torch_path.normal(99, Stream.EPS1, (N,), "cpu"))) < 0.03
-    assert abs(corr(a, torch_path.normal(100, Stream.EPS0, (N,), "cpu"))) < 0.03
+    a = rng.normal(99, Stream.EPS0, (N,), "cpu")
+    assert torch.equal(a, rng.normal(99, Stream.EPS0, (N,), "cpu"))
+    assert abs(corr(a, rng.normal(99, Stream.EPS1, (N,), "cpu"))) < 0.03
+    assert abs(corr(a, rng.normal(100, Stream.EPS0, (N,), "cpu"))) < 0.03
     assert abs(a.mean()) < 0.02 and abs(a.var() - 1) < 0.03
     torch.manual_seed(3)
-    s = torch_path.new_seed()
+    s = rng.new_seed()
     torch.manual_seed(3)
-    assert torch_path.new_seed() == s
+    assert rng.new_seed() == s

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from ithp_fast.kernels.tcmax import tcmax_factorised, tcmax_factorised_torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -176,15 +177,13 @@ TRITON_SHAPES = [
 @pytest.mark.parametrize("M,B,C,launch", TRITON_SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 def test_triton_kernel_equals_torch_form(M, B, C, launch, dtype):
-    from ithp_fast.kernels.tcmax import tcmax_factorised
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     logits, labels = random_logits(M, B, C, dtype=dtype, scale=3.0, seed=M * B * C)
     logits = [L.detach().to(device).requires_grad_() for L in logits]
     labels = labels.to(device=device, dtype=torch.int32)
     weights = torch.randn(M + 1, dtype=torch.float64)
-    want_v, want_g = values_and_grads(lambda: tuple(losses._factorised_torch(logits, labels)), logits, weights)
-    got_v, got_g = values_and_grads(lambda: tuple(tcmax_factorised(logits, labels, **launch)), logits, weights)
+    want_v, want_g = values_and_grads(lambda: tuple(tcmax_factorised_torch(logits, labels)), logits, weights)
+    got_v, got_g = values_and_grads(lambda: tuple(tcmax_factorised(logits, labels, backend="triton", **launch)), logits, weights)
     tol = F64 if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
     for got, want in zip(got_v, want_v):
         torch.testing.assert_close(got, want, **tol)
@@ -195,8 +194,6 @@ def test_triton_kernel_equals_torch_form(M, B, C, launch, dtype):
 
 
 def test_triton_kernel_float32_large_logits_match_float64():
-    from ithp_fast.kernels.tcmax import tcmax_factorised
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     g = torch.Generator().manual_seed(4)
     x = (torch.randn(2, 64, 16, generator=g) + torch.tensor([1e4, -1e4])[:, None, None]).float().to(device)
@@ -206,7 +203,7 @@ def test_triton_kernel_float32_large_logits_match_float64():
     for dtype in (torch.float32, torch.float64):
         logits = [t.to(dtype).requires_grad_() for t in x]
         launch = dict(block_b=16, block_c=8, splits=2)
-        results.append(values_and_grads(lambda: tuple(tcmax_factorised(logits, labels, **launch)), logits, weights))
+        results.append(values_and_grads(lambda: tuple(tcmax_factorised(logits, labels, backend="triton", **launch)), logits, weights))
     (v32, g32), (v64, g64) = results
     for got, want in zip(v32, v64):
         assert abs(float(got) - float(want)) <= 1e-5, (float(got), float(want))
@@ -215,15 +212,13 @@ def test_triton_kernel_float32_large_logits_match_float64():
 
 
 def test_triton_kernel_reads_strided_logits_and_skips_unneeded_grads():
-    from ithp_fast.kernels.tcmax import tcmax_factorised
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     g = torch.Generator().manual_seed(3)
     la = torch.randn(7, 13, generator=g, dtype=torch.float64).to(device).t().requires_grad_()  # [13, 7], strided
     lv = torch.randn(13, 7, generator=g, dtype=torch.float64).to(device)  # no gradient wanted
     labels = torch.randint(0, 7, (13,), generator=g).to(device)
-    want = losses._factorised_torch([la, lv], labels)
-    got = tcmax_factorised([la, lv], labels, block_b=4, block_c=4, splits=2)
+    want = tcmax_factorised_torch([la, lv], labels)
+    got = tcmax_factorised([la, lv], labels, backend="triton", block_b=4, block_c=4, splits=2)
     torch.testing.assert_close(got, want, **F64)
     (g_want,) = torch.autograd.grad(want.sum(), la)
     (g_got,) = torch.autograd.grad(got.sum(), la)
@@ -234,8 +229,8 @@ def test_backend_choice_reaches_the_kernel(monkeypatch):
     import ithp_fast.kernels.tcmax as kernel
 
     calls = []
-    real = kernel.tcmax_factorised
-    monkeypatch.setattr(kernel, "tcmax_factorised", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = kernel.TCMaxFactorised.apply
+    monkeypatch.setattr(kernel.TCMaxFactorised, "apply", lambda *a: calls.append(1) or real(*a))
     (la, lv), labels = random_logits(2, 6, 4)
     if not triton_interpreter_on():  # a CUDA machine: the kernel runs on the GPU, not in the interpreter
         la, lv, labels = la.cuda(), lv.cuda(), labels.cuda()

@@ -1,0 +1,140 @@
+"""Triton kernels of ``detector_loss`` (see ``detector_loss.py`` for the formula and the autograd Function).
+
+One pass over the detector's last pre-activation ``z`` and the target ``t`` writes one float32
+partial sum per program (the MSE is the sum of the partials); the dropout mask is drawn
+in-kernel and regenerated in the backward, so neither the sigmoid output nor the mask is stored.
+
+Launchers (``z``, ``t``: same shape, any float dtype, read in row-major order):
+
+* ``detector_loss_forward(z, t, seed, stream, p) -> partials fp32 [P]``
+* ``detector_loss_backward(z, t, grad_partials, seed, stream, p, *, need_grad_t=False)
+  -> (grad_z, grad_t or None)``
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .rng import GROUP, LANE
+from .triton_helpers import check_p, check_seed, group_uniform_or_keep, rounded_to
+
+
+def num_partials(numel: int) -> int:
+    """Programs (= MSE partials) the kernels use for ``numel`` elements."""
+    return max(1, triton.cdiv(numel, GROUP))
+
+
+# s = sigmoid(z);  out = s * keep / (1 - p)  (keep = uniform(seed, stream, e) >= p);  mse = sum((out - t)^2) / numel
+# backward, g = grad of a program's partial * 2/numel:
+#   grad_z = g * (out - t) * keep/(1 - p) * s * (1 - s);   grad_t = -g * (out - t)
+@triton.jit
+def _forward_lane(z_ptr, t_ptr, e, numel, u, p, scale, DROPOUT: tl.constexpr):
+    inside = e < numel
+    z = tl.load(z_ptr + e, mask=inside, other=0.0).to(tl.float32)
+    t = tl.load(t_ptr + e, mask=inside, other=0.0).to(tl.float32)
+    out = 1.0 / (1.0 + tl.exp(-z))
+    if DROPOUT:
+        out = tl.where(u >= p, out * scale, 0.0)
+    diff = tl.where(inside, out - t, 0.0)
+    return diff * diff
+
+
+@triton.jit
+def _detector_loss_forward_kernel(z_ptr, t_ptr, seed_ptr, part_ptr, numel, p, scale, inv_numel,
+                                  STREAM: tl.constexpr, DROPOUT: tl.constexpr, LANE: tl.constexpr):
+    # z_ptr, t_ptr: [numel] (row-major, any float dtype);  seed_ptr: int64 [1] (read with DROPOUT);
+    # part_ptr: float32 [programs].  One program per aligned group of 4*LANE elements.
+    pid = tl.program_id(0)
+    first = pid.to(tl.int64) * (4 * LANE)
+    j = tl.arange(0, LANE).to(tl.int64)
+    u0, u1, u2, u3 = group_uniform_or_keep(seed_ptr, STREAM, first, LANE, DROPOUT)
+    total = _forward_lane(z_ptr, t_ptr, first + j, numel, u0, p, scale, DROPOUT)
+    total += _forward_lane(z_ptr, t_ptr, first + LANE + j, numel, u1, p, scale, DROPOUT)
+    total += _forward_lane(z_ptr, t_ptr, first + 2 * LANE + j, numel, u2, p, scale, DROPOUT)
+    total += _forward_lane(z_ptr, t_ptr, first + 3 * LANE + j, numel, u3, p, scale, DROPOUT)
+    tl.store(part_ptr + pid, tl.sum(total, axis=0) * inv_numel)
+
+
+@triton.jit
+def _backward_lane(z_ptr, t_ptr, gz_ptr, gt_ptr, e, numel, u, p, scale, g, DROPOUT: tl.constexpr,
+                   NEED_GRAD_T: tl.constexpr):
+    inside = e < numel
+    z = tl.load(z_ptr + e, mask=inside, other=0.0).to(tl.float32)
+    t = tl.load(t_ptr + e, mask=inside, other=0.0).to(tl.float32)
+    s = 1.0 / (1.0 + tl.exp(-z))
+    slope = s * (1.0 - s)
+    out = s
+    if DROPOUT:
+        keep = u >= p
+        out = tl.where(keep, s * scale, 0.0)
+        slope = tl.where(keep, slope * scale, 0.0)
+    residual = g * (out - t)
+    tl.store(gz_ptr + e, rounded_to(residual * slope, gz_ptr.dtype.element_ty), mask=inside)
+    if NEED_GRAD_T:
+        tl.store(gt_ptr + e, rounded_to(-residual, gt_ptr.dtype.element_ty), mask=inside)
+
+
+@triton.jit
+def _detector_loss_backward_kernel(z_ptr, t_ptr, seed_ptr, gpart_ptr, gpart_stride, gz_ptr, gt_ptr, numel, p, scale,
+                                   two_over_numel, STREAM: tl.constexpr, DROPOUT: tl.constexpr,
+                                   NEED_GRAD_T: tl.constexpr, LANE: tl.constexpr):
+    # as the forward, plus gpart_ptr: float32 [programs] with stride gpart_stride (0 for a broadcast
+    # scalar);  gz_ptr: [numel];  gt_ptr: [numel] (written with NEED_GRAD_T)
+    pid = tl.program_id(0)
+    first = pid.to(tl.int64) * (4 * LANE)
+    j = tl.arange(0, LANE).to(tl.int64)
+    g = tl.load(gpart_ptr + pid * gpart_stride).to(tl.float32) * two_over_numel
+    u0, u1, u2, u3 = group_uniform_or_keep(seed_ptr, STREAM, first, LANE, DROPOUT)
+    _backward_lane(z_ptr, t_ptr, gz_ptr, gt_ptr, first + j, numel, u0, p, scale, g, DROPOUT, NEED_GRAD_T)
+    _backward_lane(z_ptr, t_ptr, gz_ptr, gt_ptr, first + LANE + j, numel, u1, p, scale, g, DROPOUT, NEED_GRAD_T)
+    _backward_lane(z_ptr, t_ptr, gz_ptr, gt_ptr, first + 2 * LANE + j, numel, u2, p, scale, g, DROPOUT,
+                      NEED_GRAD_T)
+    _backward_lane(z_ptr, t_ptr, gz_ptr, gt_ptr, first + 3 * LANE + j, numel, u3, p, scale, g, DROPOUT,
+                      NEED_GRAD_T)
+
+
+def _check_pair(z: torch.Tensor, t: torch.Tensor):
+    if z.shape != t.shape:
+        raise ValueError(f"target: expected the shape of z {tuple(z.shape)}, got {tuple(t.shape)}")
+    if z.device != t.device:
+        raise ValueError(f"target: is on {t.device} but z is on {z.device}")
+    return z.contiguous(), t.contiguous()
+
+
+def detector_loss_forward(z: torch.Tensor, t: torch.Tensor, seed: Optional[torch.Tensor], stream: int,
+                          p: float) -> torch.Tensor:
+    """float32 MSE partials of ``dropout(sigmoid(z), p)`` against ``t``; mask from ``(seed, stream)``."""
+    p = check_p(p)
+    z, t = _check_pair(z, t)
+    dropout = p > 0.0
+    if dropout:
+        check_seed(seed, z.device)
+    numel = z.numel()
+    parts = torch.empty(num_partials(numel), dtype=torch.float32, device=z.device)
+    _detector_loss_forward_kernel[(parts.numel(),)](z, t, seed if dropout else z, parts, numel, p, 1.0 / (1.0 - p),
+                                                    1.0 / max(numel, 1), STREAM=int(stream), DROPOUT=dropout,
+                                                    LANE=LANE)
+    return parts
+
+
+def detector_loss_backward(z: torch.Tensor, t: torch.Tensor, grad_partials: torch.Tensor,
+                           seed: Optional[torch.Tensor], stream: int, p: float, *, need_grad_t: bool = False):
+    """``(grad_z, grad_t)`` from the partials' gradient (a stride-0 expanded scalar works)."""
+    p = check_p(p)
+    z, t = _check_pair(z, t)
+    numel = z.numel()
+    grad_partials = grad_partials.reshape(-1)
+    if grad_partials.numel() != num_partials(numel):
+        raise ValueError(f"grad_partials: expected {num_partials(numel)} values, got {grad_partials.numel()}")
+    dropout = p > 0.0
+    grad_z = torch.empty_like(z)
+    grad_t = torch.empty_like(t) if need_grad_t else None
+    _detector_loss_backward_kernel[(num_partials(numel),)](
+        z, t, seed if dropout else z, grad_partials, grad_partials.stride(0), grad_z,
+        grad_t if grad_t is not None else z, numel, p, 1.0 / (1.0 - p), 2.0 / max(numel, 1), STREAM=int(stream),
+        DROPOUT=dropout, NEED_GRAD_T=need_grad_t, LANE=LANE)
+    return grad_z, grad_t
