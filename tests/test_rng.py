@@ -1,5 +1,7 @@
 """The in-kernel noise: statistics, independence, reproducibility and int64 element addressing."""
 
+import math
+
 import pytest
 import torch
 from fused_helpers import skip_triton_on_cpu_without_interpreter  # noqa: F401
@@ -111,3 +113,76 @@ def test_torch_backend_streams():
     s = rng.new_seed()
     torch.manual_seed(3)
     assert rng.new_seed() == s
+
+
+# ---------------------------------------------------------------------------------------------
+# An independent Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3",
+# SC 2011), in plain Python, as the oracle for the kernels' words at chosen element indices.
+
+_M0, _M1 = 0xD2511F53, 0xCD9E8D57  # round multipliers
+_W0, _W1 = 0x9E3779B9, 0xBB67AE85  # key increments (golden ratio, sqrt(3) - 1)
+_U32 = 0xFFFFFFFF
+
+
+def philox4x32_10(counter, key):
+    x0, x1, x2, x3 = counter
+    k0, k1 = key
+    for _ in range(10):
+        p0, p1 = _M0 * x0, _M1 * x2
+        x0, x1, x2, x3 = (p1 >> 32) ^ x1 ^ k0, p1 & _U32, (p0 >> 32) ^ x3 ^ k1, p0 & _U32
+        k0, k1 = (k0 + _W0) & _U32, (k1 + _W1) & _U32
+    return x0, x1, x2, x3
+
+
+def oracle_word(seed: int, stream: int, element: int) -> int:
+    """The 32-bit word of element ``element``, from the mapping documented in ``kernels/rng.py``."""
+    group, within = divmod(element, GROUP)
+    lane, column = divmod(within, GROUP // 4)
+    counter = group * (GROUP // 4) + column
+    words = philox4x32_10((counter & _U32, counter >> 32, stream, 0), (seed & _U32, seed >> 32))
+    return words[lane]
+
+
+ORACLE_SEEDS = [1234, 2**62 - 1, (0x5DEECE66D << 28) | 1]  # the high key word zero and not
+ORACLE_ELEMENTS = [0, 1, GROUP // 4 - 1, GROUP // 4, GROUP - 1, GROUP, 3 * GROUP + 777, 2**31 - 1, 2**31, 2**32 - 1,
+                   2**32, 2**34 - 1, 2**34, 2**34 + GROUP + 5, 2**40 + 3]
+
+
+@pytest.mark.parametrize("seed", ORACLE_SEEDS)
+def test_uniforms_equal_an_independent_philox(seed):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    for element in ORACLE_ELEMENTS:
+        got = uniform_stream(seed_on(device, seed), Stream.EPS1, 1, start=element).item()
+        want = (oracle_word(seed, int(Stream.EPS1), element) >> 8) * 2.0**-24
+        assert got == want, f"element {element}: {got} != {want}"
+
+
+@pytest.mark.parametrize("seed", ORACLE_SEEDS[:1])
+def test_normals_equal_box_muller_of_an_independent_philox(seed):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    for element in ORACLE_ELEMENTS:
+        lane = (element % GROUP) // (GROUP // 4)  # Box-Muller pairs the words of lanes (0, 1) and (2, 3)
+        radius_element = element - (lane % 2) * (GROUP // 4)
+        w_radius = oracle_word(seed, int(Stream.EPS0), radius_element)
+        w_angle = oracle_word(seed, int(Stream.EPS0), radius_element + GROUP // 4)
+        u0 = ((w_radius >> 8) + 0.5) * 2.0**-24
+        u1 = (w_angle >> 8) * 2.0**-24
+        radius, angle = math.sqrt(-2.0 * math.log(u0)), 2.0 * math.pi * u1
+        want = radius * (math.sin(angle) if lane % 2 else math.cos(angle))
+        got = normal_stream(seed_on(device, seed), Stream.EPS0, 1, start=element).item()
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-5), f"element {element}"
+
+
+@pytest.mark.parametrize("start", [0, 2**34 - 8 * GROUP])  # the second crosses the counter's high word
+def test_groups_and_streams_draw_different_words(start):
+    """No aliasing: a group (or a stream) repeats another's draws only by chance (24-bit values)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    seed = seed_on(device, 99)
+    groups = uniform_stream(seed, Stream.MLP1_HIDDEN, 16 * GROUP, start=start).view(16, GROUP).cpu()
+    for g in range(1, 16):
+        assert int((groups[0] == groups[g]).sum()) <= 2
+    lanes = groups.view(16, 4, GROUP // 4)
+    for k in range(1, 4):
+        assert int((lanes[:, 0] == lanes[:, k]).sum()) <= 2
+    other = uniform_stream(seed, Stream.MLP2_HIDDEN, 16 * GROUP, start=start).view(16, GROUP).cpu()
+    assert int((groups == other).sum()) <= 4
