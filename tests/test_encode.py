@@ -66,12 +66,20 @@ def test_bfloat16_within_documented_tolerance(device, backend):
         torch.testing.assert_close(got, ref.encode(x), **TOLERANCES[torch.bfloat16])
 
 
+@pytest.mark.parametrize("precision", ["ieee", "tf32", "tf32x3"])
+def test_path_choice_at_the_row_threshold(precision):
+    fast, _ = pair("cpu", backend="triton")
+    limit, cpu = FUSED_KERNEL_MAX_ROWS[precision], torch.device("cpu")
+    assert choose_path(fast, limit, torch.float32, cpu, precision) == "fused"
+    assert choose_path(fast, limit + 1, torch.float32, cpu, precision) == "chain"
+    assert choose_path(fast, 1, torch.bfloat16, cpu, precision) == ("fused" if FUSED_KERNEL_MAX_ROWS["bf16"] else "chain")
+
+
 def test_path_choice():
     fast, _ = pair("cpu", backend="triton")
     rows = 10
     with torch.no_grad():
         assert choose_path(fast, rows, torch.float32, torch.device("cpu")) == "fused"
-        assert choose_path(fast, FUSED_KERNEL_MAX_ROWS["ieee"] + 1, torch.float32, torch.device("cpu")) == "chain"
         assert choose_path(fast, rows, torch.float32, torch.device("cpu"), requires_grad=True) == "chain"
         assert choose_path(fast, rows, torch.float64, torch.device("cpu")) == "chain"
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -175,6 +183,27 @@ def test_sampling_draws_match_the_posterior(backend):
     assert float((per_feature_corr - torch.eye(cfg.B0_dim)).abs().max()) < 0.1  # independent features
     with torch.no_grad():
         assert not torch.equal(fast.encode(x, sample=True), draws)  # fresh noise per call
+
+
+def test_fused_sampling_draws_independent_noise_at_both_levels():
+    """The fused kernel's own draws (no injected noise, at most FUSED_KERNEL_MAX_ROWS rows):
+    with level 1 an identity mean and sigma1 = 1, ``b1 - mu0 = sigma0*eps0 + eps1`` has variance
+    ``sigma0^2 + 1`` only if eps0 and eps1 are independent (equal draws would give (sigma0 + 1)^2)."""
+    fast = identity_second_level_model("triton")
+    with torch.no_grad():
+        fast.encoder2[3].bias[8:].zero_()  # logvar1 = 0: sigma1 = 1
+    cfg, rows, calls = fast.config, FUSED_KERNEL_MAX_ROWS["ieee"], 60
+    x = torch.randn(1, cfg.X0_dim).expand(rows, cfg.X0_dim).contiguous()
+    assert choose_path(fast, rows, x.dtype, x.device) == "fused"
+    with torch.no_grad():
+        mu0, logvar0 = fast.encoder1(x[:1]).chunk(2, dim=-1)
+        draws = torch.cat([fast.encode(x, sample=True) for _ in range(calls)])
+    z = (draws - mu0) / torch.sqrt(torch.exp(logvar0) + 1.0)
+    n = z.numel()
+    assert abs(float(z.mean())) < 4 / n**0.5
+    assert abs(float(z.var()) - 1) < 6 * (2 / n) ** 0.5
+    assert float((torch.corrcoef(z.T) - torch.eye(cfg.B1_dim)).abs().max()) < 0.12  # independent features
+    assert not torch.equal(draws[:rows], draws[rows:2 * rows])  # fresh noise per call
 
 
 @pytest.mark.parametrize("sample", [False, True])
