@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from . import sm_count
+from .triton_helpers import rounded_to
 
 MIN_DOT = 16
 """Smallest block side ``tl.dot`` accepts."""
@@ -96,7 +97,7 @@ def _encode_chain_kernel(
             w0t = tl.load(w0_ptr + cols[None, :] * X0 + ks[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
             acc += _dot(xt, w0t, PRECISION, UPCAST)
         bias0 = tl.load(c0_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-        h0 = tl.maximum(acc + bias0[None, :], 0.0).to(dt)  # ReLU commutes with rounding
+        h0 = rounded_to(tl.maximum(acc + bias0[None, :], 0.0), dt)  # ReLU commutes with rounding
         w_mask = col_ok[:, None] & b0_ok[None, :]
         w1t = tl.load(w1_ptr + offs_b0[None, :] * H + cols[:, None], mask=w_mask, other=0.0)
         part_mu += _dot(h0, w1t, PRECISION, UPCAST)
@@ -145,13 +146,13 @@ def _second_encoder(
 ):
     """From the float32 sums of layer 2 (bias not yet added) to ``b1`` stored in ``out``."""
     dt = out_ptr.dtype.element_ty
-    mu0 = (sum_mu0 + tl.load(c1_ptr + offs_b0, mask=b0_ok, other=0.0).to(tl.float32)[None, :]).to(dt)
+    mu0 = rounded_to(sum_mu0 + tl.load(c1_ptr + offs_b0, mask=b0_ok, other=0.0).to(tl.float32)[None, :], dt)
     b0 = mu0
     if SAMPLE:
-        lv0 = (sum_lv0 + tl.load(c1_ptr + B0 + offs_b0, mask=b0_ok, other=0.0).to(tl.float32)[None, :]).to(dt)
+        lv0 = rounded_to(sum_lv0 + tl.load(c1_ptr + B0 + offs_b0, mask=b0_ok, other=0.0).to(tl.float32)[None, :], dt)
         eps0 = tl.load(eps0_ptr + rows[:, None] * stride_eps0 + offs_b0[None, :],
                        mask=row_ok[:, None] & b0_ok[None, :], other=0.0).to(tl.float32)
-        b0 = (mu0.to(tl.float32) + eps0 * tl.exp(lv0.to(tl.float32) * 0.5)).to(dt)
+        b0 = rounded_to(mu0.to(tl.float32) + eps0 * tl.exp(lv0.to(tl.float32) * 0.5), dt)
 
     offs_h = tl.arange(0, BLOCK_H)
     offs_b1 = tl.arange(0, B1_P)
@@ -163,7 +164,7 @@ def _second_encoder(
         col_ok = cols < H
         w2t = tl.load(w2_ptr + cols[None, :] * B0 + offs_b0[:, None], mask=b0_ok[:, None] & col_ok[None, :], other=0.0)
         bias2 = tl.load(c2_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-        h1 = tl.maximum(_dot(b0, w2t, PRECISION, UPCAST) + bias2[None, :], 0.0).to(dt)
+        h1 = rounded_to(tl.maximum(_dot(b0, w2t, PRECISION, UPCAST) + bias2[None, :], 0.0), dt)
         w_mask = col_ok[:, None] & b1_ok[None, :]
         w3t = tl.load(w3_ptr + offs_b1[None, :] * H + cols[:, None], mask=w_mask, other=0.0)
         acc_mu += _dot(h1, w3t, PRECISION, UPCAST)
@@ -172,11 +173,11 @@ def _second_encoder(
             acc_lv += _dot(h1, w3t_lv, PRECISION, UPCAST)
 
     out_mask = row_ok[:, None] & b1_ok[None, :]
-    b1 = (acc_mu + tl.load(c3_ptr + offs_b1, mask=b1_ok, other=0.0).to(tl.float32)[None, :]).to(dt)
+    b1 = rounded_to(acc_mu + tl.load(c3_ptr + offs_b1, mask=b1_ok, other=0.0).to(tl.float32)[None, :], dt)
     if SAMPLE:
-        lv1 = (acc_lv + tl.load(c3_ptr + B1 + offs_b1, mask=b1_ok, other=0.0).to(tl.float32)[None, :]).to(dt)
+        lv1 = rounded_to(acc_lv + tl.load(c3_ptr + B1 + offs_b1, mask=b1_ok, other=0.0).to(tl.float32)[None, :], dt)
         eps1 = tl.load(eps1_ptr + rows[:, None] * stride_eps1 + offs_b1[None, :], mask=out_mask, other=0.0).to(tl.float32)
-        b1 = (b1.to(tl.float32) + eps1 * tl.exp(lv1.to(tl.float32) * 0.5)).to(dt)
+        b1 = rounded_to(b1.to(tl.float32) + eps1 * tl.exp(lv1.to(tl.float32) * 0.5), dt)
     tl.store(out_ptr + rows[:, None] * stride_out + offs_b1[None, :], b1, mask=out_mask)
 
 

@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from . import INTERPRETER_SM_COUNT, sm_count
+from .triton_helpers import rounded_to
 
 
 @triton.jit
@@ -186,7 +187,8 @@ def _tcmax_grad_kernel(
         y = tl.load(labels_ptr + rows, mask=r_ok, other=-1)
         soft = tl.exp((x - mx_n[None, :]) - ls_n[None, :])
         grad = soft * w[None, :] - tl.where(y[:, None] == cols[None, :], coef, 0.0)
-        tl.store(grad_ptr + r64 * gstride_b + cols[None, :] * gstride_c, grad.to(grad_ptr.dtype.element_ty), mask=ok)
+        out = rounded_to(grad, grad_ptr.dtype.element_ty)
+        tl.store(grad_ptr + r64 * gstride_b + cols[None, :] * gstride_c, out, mask=ok)
 
 
 # ---------------------------------------------------------------------------------------------
