@@ -279,20 +279,22 @@ def test_bad_inputs_fail_before_any_work(device, backend):
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-def test_torch_compile_traces_one_graph_equal_to_the_reference(device, backend, train):
-    """torch.compile(fullgraph=True) of the fast model: one graph, no break, the reference's numbers."""
+def test_torch_compile_traces_one_graph_equal_to_the_eager_fused_path(device, backend, train):
+    """torch.compile(fullgraph=True) of the fast model: one graph, no break, and the eager fused
+    path's numbers (the compiled graph traces the reference formula: two implementations agree)."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
     cfg = small_config(drop_prob=0.0)
-    ref, fast = pair(cfg, device, backend, train=train)
+    _, fast = pair(cfg, device, backend, train=train)
     inputs = make_inputs(cfg, (3, 5), device=device)
     noise = make_noise(cfg, (3, 5), device=device)
     compiled = torch.compile(fast, backend="aot_eager", fullgraph=True)
     got = run(compiled, inputs, noise)
-    got[1].update({n: p.grad for n, p in fast.named_parameters()})
-    assert_same(got, run(ref, inputs, noise))
+    got[1].update({n: p.grad.clone() for n, p in fast.named_parameters()})
+    fast.zero_grad(set_to_none=True)
+    assert_same(got, run(fast, inputs, noise))
     assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
 
 

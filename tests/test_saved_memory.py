@@ -43,30 +43,26 @@ def test_torch_backend_training_step_32x50():
     assert ref_acts >= 2 * fast_acts, (ref_acts, fast_acts)
 
 
-CUDA_REFERENCE_KEEPS_BYTE_MASKS = pytest.mark.xfail(
-    strict=False,
-    reason="on CUDA the reference's dropout keeps 1-byte masks (not the CPU's 4-byte ones), so the "
-           "ratio is smaller: measured 1.73x (triton, 32x50) and 1.85x / 1.77x (2x50) on an H100, 2026-11-26",
-)
+MIN_RATIO = {"cpu": 2.0, "cuda": 1.7}
+"""How many times fewer bytes the fast path keeps, at least. On CUDA the reference's dropout keeps
+1-byte masks (the CPU's are 4-byte), so the same fast path saves less against it: measured 1.73x
+(triton, 32x50) and 1.85x / 1.77x (2x50) on an H100, 2026-11-26."""
 
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
-def test_activations_saved(device, backend, request):
+def test_activations_saved(device, backend):
     """Without the parameters (which both keep), on a smaller batch (the interpreter is slow)."""
-    if device == "cuda":
-        request.applymarker(CUDA_REFERENCE_KEEPS_BYTE_MASKS)
     cfg, ref, fast = models(device, backend)
     batch = inputs(cfg, 2, device)
     _, ref_acts = saved_bytes(ref, batch)
     _, fast_acts = saved_bytes(fast, batch)
-    assert ref_acts >= 2 * fast_acts, (ref_acts, fast_acts)
+    assert ref_acts >= MIN_RATIO[torch.device(device).type] * fast_acts, (ref_acts, fast_acts)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@CUDA_REFERENCE_KEEPS_BYTE_MASKS
 def test_triton_training_step_32x50_cuda():
     cfg, ref, fast = models("cuda", "triton")
     batch = inputs(cfg, 32, "cuda")
     ref_total, _ = saved_bytes(ref, batch)
     fast_total, _ = saved_bytes(fast, batch)
-    assert ref_total >= 2 * fast_total, (ref_total, fast_total)
+    assert ref_total >= MIN_RATIO["cuda"] * fast_total, (ref_total, fast_total)
