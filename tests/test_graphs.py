@@ -5,7 +5,7 @@ import torch
 from helpers import make_inputs, make_noise, small_config
 
 import ithp_fast
-from ithp_fast.serving.graphs import GraphedForward, GraphedTrainStep, graphed_autograd
+from ithp_fast.serving.graphs import GraphedForward, GraphedTrainStep, _copy_in, graphed_autograd
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 
@@ -20,6 +20,30 @@ def test_needs_cuda():
     cfg = small_config()
     with pytest.raises(RuntimeError, match="CUDA graphs need a CUDA device"):
         GraphedForward(ithp_fast.ITHP(cfg), *make_inputs(cfg))
+
+
+NAMES = ("x", "visual", "acoustic", "noise[0]", "noise[1]")
+
+
+def test_copy_in_fills_the_static_buffers_in_place():
+    """What a replay does before launching the graph, checked on the CPU."""
+    static = [torch.zeros(2, 3), torch.zeros(2, 1), torch.zeros(2, 4), None, None]
+    addresses = [t.data_ptr() for t in static[:3]]
+    new = [torch.full((2, 3), 1.0), None, torch.full((2, 4), 3.0), None, None]
+    _copy_in(static, new, NAMES)
+    assert [t.data_ptr() for t in static[:3]] == addresses  # the graph reads these very buffers
+    assert torch.equal(static[0], new[0]) and torch.equal(static[2], new[2])
+    assert not static[1].any()  # an argument left out keeps the buffer's content
+    _copy_in(static, static, NAMES)  # passing the buffers themselves copies nothing
+    assert torch.equal(static[0], new[0])
+
+
+def test_copy_in_refuses_other_shapes_and_missing_buffers():
+    static = [torch.zeros(2, 3), torch.zeros(2, 1), torch.zeros(2, 4), None, None]
+    with pytest.raises(ValueError, match=r"visual: the graph was captured for shape \(2, 1\), got \(3, 1\)"):
+        _copy_in(static, [None, torch.zeros(3, 1), None, None, None], NAMES)
+    with pytest.raises(ValueError, match=r"noise\[0\]: this graph was captured without it"):
+        _copy_in(static, [None, None, None, torch.zeros(2, 5), None], NAMES)
 
 
 @cuda
