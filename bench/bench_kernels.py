@@ -19,13 +19,15 @@ from typing import Callable
 import pytest
 import torch
 import torch.nn.functional as F
+from scale import COMPILE, CUDA, DEVICE, compiled, pick
+from workloads import dtype_bytes, ithp_config
+
 from ithp_fast.kernels import rng
 from ithp_fast.kernels.detector_loss import detector_loss
 from ithp_fast.kernels.reparam_kl import reparam_kl
 from ithp_fast.kernels.rng import Stream
+from ithp_fast.reference.ithp import ITHP as ReferenceITHP
 from ithp_fast.reference.ithp import kl_to_standard_normal, reparameterize
-from scale import COMPILE, CUDA, DEVICE, compiled, pick
-from workloads import dtype_bytes, ithp_config
 
 ROWS = pick(cuda=[1600, 1 << 20], cpu=[1600, 1 << 16], tiny=[7])
 COMPILED_ROWS = pick(cuda=[1 << 20], cpu=[], tiny=[7])
@@ -37,8 +39,8 @@ class Op:
     """One fused op: its inputs, reference formula, fast version and minimum traffic."""
 
     inputs: Callable[[int], tuple]  # rows -> input tensors (the first one differentiated)
-    reference: Callable  # (*inputs) -> outputs
-    fast: Callable[[], Callable]  # () -> the fast path's (*inputs) -> outputs (skips if absent)
+    reference: Callable[[], Callable]  # () -> the reference's (*inputs) -> outputs
+    fast: Callable[[], Callable]  # () -> the fast path's (*inputs) -> outputs
     forward_bytes: Callable[[int], int]
     backward_bytes: Callable[[int], int]
 
@@ -50,9 +52,12 @@ def _reparam_kl_inputs(rows: int):
     return (h,)
 
 
-def _reparam_kl_reference(h):
-    mu, logvar = h.chunk(2, dim=-1)
-    return reparameterize(mu, logvar, torch.randn_like(mu)), kl_to_standard_normal(mu, logvar)
+def _reparam_kl_reference():
+    def reparam_kl(h):
+        mu, logvar = h.chunk(2, dim=-1)
+        return reparameterize(mu, logvar, torch.randn_like(mu)), kl_to_standard_normal(mu, logvar)
+
+    return reparam_kl
 
 
 def _backend_and_seed():
@@ -75,9 +80,10 @@ def _detector_loss_inputs(rows: int):
     return z, target
 
 
-def _detector_loss_reference(z, target):
-    p = ithp_config().drop_prob
-    return (F.mse_loss(F.dropout(torch.sigmoid(z), p, training=True), target),)
+def _detector_loss_reference():
+    """The reference's detector head (the Sigmoid and Dropout that end its MLP) and its MSE."""
+    head = ReferenceITHP(ithp_config()).MLP1[4:].to(DEVICE).train()
+    return lambda z, target: (F.mse_loss(head(z), target),)
 
 
 def _detector_loss_fast():
@@ -122,9 +128,9 @@ def _cases():
 
 def kernel_fn(op: Op, direction: str, rows: int, provider: str) -> Callable[[], object]:
     if provider == "reference":
-        compute = op.reference
+        compute = op.reference()
     elif provider == "reference+torch.compile":
-        compute = compiled(op.reference)
+        compute = compiled(op.reference())
     elif provider == "ithp_fast":
         compute = op.fast()
     else:

@@ -1,18 +1,23 @@
-"""Detector loss of one level (sigmoid -> dropout -> MSE): both fused backends vs plain torch."""
+"""Detector loss of one level (sigmoid -> dropout -> MSE): both fused backends vs the reference's
+detector head (the last two modules of its MLP, the dropout mask given) and its MSE."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from fused_helpers import (  # noqa: F401 (the fixture is used by name)
     FUSED_BACKENDS,
+    FixedMaskDropout,
     assert_close_dtype,
     keep_mask,
     op,
     op_seed,
     skip_triton_on_cpu_without_interpreter,
 )
+from helpers import small_config
+
 from ithp_fast.kernels.detector_loss_triton import detector_loss_backward, detector_loss_forward
 from ithp_fast.kernels.rng import Stream
+from ithp_fast.reference import ITHP as ReferenceITHP
 
 DEFAULT_BACKEND = "triton"  # the ops tested without a backend parameter
 SHAPES = [(1, 1), (7, 35), (50, 47), (1000, 74), (7, 257), (3, 5, 74)]
@@ -26,7 +31,10 @@ def inputs(shape, device, dtype=torch.float32, seed=0):
 
 
 def reference(z, t, mask, p):
-    return F.mse_loss(torch.sigmoid(z) * mask / (1 - p), t)
+    """The reference's level loss from the detector's last pre-activation ``z``."""
+    head = ReferenceITHP(small_config(drop_prob=p)).MLP1[4:]  # Sigmoid, Dropout
+    head[1] = FixedMaskDropout(mask, p)
+    return F.mse_loss(head(z), t)
 
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
