@@ -11,7 +11,9 @@ larger learning rate than the published 1e-5 (which assumes pretrained DeBERTa w
 import json
 import os
 
-from ithp_fast.train import TrainConfig, evaluate_checkpoint, train
+from ithp_fast.training.config import TrainConfig
+from ithp_fast.training.evaluate import evaluate_checkpoint
+from ithp_fast.training.loop import train
 
 out = "runs/synthetic-example"
 summary = train(TrainConfig(output_dir=out, epochs=10, lr=1e-3, progress=True))

@@ -143,24 +143,33 @@ class ITHPDeberta(nn.Module):
         return task + 2.0 / (cfg.p_beta + cfg.p_gamma) * output.IB_total
 
 
-def load_backbone(backbone) -> nn.Module:
-    """A ``DebertaV2Model`` from a config, a local directory or a built module; never downloads."""
+def load_backbone(backbone, *, dropout: Optional[float] = None) -> nn.Module:
+    """A ``DebertaV2Model`` from a config, a local directory or a built module; never downloads.
+
+    ``dropout`` (optional) replaces the hidden and attention dropout of a config or a directory's
+    config; a built module is returned as it is.
+    """
     from transformers import DebertaV2Config, DebertaV2Model, PretrainedConfig
 
+    overrides = {} if dropout is None else {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
     if isinstance(backbone, nn.Module):
         return backbone
     if isinstance(backbone, PretrainedConfig):
-        if not isinstance(backbone, DebertaV2Config):
-            backbone = DebertaV2Config(**backbone.to_dict())
+        if overrides or not isinstance(backbone, DebertaV2Config):
+            backbone = DebertaV2Config(**{**backbone.to_dict(), **overrides})
         return DebertaV2Model(backbone)
     if isinstance(backbone, (str, os.PathLike)):
         path = os.fspath(backbone)
         if not os.path.isdir(path):
             raise FileNotFoundError(
-                f"backbone: {path!r} is not a local directory; give a directory holding a saved "
-                f"DeBERTa-v2/v3 model (config.json and weights). Nothing is downloaded."
+                f"backbone: {path!r} is not a local directory. Nothing is downloaded: save the model "
+                f"(config.json, weights and tokenizer) to a directory first and pass that directory"
             )
-        return DebertaV2Model.from_pretrained(path, local_files_only=True)
+        try:
+            config = DebertaV2Config.from_pretrained(path, local_files_only=True, **overrides)
+            return DebertaV2Model.from_pretrained(path, config=config, local_files_only=True)
+        except OSError as exc:
+            raise FileNotFoundError(f"backbone: cannot load a DeBERTa-v2/v3 model from {path!r} offline ({exc})") from exc
     raise TypeError(
         f"backbone: expected a DebertaV2Config, a local directory or an nn.Module, got {type(backbone).__name__}"
     )

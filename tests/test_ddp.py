@@ -12,7 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 from ithp_fast.data import SyntheticSpec, load_sentiment_data
-from ithp_fast.train import TrainConfig, new_model, train
+from ithp_fast.training.build import new_model
+from ithp_fast.training.config import TrainConfig
+from ithp_fast.training.loop import train
 
 # Dropout off and noise drawn per example: the only differences left between one process and
 # two are the order of floating-point sums (gradient all-reduce, sharded batches).

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from ithp_fast.metrics import all_conventions, better, mean_std, multiclass_accuracy, sentiment_metrics, weighted_f1
+from ithp_fast.training.metrics import all_conventions, better, mean_std, multiclass_accuracy, sentiment_metrics, weighted_f1
 
 # Two zero labels; a prediction of exactly 0.0 (index 1) separates ">= 0" from "> 0".
 LABELS = [2.0, -1.0, 0.0, 0.5, -2.6, 0.0, 1.2]

@@ -10,17 +10,12 @@ import torch
 from safetensors.torch import load_file
 
 from ithp_fast.data import SyntheticSpec, load_sentiment_data
-from ithp_fast.metrics import mean_std
-from ithp_fast.train import (
-    TrainConfig,
-    evaluate_checkpoint,
-    load_checkpoint_model,
-    new_model,
-    optimizer_groups,
-    predict,
-    train,
-)
-from ithp_fast.distributed import DistContext
+from ithp_fast.training.metrics import mean_std
+from ithp_fast.training.build import new_model, optimizer_groups
+from ithp_fast.training.config import TrainConfig
+from ithp_fast.training.distributed import DistContext
+from ithp_fast.training.evaluate import evaluate_checkpoint, load_checkpoint_model, predict
+from ithp_fast.training.loop import train
 
 TINY = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=32, inter_dim=32, b0_dim=16, b1_dim=8,
             progress=False, plots=False, device="cpu")

@@ -124,7 +124,7 @@ def make_synthetic(spec: SyntheticSpec = SyntheticSpec()) -> dict:
 def synthetic_ceiling(spec: SyntheticSpec = SyntheticSpec()) -> dict:
     """Scores of the text-only oracle (prediction = the text part ``t``) on the generated test split,
     under both metric conventions: no text-only model can expect to do better."""
-    from ..metrics import sentiment_metrics
+    from ..training.metrics import sentiment_metrics
 
     data, oracle = _generate(spec)
     labels = np.array([float(np.asarray(e[1]).reshape(())) for e in data["test"]])

@@ -10,9 +10,9 @@ from typing import Optional, Sequence
 # sub-command -> module exposing ``register(subparsers)``; each module adds its parser(s) and
 # sets ``func`` (called with the parsed arguments, returns an exit code).
 _COMMAND_MODULES = (
-    "ithp_fast.train",             # train, evaluate
-    "ithp_fast.tools.benchmarks",  # bench
-    "ithp_fast.tools.profile",     # profile
+    "ithp_fast.tools.train_commands",  # train, evaluate
+    "ithp_fast.tools.benchmarks",      # bench
+    "ithp_fast.tools.profile",         # profile
 )
 
 

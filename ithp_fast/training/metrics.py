@@ -86,6 +86,11 @@ def sentiment_metrics(predictions: Sequence[float], labels: Sequence[float], con
     return out
 
 
+def format_metrics(metrics: dict, keys: Sequence[str] = ("Non0_acc_2", "Non0_F1_score", "MAE", "Corr")) -> str:
+    """``"Non0_acc_2 0.6125 MAE 1.3380 ..."``: the given metrics, four decimals, in order."""
+    return " ".join(f"{k} {metrics[k]:.4f}" for k in keys if k in metrics and k != "count")
+
+
 def all_conventions(predictions: Sequence[float], labels: Sequence[float]) -> dict[str, dict[str, float]]:
     """``{"authors": {...}, "mmsa": {...}}``."""
     return {c: sentiment_metrics(predictions, labels, c) for c in CONVENTIONS}

@@ -7,6 +7,7 @@ and ``LOCAL_RANK``; the group uses NCCL when the run is on CUDA and gloo on the 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,3 +103,11 @@ def broadcast_object(obj: Any, ctx: DistContext) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def print_on_main(ctx: DistContext, message: str) -> None:
+    """Print ``message`` to stderr from rank 0 only (through tqdm, so progress bars stay intact)."""
+    if ctx.is_main:
+        from tqdm import tqdm
+
+        tqdm.write(message, file=sys.stderr)

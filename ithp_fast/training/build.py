@@ -1,0 +1,107 @@
+"""The model of a run: its backbone, ITHP-DeBERTa around it, the optimiser's parameter groups,
+and the tokenizer entry a checkpoint records."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import nn
+
+from ..config import ITHPConfig
+from ..data import DataFormatError, PretrainedWordTokenizer, SentimentData, WordVocabulary
+from ..data.tokenize import VOCAB_FILE
+from ..reference.deberta import ITHPDeberta, load_backbone
+from .config import IMPLS, TrainConfig
+
+
+def small_backbone_config(vocab_size: int, cfg: TrainConfig):
+    """A small DeBERTa-v2 configuration with DeBERTa-v3's attention layout, randomly initialised."""
+    from transformers import DebertaV2Config
+
+    return DebertaV2Config(
+        vocab_size=vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
+        hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+        max_position_embeddings=512, relative_attention=True, position_buckets=64, pos_att_type=["p2c", "c2p"],
+        norm_rel_ebd="layer_norm", share_att_key=True, position_biased_input=False, type_vocab_size=0, pad_token_id=0,
+    )
+
+
+def ithp_class(impl: str) -> type:
+    """The ITHP implementation named by ``--impl``."""
+    if impl == "fast":
+        from ..model import ITHP
+    elif impl == "reference":
+        from ..reference.ithp import ITHP
+    else:
+        raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
+    return ITHP
+
+
+def build_model(model_config: dict, impl: str, backbone: Optional[nn.Module] = None) -> ITHPDeberta:
+    """ITHP-DeBERTa from a checkpoint's ``model`` config (random backbone weights unless ``backbone`` is given)."""
+    from transformers import DebertaV2Config
+
+    if backbone is None:
+        backbone = load_backbone(DebertaV2Config.from_dict(model_config["backbone"]))
+    return ITHPDeberta(
+        backbone,
+        ITHPConfig.from_dict(model_config["ithp"]),
+        beta_shift=model_config["beta_shift"],
+        dropout_prob=model_config["dropout_prob"],
+        pass_attention_mask=model_config["pass_attention_mask"],
+        ithp_cls=ithp_class(impl),
+        eval_sampling=model_config["eval_sampling"],
+    )
+
+
+def new_model(cfg: TrainConfig, data: SentimentData) -> tuple[ITHPDeberta, dict]:
+    """A fresh model for ``data`` and its JSON config; detector widths come from the data."""
+    backbone = load_backbone(cfg.backbone or small_backbone_config(data.vocab_size, cfg), dropout=cfg.backbone_dropout)
+    if data.vocab_size > backbone.config.vocab_size:
+        raise DataFormatError(
+            data.source, f"token ids reach {data.vocab_size - 1} but the backbone's vocab_size is {backbone.config.vocab_size}"
+        )
+    ithp = ITHPConfig(
+        X0_dim=backbone.config.hidden_size, X1_dim=data.acoustic_dim, X2_dim=data.visual_dim, inter_dim=cfg.inter_dim,
+        B0_dim=cfg.b0_dim, B1_dim=cfg.b1_dim, drop_prob=cfg.ithp_dropout, p_beta=cfg.p_beta, p_gamma=cfg.p_gamma,
+        p_lambda=cfg.p_lambda, max_sen_len=cfg.max_seq_length,
+    )
+    model_config = {
+        "backbone": backbone.config.to_dict(),
+        "backbone_path": cfg.backbone,
+        "ithp": ithp.to_dict(),
+        "beta_shift": cfg.beta_shift,
+        "dropout_prob": cfg.fusion_dropout,
+        "pass_attention_mask": cfg.attention_mask,
+        "eval_sampling": cfg.eval_sampling,
+    }
+    return build_model(model_config, cfg.impl, backbone), model_config
+
+
+def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on every parameter except biases and LayerNorm weights."""
+    norm = {id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters(recurse=False)}
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if name.endswith("bias") or id(p) in norm else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def tokenizer_entry(data: SentimentData) -> dict:
+    """How a checkpoint turns words into ids: its own vocabulary, a pretrained tokenizer, or ids in the data."""
+    if isinstance(data.tokenizer, WordVocabulary):
+        return {"kind": "word-vocabulary", "file": VOCAB_FILE}
+    if isinstance(data.tokenizer, PretrainedWordTokenizer):
+        return {"kind": "pretrained"}
+    return {"kind": "ids-in-data"}
+
+
+def load_tokenizer(entry: dict, directory: str):
+    """The tokenizer a checkpoint directory carries (None when the data holds token ids)."""
+    if entry["kind"] == "word-vocabulary":
+        return WordVocabulary.load(directory)
+    if entry["kind"] == "pretrained":
+        return PretrainedWordTokenizer.from_directory(directory)
+    return None

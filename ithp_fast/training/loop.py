@@ -1,0 +1,310 @@
+"""The training loop: every seed of a run, each resumable, epoch by epoch.
+
+Multi-process: ``torchrun --nproc_per_node N -m ithp_fast train ...`` (or the ``ithp-fast``
+script). ``--batch-size`` is the global batch, split evenly over the ranks; the min-max bounds are
+reduced over the ranks so a sharded batch is normalised like the whole batch; evaluation
+predictions are gathered so metrics are those of the whole split; rank 0 alone writes files.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ..data import PretrainedWordTokenizer, SentimentData, SyntheticSpec, load_sentiment_data
+from . import checkpoints as ckpt
+from .batches import TRAIN_TAG, derive_seed, run_batch
+from .build import new_model, optimizer_groups, tokenizer_entry
+from .config import RESUME_FREE, TERMS, TrainConfig
+from .distributed import DistContext, init_distributed, mean_across_ranks, print_on_main, shutdown
+from .evaluate import predict
+from .metrics import better, format_metrics
+from .results import print_summary, seed_results, summarise
+
+
+@dataclass(frozen=True)
+class SeedPaths:
+    """Where one seed's files go: ``<output_dir>/seed-<seed>/``."""
+
+    run: str
+    last: str
+    best: str
+    results: str
+
+    @classmethod
+    def of(cls, output_dir: str, seed: int) -> "SeedPaths":
+        run = os.path.join(output_dir, f"seed-{seed}")
+        return cls(run, os.path.join(run, "checkpoint-last"), os.path.join(run, "checkpoint-best"),
+                   os.path.join(run, "results.json"))
+
+
+@dataclass
+class SeedRun:
+    """Everything one seed's training holds while it runs."""
+
+    cfg: TrainConfig
+    seed: int
+    data: SentimentData
+    ctx: DistContext
+    paths: SeedPaths
+    model: nn.Module
+    ddp: nn.Module  # the model, wrapped in DistributedDataParallel under torchrun
+    model_config: dict
+    config: dict  # what every checkpoint's config.json holds
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    sampler: DistributedSampler
+    loader: DataLoader
+    steps_per_epoch: int
+    total_steps: int
+    state: dict = field(default_factory=lambda: {
+        "epoch": 0, "step_in_epoch": 0, "global_step": 0, "history": {"steps": [], "epochs": []},
+        "best": None, "best_epoch": None, "train_seconds": 0.0,
+    })
+    steps_this_call: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.state["epoch"] >= self.cfg.epochs or self.state["global_step"] >= self.total_steps
+
+
+@dataclass
+class EpochSums:
+    """Sums of the training terms over an epoch, and the window since the last logged record."""
+
+    total: torch.Tensor
+    steps: int = 0
+    window: list = field(default_factory=list)
+
+    @classmethod
+    def restore(cls, partial: Optional[dict], device: torch.device) -> "EpochSums":
+        """Sums of an epoch interrupted by --stop-after-steps carry over, so a resumed epoch logs as an uninterrupted one."""
+        partial = partial or {"sum": [0.0] * len(TERMS), "steps": 0, "window": []}
+        return cls(torch.tensor(partial["sum"], device=device), partial["steps"],
+                   [torch.tensor(w, device=device) for w in partial["window"]])
+
+    def add(self, terms: torch.Tensor) -> None:
+        self.total += terms
+        self.steps += 1
+        self.window.append(terms)
+
+    def take_window(self) -> dict:
+        means = torch.stack(self.window).mean(0).tolist()
+        self.window.clear()
+        return dict(zip(TERMS, means))
+
+    def to_state(self) -> dict:
+        return {"sum": self.total.tolist(), "steps": self.steps, "window": [w.tolist() for w in self.window]}
+
+
+def check_resume(saved: dict, cfg: TrainConfig, path: str) -> None:
+    """A clear error when ``--resume`` is asked with settings that change what is computed."""
+    now = cfg.to_dict()
+    diff = [k for k in now if k not in RESUME_FREE and saved.get(k) != now[k]]
+    if diff:
+        detail = ", ".join(f"{k}: saved {saved.get(k)!r}, now {now[k]!r}" for k in diff)
+        raise ValueError(f"--resume: {path} was written with other settings ({detail})")
+
+
+def finished_earlier(cfg: TrainConfig, seed: int, paths: SeedPaths, ctx: DistContext) -> Optional[dict]:
+    """With --resume, the results of a seed that already finished (None otherwise)."""
+    if not (cfg.resume and os.path.isfile(paths.results) and ckpt.has_training_state(paths.last)):
+        return None
+    done = ckpt.read_json(paths.results)
+    if not done.get("finished"):
+        return None
+    check_resume(ckpt.load_config(paths.last)["run"], cfg, paths.last)
+    print_on_main(ctx, f"seed {seed}: finished earlier, results read from {paths.results}")
+    return done
+
+
+def start_seed(cfg: TrainConfig, seed: int, data: SentimentData, ctx: DistContext, paths: SeedPaths) -> SeedRun:
+    """A fresh model, optimiser, schedule and loader for one seed."""
+    from transformers import get_linear_schedule_with_warmup
+
+    torch.manual_seed(seed)
+    model, model_config = new_model(cfg, data)
+    model.to(ctx.device)
+    optimizer = torch.optim.AdamW(optimizer_groups(model, cfg.weight_decay), lr=cfg.lr, eps=cfg.adam_eps)
+    train_split = data.splits["train"]
+    sampler = DistributedSampler(train_split, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed,
+                                 drop_last=False)
+    loader = DataLoader(train_split, batch_size=cfg.batch_size // ctx.world_size, sampler=sampler,
+                        num_workers=cfg.num_workers, pin_memory=ctx.device.type == "cuda")
+    steps_per_epoch = len(loader)
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total_steps = min(cfg.max_steps, total_steps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    config = {"model": model_config, "run": {**cfg.to_dict(), "seed": seed}, "data": data.describe(), "impl": cfg.impl,
+              "world_size": ctx.world_size, "tokenizer": tokenizer_entry(data)}
+    ddp = model
+    if ctx.enabled:
+        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
+    return SeedRun(cfg, seed, data, ctx, paths, model, ddp, model_config, config, optimizer, scheduler, sampler, loader,
+                   steps_per_epoch, total_steps)
+
+
+def resume(run: SeedRun) -> None:
+    """Load weights, optimiser, schedule and progress from checkpoint-last (when there is one)."""
+    last = run.paths.last
+    if not ckpt.has_training_state(last):
+        return
+    check_resume(ckpt.load_config(last)["run"], run.cfg, last)
+    ckpt.load_weights(run.model, last)
+    run.state = ckpt.load_training_state(last, run.optimizer, run.scheduler)
+    print_on_main(run.ctx, f"seed {run.seed}: resuming from {last} at step {run.state['global_step']} "
+                           f"(epoch {run.state['epoch'] + 1})")
+
+
+def save_last(run: SeedRun, finished: bool) -> None:
+    """Write checkpoint-last with everything --resume needs."""
+    if run.ctx.is_main:
+        ckpt.save_checkpoint(run.paths.last, run.model, run.config, save_tokenizer=tokenizer_saver(run.data),
+                             optimizer=run.optimizer, scheduler=run.scheduler, state={**run.state, "finished": finished})
+
+
+def tokenizer_saver(data: SentimentData):
+    return data.tokenizer.save if data.tokenizer is not None else None
+
+
+def train_step(run: SeedRun, batch: dict, epoch: int) -> torch.Tensor:
+    """One optimiser step; returns the training terms (``TERMS``) of the batch."""
+    cfg, state = run.cfg, run.state
+    torch.manual_seed(derive_seed(run.seed, TRAIN_TAG, state["global_step"], run.ctx.rank))
+    noise_key = (run.seed, TRAIN_TAG, epoch) if cfg.noise == "per-example" else None
+    out, labels = run_batch(run.ddp, batch, cfg, run.model_config, run.ctx, noise_key, reduce_bounds=True)
+    loss = run.model.training_loss(out, labels)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    task_mse = F.mse_loss(out.logits.reshape(-1).float(), labels.float())
+    return torch.stack([loss, task_mse, out.IB_total, out.kl0, out.mse0, out.kl1, out.mse1]).detach().float()
+
+
+def train_epoch(run: SeedRun) -> bool:
+    """Train (the rest of) one epoch, then evaluate and save; True when --stop-after-steps stopped it."""
+    from tqdm import tqdm
+
+    cfg, state, history = run.cfg, run.state, run.state["history"]
+    epoch = state["epoch"]
+    run.sampler.set_epoch(epoch)
+    run.ddp.train()
+    sums = EpochSums.restore(state.pop("partial", None), run.ctx.device)
+    bar = tqdm(total=min(run.steps_per_epoch, run.total_steps - state["global_step"] + state["step_in_epoch"]),
+               initial=state["step_in_epoch"], desc=f"seed {run.seed} epoch {epoch + 1}/{cfg.epochs}",
+               disable=not (cfg.progress and run.ctx.is_main), leave=False, dynamic_ncols=True)
+    stopped = False
+    t0 = time.perf_counter()
+    for batch in itertools.islice(run.loader, state["step_in_epoch"], None):
+        if state["global_step"] >= run.total_steps:
+            break
+        sums.add(train_step(run, batch, epoch))
+        state["global_step"] += 1
+        state["step_in_epoch"] += 1
+        run.steps_this_call += 1
+        bar.update(1)
+        if state["global_step"] % cfg.log_every == 0 or state["step_in_epoch"] == run.steps_per_epoch:
+            history["steps"].append({"step": state["global_step"], "epoch": epoch + 1, **sums.take_window()})
+            bar.set_postfix(loss=f"{(sums.total[0] / sums.steps).item():.4f}")
+        if cfg.stop_after_steps is not None and run.steps_this_call >= cfg.stop_after_steps:
+            stopped = True
+            break
+    bar.close()
+    state["train_seconds"] += time.perf_counter() - t0
+    if state["step_in_epoch"] < run.steps_per_epoch and state["global_step"] < run.total_steps:
+        state["partial"] = sums.to_state()  # stopped inside the epoch
+        save_last(run, False)
+        return True
+    if sums.window:
+        history["steps"].append({"step": state["global_step"], "epoch": epoch + 1, **sums.take_window()})
+    end_epoch(run, epoch, sums, time.perf_counter() - t0)
+    if run.finished or stopped or (epoch + 1) % cfg.checkpoint_every == 0:
+        save_last(run, run.finished)
+    return stopped
+
+
+def end_epoch(run: SeedRun, epoch: int, sums: EpochSums, seconds: float) -> None:
+    """Record the epoch (training means, valid and test metrics) and keep the best weights if asked."""
+    cfg, ctx, state = run.cfg, run.ctx, run.state
+    record = {"epoch": epoch + 1, "seconds": seconds, "lr": run.scheduler.get_last_lr()[0],
+              "train": dict(zip(TERMS, (mean_across_ranks(sums.total, ctx) / max(sums.steps, 1)).tolist()))}
+    for name in ("valid", "test"):
+        record[name] = predict(run.model, run.data.splits[name], cfg, run.model_config, ctx, run.seed)["metrics"]
+    state["history"]["epochs"].append(record)
+    print_on_main(ctx, f"seed {run.seed} epoch {epoch + 1}/{cfg.epochs} ({seconds:.1f} s): train loss "
+                       f"{record['train']['loss']:.4f} | valid {format_metrics(record['valid'][cfg.protocol])} | "
+                       f"test {format_metrics(record['test'][cfg.protocol])}")
+    if cfg.selection == "best":
+        value = record["valid"][cfg.protocol].get(cfg.select_metric)
+        if value is None:
+            raise ValueError(f"--select-metric: unknown metric {cfg.select_metric!r}; one of {sorted(record['valid'][cfg.protocol])}")
+        if better(cfg.select_metric, value, state["best"]):
+            state["best"], state["best_epoch"] = value, epoch + 1
+            if ctx.is_main:
+                ckpt.save_checkpoint(run.paths.best, run.model, run.config, save_tokenizer=tokenizer_saver(run.data))
+    state["epoch"], state["step_in_epoch"] = epoch + 1, 0
+
+
+def train_seed(cfg: TrainConfig, seed: int, data: SentimentData, ctx: DistContext) -> dict:
+    """One training run; returns its results (also written to ``<output_dir>/seed-<seed>/results.json``)."""
+    paths = SeedPaths.of(cfg.output_dir, seed)
+    done = finished_earlier(cfg, seed, paths, ctx)
+    if done is not None:
+        return done
+    if ctx.is_main:
+        os.makedirs(paths.run, exist_ok=True)
+    run = start_seed(cfg, seed, data, ctx, paths)
+    if cfg.resume:
+        resume(run)
+    while not run.finished:
+        if train_epoch(run):
+            break
+    if not run.finished:
+        print_on_main(ctx, f"seed {seed}: stopped at step {run.state['global_step']} of {run.total_steps}; "
+                           f"continue with --resume")
+        return {"seed": seed, "finished": False, "global_step": run.state["global_step"]}
+    return seed_results(cfg, seed, data, ctx, run.model, run.model_config, run.state, paths)
+
+
+def load_run_data(cfg: TrainConfig, ctx: DistContext) -> SentimentData:
+    """The data a run trains on: ``--data``, or the synthetic set."""
+    tokenizer = PretrainedWordTokenizer.from_directory(cfg.backbone) if cfg.backbone else None
+    data = load_sentiment_data(cfg.data, tokenizer=tokenizer, max_len=cfg.max_seq_length,
+                               synthetic=SyntheticSpec(seed=cfg.synthetic_seed, sizes=tuple(cfg.synthetic_sizes)))
+    if data.layout == "arrays" and cfg.backbone:
+        warnings.warn("the array (MMSA) layout carries token ids from its own BERT tokenizer; they are used as they are, "
+                      "which is only meaningful for a backbone that shares that vocabulary", stacklevel=2)
+    return data
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run every seed of ``cfg``; returns (and writes, on rank 0) the summary over seeds."""
+    ctx = init_distributed(cfg.device)
+    try:
+        cfg.validate(ctx.world_size)
+        data = load_run_data(cfg, ctx)
+        print_on_main(ctx, f"data: {data.describe()}")
+        if not cfg.backbone and cfg.lr <= 1e-5:
+            print_on_main(ctx, f"note: --lr {cfg.lr:g} is the published rate for a pretrained backbone; the randomly "
+                               f"initialised one learns little at it (try --lr 1e-3), or pass --backbone DIR")
+        results = [train_seed(cfg, seed, data, ctx) for seed in cfg.seeds]
+        summary = summarise(results, cfg.protocol)
+        if ctx.is_main and summary["seeds"]:
+            ckpt.write_json(os.path.join(cfg.output_dir, "summary.json"), summary)
+            print_summary(summary, cfg.protocol)
+        return summary
+    finally:
+        shutdown(ctx)

@@ -1,0 +1,94 @@
+"""What a run reports: a seed's results (selected epoch, both conventions, history, timing) and
+the summary over seeds."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from typing import Any
+
+from ..data import SentimentData, SyntheticSpec, synthetic_ceiling
+from . import checkpoints as ckpt
+from .config import TrainConfig
+from .distributed import DistContext, print_on_main
+from .evaluate import predict, write_predictions
+from .metrics import CONVENTIONS, format_metrics, mean_std
+
+
+def synthetic_spec(data: SentimentData) -> SyntheticSpec:
+    """The spec the synthetic ``data`` was generated from."""
+    info = data.info["synthetic"]
+    return SyntheticSpec(seed=info["seed"], sizes=tuple(info["sizes"]), visual_dim=data.visual_dim, acoustic_dim=data.acoustic_dim)
+
+
+def seed_results(cfg: TrainConfig, seed: int, data: SentimentData, ctx: DistContext, model, model_config: dict,
+                 state: dict, paths) -> dict:
+    """Score the selected epoch's weights on valid and test; write results.json, predictions and figures."""
+    selected = state["epoch"] if cfg.selection == "last" else state["best_epoch"]
+    if cfg.selection == "best" and state["best_epoch"] is not None:
+        ckpt.load_weights(model, paths.best)
+    scored = {name: predict(model, data.splits[name], cfg, model_config, ctx, seed) for name in ("valid", "test")}
+    results = {
+        "seed": seed,
+        "finished": True,
+        "protocol": cfg.protocol,
+        "selection": {"rule": cfg.selection, "metric": cfg.select_metric if cfg.selection == "best" else None, "epoch": selected},
+        "headline": scored["test"]["metrics"][cfg.protocol],
+        "test": scored["test"]["metrics"],
+        "valid": scored["valid"]["metrics"],
+        "data": data.describe(),
+        "timing": {
+            "device": str(ctx.device),
+            "world_size": ctx.world_size,
+            "steps": state["global_step"],
+            "train_seconds": state["train_seconds"],
+            "epoch_seconds": [r["seconds"] for r in state["history"]["epochs"]],
+        },
+        "history": state["history"],
+        "checkpoint": paths.best if cfg.selection == "best" else paths.last,
+    }
+    if data.layout == "synthetic":
+        results["synthetic_text_only_ceiling"] = synthetic_ceiling(synthetic_spec(data))
+    if ctx.is_main:
+        write_predictions(os.path.join(paths.run, "predictions_test.csv"), data.splits["test"], scored["test"])
+        figures = write_figures(state["history"], paths.run, cfg.protocol) if cfg.plots else {}
+        if figures:
+            results["plots"] = figures
+        ckpt.write_json(paths.results, results)
+    print_on_main(ctx, f"seed {seed}: test ({cfg.protocol} convention, {cfg.selection} epoch {selected}) "
+                       f"{format_metrics(results['headline'], tuple(results['headline']))}")
+    return results
+
+
+def write_figures(history: dict, directory: str, protocol: str) -> dict:
+    """The run's PNG figures (skipped with a warning when matplotlib is missing)."""
+    try:
+        from .plots import plot_run
+    except ImportError as exc:  # matplotlib is an optional dependency
+        warnings.warn(f"no figures written ({exc}); install matplotlib or pass --no-plots", stacklevel=3)
+        return {}
+    return plot_run(history, directory, protocol)
+
+
+def summarise(results: list[dict], protocol: str) -> dict:
+    """Mean and sample standard deviation of every headline metric over the seeds."""
+    finished = [r for r in results if r.get("finished")]
+    summary: dict[str, Any] = {"protocol": protocol, "seeds": [r["seed"] for r in finished], "metrics": {}}
+    for conv in CONVENTIONS:
+        keys = [k for k in finished[0]["test"][conv] if k != "count"] if finished else []
+        summary["metrics"][conv] = {}
+        for k in keys:
+            values = [r["test"][conv][k] for r in finished]
+            clean = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+            mean, std = mean_std(clean) if clean else (math.nan, math.nan)
+            summary["metrics"][conv][k] = {"mean": mean, "std": std, "values": values}
+    return summary
+
+
+def print_summary(summary: dict, protocol: str) -> None:
+    """The summary's headline metrics, one per line."""
+    lines = [f"test metrics over seeds {summary['seeds']} ({protocol} convention, mean +- std):"]
+    for k, v in summary["metrics"][protocol].items():
+        lines.append(f"  {k:14s} {v['mean']:.4f} +- {v['std']:.4f}")
+    print("\n".join(lines))
