@@ -25,6 +25,7 @@ _PUBLIC = {
     "ServingEncoder": ".serving.encoder",
     "ServingDeberta": ".serving.deberta",
     "deberta_logits": ".serving.deberta",
+    "load_checkpoint": ".training.load",
 }
 
 __all__ = list(_PUBLIC)
@@ -50,3 +51,4 @@ if TYPE_CHECKING:  # what static tools and IDEs see
     from .reference.deberta import ITHPDeberta, ITHPDebertaOutput
     from .serving.deberta import ServingDeberta, deberta_logits
     from .serving.encoder import ServingEncoder
+    from .training.load import load_checkpoint

@@ -41,9 +41,12 @@ def test_train_then_evaluate_a_pickle(tmp_path, capsys, layout):
     err = capsys.readouterr().err
     assert err.startswith("ithp-fast evaluate: error: --data: this checkpoint was trained on") and data in err
     assert main(["evaluate", "--checkpoint", str(ckpt), "--data", data, "--split", "valid", "--protocol", "mmsa"]) == 0
-    report = json.loads((ckpt / "eval-valid.json").read_text())
+    evaluated = out / "seed-1" / "eval-checkpoint-last"  # beside the checkpoint, never inside it
+    report = json.loads((evaluated / "valid.json").read_text())
     assert report["split"] == "valid" and "Has0_acc_2" in report["headline"] and set(report["metrics"]) == {"authors", "mmsa"}
-    assert (ckpt / "eval-valid-predictions.csv").is_file()
+    assert (evaluated / "valid-predictions.csv").is_file() and sorted(p.name for p in ckpt.iterdir()) == sorted(
+        ["config.json", "manifest.json", "model.safetensors", "optimizer.safetensors", "trainer_state.json"]
+        + (["vocab.json"] if layout == "words" else []))
 
 
 def test_malformed_data_is_one_clear_line(tmp_path, capsys):

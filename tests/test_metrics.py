@@ -76,3 +76,12 @@ def test_helpers():
     mean, std = mean_std([1.0, 2.0, 4.0])
     assert mean == pytest.approx(7 / 3) and std == pytest.approx(math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2))
     assert mean_std([3.0]) == (3.0, 0.0)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_nonfinite_predictions_give_nan_not_a_result(bad):
+    for convention in ("authors", "mmsa"):
+        m = sentiment_metrics([bad, *PREDS[1:]], LABELS, convention)
+        assert m["count"] == (5 if convention == "authors" else 7)
+        assert all(math.isnan(v) for k, v in m.items() if k != "count"), m
+    assert all(math.isnan(v) for v in mean_std([1.0, math.nan]))

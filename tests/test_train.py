@@ -3,6 +3,7 @@ predictions, metrics and plots are written, resuming is exact, seeds are summari
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -14,7 +15,8 @@ from ithp_fast.training.metrics import mean_std
 from ithp_fast.training.build import new_model, optimizer_groups
 from ithp_fast.training.config import TrainConfig
 from ithp_fast.training.distributed import DistContext
-from ithp_fast.training.evaluate import evaluate_checkpoint, load_checkpoint_model, predict
+from ithp_fast.training.evaluate import evaluate_checkpoint, predict
+from ithp_fast.training.load import load_checkpoint_model
 from ithp_fast.training.loop import train
 
 TINY = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=32, inter_dim=32, b0_dim=16, b1_dim=8,
@@ -64,9 +66,8 @@ def test_run_writes_metrics_plots_predictions_and_checkpoint(short_run):
 
 def test_checkpoint_reloads_to_identical_predictions(short_run, tmp_path):
     _, _, run_dir, results = short_run
-    out = tmp_path / "eval.json"
-    report = evaluate_checkpoint(str(run_dir / "checkpoint-last"), split="test", device="cpu", output=str(out))
-    with open(run_dir / "predictions_test.csv") as a, open(tmp_path / "eval-predictions.csv") as b:
+    report = evaluate_checkpoint(str(run_dir / "checkpoint-last"), split="test", device="cpu", output_dir=str(tmp_path))
+    with open(run_dir / "predictions_test.csv") as a, open(tmp_path / "test-predictions.csv") as b:
         assert a.read() == b.read()
     assert report["metrics"] == json.loads(json.dumps(results["test"]))
     # and the weights themselves round-trip exactly
@@ -178,6 +179,111 @@ def test_cuda_run_learns_and_reloads_to_identical_predictions(tmp_path, impl, am
     epochs = results["history"]["epochs"]
     assert epochs[-1]["train"]["loss"] < 0.75 * epochs[0]["train"]["loss"]
     assert results["timing"]["device"].startswith("cuda")
-    evaluate_checkpoint(str(tmp_path / "seed-1/checkpoint-last"), device="cuda", output=str(tmp_path / "eval.json"))
-    with open(tmp_path / "seed-1/predictions_test.csv") as a, open(tmp_path / "eval-predictions.csv") as b:
+    evaluate_checkpoint(str(tmp_path / "seed-1/checkpoint-last"), device="cuda", output_dir=str(tmp_path / "eval"))
+    with open(tmp_path / "seed-1/predictions_test.csv") as a, open(tmp_path / "eval/test-predictions.csv") as b:
         assert a.read() == b.read()
+
+
+def test_detector_inputs_reach_the_model_min_max_normalised(tmp_path, monkeypatch):
+    import ithp_fast.training.loop as loop
+
+    seen = []
+
+    def model_with_probe(cfg, data):
+        model, model_config = new_model(cfg, data)
+        model.ithp.register_forward_pre_hook(lambda module, args: seen.append((args[1].clone(), args[2].clone())))
+        return model, model_config
+
+    monkeypatch.setattr(loop, "new_model", model_with_probe)
+    train(TrainConfig(output_dir=str(tmp_path), synthetic_sizes=(16, 8, 8), max_steps=2, **TINY))
+    assert len(seen) >= 2
+    raw = load_sentiment_data(synthetic=SyntheticSpec(sizes=(16, 8, 8))).splits["train"]
+    assert raw.visual.min() < -0.5 and raw.acoustic.max() > 1.5  # the raw features are not in [0, 1]
+    for visual, acoustic in seen[:2]:  # the two training batches
+        for t in (visual, acoustic):
+            assert t.min().item() == 0.0 and t.max().item() == 1.0
+
+
+def test_learning_rate_warms_up_then_decays_to_zero(tmp_path, monkeypatch):
+    rates = []
+    original = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    # 16 examples, batch 4: 4 steps per epoch, 5 epochs = 20 steps; warm-up 20 % = 4 steps
+    summary = train(TrainConfig(output_dir=str(tmp_path), synthetic_sizes=(16, 8, 8), batch_size=4, epochs=5, lr=1e-3,
+                                warmup_ratio=0.2, **TINY))
+    assert len(rates) == 20
+    assert rates[0] == 0.0  # step 0: the start of the warm-up
+    assert rates[4] == pytest.approx(1e-3) and max(rates) == rates[4]  # the end of the warm-up: the full rate
+    assert rates[:5] == pytest.approx([0, 2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert rates[-1] == pytest.approx(1e-3 / 16)  # the last step; the schedule reaches 0 after it
+    results = json.loads((tmp_path / "seed-1/results.json").read_text())
+    assert results["history"]["epochs"][-1]["lr"] == 0.0 and summary["seeds"] == [1]
+
+
+def test_synthetic_run_beats_a_metric_floor(tmp_path):
+    """A short run on 256 synthetic examples learns the text's sentiment well above chance (Corr 0, accuracy 0.5)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(TrainConfig(output_dir=str(tmp_path), synthetic_sizes=(256, 64, 64), epochs=6, lr=2e-3,
+                          **{**TINY, "intermediate_size": 64}))
+    finally:
+        torch.set_num_threads(threads)
+    test = json.loads((tmp_path / "seed-1/results.json").read_text())["test"]["authors"]
+    assert test["Corr"] > 0.3 and test["Non0_acc_2"] > 0.58, test
+
+
+def test_diverging_run_stops_naming_seed_epoch_and_step_and_keeps_what_was_saved(tmp_path, capsys):
+    from ithp_fast.tools.cli import main
+    from ithp_fast.training import checkpoints as ckpt
+
+    flags = ["--synthetic-sizes", "8", "8", "8", "--epochs", "3", "--lr", "50", "--output-dir", str(tmp_path),
+             "--hidden-size", "32", "--num-layers", "1", "--intermediate-size", "32", "--inter-dim", "32",
+             "--b0-dim", "16", "--b1-dim", "8", "--no-progress", "--no-plots", "--device", "cpu"]
+    assert main(["train", *flags]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ithp-fast")]
+    assert len(err) == 1
+    match = re.fullmatch(r"ithp-fast train: error: seed 1, epoch (\d+), step (\d+): the loss is (nan|inf|-inf) .*", err[0])
+    assert match, err
+    epoch = int(match.group(1))
+    last = tmp_path / "seed-1/checkpoint-last"
+    if epoch > 1:  # the epochs before the failure stay saved and intact
+        assert ckpt.checkpoint_problem(str(last)) is None
+        assert json.loads((last / "trainer_state.json").read_text())["epoch"] == epoch - 1
+    assert not (tmp_path / "seed-1/results.json").exists()
+    # skipping such steps instead: the run ends, counts them, and its metrics are NaN, not numbers
+    assert main(["train", *flags, "--resume", "--skip-nonfinite-steps"]) == 0
+    results = json.loads((tmp_path / "seed-1/results.json").read_text())
+    assert results["timing"]["skipped_steps"] >= 1
+    assert all(v is None for k, v in results["test"]["authors"].items() if k != "count")
+
+
+def test_resume_after_a_crash_between_the_renames_continues(tmp_path, monkeypatch):
+    base = dict(TINY, synthetic_sizes=(16, 8, 8), epochs=3, batch_size=8, lr=1e-3)
+    train(TrainConfig(output_dir=str(tmp_path / "a"), **base))
+    replace, calls = os.replace, []
+
+    def crash_on_the_second_checkpoint(src, dst):
+        if str(src).endswith("checkpoint-last.tmp"):
+            calls.append(src)
+            if len(calls) == 2:
+                raise KeyboardInterrupt  # the process dies after checkpoint-last -> .old
+        return replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_on_the_second_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(output_dir=str(tmp_path / "b"), **base))
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path / "b/seed-1")) == ["checkpoint-last.old", "checkpoint-last.tmp"]
+    train(TrainConfig(output_dir=str(tmp_path / "b"), resume=True, **base))
+    state = json.loads((tmp_path / "b/seed-1/checkpoint-last/trainer_state.json").read_text())
+    assert state["epoch"] == 3 and len(state["history"]["epochs"]) == 3  # continued from epoch 2, not from 1
+    a = load_file(str(tmp_path / "a/seed-1/checkpoint-last/model.safetensors"))
+    b = load_file(str(tmp_path / "b/seed-1/checkpoint-last/model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert sorted(os.listdir(tmp_path / "b/seed-1")) == ["checkpoint-last", "predictions_test.csv", "results.json"]

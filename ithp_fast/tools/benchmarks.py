@@ -7,7 +7,8 @@
 A run writes ``bench/results/<device>-<date>.json`` (pytest-benchmark's JSON), ``.md`` (a
 Markdown table: median time per call, speedup against each group's ``reference`` provider,
 achieved GB/s against the device's memory bandwidth, recorded memory) and ``.png`` (a bar chart
-of the times).
+of the times). ``--tiny`` runs are named ``<device>-<date>-tiny``; an existing results file is never
+overwritten: the next free name ``...-2``, ``...-3`` is taken instead.
 """
 
 from __future__ import annotations
@@ -272,6 +273,17 @@ def render_files(json_path: Path, out_dir: Optional[Path] = None) -> tuple[Path,
     return md_path, png_path, table
 
 
+def new_results_path(out_dir: Path, slug: str, tiny: bool, date: Optional[str] = None) -> Path:
+    """``<slug>-<date>[-tiny].json`` in ``out_dir``, with ``-2``, ``-3``, ... added until no results file
+    (JSON, Markdown or PNG) of that name exists: a run never overwrites another one's results."""
+    stem = f"{slug}-{date or datetime.date.today().isoformat()}" + ("-tiny" if tiny else "")
+    candidate, n = stem, 1
+    while any((out_dir / f"{candidate}{suffix}").exists() for suffix in (".json", ".md", ".png")):
+        n += 1
+        candidate = f"{stem}-{n}"
+    return out_dir / f"{candidate}.json"
+
+
 def run_bench(args: argparse.Namespace) -> int:
     """``ithp-fast bench``: run the suite (unless ``--render``), write JSON, Markdown and PNG."""
     if args.render:
@@ -290,7 +302,7 @@ def run_bench(args: argparse.Namespace) -> int:
         return 2
     out_dir = Path(args.out) if args.out else bench_dir / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = out_dir / f"{device_slug()}-{datetime.date.today().isoformat()}.json"
+    json_path = new_results_path(out_dir, device_slug(), args.tiny)
     env = dict(os.environ)
     if args.tiny:
         env["ITHP_BENCH_TINY"] = "1"
@@ -321,7 +333,8 @@ def register(sub) -> None:
     )
     p.add_argument("--out", help="folder for the results (default: bench/results)")
     p.add_argument("--bench-dir", help="the suite's folder (default: bench/ of this checkout)")
-    p.add_argument("--tiny", action="store_true", help="smallest shapes (ITHP_BENCH_TINY=1), for a quick check")
+    p.add_argument("--tiny", action="store_true",
+                   help="smallest shapes (ITHP_BENCH_TINY=1), for a quick check; results named <device>-<date>-tiny")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile providers (ITHP_BENCH_COMPILE=0)")
     p.add_argument("--render", metavar="JSON", help="only render a stored results JSON to .md and .png")
     p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: more pytest arguments (e.g. -k train)")

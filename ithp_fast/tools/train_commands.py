@@ -53,13 +53,17 @@ def train_command(args: argparse.Namespace) -> int:
     except USER_ERRORS as exc:
         print(f"ithp-fast train: error: {exc}", file=sys.stderr)
         return 2
+    except loop.NonFiniteLossError as exc:
+        print(f"ithp-fast train: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
     try:
         evaluate_checkpoint(args.checkpoint, args.data, split=args.split, protocol=args.protocol, batch_size=args.batch_size,
-                            impl=args.impl, device=args.device, output=args.output)
+                            impl=args.impl, device=args.device, output_dir=args.output_dir,
+                            eval_sampling=args.eval_sampling)
     except USER_ERRORS as exc:
         print(f"ithp-fast evaluate: error: {exc}", file=sys.stderr)
         return 2
@@ -87,5 +91,9 @@ def register(sub) -> None:
     e.add_argument("--batch-size", type=int, default=None, help="evaluation batch (default: the training run's)")
     e.add_argument("--impl", default=None, choices=IMPLS, help="ITHP implementation (default: the training run's)")
     e.add_argument("--device", default="auto")
-    e.add_argument("--output", default=None, help="results JSON (default: <checkpoint>/eval-<split>.json)")
+    e.add_argument("--eval-sampling", default=None, choices=("mean", "sample"),
+                   help="latent in evaluation: mean (b = mu, the same answer every time) or sample (as the released "
+                        "evaluation); default: the training run's")
+    e.add_argument("--output-dir", default=None, help="where <split>.json and <split>-predictions.csv are written "
+                                                      "(default: eval-<checkpoint name> beside the checkpoint)")
     e.set_defaults(func=evaluate_command)

@@ -11,6 +11,7 @@ from ..config import ITHPConfig
 from ..data import DataFormatError, PretrainedWordTokenizer, SentimentData, WordVocabulary
 from ..data.tokenize import VOCAB_FILE
 from ..reference.deberta import ITHPDeberta, load_backbone
+from .checkpoints import verify_tokenizer_files
 from .config import IMPLS, TrainConfig
 
 
@@ -100,6 +101,7 @@ def tokenizer_entry(data: SentimentData) -> dict:
 
 def load_tokenizer(entry: dict, directory: str):
     """The tokenizer a checkpoint directory carries (None when the data holds token ids)."""
+    verify_tokenizer_files(directory)
     if entry["kind"] == "word-vocabulary":
         return WordVocabulary.load(directory)
     if entry["kind"] == "pretrained":

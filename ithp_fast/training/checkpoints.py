@@ -1,5 +1,5 @@
-"""Checkpoints: weights in safetensors, the full configuration in JSON beside them, and the
-optimiser / scheduler / progress state needed to resume.
+"""Checkpoints: weights in safetensors, the full configuration in JSON beside them, the optimiser /
+scheduler / progress state needed to resume, and a manifest with the SHA-256 of every file.
 
 A checkpoint directory holds::
 
@@ -8,10 +8,19 @@ A checkpoint directory holds::
     vocab.json | tokenizer files    what turns words into token ids
     optimizer.safetensors   optimiser tensors (resumable checkpoints only)
     trainer_state.json      optimiser hyper-parameters, scheduler state, progress, history
+    manifest.json           size and SHA-256 of each file above; written last
+
+Saving ``DIR`` is crash-safe: everything is written to ``DIR.tmp`` (files flushed to disk, the
+manifest last), then ``DIR`` is renamed ``DIR.old``, ``DIR.tmp`` renamed ``DIR`` and ``DIR.old``
+removed. Whatever step a crash interrupts, :func:`recover` finds the newest complete copy
+(``DIR.tmp`` is newer than ``DIR``, which is newer than ``DIR.old``), puts it at ``DIR`` and
+removes only copies that are incomplete or older than it. Every file is checked against the
+manifest when it is read: a changed byte stops with one line naming the file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -19,14 +28,20 @@ import shutil
 from typing import Any, Callable, Optional
 
 import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-FORMAT = "ithp_fast-checkpoint-1"
+FORMAT = "ithp_fast-checkpoint-2"  # 2: with manifest.json
+LEGACY_FORMAT = "ithp_fast-checkpoint-1"
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
+MANIFEST_FILE = "manifest.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint's files are missing, damaged or not what they claim to be (one line, naming the file)."""
 
 
 def to_jsonable(value: Any) -> Any:
@@ -44,16 +59,171 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+def sync_to_disk(path: str) -> None:
+    """Flush a file (or a directory's entries) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_json(path: str, obj: Any) -> None:
+    """Write JSON through a temporary file, so ``path`` is either the old or the new content."""
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         json.dump(to_jsonable(obj), f, indent=1, allow_nan=False)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
 def read_json(path: str) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    """The JSON in ``path``; a damaged or foreign file is one :class:`CheckpointError` naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not a readable JSON file ({exc})") from None
+
+
+def read_safetensors(path: str) -> dict[str, torch.Tensor]:
+    """The tensors in ``path``; a truncated or foreign file is one :class:`CheckpointError` naming it."""
+    try:
+        return load_file(path)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # safetensors raises its own SafetensorError for every malformed file
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: str) -> None:
+    """Record the size and SHA-256 of every file in ``directory`` (sub-directories included)."""
+    files = {}
+    for root, _, names in os.walk(directory):
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, directory)
+            sync_to_disk(path)
+            files[rel] = {"bytes": os.path.getsize(path), "sha256": sha256_of(path)}
+    write_json(os.path.join(directory, MANIFEST_FILE), {"format": FORMAT, "files": files})
+    sync_to_disk(directory)
+
+
+def checkpoint_problem(directory: str) -> Optional[str]:
+    """Why ``directory`` is not a complete, unchanged checkpoint (None when it is)."""
+    manifest_path = os.path.join(directory, MANIFEST_FILE)
+    if not os.path.isfile(manifest_path):
+        return f"{directory}: no {MANIFEST_FILE} (the save did not finish, or it was written before checksums were kept)"
+    try:
+        files = read_json(manifest_path)["files"]
+    except (CheckpointError, KeyError, TypeError):
+        return f"{manifest_path}: not a checkpoint manifest"
+    for name, entry in files.items():
+        problem = file_problem(directory, name, entry)
+        if problem:
+            return problem
+    return None
+
+
+def file_problem(directory: str, name: str, entry: dict) -> Optional[str]:
+    path = os.path.join(directory, name)
+    if not os.path.isfile(path):
+        return f"{path}: missing (listed in {MANIFEST_FILE})"
+    size = os.path.getsize(path)
+    if size != entry["bytes"]:
+        return f"{path}: {size} bytes where {entry['bytes']} were saved (the file was truncated or replaced)"
+    if sha256_of(path) != entry["sha256"]:
+        return f"{path}: its SHA-256 differs from the one saved in {MANIFEST_FILE} (the file changed after it was saved)"
+    return None
+
+
+def verify_file(directory: str, name: str) -> str:
+    """The path of ``name`` in a checkpoint, checked against the manifest when there is one."""
+    path = os.path.join(directory, name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint: {path} not found; expected a directory written by `ithp-fast train`")
+    manifest_path = os.path.join(directory, MANIFEST_FILE)
+    if os.path.isfile(manifest_path):
+        entry = read_json(manifest_path).get("files", {}).get(name)
+        if entry is None:
+            raise CheckpointError(f"{path}: not listed in {manifest_path}")
+        problem = file_problem(directory, name, entry)
+        if problem:
+            raise CheckpointError(problem)
+    return path
+
+
+def verify_tokenizer_files(directory: str) -> None:
+    """Check the tokenizer files of a checkpoint (every listed file but weights, config and training state)."""
+    manifest_path = os.path.join(directory, MANIFEST_FILE)
+    if not os.path.isfile(manifest_path):
+        return
+    own = {MODEL_FILE, CONFIG_FILE, OPTIMIZER_FILE, STATE_FILE}
+    for name, entry in read_json(manifest_path).get("files", {}).items():
+        problem = None if name in own else file_problem(directory, name, entry)
+        if problem:
+            raise CheckpointError(problem)
+
+
+def sibling(directory: str, suffix: str) -> str:
+    return directory.rstrip("/" + os.sep) + suffix
+
+
+def written_before_checksums(directory: str) -> bool:
+    """A copy saved by an earlier version (format 1): no manifest, so it cannot be checked."""
+    if os.path.isfile(os.path.join(directory, MANIFEST_FILE)):
+        return False
+    try:
+        return read_json(os.path.join(directory, CONFIG_FILE)).get("format") == LEGACY_FORMAT
+    except (OSError, CheckpointError, AttributeError):
+        return False
+
+
+def recover(directory: str) -> Optional[str]:
+    """Finish or undo an interrupted save of ``directory``; returns it if a complete checkpoint is there.
+
+    Copies: ``DIR.tmp`` (newest), ``DIR``, ``DIR.old`` (oldest). The newest complete one ends up at
+    ``DIR``; an unfinished ``DIR.tmp`` and copies older than the kept one are removed. A damaged
+    ``DIR`` that no newer copy replaces, or left-over copies that cannot be checked (saved by an
+    earlier version, without a manifest), stop with a :class:`CheckpointError`: nothing is guessed.
+    """
+    tmp, old = sibling(directory, ".tmp"), sibling(directory, ".old")
+    present = [p for p in (tmp, directory, old) if os.path.isdir(p)]
+    if any(written_before_checksums(p) for p in present):
+        if present == [directory]:
+            return directory  # an earlier version's checkpoint: each file is still checked as it is read
+        raise CheckpointError(f"{', '.join(present)}: left by an interrupted save of an earlier version, without "
+                              f"checksums; keep the copy to continue from as {directory} and remove the others")
+    problems = {p: checkpoint_problem(p) for p in present}
+    complete = [p for p in present if problems[p] is None]
+    newest = complete[0] if complete else None
+    damaged = [p for p in (directory, old) if p in problems and problems[p] is not None]
+    if newest is None and damaged or newest == old and directory in problems:
+        raise CheckpointError(problems[damaged[0]])
+    if newest is None:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp)  # a save that never finished
+        return None
+    if newest == tmp and os.path.isdir(directory):
+        if os.path.isdir(old):
+            shutil.rmtree(old)
+        os.replace(directory, old)
+    if newest != tmp and os.path.isdir(tmp):
+        shutil.rmtree(tmp)
+    if newest != directory:
+        os.replace(newest, directory)
+    if os.path.isdir(old):
+        shutil.rmtree(old)
+    return directory
 
 
 def save_checkpoint(
@@ -66,54 +236,85 @@ def save_checkpoint(
     scheduler: Optional[Any] = None,
     state: Optional[dict] = None,
 ) -> None:
-    """Write a checkpoint; the directory is replaced as a whole so a crash never leaves half of one."""
-    tmp = directory.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    """Write a checkpoint; whatever step a crash interrupts, :func:`recover` restores a complete one."""
+    recover(directory)
+    tmp, old = sibling(directory, ".tmp"), sibling(directory, ".old")
     os.makedirs(tmp)
-    save_model(model, os.path.join(tmp, MODEL_FILE))
     write_json(os.path.join(tmp, CONFIG_FILE), {"format": FORMAT, **config})
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, os.path.join(tmp, MODEL_FILE))
     if save_tokenizer is not None:
         save_tokenizer(tmp)
     if optimizer is not None:
         tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
         save_file(tensors, os.path.join(tmp, OPTIMIZER_FILE))
-        write_json(
-            os.path.join(tmp, STATE_FILE),
-            {"optimizer": opt_meta, "scheduler": scheduler.state_dict() if scheduler is not None else None, **(state or {})},
-        )
-    old = directory.rstrip("/") + ".old"
-    shutil.rmtree(old, ignore_errors=True)
+        sched = scheduler.state_dict() if scheduler is not None else None
+        write_json(os.path.join(tmp, STATE_FILE), {"optimizer": opt_meta, "scheduler": sched, **(state or {})})
+    write_manifest(tmp)
     if os.path.exists(directory):
         os.replace(directory, old)
     os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
+    sync_to_disk(os.path.dirname(os.path.abspath(directory)))
+    if os.path.exists(old):
+        shutil.rmtree(old)
 
 
 def load_config(directory: str) -> dict:
+    """A checkpoint's config.json (checked against its manifest)."""
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"checkpoint: {directory} is not a directory; expected one written by `ithp-fast train`")
     path = os.path.join(directory, CONFIG_FILE)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint: {path} not found; expected a directory written by `ithp-fast train`")
-    config = read_json(path)
-    if config.get("format") != FORMAT:
-        raise ValueError(f"checkpoint: {path} has format {config.get('format')!r}, expected {FORMAT!r}")
+        inside = sorted(os.path.relpath(os.path.dirname(p), directory) for p in _configs_below(directory))
+        hint = f"; checkpoints inside it: {', '.join(inside)}" if inside else ""
+        raise FileNotFoundError(f"checkpoint: {directory} has no {CONFIG_FILE}, so it is not a checkpoint{hint}")
+    config = read_json(verify_file(directory, CONFIG_FILE))
+    if not isinstance(config, dict) or config.get("format") not in (FORMAT, LEGACY_FORMAT):
+        found = config.get("format") if isinstance(config, dict) else type(config).__name__
+        raise CheckpointError(f"{path}: format {found!r}, expected {FORMAT!r}")
     return config
 
 
+def _configs_below(directory: str, depth: int = 2) -> list[str]:
+    found = []
+    for root, dirs, files in os.walk(directory):
+        if os.path.relpath(root, directory).count(os.sep) >= depth:
+            dirs.clear()
+        if CONFIG_FILE in files and root != directory and not root.endswith((".tmp", ".old")):
+            found.append(os.path.join(root, CONFIG_FILE))
+    return found
+
+
 def load_weights(model: nn.Module, directory: str) -> None:
-    """Load ``model.safetensors`` into ``model`` (strict: every key must match)."""
-    missing, unexpected = load_model(model, os.path.join(directory, MODEL_FILE), strict=False)
+    """Load ``model.safetensors`` into ``model`` through ``load_state_dict`` (strict; the model's own
+    state-dict hooks apply). A shape mismatch names the first mismatching key and both shapes."""
+    tensors = read_safetensors(verify_file(directory, MODEL_FILE))
+    for name, wanted in model.state_dict().items():
+        if name in tensors and tensors[name].shape != wanted.shape:
+            raise CheckpointError(f"{directory}: {name} has shape {tuple(tensors[name].shape)} in the checkpoint but "
+                                  f"{tuple(wanted.shape)} in the model")
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
-        raise KeyError(f"checkpoint {directory}: weights do not match the model (missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+        raise CheckpointError(f"checkpoint {directory}: weights do not match the model "
+                              f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
 
 
 def has_training_state(directory: str) -> bool:
     return os.path.isfile(os.path.join(directory, STATE_FILE)) and os.path.isfile(os.path.join(directory, OPTIMIZER_FILE))
 
 
+def check_training_state(directory: str) -> None:
+    """A clear error when a checkpoint lacks what --resume needs."""
+    for name in (STATE_FILE, OPTIMIZER_FILE):
+        if not os.path.isfile(os.path.join(directory, name)):
+            raise CheckpointError(f"{os.path.join(directory, name)}: missing, so {directory} cannot be resumed "
+                                  f"(restore the file, or start again without --resume in another --output-dir)")
+
+
 def load_training_state(directory: str, optimizer: torch.optim.Optimizer, scheduler: Optional[Any] = None) -> dict:
     """Restore optimiser and scheduler in place; returns the rest of the saved state."""
-    state = read_json(os.path.join(directory, STATE_FILE))
-    tensors = load_file(os.path.join(directory, OPTIMIZER_FILE))
+    check_training_state(directory)
+    state = read_json(verify_file(directory, STATE_FILE))
+    tensors = read_safetensors(verify_file(directory, OPTIMIZER_FILE))
     optimizer.load_state_dict(_unflatten_optimizer(tensors, state.pop("optimizer")))
     sched = state.pop("scheduler")
     if scheduler is not None and sched is not None:

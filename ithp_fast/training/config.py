@@ -18,7 +18,7 @@ from .metrics import CONVENTIONS
 IMPLS = ("fast", "reference")
 TERMS = ("loss", "task_mse", "IB_total", "kl0", "mse0", "kl1", "mse1")
 # Options that may differ when resuming (they do not change what is computed).
-RESUME_FREE = ("resume", "progress", "plots", "seeds", "num_workers", "log_every", "checkpoint_every", "stop_after_steps", "device", "output_dir")
+RESUME_FREE = ("resume", "overwrite_output_dir", "skip_nonfinite_steps", "progress", "plots", "seeds", "num_workers", "log_every", "checkpoint_every", "stop_after_steps", "device", "output_dir")
 
 
 def setting(default: Any, help: str, **kw: Any) -> Any:
@@ -70,6 +70,8 @@ class TrainConfig:
     epochs: int = setting(30, "training epochs")
     max_steps: Optional[int] = setting(None, "cap on the optimiser steps (the schedule is sized to it)", type=int)
     max_grad_norm: Optional[float] = setting(None, "clip the gradient norm (default: no clipping)", type=float)
+    skip_nonfinite_steps: bool = setting(False, "skip an optimiser step whose loss or gradient is not finite (counted "
+                                         "in the results) instead of stopping the run with an error")
     amp: bool = setting(False, "bfloat16 autocast")
     # protocol
     protocol: str = setting("authors", "metric convention of the headline numbers: 'authors' (zero labels dropped for every "
@@ -81,6 +83,8 @@ class TrainConfig:
     seeds: tuple = setting((1,), "one run per seed; more than one reports mean +- std", nargs="+", type=int)
     output_dir: str = setting("runs/ithp", "where runs are written (one seed-N/ directory per seed)")
     resume: bool = setting(False, "continue each seed from its checkpoint-last/ in --output-dir")
+    overwrite_output_dir: bool = setting(False, "replace the seeds already trained in --output-dir (without it, a "
+                                         "directory that holds one is refused)")
     stop_after_steps: Optional[int] = setting(None, "stop after this many steps in this invocation, keeping the full "
                                            "schedule (continue later with --resume)", type=int)
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")

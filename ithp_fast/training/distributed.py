@@ -33,17 +33,35 @@ class DistContext:
         return self.rank == 0
 
 
+def available_devices() -> list[str]:
+    """The devices this process can use: ``cpu``, then ``cuda:0`` ... and ``mps`` where present."""
+    devices = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
 def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
-    """``"auto"`` -> this rank's CUDA device when there is one, else the CPU."""
+    """``"auto"`` -> this rank's CUDA device when there is one, else the CPU; a clear error for a device
+    that does not exist here (naming the ones that do)."""
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(requested)
+    devices = available_devices()
+    here = ", ".join(devices)
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ValueError(f"--device: {requested!r} is not a device name; devices here: {here} (or auto)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device: {requested!r} asked for but CUDA is not available; use --device cpu")
+            raise ValueError(f"--device {requested}: CUDA is not available here; devices here: {here}")
         if device.index is None:
             device = torch.device("cuda", local_rank)
+        if device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {requested}: there is no {device}; devices here: {here}")
         torch.cuda.set_device(device)
+    elif device.type not in {d.split(":")[0] for d in devices}:
+        raise ValueError(f"--device {requested}: not available here; devices here: {here}")
     return device
 
 
@@ -85,6 +103,14 @@ def mean_across_ranks(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         t /= ctx.world_size
     return t
+
+
+def all_true(flag: torch.Tensor, ctx: DistContext) -> bool:
+    """Whether a boolean tensor is true on every rank (one reduction; the same answer everywhere)."""
+    flag = flag.detach().to(torch.int32).reshape(1)
+    if ctx.enabled:
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
 
 
 def gather_objects(obj: Any, ctx: DistContext) -> list:

@@ -11,13 +11,21 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from ..data import DataFormatError, SentimentSplit, SyntheticSpec, check_feature_widths, load_sentiment_data
+from ..data import (
+    DataFormatError,
+    SentimentData,
+    SentimentSplit,
+    SyntheticSpec,
+    check_feature_widths,
+    load_sentiment_data,
+)
 from . import checkpoints as ckpt
 from .batches import EVAL_TAG, derive_seed, run_batch
-from .build import build_model, load_tokenizer
+from .build import load_tokenizer
 from .config import TrainConfig
 from .distributed import DistContext, gather_objects, init_distributed, shutdown
-from .metrics import all_conventions, format_metrics
+from .load import load_checkpoint_model
+from .metrics import CONVENTIONS, all_conventions, format_metrics
 
 
 @torch.no_grad()
@@ -61,12 +69,21 @@ def write_predictions(path: str, split: SentimentSplit, result: dict) -> None:
             f.write(f"{i},{split.ids[i]},{label:.6g},{pred:.9g}\n")
 
 
-def load_checkpoint_model(directory: str, impl: Optional[str] = None, device: str = "cpu") -> tuple[nn.Module, dict]:
-    """The model saved in a checkpoint directory (and its config), in eval mode on ``device``."""
-    config = ckpt.load_config(directory)
-    model = build_model(config["model"], impl or config.get("impl", "fast"))
-    ckpt.load_weights(model, directory)
-    return model.to(device).eval(), config
+def default_output_dir(checkpoint: str) -> str:
+    """``<run>/eval-<checkpoint name>``: beside the checkpoint, never inside it (its next save replaces it)."""
+    checkpoint = os.path.abspath(checkpoint)
+    return os.path.join(os.path.dirname(checkpoint), f"eval-{os.path.basename(checkpoint)}")
+
+
+def check_output_dir(output_dir: str, checkpoint: str) -> None:
+    """Refuse an output directory inside a checkpoint: the next save of that checkpoint would delete it."""
+    ancestors = [os.path.abspath(output_dir)]
+    while os.path.dirname(ancestors[-1]) != ancestors[-1]:
+        ancestors.append(os.path.dirname(ancestors[-1]))
+    inside_a_checkpoint = any(os.path.isfile(os.path.join(a, ckpt.MODEL_FILE)) for a in ancestors)
+    if os.path.abspath(checkpoint) in ancestors or inside_a_checkpoint:
+        raise ValueError(f"--output-dir: {output_dir} is inside a checkpoint directory, whose next save would delete it; "
+                         f"name a directory outside it")
 
 
 def evaluate_checkpoint(
@@ -78,46 +95,74 @@ def evaluate_checkpoint(
     batch_size: Optional[int] = None,
     impl: Optional[str] = None,
     device: str = "auto",
-    output: Optional[str] = None,
+    output_dir: Optional[str] = None,
+    eval_sampling: Optional[str] = None,
 ) -> dict:
-    """Score a checkpoint on one split; writes ``output`` (JSON) and a predictions CSV beside it."""
+    """Score a checkpoint on one split; writes ``<split>.json`` and ``<split>-predictions.csv`` to ``output_dir``.
+
+    ``output_dir`` defaults to ``eval-<checkpoint name>`` beside the checkpoint; ``eval_sampling``
+    to the training run's (the report says which was used).
+    """
     if split not in ("train", "valid", "test"):
-        raise ValueError(f"split: expected train, valid or test, got {split!r}")
+        raise ValueError(f"--split: expected train, valid or test, got {split!r}")
+    if protocol not in CONVENTIONS:
+        raise ValueError(f"--protocol: expected one of {CONVENTIONS}, got {protocol!r}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"--batch-size: expected a positive number of examples, got {batch_size}")
+    output_dir = output_dir or default_output_dir(directory)
+    check_output_dir(output_dir, directory)
     ctx = init_distributed(device)
     try:
-        model, config = load_checkpoint_model(directory, impl, str(ctx.device))
-        run = config["run"]
-        cfg = TrainConfig(**{f.name: run[f.name] for f in dataclasses.fields(TrainConfig) if f.name in run})
-        if batch_size is not None:
-            cfg.eval_batch_size = batch_size
-        tokenizer = load_tokenizer(config["tokenizer"], directory)
-        if data_path is None and run.get("data"):
-            raise ValueError(
-                f"--data: this checkpoint was trained on {run['data']!r}; name the file to evaluate on "
-                f"(pickles run code when loaded, so only a path given on the command line is read)"
-            )
-        synthetic = SyntheticSpec(seed=run["synthetic_seed"], sizes=tuple(run["synthetic_sizes"]))
-        data = load_sentiment_data(data_path, tokenizer=tokenizer, max_len=run["max_seq_length"], synthetic=synthetic)
-        ithp = config["model"]["ithp"]
-        check_feature_widths(data, ithp["X2_dim"], ithp["X1_dim"], f"the checkpoint {directory}")
-        if data.vocab_size > config["model"]["backbone"]["vocab_size"]:
-            raise DataFormatError(data.source, f"token ids reach {data.vocab_size - 1} but the checkpoint's vocab_size is "
-                                               f"{config['model']['backbone']['vocab_size']}")
-        result = predict(model, data.splits[split], cfg, config["model"], ctx, run["seed"])
+        model, config = load_checkpoint_model(directory, impl=impl, device=ctx.device, eval_sampling=eval_sampling)
+        cfg = run_config(config, batch_size)
+        data = checkpoint_data(directory, config, data_path)
+        result = predict(model, data.splits[split], cfg, config["model"], ctx, config["run"]["seed"])
         report = {
             "checkpoint": directory,
             "data": data.describe(),
             "split": split,
             "protocol": protocol,
+            "eval_sampling": cfg.eval_sampling,
             "headline": result["metrics"][protocol],
             "metrics": result["metrics"],
         }
-        output = output or os.path.join(directory, f"eval-{split}.json")
         if ctx.is_main:
+            os.makedirs(output_dir, exist_ok=True)
+            output = os.path.join(output_dir, f"{split}.json")
             ckpt.write_json(output, report)
-            write_predictions(os.path.splitext(output)[0] + "-predictions.csv", data.splits[split], result)
-            print(f"{split} ({protocol} convention): {format_metrics(report['headline'], tuple(report['headline']))}")
+            write_predictions(os.path.join(output_dir, f"{split}-predictions.csv"), data.splits[split], result)
+            print(f"{split} ({protocol} convention, eval_sampling={cfg.eval_sampling}): "
+                  f"{format_metrics(report['headline'], tuple(report['headline']))}")
             print(f"written: {output}")
         return report
     finally:
         shutdown(ctx)
+
+
+def run_config(config: dict, batch_size: Optional[int]) -> TrainConfig:
+    """The training run's settings from a checkpoint's config, with the evaluation's batch and sampling."""
+    run = config["run"]
+    cfg = TrainConfig(**{f.name: run[f.name] for f in dataclasses.fields(TrainConfig) if f.name in run})
+    cfg.eval_sampling = config["model"]["eval_sampling"]
+    if batch_size is not None:
+        cfg.eval_batch_size = batch_size
+    return cfg
+
+
+def checkpoint_data(directory: str, config: dict, data_path: Optional[str]) -> SentimentData:
+    """The data to score a checkpoint on, read with the checkpoint's own tokenizer and checked against its widths."""
+    run = config["run"]
+    if data_path is None and run.get("data"):
+        raise ValueError(
+            f"--data: this checkpoint was trained on {run['data']!r}; name the file to evaluate on "
+            f"(pickles run code when loaded, so only a path given on the command line is read)"
+        )
+    tokenizer = load_tokenizer(config["tokenizer"], directory)
+    synthetic = SyntheticSpec(seed=run["synthetic_seed"], sizes=tuple(run["synthetic_sizes"]))
+    data = load_sentiment_data(data_path, tokenizer=tokenizer, max_len=run["max_seq_length"], synthetic=synthetic)
+    ithp = config["model"]["ithp"]
+    check_feature_widths(data, ithp["X2_dim"], ithp["X1_dim"], f"the checkpoint {directory}")
+    vocab = config["model"]["backbone"]["vocab_size"]
+    if data.vocab_size > vocab:
+        raise DataFormatError(data.source, f"token ids reach {data.vocab_size - 1} but the checkpoint's vocab_size is {vocab}")
+    return data

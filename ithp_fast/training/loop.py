@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -25,10 +26,14 @@ from . import checkpoints as ckpt
 from .batches import TRAIN_TAG, derive_seed, run_batch
 from .build import new_model, optimizer_groups, tokenizer_entry
 from .config import RESUME_FREE, TERMS, TrainConfig
-from .distributed import DistContext, init_distributed, mean_across_ranks, print_on_main, shutdown
+from .distributed import DistContext, all_true, barrier, init_distributed, mean_across_ranks, print_on_main, shutdown
 from .evaluate import predict
 from .metrics import better, format_metrics
 from .results import print_summary, seed_results, summarise
+
+
+class NonFiniteLossError(ArithmeticError):
+    """A training step's loss or gradient was NaN or infinite (the message names seed, epoch and step)."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,7 @@ class SeedRun:
     total_steps: int
     state: dict = field(default_factory=lambda: {
         "epoch": 0, "step_in_epoch": 0, "global_step": 0, "history": {"steps": [], "epochs": []},
-        "best": None, "best_epoch": None, "train_seconds": 0.0,
+        "best": None, "best_epoch": None, "train_seconds": 0.0, "skipped_steps": 0,
     })
     steps_this_call: int = 0
 
@@ -115,9 +120,17 @@ def check_resume(saved: dict, cfg: TrainConfig, path: str) -> None:
         raise ValueError(f"--resume: {path} was written with other settings ({detail})")
 
 
+def recover_checkpoints(paths: SeedPaths, ctx: DistContext) -> None:
+    """Finish or undo a save a crash interrupted (rank 0 moves files, the others wait)."""
+    if ctx.is_main:
+        ckpt.recover(paths.last)
+        ckpt.recover(paths.best)
+    barrier(ctx)
+
+
 def finished_earlier(cfg: TrainConfig, seed: int, paths: SeedPaths, ctx: DistContext) -> Optional[dict]:
     """With --resume, the results of a seed that already finished (None otherwise)."""
-    if not (cfg.resume and os.path.isfile(paths.results) and ckpt.has_training_state(paths.last)):
+    if not (os.path.isfile(paths.results) and os.path.isdir(paths.last)):
         return None
     done = ckpt.read_json(paths.results)
     if not done.get("finished"):
@@ -125,6 +138,23 @@ def finished_earlier(cfg: TrainConfig, seed: int, paths: SeedPaths, ctx: DistCon
     check_resume(ckpt.load_config(paths.last)["run"], cfg, paths.last)
     print_on_main(ctx, f"seed {seed}: finished earlier, results read from {paths.results}")
     return done
+
+
+def check_fresh_output(cfg: TrainConfig, ctx: DistContext) -> None:
+    """Without --resume, refuse to train over a seed already in --output-dir (or clear it with
+    --overwrite-output-dir): a new run never replaces a finished one by accident."""
+    for seed in cfg.seeds:
+        paths = SeedPaths.of(cfg.output_dir, seed)
+        taken = [p for p in (paths.results, paths.last, ckpt.sibling(paths.last, ".tmp"), ckpt.sibling(paths.last, ".old"))
+                 if os.path.exists(p)]
+        if not taken:
+            continue
+        if not cfg.overwrite_output_dir:
+            raise ValueError(f"--output-dir: {paths.run} already holds a run ({os.path.basename(taken[0])}); pass "
+                             f"--resume to continue it, --overwrite-output-dir to replace it, or another --output-dir")
+        if ctx.is_main:
+            shutil.rmtree(paths.run)
+    barrier(ctx)
 
 
 def start_seed(cfg: TrainConfig, seed: int, data: SentimentData, ctx: DistContext, paths: SeedPaths) -> SeedRun:
@@ -157,11 +187,13 @@ def start_seed(cfg: TrainConfig, seed: int, data: SentimentData, ctx: DistContex
 def resume(run: SeedRun) -> None:
     """Load weights, optimiser, schedule and progress from checkpoint-last (when there is one)."""
     last = run.paths.last
-    if not ckpt.has_training_state(last):
+    if not os.path.isdir(last):
+        print_on_main(run.ctx, f"seed {run.seed}: nothing to resume in {run.paths.run}; starting")
         return
+    ckpt.check_training_state(last)
     check_resume(ckpt.load_config(last)["run"], run.cfg, last)
     ckpt.load_weights(run.model, last)
-    run.state = ckpt.load_training_state(last, run.optimizer, run.scheduler)
+    run.state = {"skipped_steps": 0, **ckpt.load_training_state(last, run.optimizer, run.scheduler)}
     print_on_main(run.ctx, f"seed {run.seed}: resuming from {last} at step {run.state['global_step']} "
                            f"(epoch {run.state['epoch'] + 1})")
 
@@ -177,8 +209,9 @@ def tokenizer_saver(data: SentimentData):
     return data.tokenizer.save if data.tokenizer is not None else None
 
 
-def train_step(run: SeedRun, batch: dict, epoch: int) -> torch.Tensor:
-    """One optimiser step; returns the training terms (``TERMS``) of the batch."""
+def train_step(run: SeedRun, batch: dict, epoch: int) -> Optional[torch.Tensor]:
+    """One optimiser step; returns the training terms (``TERMS``) of the batch, or None when the step
+    was skipped because its loss or gradient was not finite (``--skip-nonfinite-steps``)."""
     cfg, state = run.cfg, run.state
     torch.manual_seed(derive_seed(run.seed, TRAIN_TAG, state["global_step"], run.ctx.rank))
     noise_key = (run.seed, TRAIN_TAG, epoch) if cfg.noise == "per-example" else None
@@ -186,12 +219,31 @@ def train_step(run: SeedRun, batch: dict, epoch: int) -> torch.Tensor:
     loss = run.model.training_loss(out, labels)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if cfg.max_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.max_grad_norm)
+    grad_norm = gradient_norm(run.model, cfg.max_grad_norm)
+    if not all_true(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm), run.ctx):
+        run.optimizer.zero_grad(set_to_none=True)
+        if not cfg.skip_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"seed {run.seed}, epoch {epoch + 1}, step {state['global_step'] + 1}: the loss is {loss.item():g} and "
+                f"the gradient norm {grad_norm.item():g}; training stopped before this step changed anything "
+                f"(checkpoints already saved are kept). Lower --lr, clip with --max-grad-norm, or pass "
+                f"--skip-nonfinite-steps"
+            )
+        state["skipped_steps"] += 1
+        run.scheduler.step()  # a skipped step still counts in the schedule
+        return None
     run.optimizer.step()
     run.scheduler.step()
     task_mse = F.mse_loss(out.logits.reshape(-1).float(), labels.float())
     return torch.stack([loss, task_mse, out.IB_total, out.kl0, out.mse0, out.kl1, out.mse1]).detach().float()
+
+
+def gradient_norm(model: nn.Module, max_norm: Optional[float]) -> torch.Tensor:
+    """The total gradient norm (before clipping); clips to ``max_norm`` when it is given."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if max_norm is not None:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return torch.nn.utils.get_total_norm([p.grad for p in params])
 
 
 def train_epoch(run: SeedRun) -> bool:
@@ -211,12 +263,15 @@ def train_epoch(run: SeedRun) -> bool:
     for batch in itertools.islice(run.loader, state["step_in_epoch"], None):
         if state["global_step"] >= run.total_steps:
             break
-        sums.add(train_step(run, batch, epoch))
+        terms = train_step(run, batch, epoch)
+        if terms is not None:
+            sums.add(terms)
         state["global_step"] += 1
         state["step_in_epoch"] += 1
         run.steps_this_call += 1
         bar.update(1)
-        if state["global_step"] % cfg.log_every == 0 or state["step_in_epoch"] == run.steps_per_epoch:
+        logged = state["global_step"] % cfg.log_every == 0 or state["step_in_epoch"] == run.steps_per_epoch
+        if logged and sums.window:
             history["steps"].append({"step": state["global_step"], "epoch": epoch + 1, **sums.take_window()})
             bar.set_postfix(loss=f"{(sums.total[0] / sums.steps).item():.4f}")
         if cfg.stop_after_steps is not None and run.steps_this_call >= cfg.stop_after_steps:
@@ -261,9 +316,11 @@ def end_epoch(run: SeedRun, epoch: int, sums: EpochSums, seconds: float) -> None
 def train_seed(cfg: TrainConfig, seed: int, data: SentimentData, ctx: DistContext) -> dict:
     """One training run; returns its results (also written to ``<output_dir>/seed-<seed>/results.json``)."""
     paths = SeedPaths.of(cfg.output_dir, seed)
-    done = finished_earlier(cfg, seed, paths, ctx)
-    if done is not None:
-        return done
+    if cfg.resume:
+        recover_checkpoints(paths, ctx)
+        done = finished_earlier(cfg, seed, paths, ctx)
+        if done is not None:
+            return done
     if ctx.is_main:
         os.makedirs(paths.run, exist_ok=True)
     run = start_seed(cfg, seed, data, ctx, paths)
@@ -295,6 +352,8 @@ def train(cfg: TrainConfig) -> dict:
     ctx = init_distributed(cfg.device)
     try:
         cfg.validate(ctx.world_size)
+        if not cfg.resume:
+            check_fresh_output(cfg, ctx)
         data = load_run_data(cfg, ctx)
         print_on_main(ctx, f"data: {data.describe()}")
         if not cfg.backbone and cfg.lr <= 1e-5:

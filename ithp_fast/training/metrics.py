@@ -11,6 +11,9 @@ Keys: ``Non0_acc_2``, ``Non0_F1_score`` (and under ``mmsa`` also ``Has0_acc_2``,
 ``Has0_F1_score``), ``Mult_acc_5`` / ``Mult_acc_7`` (values clipped to [-2, 2] / [-3, 3], rounded
 half-to-even, predicted class == true class), ``MAE``, ``Corr`` (Pearson). F1 scores are
 support-weighted over the two classes. Accuracies and F1 are fractions in [0, 1].
+
+Predictions that are not all finite (a diverged model) give NaN for every metric: a NaN counted
+as a class or a distance would look like a result.
 """
 
 from __future__ import annotations
@@ -70,6 +73,9 @@ def sentiment_metrics(predictions: Sequence[float], labels: Sequence[float], con
     true = np.asarray(labels, dtype=np.float64).reshape(-1)
     if pred.shape != true.shape:
         raise ValueError(f"predictions: expected {true.size} values (one per label), got {pred.size}")
+    finite = bool(np.isfinite(pred).all())
+    if not finite:
+        pred = np.zeros_like(pred)  # scored for the keys only; every value is replaced by NaN below
     nonzero = true != 0
     out: dict[str, float] = {}
     if convention == "authors":
@@ -82,6 +88,8 @@ def sentiment_metrics(predictions: Sequence[float], labels: Sequence[float], con
     out["Mult_acc_7"] = multiclass_accuracy(pred, true, 3.0)
     out["MAE"] = float(np.mean(np.abs(pred - true))) if true.size else math.nan
     out["Corr"] = pearson(pred, true)
+    if not finite:
+        out = {k: math.nan for k in out}
     out["count"] = int(true.size)
     return out
 
@@ -106,6 +114,6 @@ def better(metric: str, new: float, old: float | None) -> bool:
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof=1; 0 for a single value) ignoring nothing."""
+    """Mean and sample standard deviation (ddof=1; 0 for a single value); NaN if any value is NaN."""
     arr = np.asarray(values, dtype=np.float64)
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0

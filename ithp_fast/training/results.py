@@ -42,6 +42,7 @@ def seed_results(cfg: TrainConfig, seed: int, data: SentimentData, ctx: DistCont
             "device": str(ctx.device),
             "world_size": ctx.world_size,
             "steps": state["global_step"],
+            "skipped_steps": state.get("skipped_steps", 0),
             "train_seconds": state["train_seconds"],
             "epoch_seconds": [r["seconds"] for r in state["history"]["epochs"]],
         },
@@ -72,7 +73,7 @@ def write_figures(history: dict, directory: str, protocol: str) -> dict:
 
 
 def summarise(results: list[dict], protocol: str) -> dict:
-    """Mean and sample standard deviation of every headline metric over the seeds."""
+    """Mean and sample standard deviation (ddof=1) of every metric over the seeds; NaN when a seed's is."""
     finished = [r for r in results if r.get("finished")]
     summary: dict[str, Any] = {"protocol": protocol, "seeds": [r["seed"] for r in finished], "metrics": {}}
     for conv in CONVENTIONS:
@@ -80,8 +81,7 @@ def summarise(results: list[dict], protocol: str) -> dict:
         summary["metrics"][conv] = {}
         for k in keys:
             values = [r["test"][conv][k] for r in finished]
-            clean = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-            mean, std = mean_std(clean) if clean else (math.nan, math.nan)
+            mean, std = mean_std([math.nan if v is None else v for v in values])
             summary["metrics"][conv][k] = {"mean": mean, "std": std, "values": values}
     return summary
 

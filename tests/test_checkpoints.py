@@ -1,0 +1,245 @@
+"""Checkpoint files: a crash at any step of a save leaves a complete checkpoint to continue from,
+every file is checked against its SHA-256, damaged or foreign files give one line naming them,
+and a loaded checkpoint answers the same way twice."""
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import ithp_fast
+from ithp_fast.tools.cli import main
+from ithp_fast.training import checkpoints as ckpt
+from ithp_fast.training.config import TrainConfig
+from ithp_fast.training.loop import train
+
+TINY = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=32, inter_dim=32, b0_dim=16, b1_dim=8,
+            progress=False, plots=False, device="cpu")
+TINY_FLAGS = ["--hidden-size", "32", "--num-layers", "1", "--intermediate-size", "32", "--inter-dim", "32",
+              "--b0-dim", "16", "--b1-dim", "8", "--no-progress", "--no-plots", "--device", "cpu"]
+
+
+class Crash(Exception):
+    """Stands for the process dying at one step of a save."""
+
+
+class CrashAt:
+    """Counts the file-system steps of a save and raises :class:`Crash` at step ``k`` (before it happens;
+    a file write that crashes leaves half a file behind)."""
+
+    def __init__(self, monkeypatch, k=None):
+        self.k, self.count, self.names = k, 0, []
+        for module, name in ((os, "replace"), (os, "makedirs"), (shutil, "rmtree"), (ckpt, "sync_to_disk")):
+            monkeypatch.setattr(module, name, self.step(f"{module.__name__}.{name}", getattr(module, name)))
+        monkeypatch.setattr(ckpt, "save_file", self.step("save_file", ckpt.save_file, half_written=True))
+
+    def step(self, name, fn, half_written=False):
+        def wrapped(*args, **kwargs):
+            self.names.append((name, os.path.basename(str(args[-1]))))
+            self.count += 1
+            if self.count - 1 == self.k:
+                if half_written:
+                    fn(*args, **kwargs)
+                    path = args[1]
+                    with open(path, "r+b") as f:
+                        f.truncate(os.path.getsize(path) // 2)
+                raise Crash(name)
+            return fn(*args, **kwargs)
+        return wrapped
+
+
+def small_model(value):
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(value)
+    return model
+
+
+def save(directory, value):
+    model = small_model(value)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(2, 3)).sum().backward()
+    optimizer.step()
+    ckpt.save_checkpoint(str(directory), model, {"value": value}, optimizer=optimizer, state={"value": value},
+                         save_tokenizer=lambda d: open(os.path.join(d, "vocab.json"), "w").write("{}"))
+
+
+def saved_value(directory):
+    return round(load_file(os.path.join(directory, ckpt.MODEL_FILE))["0.weight"].flatten()[0].item(), 2)
+
+
+def test_a_crash_at_every_step_of_a_save_leaves_the_old_or_the_new_checkpoint(tmp_path, monkeypatch):
+    with pytest.MonkeyPatch.context() as mp:
+        counter = CrashAt(mp)
+        save(tmp_path / "count" / "checkpoint-last", 1.0)
+        save(tmp_path / "count" / "checkpoint-last", 2.0)
+        steps = counter.count // 2  # steps of one save over an existing checkpoint
+    second = counter.names[steps:]
+    manifest_written = second.index(("os.replace", ckpt.MANIFEST_FILE))
+    assert steps >= 10 and manifest_written < steps - 3, second
+    outcomes = []
+    for k in range(steps):
+        directory = tmp_path / f"crash-{k}" / "checkpoint-last"
+        save(directory, 1.0)
+        with pytest.MonkeyPatch.context() as mp:
+            CrashAt(mp, k)
+            with pytest.raises(Crash):
+                save(directory, 2.0)
+        assert ckpt.recover(str(directory)) == str(directory), k
+        assert os.listdir(directory.parent) == ["checkpoint-last"], (k, os.listdir(directory.parent))
+        assert ckpt.checkpoint_problem(str(directory)) is None
+        outcomes.append(saved_value(directory))
+        save(directory, 3.0)  # and saving goes on from there
+        assert saved_value(directory) == 3.0
+    # the old checkpoint until the new one is complete (its manifest written), the new one after: never neither
+    assert outcomes == [1.0] * (manifest_written + 1) + [2.0] * (steps - manifest_written - 1), (outcomes, second)
+
+
+def test_a_crash_during_the_first_save_leaves_nothing_to_resume(tmp_path, monkeypatch):
+    directory = tmp_path / "checkpoint-last"
+    CrashAt(monkeypatch, 3)
+    with pytest.raises(Crash):
+        save(directory, 1.0)
+    monkeypatch.undo()
+    assert ckpt.recover(str(directory)) is None and os.listdir(tmp_path) == []
+
+
+def test_recover_never_deletes_a_damaged_checkpoint_or_guesses(tmp_path):
+    directory = tmp_path / "checkpoint-last"
+    save(tmp_path / "elsewhere", 1.0)
+    save(directory, 2.0)
+    os.replace(tmp_path / "elsewhere", str(directory) + ".old")  # as a crash before the old copy's removal
+    flip_a_byte(directory / ckpt.MODEL_FILE)
+    with pytest.raises(ckpt.CheckpointError, match="model.safetensors: its SHA-256 differs"):
+        ckpt.recover(str(directory))
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-last", "checkpoint-last.old"]  # both kept
+
+
+def test_leftovers_of_an_earlier_version_are_not_guessed_at(tmp_path):
+    directory = tmp_path / "checkpoint-last"
+    for suffix, value in ((".old", 1.0), (".tmp", 2.0)):
+        save(str(directory) + suffix, value)
+        os.remove(os.path.join(str(directory) + suffix, ckpt.MANIFEST_FILE))
+        config = os.path.join(str(directory) + suffix, ckpt.CONFIG_FILE)
+        json.dump({**json.load(open(config)), "format": ckpt.LEGACY_FORMAT}, open(config, "w"))
+    with pytest.raises(ckpt.CheckpointError, match="interrupted save of an earlier version"):
+        ckpt.recover(str(directory))
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-last.old", "checkpoint-last.tmp"]
+
+
+def flip_a_byte(path, offset=-5):
+    data = bytearray(open(path, "rb").read())
+    data[offset] ^= 0x01
+    open(path, "wb").write(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained")
+    train(TrainConfig(output_dir=str(out), synthetic_sizes=(16, 8, 8), epochs=1, lr=1e-3, **TINY))
+    return out / "seed-1" / "checkpoint-last"
+
+
+@pytest.fixture
+def checkpoint(trained, tmp_path):
+    copy = tmp_path / "run" / "seed-1" / "checkpoint-last"
+    shutil.copytree(trained, copy)
+    return copy
+
+
+def one_line_error(capsys, argv, code=2):
+    capsys.readouterr()
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("ithp-fast")]
+    assert len(errors) == 1 and "Traceback" not in err and errors[0].startswith(f"ithp-fast {argv[0]}: error: "), err
+    return errors[0]
+
+
+@pytest.mark.parametrize("name", [ckpt.MODEL_FILE, ckpt.CONFIG_FILE, "vocab.json"])
+def test_a_flipped_byte_is_one_line_naming_the_file(checkpoint, capsys, name):
+    flip_a_byte(checkpoint / name, offset=len(open(checkpoint / name, "rb").read()) // 2)
+    err = one_line_error(capsys, ["evaluate", "--checkpoint", str(checkpoint)])
+    assert str(checkpoint / name) in err and "SHA-256 differs" in err
+
+
+def test_truncated_files_are_named(checkpoint, capsys):
+    path = checkpoint / ckpt.MODEL_FILE
+    os.truncate(path, os.path.getsize(path) - 100)
+    err = one_line_error(capsys, ["evaluate", "--checkpoint", str(checkpoint)])
+    assert str(path) in err and "truncated" in err
+
+
+@pytest.mark.parametrize("name, content, problem", [
+    (ckpt.MODEL_FILE, b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header", "not a readable safetensors file"),
+    (ckpt.CONFIG_FILE, b"\x89PNG\r\n", "not a readable JSON file"),
+    (ckpt.CONFIG_FILE, b'{"format": "something-else"}', "format 'something-else'"),
+])
+def test_foreign_files_without_a_manifest_are_named(checkpoint, capsys, name, content, problem):
+    os.remove(checkpoint / ckpt.MANIFEST_FILE)  # nothing to compare with: the content itself is checked
+    (checkpoint / name).write_bytes(content)
+    err = one_line_error(capsys, ["evaluate", "--checkpoint", str(checkpoint)])
+    assert str(checkpoint / name) in err and problem in err
+
+
+@pytest.mark.parametrize("name", [ckpt.STATE_FILE, ckpt.OPTIMIZER_FILE])
+def test_resume_without_training_state_is_an_error_not_a_restart(checkpoint, capsys, name):
+    run = checkpoint.parent.parent
+    os.remove(checkpoint / name)
+    argv = ["train", "--resume", "--output-dir", str(run), "--synthetic-sizes", "16", "8", "8", "--epochs", "2",
+            "--lr", "1e-3", *TINY_FLAGS]
+    err = one_line_error(capsys, argv)
+    assert str(checkpoint / name) in err and "missing" in err
+    manifest = json.loads((checkpoint / ckpt.MANIFEST_FILE).read_text())
+    del manifest["files"][name]
+    (checkpoint / ckpt.MANIFEST_FILE).write_text(json.dumps(manifest))
+    err = one_line_error(capsys, argv)
+    assert str(checkpoint / name) in err and "cannot be resumed" in err
+    assert (checkpoint / ckpt.MODEL_FILE).is_file()  # nothing was deleted
+
+
+def test_a_run_directory_is_not_a_checkpoint(checkpoint, capsys):
+    err = one_line_error(capsys, ["evaluate", "--checkpoint", str(checkpoint.parent.parent)])
+    assert "not a checkpoint" in err and "seed-1/checkpoint-last" in err
+
+
+def test_evaluate_writes_beside_the_checkpoint_or_where_asked(checkpoint, capsys, tmp_path):
+    assert main(["evaluate", "--checkpoint", str(checkpoint)]) == 0
+    out = capsys.readouterr().out
+    assert "eval_sampling=sample" in out  # the training run's, said
+    assert (checkpoint.parent / "eval-checkpoint-last" / "test.json").is_file()
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--output-dir", str(tmp_path / "mine"),
+                 "--eval-sampling", "mean"]) == 0
+    assert json.loads((tmp_path / "mine" / "test.json").read_text())["eval_sampling"] == "mean"
+    err = one_line_error(capsys, ["evaluate", "--checkpoint", str(checkpoint), "--output-dir", str(checkpoint / "x")])
+    assert "--output-dir" in err and "inside a checkpoint" in err
+    assert not (checkpoint / "x").exists()
+
+
+def test_load_checkpoint_answers_the_same_way_twice(trained):
+    model = ithp_fast.load_checkpoint(trained)
+    assert isinstance(model, ithp_fast.ITHPDeberta) and not model.training
+    assert model.ithp.eval_sampling == "mean"
+    ids = torch.randint(4, 40, (3, 12))
+    visual, acoustic = torch.rand(3, 12, 47), torch.rand(3, 12, 74)
+    first = model(ids, visual, acoustic).logits
+    assert torch.equal(model(ids, visual, acoustic).logits, first)
+    sampled = ithp_fast.load_checkpoint(trained, eval_sampling="sample")
+    torch.manual_seed(0)
+    a = sampled(ids, visual, acoustic).logits
+    assert not torch.equal(sampled(ids, visual, acoustic).logits, a)  # the released evaluation draws the latent
+
+
+def test_load_checkpoint_names_the_first_mismatching_shape(checkpoint):
+    tensors = load_file(checkpoint / ckpt.MODEL_FILE)
+    first = next(iter(tensors))
+    tensors = {k: (torch.zeros(3, 3) if k == first else v) for k, v in tensors.items()}
+    save_file(tensors, checkpoint / ckpt.MODEL_FILE)
+    os.remove(checkpoint / ckpt.MANIFEST_FILE)
+    with pytest.raises(ckpt.CheckpointError, match=rf"{first} has shape \(3, 3\) in the checkpoint but \("):
+        ithp_fast.load_checkpoint(checkpoint)
