@@ -26,6 +26,9 @@ _PUBLIC = {
     "ServingDeberta": ".serving.deberta",
     "deberta_logits": ".serving.deberta",
     "load_checkpoint": ".training.load",
+    "train": ".training.api",
+    "evaluate": ".training.api",
+    "TrainConfig": ".training.config",
 }
 
 __all__ = list(_PUBLIC)
@@ -51,4 +54,6 @@ if TYPE_CHECKING:  # what static tools and IDEs see
     from .reference.deberta import ITHPDeberta, ITHPDebertaOutput
     from .serving.deberta import ServingDeberta, deberta_logits
     from .serving.encoder import ServingEncoder
+    from .training.api import evaluate, train
+    from .training.config import TrainConfig
     from .training.load import load_checkpoint

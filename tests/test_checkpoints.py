@@ -15,12 +15,12 @@ import ithp_fast
 from ithp_fast.tools.cli import main
 from ithp_fast.training import checkpoints as ckpt
 from ithp_fast.training.config import TrainConfig
-from ithp_fast.training.loop import train
+from ithp_fast.training.api import train
 
 TINY = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=32, inter_dim=32, b0_dim=16, b1_dim=8,
-            progress=False, plots=False, device="cpu")
+            progress=False, plots=False, device="cpu", threads=1)
 TINY_FLAGS = ["--hidden-size", "32", "--num-layers", "1", "--intermediate-size", "32", "--inter-dim", "32",
-              "--b0-dim", "16", "--b1-dim", "8", "--no-progress", "--no-plots", "--device", "cpu"]
+              "--b0-dim", "16", "--b1-dim", "8", "--no-progress", "--no-plots", "--device", "cpu", "--threads", "1"]
 
 
 class Crash(Exception):

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from ithp_fast.data import SyntheticSpec, load_sentiment_data
 from ithp_fast.training.build import new_model
 from ithp_fast.training.config import TrainConfig
-from ithp_fast.training.loop import train
+from ithp_fast.training.api import train
 
 # Dropout off and noise drawn per example: the only differences left between one process and
 # two are the order of floating-point sums (gradient all-reduce, sharded batches).
@@ -74,4 +74,4 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
         for key, value in r1["test"][conv].items():
             assert r2["test"][conv][key] == pytest.approx(value, rel=1e-4, abs=1e-5), (conv, key)
     # Only rank 0 wrote: one checkpoint, no half-written leftovers.
-    assert sorted(os.listdir(two / "seed-1")) == ["checkpoint-last", "predictions_test.csv", "results.json"]
+    assert sorted(os.listdir(two / "seed-1")) == ["checkpoint-last", "metrics.csv", "predictions_test.csv", "results.json"]

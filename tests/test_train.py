@@ -17,10 +17,10 @@ from ithp_fast.training.config import TrainConfig
 from ithp_fast.training.distributed import DistContext
 from ithp_fast.training.evaluate import evaluate_checkpoint, predict
 from ithp_fast.training.load import load_checkpoint_model
-from ithp_fast.training.loop import train
+from ithp_fast.training.api import train
 
 TINY = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=32, inter_dim=32, b0_dim=16, b1_dim=8,
-            progress=False, plots=False, device="cpu")
+            progress=False, plots=False, device="cpu", threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,8 @@ def short_run(tmp_path_factory):
     """48 steps on 64 synthetic examples with the default small backbone; a few seconds on a quiet CPU."""
     out = tmp_path_factory.mktemp("run")
     cfg = TrainConfig(output_dir=str(out), synthetic_sizes=(64, 16, 16), epochs=6, lr=5e-3, batch_size=8,
-                      backbone_dropout=0.0, fusion_dropout=0.1, ithp_dropout=0.1, log_every=4, progress=False, device="cpu")
+                      backbone_dropout=0.0, fusion_dropout=0.1, ithp_dropout=0.1, log_every=4, progress=False, device="cpu",
+                      threads=1)
     summary = train(cfg)
     run_dir = out / "seed-1"
     return cfg, summary, run_dir, json.loads((run_dir / "results.json").read_text())
@@ -227,13 +228,8 @@ def test_learning_rate_warms_up_then_decays_to_zero(tmp_path, monkeypatch):
 
 def test_synthetic_run_beats_a_metric_floor(tmp_path):
     """A short run on 256 synthetic examples learns the text's sentiment well above chance (Corr 0, accuracy 0.5)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train(TrainConfig(output_dir=str(tmp_path), synthetic_sizes=(256, 64, 64), epochs=6, lr=2e-3,
-                          **{**TINY, "intermediate_size": 64}))
-    finally:
-        torch.set_num_threads(threads)
+    train(TrainConfig(output_dir=str(tmp_path), synthetic_sizes=(256, 64, 64), epochs=6, lr=2e-3,
+                      **{**TINY, "intermediate_size": 64}))
     test = json.loads((tmp_path / "seed-1/results.json").read_text())["test"]["authors"]
     assert test["Corr"] > 0.3 and test["Non0_acc_2"] > 0.58, test
 
@@ -244,7 +240,7 @@ def test_diverging_run_stops_naming_seed_epoch_and_step_and_keeps_what_was_saved
 
     flags = ["--synthetic-sizes", "8", "8", "8", "--epochs", "3", "--lr", "50", "--output-dir", str(tmp_path),
              "--hidden-size", "32", "--num-layers", "1", "--intermediate-size", "32", "--inter-dim", "32",
-             "--b0-dim", "16", "--b1-dim", "8", "--no-progress", "--no-plots", "--device", "cpu"]
+             "--b0-dim", "16", "--b1-dim", "8", "--no-progress", "--no-plots", "--device", "cpu", "--threads", "1"]
     assert main(["train", *flags]) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ithp-fast")]
     assert len(err) == 1
@@ -279,11 +275,12 @@ def test_resume_after_a_crash_between_the_renames_continues(tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         train(TrainConfig(output_dir=str(tmp_path / "b"), **base))
     monkeypatch.undo()
-    assert sorted(os.listdir(tmp_path / "b/seed-1")) == ["checkpoint-last.old", "checkpoint-last.tmp"]
+    assert sorted(os.listdir(tmp_path / "b/seed-1")) == ["checkpoint-last.old", "checkpoint-last.tmp", "metrics.csv"]
     train(TrainConfig(output_dir=str(tmp_path / "b"), resume=True, **base))
     state = json.loads((tmp_path / "b/seed-1/checkpoint-last/trainer_state.json").read_text())
     assert state["epoch"] == 3 and len(state["history"]["epochs"]) == 3  # continued from epoch 2, not from 1
     a = load_file(str(tmp_path / "a/seed-1/checkpoint-last/model.safetensors"))
     b = load_file(str(tmp_path / "b/seed-1/checkpoint-last/model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert sorted(os.listdir(tmp_path / "b/seed-1")) == ["checkpoint-last", "predictions_test.csv", "results.json"]
+    assert sorted(os.listdir(tmp_path / "b/seed-1")) == ["checkpoint-last", "metrics.csv", "predictions_test.csv",
+                                                         "results.json"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -104,7 +105,7 @@ def _from_arrays(raw: dict, path: str, max_len: int) -> dict:
 
 
 def load_sentiment_data(
-    path: Union[str, os.PathLike, None] = None,
+    path: Union[str, os.PathLike, Mapping, None] = None,
     *,
     tokenizer: Optional[WordTokenizer] = None,
     max_len: int = 50,
@@ -112,7 +113,8 @@ def load_sentiment_data(
 ) -> SentimentData:
     """Load a pickle in either layout (``path``), or generate the synthetic set when ``path`` is None.
 
-    ``path`` is unpickled, which runs code stored in the file: pass only a file you trust.
+    ``path`` is unpickled, which runs code stored in the file: pass only a file you trust. The
+    object a pickle holds (a dict in either layout) may be given instead of a path.
     ``tokenizer`` turns words into ids for the word-level layout (and the synthetic set); without
     one, a :class:`WordVocabulary` is built from the training split. The array layout carries its
     own token ids and ignores it.
@@ -123,8 +125,11 @@ def load_sentiment_data(
         source = f"synthetic(seed={synthetic.seed}, sizes={list(synthetic.sizes)})"
         splits, tokenizer = _from_words(make_synthetic(synthetic), source, tokenizer, max_len)
         return SentimentData(splits, "synthetic", source, tokenizer, {"synthetic": {"seed": synthetic.seed, "sizes": list(synthetic.sizes)}})
-    path = os.fspath(path)
-    raw = read_pickle(path)
+    if isinstance(path, Mapping):
+        raw, path = dict(path), "in-memory data"
+    else:
+        path = os.fspath(path)
+        raw = read_pickle(path)
     layout = detect_layout(raw, path)
     if layout == "words":
         splits, tokenizer = _from_words(raw, path, tokenizer, max_len)

@@ -1,16 +1,18 @@
-"""The ``ithp-fast train`` and ``ithp-fast evaluate`` commands."""
+"""The ``ithp-fast train`` and ``ithp-fast evaluate`` commands.
+
+The flags of ``train`` are TrainConfig's fields, turned into arguments by ``transformers.HfArgumentParser``;
+``--config FILE`` (JSON or YAML) gives any of them, and flags on the command line override the file.
+"""
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import sys
 
 from ..data import DataFormatError
-from ..training import loop
 from ..training.config import IMPLS, TrainConfig
-from ..training.evaluate import evaluate_checkpoint
-from ..training.metrics import CONVENTIONS
 
 TRAIN_DESCRIPTION = """\
 Train ITHP-DeBERTa for sentiment regression.
@@ -20,80 +22,125 @@ biases and LayerNorm weights, linear warm-up over 10 % of the steps then linear 
 30 epochs, 50 tokens, loss MSE + 2 / (p_beta + p_gamma) * IB_total and per-batch global min-max
 normalisation of the acoustic and visual features. Every one of them is an option.
 
+Settings come from --config FILE (JSON or YAML; keys are the flag names, with - or _), then from
+the flags given here, which override the file. Every run writes train_config.json with every
+setting resolved: --config runs/NAME/train_config.json --output-dir OTHER trains the same run again.
+
 Without --data the built-in synthetic set is used (see ithp_fast/data/synthetic.py); without
 --backbone a small randomly initialised DeBERTa-v2 is built (nothing is downloaded).
 
-Multi-process: torchrun --nproc_per_node N -m ithp_fast train ... (or the ithp-fast script).
---batch-size is the global batch, split evenly over the ranks; the min-max bounds are reduced
-over the ranks so a sharded batch is normalised like the whole batch; evaluation predictions are
-gathered so metrics are those of the whole split; rank 0 alone writes files.
+Multi-process: torchrun --nproc_per_node N -m ithp_fast train ... --batch-size is the global
+batch, split evenly over the processes; the min-max bounds are reduced over them, so a sharded
+batch is normalised like the whole batch; evaluation covers every example once; rank 0 alone
+writes files.
 """
 
-def add_config_arguments(p: argparse.ArgumentParser) -> None:
-    for f in dataclasses.fields(TrainConfig):
-        meta = dict(f.metadata)
-        flag = "--" + f.name.replace("_", "-")
-        help_text = meta.pop("help")
-        if isinstance(f.default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
-            continue
-        kind = meta.pop("type", None) or type(f.default)
-        p.add_argument(flag, type=kind, default=f.default, help=f"{help_text} (default: {f.default})", **meta)
-
+FIELD_DEFAULTS = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                  for f in dataclasses.fields(TrainConfig)}
 
 # Errors that come from what the user gave (paths, files, options): one line, no traceback.
 USER_ERRORS = (DataFormatError, FileNotFoundError, ValueError, KeyError)
 
 
+def format_default(value) -> str:
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return str(value)
+
+
+class PlainHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help in plain text: each flag once (``--max-seq-length``, not also ``--max_seq_length``), each default
+    once (none for a default of None, which the help line explains)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = FIELD_DEFAULTS.get(action.dest, action.default)
+        if default in (None, argparse.SUPPRESS) or isinstance(action, argparse._StoreFalseAction) or "Default:" in text:
+            return text
+        return f"{text} (default: {format_default(default)})"
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        hyphenated = [o for o in action.option_strings if "_" not in o]
+        if hyphenated and len(hyphenated) < len(action.option_strings):
+            action = copy.copy(action)
+            action.option_strings = hyphenated
+        return super()._format_action_invocation(action)
+
+
+def config_arguments() -> argparse.ArgumentParser:
+    """TrainConfig's fields as arguments (HfArgumentParser), each defaulting to "not given" so that only flags
+    on the command line override a --config file."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(TrainConfig, add_help=False)
+    for action in parser._actions:
+        action.option_strings.sort(key=lambda option: "_" in option)  # --max-seq-length first (usage shows it)
+        if isinstance(action, argparse._StoreFalseAction):
+            action.help = argparse.SUPPRESS  # --no-NAME is named in the help of --NAME
+        elif FIELD_DEFAULTS.get(action.dest) is True:
+            action.help += f" (--no-{action.dest.replace('_', '-')} turns it off)"
+        if isinstance(FIELD_DEFAULTS.get(action.dest), bool):
+            action.metavar = "yes|no"
+        if action.dest in FIELD_DEFAULTS:
+            action.default = argparse.SUPPRESS
+    return parser
+
+
+def report_error(command: str, exc: BaseException) -> None:
+    print(f"ithp-fast {command}: error: {exc}", file=sys.stderr)
+
+
 def train_command(args: argparse.Namespace) -> int:
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    cfg.synthetic_sizes, cfg.seeds = tuple(cfg.synthetic_sizes), tuple(cfg.seeds)
+    from ..training import api, loop
+
+    given = {k: v for k, v in vars(args).items() if k in FIELD_DEFAULTS}
     try:
-        loop.train(cfg)
+        api.train(args.config, **given)
     except USER_ERRORS as exc:
-        print(f"ithp-fast train: error: {exc}", file=sys.stderr)
+        report_error("train", exc)
         return 2
     except loop.NonFiniteLossError as exc:
-        print(f"ithp-fast train: error: {exc}", file=sys.stderr)
+        report_error("train", exc)
         return 1
     return 0
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
+    from ..training import api
+
     try:
-        evaluate_checkpoint(args.checkpoint, args.data, split=args.split, protocol=args.protocol, batch_size=args.batch_size,
-                            impl=args.impl, device=args.device, output_dir=args.output_dir,
-                            eval_sampling=args.eval_sampling)
+        api.evaluate(args.checkpoint, args.data, split=args.split, protocol=args.protocol, batch_size=args.batch_size,
+                     impl=args.impl, device=args.device, output_dir=args.output_dir, eval_sampling=args.eval_sampling)
     except USER_ERRORS as exc:
-        print(f"ithp-fast evaluate: error: {exc}", file=sys.stderr)
+        report_error("evaluate", exc)
         return 2
     return 0
 
 
 def register(sub) -> None:
     """Add ``train`` and ``evaluate`` to the ``ithp-fast`` command line."""
-    p = sub.add_parser(
-        "train",
-        help="train ITHP-DeBERTa (published recipe by default)",
-        description=TRAIN_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_config_arguments(p)
+    p = sub.add_parser("train", help="train ITHP-DeBERTa (published recipe by default)", description=TRAIN_DESCRIPTION,
+                       parents=[config_arguments()], formatter_class=PlainHelpFormatter)
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="JSON or YAML file of settings (keys: flag names); flags given here override it")
     p.set_defaults(func=train_command)
 
-    e = sub.add_parser("evaluate", help="score a checkpoint on a split under both metric conventions")
-    e.add_argument("--checkpoint", required=True, help="a checkpoint directory written by `ithp-fast train`")
-    e.add_argument("--data", default=None, help="the pickle to score on (needed when the checkpoint was trained on one; "
-                                                "unpickling runs code stored in the file: pass only files you trust). "
-                                                "Default: the checkpoint's synthetic set")
-    e.add_argument("--split", default="test", choices=("train", "valid", "test"))
-    e.add_argument("--protocol", default="authors", choices=CONVENTIONS, help="convention of the printed headline (both are written)")
-    e.add_argument("--batch-size", type=int, default=None, help="evaluation batch (default: the training run's)")
-    e.add_argument("--impl", default=None, choices=IMPLS, help="ITHP implementation (default: the training run's)")
-    e.add_argument("--device", default="auto")
+    e = sub.add_parser("evaluate", help="score a checkpoint on a split under both metric conventions",
+                       formatter_class=PlainHelpFormatter)
+    e.add_argument("--checkpoint", required=True, help="a checkpoint directory written by ithp-fast train "
+                                                       "(runs/NAME/seed-N/checkpoint-last)")
+    e.add_argument("--data", default=None, help="the pickle to score on (needed when the checkpoint was not trained on "
+                                                "the synthetic set; unpickling runs code stored in the file: pass only "
+                                                "files you trust). Default: the checkpoint's synthetic set")
+    e.add_argument("--split", default="test", choices=("train", "valid", "test"), help="the split to score")
+    e.add_argument("--protocol", default="authors", choices=("authors", "mmsa"),
+                   help="convention of the printed headline (both are written)")
+    e.add_argument("--batch-size", type=int, default=None, help="evaluation batch. Default: the training run's")
+    e.add_argument("--impl", default=None, choices=IMPLS, help="ITHP implementation. Default: the training run's")
     e.add_argument("--eval-sampling", default=None, choices=("mean", "sample"),
-                   help="latent in evaluation: mean (b = mu, the same answer every time) or sample (as the released "
-                        "evaluation); default: the training run's")
-    e.add_argument("--output-dir", default=None, help="where <split>.json and <split>-predictions.csv are written "
-                                                      "(default: eval-<checkpoint name> beside the checkpoint)")
+                   help="latent in evaluation: mean (b = mu, the same answer every time) or sample (drawn, as the "
+                        "released evaluation). Default: the training run's")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    e.add_argument("--output-dir", default=None, help="where <split>.json and <split>-predictions.csv are written. "
+                                                      "Default: eval-<checkpoint name> beside the checkpoint")
     e.set_defaults(func=evaluate_command)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Optional
+from collections.abc import Mapping
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -88,7 +89,7 @@ def check_output_dir(output_dir: str, checkpoint: str) -> None:
 
 def evaluate_checkpoint(
     directory: str,
-    data_path: Optional[str] = None,
+    data: Union[str, SentimentData, Mapping, None] = None,
     *,
     split: str = "test",
     protocol: str = "authors",
@@ -115,7 +116,7 @@ def evaluate_checkpoint(
     try:
         model, config = load_checkpoint_model(directory, impl=impl, device=ctx.device, eval_sampling=eval_sampling)
         cfg = run_config(config, batch_size)
-        data = checkpoint_data(directory, config, data_path)
+        data = checkpoint_data(directory, config, data)
         result = predict(model, data.splits[split], cfg, config["model"], ctx, config["run"]["seed"])
         report = {
             "checkpoint": directory,
@@ -149,17 +150,22 @@ def run_config(config: dict, batch_size: Optional[int]) -> TrainConfig:
     return cfg
 
 
-def checkpoint_data(directory: str, config: dict, data_path: Optional[str]) -> SentimentData:
-    """The data to score a checkpoint on, read with the checkpoint's own tokenizer and checked against its widths."""
+def checkpoint_data(directory: str, config: dict, source: Union[str, SentimentData, Mapping, None]) -> SentimentData:
+    """The data to score a checkpoint on (a pickle path, loaded data, a pickle's object, or the checkpoint's
+    synthetic set), read with the checkpoint's own tokenizer and checked against its widths."""
     run = config["run"]
-    if data_path is None and run.get("data"):
+    trained_on = run.get("data") or config.get("data", {}).get("source")
+    if source is None and config.get("data", {}).get("layout", "synthetic") != "synthetic":
         raise ValueError(
-            f"--data: this checkpoint was trained on {run['data']!r}; name the file to evaluate on "
+            f"--data: this checkpoint was trained on {trained_on!r}; name the file to evaluate on "
             f"(pickles run code when loaded, so only a path given on the command line is read)"
         )
-    tokenizer = load_tokenizer(config["tokenizer"], directory)
-    synthetic = SyntheticSpec(seed=run["synthetic_seed"], sizes=tuple(run["synthetic_sizes"]))
-    data = load_sentiment_data(data_path, tokenizer=tokenizer, max_len=run["max_seq_length"], synthetic=synthetic)
+    if isinstance(source, SentimentData):
+        data = source
+    else:
+        tokenizer = load_tokenizer(config["tokenizer"], directory)
+        synthetic = SyntheticSpec(seed=run["synthetic_seed"], sizes=tuple(run["synthetic_sizes"]))
+        data = load_sentiment_data(source, tokenizer=tokenizer, max_len=run["max_seq_length"], synthetic=synthetic)
     ithp = config["model"]["ithp"]
     check_feature_widths(data, ithp["X2_dim"], ithp["X1_dim"], f"the checkpoint {directory}")
     vocab = config["model"]["backbone"]["vocab_size"]

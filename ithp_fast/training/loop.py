@@ -14,7 +14,8 @@ import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from collections.abc import Mapping
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +27,18 @@ from . import checkpoints as ckpt
 from .batches import TRAIN_TAG, derive_seed, run_batch
 from .build import new_model, optimizer_groups, tokenizer_entry
 from .config import RESUME_FREE, TERMS, TrainConfig
-from .distributed import DistContext, all_true, barrier, init_distributed, mean_across_ranks, print_on_main, shutdown
+from .distributed import (
+    DistContext,
+    all_true,
+    barrier,
+    broadcast_object,
+    init_distributed,
+    mean_across_ranks,
+    print_on_main,
+    shutdown,
+)
 from .evaluate import predict
+from .logs import append_results_row, open_tensorboard, write_metrics_csv
 from .metrics import better, format_metrics
 from .results import print_summary, seed_results, summarise
 
@@ -71,15 +82,31 @@ class SeedRun:
     loader: DataLoader
     steps_per_epoch: int
     total_steps: int
+    callbacks: tuple = ()
+    tensorboard: Optional[Any] = None
     state: dict = field(default_factory=lambda: {
         "epoch": 0, "step_in_epoch": 0, "global_step": 0, "history": {"steps": [], "epochs": []},
-        "best": None, "best_epoch": None, "train_seconds": 0.0, "skipped_steps": 0,
+        "best": None, "best_epoch": None, "epochs_without_improvement": 0, "stopped": None,
+        "train_seconds": 0.0, "skipped_steps": 0,
     })
     steps_this_call: int = 0
 
     @property
     def finished(self) -> bool:
-        return self.state["epoch"] >= self.cfg.epochs or self.state["global_step"] >= self.total_steps
+        state = self.state
+        return state["epoch"] >= self.cfg.epochs or state["global_step"] >= self.total_steps or bool(state.get("stopped"))
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    """What a callback of ``ithp_fast.train`` receives after each epoch. Returning True from the callback
+    ends that seed's training there (as --early-stop does); under torchrun, rank 0's answer counts."""
+
+    seed: int
+    epoch: int  # 1-based
+    record: dict  # lr, seconds, step, train (loss and IB terms), valid and test metrics under both conventions
+    model: nn.Module
+    run_dir: str
 
 
 @dataclass
@@ -114,7 +141,8 @@ class EpochSums:
 def check_resume(saved: dict, cfg: TrainConfig, path: str) -> None:
     """A clear error when ``--resume`` is asked with settings that change what is computed."""
     now = cfg.to_dict()
-    diff = [k for k in now if k not in RESUME_FREE and saved.get(k) != now[k]]
+    diff = [k for k in now if k not in RESUME_FREE and saved.get(k) != now[k]
+            and not (k == "epochs" and now[k] > saved.get(k, now[k]))]
     if diff:
         detail = ", ".join(f"{k}: saved {saved.get(k)!r}, now {now[k]!r}" for k in diff)
         raise ValueError(f"--resume: {path} was written with other settings ({detail})")
@@ -135,7 +163,10 @@ def finished_earlier(cfg: TrainConfig, seed: int, paths: SeedPaths, ctx: DistCon
     done = ckpt.read_json(paths.results)
     if not done.get("finished"):
         return None
-    check_resume(ckpt.load_config(paths.last)["run"], cfg, paths.last)
+    saved = ckpt.load_config(paths.last)["run"]
+    check_resume(saved, cfg, paths.last)
+    if cfg.epochs > saved["epochs"] and not done.get("stopped"):
+        return None  # a larger --epochs extends the finished run
     print_on_main(ctx, f"seed {seed}: finished earlier, results read from {paths.results}")
     return done
 
@@ -193,9 +224,19 @@ def resume(run: SeedRun) -> None:
     ckpt.check_training_state(last)
     check_resume(ckpt.load_config(last)["run"], run.cfg, last)
     ckpt.load_weights(run.model, last)
-    run.state = {"skipped_steps": 0, **ckpt.load_training_state(last, run.optimizer, run.scheduler)}
+    run.state = {**SeedRun.__dataclass_fields__["state"].default_factory(),
+                 **ckpt.load_training_state(last, run.optimizer, run.scheduler)}
+    follow_schedule(run.optimizer, run.scheduler)
     print_on_main(run.ctx, f"seed {run.seed}: resuming from {last} at step {run.state['global_step']} "
-                           f"(epoch {run.state['epoch'] + 1})")
+                           f"(epoch {run.state['epoch'] + 1} of {run.cfg.epochs})")
+
+
+def follow_schedule(optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+    """Set each group's rate to the schedule's value at the step reached. Resuming the same run, this is the
+    rate it saved; extending a run (a larger --epochs), the warm-up and decay are those of the new total,
+    so training goes on at the rate a run planned that long from the start would have at this step."""
+    for group, base, schedule in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * schedule(scheduler.last_epoch)
 
 
 def save_last(run: SeedRun, finished: bool) -> None:
@@ -272,7 +313,7 @@ def train_epoch(run: SeedRun) -> bool:
         bar.update(1)
         logged = state["global_step"] % cfg.log_every == 0 or state["step_in_epoch"] == run.steps_per_epoch
         if logged and sums.window:
-            history["steps"].append({"step": state["global_step"], "epoch": epoch + 1, **sums.take_window()})
+            log_steps(run, {"step": state["global_step"], "epoch": epoch + 1, **sums.take_window()})
             bar.set_postfix(loss=f"{(sums.total[0] / sums.steps).item():.4f}")
         if cfg.stop_after_steps is not None and run.steps_this_call >= cfg.stop_after_steps:
             stopped = True
@@ -284,86 +325,146 @@ def train_epoch(run: SeedRun) -> bool:
         save_last(run, False)
         return True
     if sums.window:
-        history["steps"].append({"step": state["global_step"], "epoch": epoch + 1, **sums.take_window()})
+        log_steps(run, {"step": state["global_step"], "epoch": epoch + 1, **sums.take_window()})
     end_epoch(run, epoch, sums, time.perf_counter() - t0)
     if run.finished or stopped or (epoch + 1) % cfg.checkpoint_every == 0:
         save_last(run, run.finished)
     return stopped
 
 
+def log_steps(run: SeedRun, record: dict) -> None:
+    run.state["history"]["steps"].append(record)
+    if run.tensorboard is not None:
+        run.tensorboard.steps([record])
+
+
 def end_epoch(run: SeedRun, epoch: int, sums: EpochSums, seconds: float) -> None:
-    """Record the epoch (training means, valid and test metrics) and keep the best weights if asked."""
+    """Record the epoch (training means, valid and test metrics), log it, keep the best weights if asked,
+    and stop early when --early-stop or a callback says so."""
     cfg, ctx, state = run.cfg, run.ctx, run.state
-    record = {"epoch": epoch + 1, "seconds": seconds, "lr": run.scheduler.get_last_lr()[0],
+    record = {"epoch": epoch + 1, "step": state["global_step"], "seconds": seconds, "lr": run.scheduler.get_last_lr()[0],
               "train": dict(zip(TERMS, (mean_across_ranks(sums.total, ctx) / max(sums.steps, 1)).tolist()))}
     for name in ("valid", "test"):
         record[name] = predict(run.model, run.data.splits[name], cfg, run.model_config, ctx, run.seed)["metrics"]
     state["history"]["epochs"].append(record)
+    state["epoch"], state["step_in_epoch"] = epoch + 1, 0
     print_on_main(ctx, f"seed {run.seed} epoch {epoch + 1}/{cfg.epochs} ({seconds:.1f} s): train loss "
                        f"{record['train']['loss']:.4f} | valid {format_metrics(record['valid'][cfg.protocol])} | "
                        f"test {format_metrics(record['test'][cfg.protocol])}")
-    if cfg.selection == "best":
-        value = record["valid"][cfg.protocol].get(cfg.select_metric)
-        if value is None:
-            raise ValueError(f"--select-metric: unknown metric {cfg.select_metric!r}; one of {sorted(record['valid'][cfg.protocol])}")
-        if better(cfg.select_metric, value, state["best"]):
-            state["best"], state["best_epoch"] = value, epoch + 1
-            if ctx.is_main:
-                ckpt.save_checkpoint(run.paths.best, run.model, run.config, save_tokenizer=tokenizer_saver(run.data))
-    state["epoch"], state["step_in_epoch"] = epoch + 1, 0
+    if ctx.is_main:
+        write_metrics_csv(os.path.join(run.paths.run, "metrics.csv"), state["history"]["epochs"], cfg.protocol)
+        if run.tensorboard is not None:
+            run.tensorboard.epoch(record, cfg.protocol)
+    track_best(run, record)
+    if cfg.early_stop is not None and state["epochs_without_improvement"] >= cfg.early_stop:
+        state["stopped"] = {"epoch": epoch + 1, "reason": f"no better valid {cfg.select_metric} in {cfg.early_stop} epochs"}
+    ask = EpochEnd(run.seed, epoch + 1, record, run.model, run.paths.run)
+    if ctx.is_main and any([bool(callback(ask)) for callback in run.callbacks]):  # every callback sees the epoch
+        state["stopped"] = {"epoch": epoch + 1, "reason": "a callback asked to stop"}
+    state["stopped"] = broadcast_object(state["stopped"], ctx)
+    if state["stopped"] and state["stopped"]["epoch"] == epoch + 1:
+        print_on_main(ctx, f"seed {run.seed}: stopped after epoch {epoch + 1} ({state['stopped']['reason']})")
 
 
-def train_seed(cfg: TrainConfig, seed: int, data: SentimentData, ctx: DistContext) -> dict:
-    """One training run; returns its results (also written to ``<output_dir>/seed-<seed>/results.json``)."""
+def track_best(run: SeedRun, record: dict) -> None:
+    """The best validation value of --select-metric so far; checkpoint-best holds its weights under --select best."""
+    cfg, state = run.cfg, run.state
+    value = record["valid"][cfg.protocol].get(cfg.select_metric)
+    if cfg.select_metric not in record["valid"][cfg.protocol] or cfg.select_metric == "count":
+        raise ValueError(f"--select-metric: unknown metric {cfg.select_metric!r}; one of "
+                         f"{sorted(k for k in record['valid'][cfg.protocol] if k != 'count')}")
+    if not better(cfg.select_metric, value, state["best"]):
+        state["epochs_without_improvement"] += 1
+        return
+    state["best"], state["best_epoch"], state["epochs_without_improvement"] = value, record["epoch"], 0
+    if cfg.selection == "best" and run.ctx.is_main:
+        ckpt.save_checkpoint(run.paths.best, run.model, run.config, save_tokenizer=tokenizer_saver(run.data))
+
+
+def train_seed(cfg: TrainConfig, seed: int, data: SentimentData, ctx: DistContext, callbacks: tuple = ()) -> tuple[dict, bool]:
+    """One seed's training; returns its results (also in ``<output_dir>/seed-<seed>/results.json``) and whether
+    it trained in this call (False for a seed that had finished earlier)."""
     paths = SeedPaths.of(cfg.output_dir, seed)
     if cfg.resume:
         recover_checkpoints(paths, ctx)
         done = finished_earlier(cfg, seed, paths, ctx)
         if done is not None:
-            return done
+            return done, False
     if ctx.is_main:
         os.makedirs(paths.run, exist_ok=True)
     run = start_seed(cfg, seed, data, ctx, paths)
+    run.callbacks = callbacks
     if cfg.resume:
         resume(run)
-    while not run.finished:
-        if train_epoch(run):
-            break
+    if cfg.log == "tensorboard" and ctx.is_main:
+        run.tensorboard = open_tensorboard(paths.run)
+    try:
+        while not run.finished:
+            if train_epoch(run):
+                break
+    finally:
+        if run.tensorboard is not None:
+            run.tensorboard.close()
     if not run.finished:
         print_on_main(ctx, f"seed {seed}: stopped at step {run.state['global_step']} of {run.total_steps}; "
                            f"continue with --resume")
-        return {"seed": seed, "finished": False, "global_step": run.state["global_step"]}
-    return seed_results(cfg, seed, data, ctx, run.model, run.model_config, run.state, paths)
+        return {"seed": seed, "finished": False, "global_step": run.state["global_step"]}, True
+    return seed_results(cfg, seed, data, ctx, run.model, run.model_config, run.state, paths), True
 
 
-def load_run_data(cfg: TrainConfig, ctx: DistContext) -> SentimentData:
-    """The data a run trains on: ``--data``, or the synthetic set."""
+def load_run_data(cfg: TrainConfig, data: Union[SentimentData, Mapping, None] = None) -> SentimentData:
+    """The data a run trains on: ``data`` when given, else ``--data``, else the synthetic set."""
+    if isinstance(data, SentimentData):
+        return data
     tokenizer = PretrainedWordTokenizer.from_directory(cfg.backbone) if cfg.backbone else None
-    data = load_sentiment_data(cfg.data, tokenizer=tokenizer, max_len=cfg.max_seq_length,
-                               synthetic=SyntheticSpec(seed=cfg.synthetic_seed, sizes=tuple(cfg.synthetic_sizes)))
-    if data.layout == "arrays" and cfg.backbone:
+    loaded = load_sentiment_data(data if data is not None else cfg.data, tokenizer=tokenizer, max_len=cfg.max_seq_length,
+                                 synthetic=SyntheticSpec(seed=cfg.synthetic_seed, sizes=tuple(cfg.synthetic_sizes)))
+    if loaded.layout == "arrays" and cfg.backbone:
         warnings.warn("the array (MMSA) layout carries token ids from its own BERT tokenizer; they are used as they are, "
                       "which is only meaningful for a backbone that shares that vocabulary", stacklevel=2)
-    return data
+    return loaded
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Run every seed of ``cfg``; returns (and writes, on rank 0) the summary over seeds."""
+def run_training(cfg: TrainConfig, data: Union[SentimentData, Mapping, None] = None, callbacks: tuple = ()) -> dict:
+    """Run every seed of ``cfg``; returns (and writes, on rank 0) the summary over seeds.
+
+    Writes ``train_config.json`` (every setting, resolved) and ``summary.json`` in --output-dir, and appends
+    one row to ``results.csv`` in its parent when a seed trained.
+    """
     ctx = init_distributed(cfg.device)
+    threads = torch.get_num_threads()
     try:
         cfg.validate(ctx.world_size)
+        cfg = cfg.resolved()
+        torch.set_num_threads(cfg.threads)
         if not cfg.resume:
             check_fresh_output(cfg, ctx)
-        data = load_run_data(cfg, ctx)
+        if ctx.is_main:
+            os.makedirs(cfg.output_dir, exist_ok=True)
+            ckpt.write_json(os.path.join(cfg.output_dir, "train_config.json"), cfg.to_dict())
+        data = load_run_data(cfg, data)
         print_on_main(ctx, f"data: {data.describe()}")
         if not cfg.backbone and cfg.lr <= 1e-5:
             print_on_main(ctx, f"note: --lr {cfg.lr:g} is the published rate for a pretrained backbone; the randomly "
                                f"initialised one learns little at it (try --lr 1e-3), or pass --backbone DIR")
-        results = [train_seed(cfg, seed, data, ctx) for seed in cfg.seeds]
-        summary = summarise(results, cfg.protocol)
+        outcomes = [train_seed(cfg, seed, data, ctx, callbacks) for seed in cfg.seeds]
+        summary = summarise([results for results, _ in outcomes], cfg.protocol)
         if ctx.is_main and summary["seeds"]:
             ckpt.write_json(os.path.join(cfg.output_dir, "summary.json"), summary)
             print_summary(summary, cfg.protocol)
+            if any(trained for _, trained in outcomes) and len(summary["seeds"]) == len(cfg.seeds):
+                add_results_row(cfg, data, summary)
         return summary
     finally:
+        torch.set_num_threads(threads)
         shutdown(ctx)
+
+
+def add_results_row(cfg: TrainConfig, data: SentimentData, summary: dict) -> None:
+    """One row for this run in ``results.csv`` beside the run directory."""
+    output_dir = os.path.abspath(cfg.output_dir)
+    backbone = cfg.backbone or f"random DeBERTa-v2 {cfg.hidden_size}x{cfg.num_layers}"
+    path = os.path.join(os.path.dirname(output_dir), "results.csv")
+    if append_results_row(path, summary, name=os.path.basename(output_dir), dataset=data.source,
+                          model=f"ITHP-DeBERTa ({cfg.impl}; {backbone})", output_dir=output_dir):
+        print(f"results.csv: a row for {os.path.basename(output_dir)} added to {path}")

@@ -46,6 +46,7 @@ def seed_results(cfg: TrainConfig, seed: int, data: SentimentData, ctx: DistCont
             "train_seconds": state["train_seconds"],
             "epoch_seconds": [r["seconds"] for r in state["history"]["epochs"]],
         },
+        "stopped": state.get("stopped"),
         "history": state["history"],
         "checkpoint": paths.best if cfg.selection == "best" else paths.last,
     }
@@ -87,8 +88,10 @@ def summarise(results: list[dict], protocol: str) -> dict:
 
 
 def print_summary(summary: dict, protocol: str) -> None:
-    """The summary's headline metrics, one per line."""
-    lines = [f"test metrics over seeds {summary['seeds']} ({protocol} convention, mean +- std):"]
+    """The summary's test metrics, one per line: mean ± sample std (ddof=1) over two or more seeds, else the value."""
+    several = len(summary["seeds"]) > 1
+    what = "mean ± std (ddof=1)" if several else "one seed"
+    lines = [f"test metrics over seeds {summary['seeds']} ({protocol} convention, {what}):"]
     for k, v in summary["metrics"][protocol].items():
-        lines.append(f"  {k:14s} {v['mean']:.4f} +- {v['std']:.4f}")
+        lines.append(f"  {k:14s} {v['mean']:.4f}" + (f" ± {v['std']:.4f}" if several else ""))
     print("\n".join(lines))

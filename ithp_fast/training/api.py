@@ -1,0 +1,144 @@
+"""The Python API of training: ``ithp_fast.train`` and ``ithp_fast.evaluate``.
+
+    import ithp_fast
+
+    summary = ithp_fast.train({"epochs": 10, "lr": 1e-3}, output_dir="runs/mine")   # the synthetic set
+    summary = ithp_fast.train("train_config.json", data=my_splits, callbacks=[print_epoch])
+    report = ithp_fast.evaluate("runs/mine/seed-1/checkpoint-last", data="data/mosi.pkl")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional, Union
+
+from ..data import SentimentData, SentimentSplit
+from .config import TrainConfig
+from .evaluate import evaluate_checkpoint
+from .loop import EpochEnd, run_training
+
+ConfigSource = Union[TrainConfig, Mapping, str, os.PathLike, None]
+# What ``data=`` takes: a pickle path; loaded data; {"train", "valid", "test"} SentimentSplit objects; or the
+# object a pickle holds, in either layout (word-level train/dev/test, or MMSA's train/valid/test arrays).
+DataSource = Union[str, os.PathLike, SentimentData, Mapping, None]
+
+
+def read_config_file(path: Union[str, os.PathLike]) -> dict:
+    """The settings in a JSON or YAML file; keys are flag names, with ``-`` or ``_`` (``lr``, ``max-seq-length``)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--config: {path} not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            if path.endswith((".yaml", ".yml")):
+                import yaml
+
+                values = yaml.safe_load(f)
+            else:
+                values = json.load(f)
+    except Exception as exc:  # json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError
+        raise ValueError(f"--config: {path} is not a readable {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'} "
+                         f"file ({str(exc).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"--config: {path} holds a {type(values).__name__}, expected a mapping of settings")
+    return normalise_keys(values, f"--config: {path}")
+
+
+def normalise_keys(values: Mapping, where: str) -> dict:
+    """Keys as TrainConfig's field names; a clear error listing unknown ones."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    out = {str(k).lstrip("-").replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(k for k in out if k not in known)
+    if unknown:
+        raise ValueError(f"{where}: unknown settings {', '.join(unknown)} (see ithp-fast train --help)")
+    return out
+
+
+def make_config(config: ConfigSource = None, **settings: Any) -> TrainConfig:
+    """A TrainConfig from a TrainConfig, a mapping or a JSON / YAML file, with ``settings`` overriding it."""
+    from transformers import HfArgumentParser
+
+    if isinstance(config, TrainConfig):
+        base = config.to_dict()
+    elif isinstance(config, Mapping):
+        base = normalise_keys(config, "config")
+    elif config is not None:
+        base = read_config_file(config)
+    else:
+        base = {}
+    merged = {**base, **normalise_keys(settings, "settings")}
+    (cfg,) = HfArgumentParser(TrainConfig).parse_dict(merged)
+    return cfg
+
+
+def as_sentiment_data(data: DataSource) -> Union[SentimentData, str, None]:
+    """``data`` as the loop takes it: a path (read later, with the run's tokenizer), loaded data, or None."""
+    if data is None or isinstance(data, (str, os.PathLike, SentimentData)):
+        return os.fspath(data) if isinstance(data, os.PathLike) else data
+    if isinstance(data, Mapping) and data and all(isinstance(v, SentimentSplit) for v in data.values()):
+        splits = {"valid" if k == "dev" else k: v for k, v in data.items()}
+        if set(splits) != {"train", "valid", "test"}:
+            raise ValueError(f"data: expected the splits train, valid and test, got {sorted(data)}")
+        return SentimentData(splits, "splits", "in-memory splits")
+    if isinstance(data, Mapping):
+        return data  # a pickle's object: parsed by the loop with the run's tokenizer
+    raise TypeError(f"data: expected a pickle path, SentimentData, a dict of SentimentSplit, or a pickle's dict; "
+                    f"got {type(data).__name__}")
+
+
+def train(
+    config: ConfigSource = None,
+    /,
+    *,
+    data: DataSource = None,
+    callbacks: Sequence = (),
+    **settings: Any,
+) -> dict:
+    """Train ITHP-DeBERTa; returns the summary over seeds (what ``summary.json`` holds).
+
+    Args:
+        config: a :class:`TrainConfig`, a dict of settings, or a JSON / YAML file such as a run's
+            ``train_config.json``; keys are the flag names of ``ithp-fast train`` (``-`` or ``_``).
+        data: a pickle path (either layout), a :class:`~ithp_fast.data.SentimentData`, a dict of
+            ``train`` / ``valid`` / ``test`` :class:`~ithp_fast.data.SentimentSplit`, or the dict a
+            pickle holds (word-level train/dev/test, or MMSA's arrays). Default: ``config``'s
+            ``data`` path, else the built-in synthetic set.
+        callbacks: functions called with an :class:`~ithp_fast.training.loop.EpochEnd` after each
+            epoch (seed, epoch, its record of losses and metrics, the model, the seed directory);
+            one returning True ends that seed's training there, as ``--early-stop`` does.
+        settings: settings that override ``config`` (``epochs=5``, ``output_dir="runs/x"``).
+    """
+    cfg = make_config(config, **settings)
+    loaded = as_sentiment_data(data)
+    if isinstance(loaded, str):
+        cfg.data, loaded = loaded, None
+    return run_training(cfg, data=loaded, callbacks=tuple(callbacks))
+
+
+def evaluate(
+    checkpoint: Union[str, os.PathLike],
+    data: DataSource = None,
+    *,
+    split: str = "test",
+    protocol: str = "authors",
+    batch_size: Optional[int] = None,
+    impl: Optional[str] = None,
+    device: str = "auto",
+    output_dir: Optional[str] = None,
+    eval_sampling: Optional[str] = None,
+) -> dict:
+    """Score a checkpoint directory on one split; returns the report (also written to ``output_dir``).
+
+    ``data`` takes what :func:`train` takes (needed unless the checkpoint was trained on the
+    synthetic set). ``output_dir`` defaults to ``eval-<checkpoint name>`` beside the checkpoint;
+    ``eval_sampling`` to the training run's (``"mean"`` gives the same predictions every time).
+    """
+    return evaluate_checkpoint(os.fspath(checkpoint), as_sentiment_data(data), split=split, protocol=protocol,
+                               batch_size=batch_size, impl=impl, device=device, output_dir=output_dir,
+                               eval_sampling=eval_sampling)
+
+
+__all__ = ["EpochEnd", "evaluate", "make_config", "read_config_file", "train"]

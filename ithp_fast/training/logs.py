@@ -1,0 +1,103 @@
+"""Logs of a run: ``metrics.csv`` per seed (one row per epoch), TensorBoard event files on request,
+and ``results.csv`` beside the run directories (one row per run, appended, never rewritten)."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import os
+import warnings
+from typing import Optional
+
+from .config import TERMS
+
+METRICS = ("Non0_acc_2", "Non0_F1_score", "Has0_acc_2", "Has0_F1_score", "Mult_acc_5", "Mult_acc_7", "MAE", "Corr")
+EPOCH_COLUMNS = ("epoch", "step", "lr", "seconds", *(f"train_{t}" for t in TERMS),
+                 *(f"{split}_{m}" for split in ("valid", "test") for m in METRICS))
+RESULTS_COLUMNS = ("name", "date", "dataset", "model", "protocol", "seeds",
+                   *(f"{m}_{stat}" for m in METRICS for stat in ("mean", "std")), "output_dir")
+
+
+def write_metrics_csv(path: str, epochs: list[dict], protocol: str) -> None:
+    """``metrics.csv``: one row per epoch (its last step, learning rate, seconds, training means of the loss and
+    the IB terms, valid and test metrics under ``protocol``); rewritten whole from the history, which a resumed run
+    carries on."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(EPOCH_COLUMNS)
+    for record in epochs:
+        row = [record["epoch"], record.get("step", ""), record["lr"], record["seconds"]]
+        row += [record["train"][t] for t in TERMS]
+        row += [record[split][protocol].get(m, "") for split in ("valid", "test") for m in METRICS]
+        writer.writerow(["" if v is None else v for v in row])
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(buffer.getvalue())
+    os.replace(tmp, path)
+
+
+class TensorBoardLog:
+    """Training terms per logged step and metrics per epoch as TensorBoard scalars (``<seed dir>/tensorboard``)."""
+
+    def __init__(self, directory: str) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=os.path.join(directory, "tensorboard"))
+
+    def steps(self, records: list[dict]) -> None:
+        for record in records:
+            for term in TERMS:
+                self.writer.add_scalar(f"train/{term}", record[term], record["step"])
+
+    def epoch(self, record: dict, protocol: str) -> None:
+        step = record.get("step", record["epoch"])
+        self.writer.add_scalar("train/lr", record["lr"], step)
+        for split in ("valid", "test"):
+            for m in METRICS:
+                value = record[split][protocol].get(m)
+                if value is not None:
+                    self.writer.add_scalar(f"{split}/{m}", value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def open_tensorboard(directory: str) -> Optional[TensorBoardLog]:
+    """A TensorBoard log, or None with a message when the tensorboard package is not installed."""
+    try:
+        return TensorBoardLog(directory)
+    except ImportError:
+        warnings.warn("--log tensorboard: the tensorboard package is not installed (pip install tensorboard); "
+                      "only metrics.csv is written", stacklevel=2)
+        return None
+
+
+def append_results_row(path: str, summary: dict, *, name: str, dataset: str, model: str, output_dir: str) -> bool:
+    """Append one row for a run to ``results.csv``: the mean and sample standard deviation (ddof=1) of each test
+    metric over the seeds; the std is left empty for a single seed. The file is only ever appended to; one
+    whose header differs is left alone (returns False)."""
+    protocol = summary["protocol"]
+    metrics = summary["metrics"][protocol]
+    several = len(summary["seeds"]) > 1
+    row = [name, datetime.datetime.now().isoformat(timespec="seconds"), dataset, model, protocol,
+           " ".join(map(str, summary["seeds"]))]
+    for m in METRICS:
+        entry = metrics.get(m)
+        row += ["", ""] if entry is None else [entry["mean"], entry["std"] if several else ""]
+    row.append(output_dir)
+    exists = os.path.isfile(path) and os.path.getsize(path) > 0
+    if exists:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), [])
+        if tuple(header) != RESULTS_COLUMNS:
+            warnings.warn(f"{path} has other columns than this version writes; the run's row was not added",
+                          stacklevel=2)
+            return False
+    with open(path, "a", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        if not exists:
+            writer.writerow(RESULTS_COLUMNS)
+        writer.writerow(["nan" if isinstance(v, float) and v != v else v for v in row])
+    return True
