@@ -169,7 +169,8 @@ def load_backbone(backbone, *, dropout: Optional[float] = None) -> nn.Module:
             config = DebertaV2Config.from_pretrained(path, local_files_only=True, **overrides)
             return DebertaV2Model.from_pretrained(path, config=config, local_files_only=True)
         except OSError as exc:
-            raise FileNotFoundError(f"backbone: cannot load a DeBERTa-v2/v3 model from {path!r} offline ({exc})") from exc
+            problem = f"backbone: cannot load a DeBERTa-v2/v3 model from {path!r} offline ({exc})"
+            raise FileNotFoundError(problem) from exc
     raise TypeError(
         f"backbone: expected a DebertaV2Config, a local directory or an nn.Module, got {type(backbone).__name__}"
     )

@@ -14,13 +14,42 @@ from torch import nn
 import ithp_fast
 from ithp_fast.tools.cli import main
 from ithp_fast.training import checkpoints as ckpt
-from ithp_fast.training.config import TrainConfig
 from ithp_fast.training.api import train
+from ithp_fast.training.config import TrainConfig
 
-TINY = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=32, inter_dim=32, b0_dim=16, b1_dim=8,
-            progress=False, plots=False, device="cpu", threads=1)
-TINY_FLAGS = ["--hidden-size", "32", "--num-layers", "1", "--intermediate-size", "32", "--inter-dim", "32",
-              "--b0-dim", "16", "--b1-dim", "8", "--no-progress", "--no-plots", "--device", "cpu", "--threads", "1"]
+TINY = dict(
+    hidden_size=32,
+    num_layers=1,
+    num_heads=2,
+    intermediate_size=32,
+    inter_dim=32,
+    b0_dim=16,
+    b1_dim=8,
+    progress=False,
+    plots=False,
+    device="cpu",
+    threads=1,
+)
+TINY_FLAGS = [
+    "--hidden-size",
+    "32",
+    "--num-layers",
+    "1",
+    "--intermediate-size",
+    "32",
+    "--inter-dim",
+    "32",
+    "--b0-dim",
+    "16",
+    "--b1-dim",
+    "8",
+    "--no-progress",
+    "--no-plots",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+]
 
 
 class Crash(Exception):
@@ -49,6 +78,7 @@ class CrashAt:
                         f.truncate(os.path.getsize(path) // 2)
                 raise Crash(name)
             return fn(*args, **kwargs)
+
         return wrapped
 
 
@@ -65,8 +95,14 @@ def save(directory, value):
     optimizer = torch.optim.AdamW(model.parameters())
     model(torch.ones(2, 3)).sum().backward()
     optimizer.step()
-    ckpt.save_checkpoint(str(directory), model, {"value": value}, optimizer=optimizer, state={"value": value},
-                         save_tokenizer=lambda d: open(os.path.join(d, "vocab.json"), "w").write("{}"))
+    ckpt.save_checkpoint(
+        str(directory),
+        model,
+        {"value": value},
+        optimizer=optimizer,
+        state={"value": value},
+        save_tokenizer=lambda d: open(os.path.join(d, "vocab.json"), "w").write("{}"),
+    )
 
 
 def saved_value(directory):
@@ -175,11 +211,14 @@ def test_truncated_files_are_named(checkpoint, capsys):
     assert str(path) in err and "truncated" in err
 
 
-@pytest.mark.parametrize("name, content, problem", [
-    (ckpt.MODEL_FILE, b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header", "not a readable safetensors file"),
-    (ckpt.CONFIG_FILE, b"\x89PNG\r\n", "not a readable JSON file"),
-    (ckpt.CONFIG_FILE, b'{"format": "something-else"}', "format 'something-else'"),
-])
+@pytest.mark.parametrize(
+    "name, content, problem",
+    [
+        (ckpt.MODEL_FILE, b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header", "not a readable safetensors file"),
+        (ckpt.CONFIG_FILE, b"\x89PNG\r\n", "not a readable JSON file"),
+        (ckpt.CONFIG_FILE, b'{"format": "something-else"}', "format 'something-else'"),
+    ],
+)
 def test_foreign_files_without_a_manifest_are_named(checkpoint, capsys, name, content, problem):
     os.remove(checkpoint / ckpt.MANIFEST_FILE)  # nothing to compare with: the content itself is checked
     (checkpoint / name).write_bytes(content)
@@ -191,8 +230,21 @@ def test_foreign_files_without_a_manifest_are_named(checkpoint, capsys, name, co
 def test_resume_without_training_state_is_an_error_not_a_restart(checkpoint, capsys, name):
     run = checkpoint.parent.parent
     os.remove(checkpoint / name)
-    argv = ["train", "--resume", "--output-dir", str(run), "--synthetic-sizes", "16", "8", "8", "--epochs", "2",
-            "--lr", "1e-3", *TINY_FLAGS]
+    argv = [
+        "train",
+        "--resume",
+        "--output-dir",
+        str(run),
+        "--synthetic-sizes",
+        "16",
+        "8",
+        "8",
+        "--epochs",
+        "2",
+        "--lr",
+        "1e-3",
+        *TINY_FLAGS,
+    ]
     err = one_line_error(capsys, argv)
     assert str(checkpoint / name) in err and "missing" in err
     manifest = json.loads((checkpoint / ckpt.MANIFEST_FILE).read_text())
@@ -213,8 +265,20 @@ def test_evaluate_writes_beside_the_checkpoint_or_where_asked(checkpoint, capsys
     out = capsys.readouterr().out
     assert "eval_sampling=sample" in out  # the training run's, said
     assert (checkpoint.parent / "eval-checkpoint-last" / "test.json").is_file()
-    assert main(["evaluate", "--checkpoint", str(checkpoint), "--output-dir", str(tmp_path / "mine"),
-                 "--eval-sampling", "mean"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(checkpoint),
+                "--output-dir",
+                str(tmp_path / "mine"),
+                "--eval-sampling",
+                "mean",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "mine" / "test.json").read_text())["eval_sampling"] == "mean"
     err = one_line_error(capsys, ["evaluate", "--checkpoint", str(checkpoint), "--output-dir", str(checkpoint / "x")])
     assert "--output-dir" in err and "inside a checkpoint" in err

@@ -7,13 +7,34 @@ import shutil
 import subprocess
 
 import pytest
-
-from ithp_fast.tools.cli import main
 from test_data import D_A, D_V, array_data, dump, word_data
 
-TINY = ["--hidden-size", "32", "--num-layers", "1", "--intermediate-size", "32", "--inter-dim", "32", "--b0-dim", "16",
-        "--b1-dim", "8", "--max-steps", "1", "--epochs", "1", "--no-progress", "--no-plots", "--device", "cpu",
-        "--threads", "1"]
+from ithp_fast.tools.cli import main
+
+TINY = [
+    "--hidden-size",
+    "32",
+    "--num-layers",
+    "1",
+    "--intermediate-size",
+    "32",
+    "--inter-dim",
+    "32",
+    "--b0-dim",
+    "16",
+    "--b1-dim",
+    "8",
+    "--max-steps",
+    "1",
+    "--epochs",
+    "1",
+    "--no-progress",
+    "--no-plots",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+]
 
 
 def test_console_script_help():
@@ -22,8 +43,23 @@ def test_console_script_help():
     out = subprocess.run([exe, "train", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0
     text = " ".join(out.stdout.split())
-    for flag in ("--data", "--backbone", "--lr", "--weight-decay", "--warmup-ratio", "--batch-size", "--epochs", "--seeds",
-                 "--protocol", "--select", "--resume", "--impl", "--max-seq-length", "--p-beta", "--noise"):
+    for flag in (
+        "--data",
+        "--backbone",
+        "--lr",
+        "--weight-decay",
+        "--warmup-ratio",
+        "--batch-size",
+        "--epochs",
+        "--seeds",
+        "--protocol",
+        "--select",
+        "--resume",
+        "--impl",
+        "--max-seq-length",
+        "--p-beta",
+        "--noise",
+    ):
         assert flag in text, flag
     assert "runs code stored in the file" in text and "(default: 1e-05)" in text and "never downloaded" in text
     # plain text: no markup, each flag once, each default once
@@ -41,7 +77,9 @@ def test_train_then_evaluate_a_pickle(tmp_path, capsys, layout):
     ckpt = out / "seed-1" / "checkpoint-last"
     config = json.loads((ckpt / "config.json").read_text())
     assert (config["model"]["ithp"]["X1_dim"], config["model"]["ithp"]["X2_dim"]) == (D_A, D_V)  # widths from the data
-    assert config["data"]["layout"] == layout and config["tokenizer"]["kind"] == ("word-vocabulary" if layout == "words" else "ids-in-data")
+    assert config["data"]["layout"] == layout and config["tokenizer"]["kind"] == (
+        "word-vocabulary" if layout == "words" else "ids-in-data"
+    )
     capsys.readouterr()
     # A checkpoint never loads a pickle by itself: the file must be named.
     assert main(["evaluate", "--checkpoint", str(ckpt)]) == 2
@@ -50,10 +88,15 @@ def test_train_then_evaluate_a_pickle(tmp_path, capsys, layout):
     assert main(["evaluate", "--checkpoint", str(ckpt), "--data", data, "--split", "valid", "--protocol", "mmsa"]) == 0
     evaluated = out / "seed-1" / "eval-checkpoint-last"  # beside the checkpoint, never inside it
     report = json.loads((evaluated / "valid.json").read_text())
-    assert report["split"] == "valid" and "Has0_acc_2" in report["headline"] and set(report["metrics"]) == {"authors", "mmsa"}
+    assert (
+        report["split"] == "valid"
+        and "Has0_acc_2" in report["headline"]
+        and set(report["metrics"]) == {"authors", "mmsa"}
+    )
     assert (evaluated / "valid-predictions.csv").is_file() and sorted(p.name for p in ckpt.iterdir()) == sorted(
         ["config.json", "manifest.json", "model.safetensors", "optimizer.safetensors", "trainer_state.json"]
-        + (["vocab.json"] if layout == "words" else []))
+        + (["vocab.json"] if layout == "words" else [])
+    )
 
 
 def test_malformed_data_is_one_clear_line(tmp_path, capsys):
@@ -62,7 +105,8 @@ def test_malformed_data_is_one_clear_line(tmp_path, capsys):
     path = dump(tmp_path, raw)
     assert main(["train", "--data", path, "--output-dir", str(tmp_path / "run"), *TINY]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"ithp-fast train: error: {path}, split 'dev', example 1: visual: 1 rows for 2 words (one row per word expected)"
+    expected = f"{path}, split 'dev', example 1: visual: 1 rows for 2 words (one row per word expected)"
+    assert err == f"ithp-fast train: error: {expected}"
 
 
 def test_evaluate_checks_widths_against_the_checkpoint(tmp_path, capsys):
@@ -90,12 +134,35 @@ def test_local_backbone_directory_with_its_tokenizer(tmp_path):
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(pieces))
     BertTokenizer(str(vocab)).save_pretrained(backbone)
-    DebertaV2Model(DebertaV2Config(vocab_size=len(pieces), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                   intermediate_size=16, relative_attention=True, position_buckets=8,
-                                   pos_att_type=["p2c", "c2p"], position_biased_input=False, type_vocab_size=0)).save_pretrained(backbone)
+    DebertaV2Model(
+        DebertaV2Config(
+            vocab_size=len(pieces),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=16,
+            relative_attention=True,
+            position_buckets=8,
+            pos_att_type=["p2c", "c2p"],
+            position_biased_input=False,
+            type_vocab_size=0,
+        )
+    ).save_pretrained(backbone)
     data = dump(tmp_path, word_data())
     out = tmp_path / "run"
-    args = ["train", "--backbone", str(backbone), "--data", data, "--output-dir", str(out), "--backbone-dropout", "0", "--batch-size", "2"]
+    args = [
+        "train",
+        "--backbone",
+        str(backbone),
+        "--data",
+        data,
+        "--output-dir",
+        str(out),
+        "--backbone-dropout",
+        "0",
+        "--batch-size",
+        "2",
+    ]
     assert main(args + TINY) == 0
     ckpt = out / "seed-1" / "checkpoint-last"
     config = json.loads((ckpt / "config.json").read_text())
@@ -129,7 +196,7 @@ def test_a_device_that_is_not_here_lists_the_ones_that_are(tmp_path, capsys, dev
         pytest.skip("this machine has that device")
     flags = [f for f in TINY if f not in ("--device", "cpu")]
     line = one_error_line(capsys, ["train", "--device", device, "--output-dir", str(tmp_path), *flags])
-    assert line.startswith(f"ithp-fast train: error: --device") and device in line and "devices here: cpu" in line
+    assert line.startswith("ithp-fast train: error: --device") and device in line and "devices here: cpu" in line
 
 
 def test_evaluate_rejects_batch_size_zero_and_a_run_directory(tmp_path, capsys):
@@ -143,9 +210,23 @@ def test_evaluate_rejects_batch_size_zero_and_a_run_directory(tmp_path, capsys):
 
 
 def test_config_file_with_flags_overriding_it_and_a_rerun_from_train_config_json(tmp_path, capsys):
-    settings = {"synthetic-sizes": [16, 8, 8], "epochs": 2, "lr": 1e-3, "seeds": [1, 2], "hidden_size": 32,
-                "num-layers": 1, "intermediate_size": 32, "inter_dim": 32, "b0_dim": 16, "b1_dim": 8,
-                "progress": False, "plots": False, "device": "cpu", "threads": 1, "batch_size": 4}
+    settings = {
+        "synthetic-sizes": [16, 8, 8],
+        "epochs": 2,
+        "lr": 1e-3,
+        "seeds": [1, 2],
+        "hidden_size": 32,
+        "num-layers": 1,
+        "intermediate_size": 32,
+        "inter_dim": 32,
+        "b0_dim": 16,
+        "b1_dim": 8,
+        "progress": False,
+        "plots": False,
+        "device": "cpu",
+        "threads": 1,
+        "batch_size": 4,
+    }
     config = tmp_path / "mine.json"
     config.write_text(json.dumps(settings))
     first = tmp_path / "first"
@@ -153,8 +234,9 @@ def test_config_file_with_flags_overriding_it_and_a_rerun_from_train_config_json
     saved = json.loads((first / "train_config.json").read_text())
     assert saved["epochs"] == 1 and saved["lr"] == 1e-3 and saved["synthetic_sizes"] == [16, 8, 8]  # the flag won
     assert saved["eval_batch_size"] == 4 and saved["select"] == "last" and saved["threads"] == 1  # resolved
-    from ithp_fast.training.config import TrainConfig
     import dataclasses
+
+    from ithp_fast.training.config import TrainConfig
 
     assert set(saved) == {f.name for f in dataclasses.fields(TrainConfig)}
     again = tmp_path / "again"

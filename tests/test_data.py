@@ -32,8 +32,11 @@ def word_data(seed=0):
 
     def example(i, n, split):
         words = [f"Word{j}" for j in range(n)]
-        return ((words, rng.random((n, D_V)).astype(np.float32), rng.random((n, D_A)).astype(np.float32)),
-                np.array([[0.5 * i - 1.0]]), f"{split}_{i}")
+        return (
+            (words, rng.random((n, D_V)).astype(np.float32), rng.random((n, D_A)).astype(np.float32)),
+            np.array([[0.5 * i - 1.0]]),
+            f"{split}_{i}",
+        )
 
     return {name: [example(i, 3 + i, name) for i in range(k)] for name, k in (("train", 4), ("dev", 2), ("test", 3))}
 
@@ -88,7 +91,10 @@ def test_word_level_layout_loads_and_aligns(tmp_path):
     assert train.ids[2] == "train_2"
     raw = word_data()["train"][0]  # 3 words -> [CLS] w0 w1 w2 [SEP] pad pad pad
     vocab = data.tokenizer
-    assert train.input_ids[0].tolist() == [vocab.cls_id] + [vocab.ids[f"word{j}"] for j in range(3)] + [vocab.sep_id] + [vocab.pad_id] * 3
+    assert (
+        train.input_ids[0].tolist()
+        == [vocab.cls_id] + [vocab.ids[f"word{j}"] for j in range(3)] + [vocab.sep_id] + [vocab.pad_id] * 3
+    )
     assert train.attention_mask[0].tolist() == [1] * 5 + [0] * 3
     np.testing.assert_array_equal(train.visual[0, 1:4].numpy(), raw[0][1])
     assert train.visual[0, [0, 4, 5, 6, 7]].abs().sum() == 0  # [CLS], [SEP] and padding rows are zero
@@ -111,7 +117,9 @@ def test_word_features_repeat_for_every_sub_word_token():
     ids, mask, v, a = align_words(["ab", "xyz"], visual, acoustic, PiecesTokenizer(), max_len=7)
     assert ids.tolist() == [1, 3 + ord("a"), 3 + ord("b"), 3 + ord("x"), 3 + ord("y"), 3 + ord("z") % 200, 2]
     assert mask.tolist() == [1] * 7
-    np.testing.assert_array_equal(v, np.stack([np.zeros(3), visual[0], visual[0], visual[1], visual[1], visual[1], np.zeros(3)]))
+    np.testing.assert_array_equal(
+        v, np.stack([np.zeros(3), visual[0], visual[0], visual[1], visual[1], visual[1], np.zeros(3)])
+    )
     np.testing.assert_array_equal(a[1:3], acoustic[[0, 0]])
     with pytest.raises(ValueError, match="max_len"):
         align_words(["a"], visual[:1], acoustic[:1], PiecesTokenizer(), max_len=1)
@@ -140,7 +148,9 @@ def test_pretrained_tokenizer_from_a_local_directory(tmp_path):
     from transformers import BertTokenizer
 
     vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "word", "##0", "##1", "##2", "##3", "##4", "##5"]))
+    vocab.write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "word", "##0", "##1", "##2", "##3", "##4", "##5"])
+    )
     BertTokenizer(str(vocab)).save_pretrained(tmp_path / "tok")  # positional vocabulary file: transformers 4 and 5
     tok = PretrainedWordTokenizer.from_directory(tmp_path / "tok")
     assert tok.encode_word("Word1") == [5, 7]  # lower-cased word piece + "##1"
@@ -173,20 +183,48 @@ def _nan(a):
 WORD_CASES = {
     "missing split": (lambda raw: raw.pop("dev"), ["split 'dev' missing"]),
     "not a list": (lambda raw: raw.__setitem__("test", {"a": 1}), ["split 'test'", "expected a list of examples"]),
-    "bad entry": (lambda raw: raw["train"].__setitem__(1, ("words", 0.5)), ["split 'train', example 1", "((words, visual, acoustic), label, segment)"]),
-    "words not strings": (_set("dev", 1, "words", [1, 2, 3, 4]), ["split 'dev', example 1", "words: expected a list of strings"]),
+    "bad entry": (
+        lambda raw: raw["train"].__setitem__(1, ("words", 0.5)),
+        ["split 'train', example 1", "((words, visual, acoustic), label, segment)"],
+    ),
+    "words not strings": (
+        _set("dev", 1, "words", [1, 2, 3, 4]),
+        ["split 'dev', example 1", "words: expected a list of strings"],
+    ),
     "no words": (_set("train", 0, "words", []), ["split 'train', example 0", "no words"]),
-    "ragged visual": (_set("train", 2, "visual", lambda a: [list(r) for r in a[:-1]] + [list(a[-1][:2])]),
-                      ["split 'train', example 2", "visual: ragged"]),
-    "visual rows vs words": (_set("test", 2, "visual", lambda a: a[:-1]), ["split 'test', example 2", "visual: 4 rows for 5 words"]),
-    "wrong width": (_set("dev", 0, "acoustic", lambda a: np.ones((a.shape[0], D_A + 1))),
-                    ["split 'dev', example 0", f"acoustic: width {D_A + 1} differs from {D_A}", "split 'train', example 0"]),
+    "ragged visual": (
+        _set("train", 2, "visual", lambda a: [list(r) for r in a[:-1]] + [list(a[-1][:2])]),
+        ["split 'train', example 2", "visual: ragged"],
+    ),
+    "visual rows vs words": (
+        _set("test", 2, "visual", lambda a: a[:-1]),
+        ["split 'test', example 2", "visual: 4 rows for 5 words"],
+    ),
+    "wrong width": (
+        _set("dev", 0, "acoustic", lambda a: np.ones((a.shape[0], D_A + 1))),
+        ["split 'dev', example 0", f"acoustic: width {D_A + 1} differs from {D_A}", "split 'train', example 0"],
+    ),
     "nan": (_set("train", 3, "acoustic", _nan), ["split 'train', example 3", "acoustic: holds NaN"]),
-    "inf": (_set("train", 1, "visual", lambda a: a * np.inf), ["split 'train', example 1", "visual: holds infinite values"]),
-    "1-d features": (_set("train", 0, "visual", lambda a: a[:, 0]), ["split 'train', example 0", "visual: expected an array [rows, width]"]),
-    "label out of range": (_set("test", 1, "label", np.array([[3.5]])), ["split 'test', example 1", "label: 3.5 is outside [-3, 3]"]),
-    "label not one value": (_set("test", 0, "label", np.array([1.0, 2.0])), ["split 'test', example 0", "label: expected one value"]),
-    "label nan": (_set("dev", 0, "label", np.array([[np.nan]])), ["split 'dev', example 0", "label: nan is not finite"]),
+    "inf": (
+        _set("train", 1, "visual", lambda a: a * np.inf),
+        ["split 'train', example 1", "visual: holds infinite values"],
+    ),
+    "1-d features": (
+        _set("train", 0, "visual", lambda a: a[:, 0]),
+        ["split 'train', example 0", "visual: expected an array [rows, width]"],
+    ),
+    "label out of range": (
+        _set("test", 1, "label", np.array([[3.5]])),
+        ["split 'test', example 1", "label: 3.5 is outside [-3, 3]"],
+    ),
+    "label not one value": (
+        _set("test", 0, "label", np.array([1.0, 2.0])),
+        ["split 'test', example 0", "label: expected one value"],
+    ),
+    "label nan": (
+        _set("dev", 0, "label", np.array([[np.nan]])),
+        ["split 'dev', example 0", "label: nan is not finite"],
+    ),
 }
 
 
@@ -238,17 +276,40 @@ ARRAY_CASES = {
     "missing split": (lambda raw: raw.pop("valid"), ["split 'valid' missing"]),
     "split not a dict": (lambda raw: raw.__setitem__("test", [1, 2]), ["split 'test'", "expected a dict of arrays"]),
     "missing array": (lambda raw: raw["valid"].pop("audio"), ["split 'valid'", "missing arrays ['audio']"]),
-    "ragged audio": (_arr("train", "audio", lambda a: [a[0], a[1], a[2][:-1], a[3]]), ["split 'train', example 2", "audio: ragged"]),
-    "count mismatch": (_arr("test", "vision", lambda a: a[:-1]), ["split 'test'", "vision: 2 examples but text_bert has 3"]),
-    "tokens mismatch": (_arr("test", "audio", lambda a: a[:, :-1]), ["split 'test'", "audio: 5 tokens per example but text_bert has 6"]),
-    "wrong width": (_arr("test", "vision", lambda a: np.ones(a.shape[:2] + (D_V + 2,), np.float32)),
-                    ["split 'test'", f"vision: width {D_V + 2} differs from {D_V}"]),
+    "ragged audio": (
+        _arr("train", "audio", lambda a: [a[0], a[1], a[2][:-1], a[3]]),
+        ["split 'train', example 2", "audio: ragged"],
+    ),
+    "count mismatch": (
+        _arr("test", "vision", lambda a: a[:-1]),
+        ["split 'test'", "vision: 2 examples but text_bert has 3"],
+    ),
+    "tokens mismatch": (
+        _arr("test", "audio", lambda a: a[:, :-1]),
+        ["split 'test'", "audio: 5 tokens per example but text_bert has 6"],
+    ),
+    "wrong width": (
+        _arr("test", "vision", lambda a: np.ones(a.shape[:2] + (D_V + 2,), np.float32)),
+        ["split 'test'", f"vision: width {D_V + 2} differs from {D_V}"],
+    ),
     "nan": (_arr("train", "vision", _put(np.nan, 1, 0, 0)), ["split 'train', example 1", "vision: holds NaN"]),
     "plus inf": (_arr("valid", "audio", _put(np.inf, 2, 0, 0)), ["split 'valid', example 2", "audio: holds +inf"]),
-    "label out of range": (_arr("train", "regression_labels", _put(-4.0, 2)), ["split 'train', example 2", "label: -4.0 is outside [-3, 3]"]),
-    "label count": (_arr("valid", "regression_labels", lambda a: a[:2]), ["split 'valid'", "regression_labels: expected 3 values"]),
-    "text shape": (_arr("train", "text_bert", lambda a: a[:, :2]), ["split 'train'", "text_bert: expected shape [N, 3, tokens]"]),
-    "token ids": (_arr("valid", "text_bert", _put(1.5, 1, 0, 0)), ["split 'valid', example 1", "non-negative integers"]),
+    "label out of range": (
+        _arr("train", "regression_labels", _put(-4.0, 2)),
+        ["split 'train', example 2", "label: -4.0 is outside [-3, 3]"],
+    ),
+    "label count": (
+        _arr("valid", "regression_labels", lambda a: a[:2]),
+        ["split 'valid'", "regression_labels: expected 3 values"],
+    ),
+    "text shape": (
+        _arr("train", "text_bert", lambda a: a[:, :2]),
+        ["split 'train'", "text_bert: expected shape [N, 3, tokens]"],
+    ),
+    "token ids": (
+        _arr("valid", "text_bert", _put(1.5, 1, 0, 0)),
+        ["split 'valid', example 1", "non-negative integers"],
+    ),
 }
 
 
@@ -294,7 +355,12 @@ def test_synthetic_set_is_deterministic_and_in_the_word_level_layout():
     a, b = make_synthetic(spec), make_synthetic(spec)
     assert set(a) == {"train", "dev", "test"} and len(a["train"]) == 40
     for x, y in zip(a["train"], b["train"]):
-        assert x[0][0] == y[0][0] and np.array_equal(x[0][1], y[0][1]) and np.array_equal(x[0][2], y[0][2]) and x[1] == y[1]
+        assert (
+            x[0][0] == y[0][0]
+            and np.array_equal(x[0][1], y[0][1])
+            and np.array_equal(x[0][2], y[0][2])
+            and x[1] == y[1]
+        )
     assert a["train"][0][0][0] != make_synthetic(SyntheticSpec(seed=4, sizes=(40, 10, 10)))["train"][0][0][0]
     # a split does not change when another split's size does
     other = make_synthetic(SyntheticSpec(seed=3, sizes=(5, 10, 10)))

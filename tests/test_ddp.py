@@ -12,15 +12,31 @@ import torch
 from safetensors.torch import load_file
 
 from ithp_fast.data import SyntheticSpec, load_sentiment_data
+from ithp_fast.training.api import train
 from ithp_fast.training.build import new_model
 from ithp_fast.training.config import TrainConfig
-from ithp_fast.training.api import train
 
 # Dropout off and noise drawn per example: the only differences left between one process and
 # two are the order of floating-point sums (gradient all-reduce, sharded batches).
-OPTIONS = dict(max_steps=2, epochs=1, synthetic_sizes=(32, 9, 11), batch_size=8, hidden_size=32, num_layers=1,
-               intermediate_size=32, inter_dim=32, b0_dim=16, b1_dim=8, lr=1e-3, noise="per-example",
-               backbone_dropout=0.0, ithp_dropout=0.0, fusion_dropout=0.0, plots=False, progress=False)
+OPTIONS = dict(
+    max_steps=2,
+    epochs=1,
+    synthetic_sizes=(32, 9, 11),
+    batch_size=8,
+    hidden_size=32,
+    num_layers=1,
+    intermediate_size=32,
+    inter_dim=32,
+    b0_dim=16,
+    b1_dim=8,
+    lr=1e-3,
+    noise="per-example",
+    backbone_dropout=0.0,
+    ithp_dropout=0.0,
+    fusion_dropout=0.0,
+    plots=False,
+    progress=False,
+)
 
 
 def _flags(options):
@@ -44,8 +60,22 @@ def _predictions(run_dir):
 @pytest.mark.slow
 def test_two_process_torchrun_matches_one_process(tmp_path):
     two = tmp_path / "two"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "ithp_fast", "train", "--output-dir", str(two), "--device", "cpu", *_flags(OPTIONS)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "ithp_fast",
+        "train",
+        "--output-dir",
+        str(two),
+        "--device",
+        "cpu",
+        *_flags(OPTIONS),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -74,4 +104,9 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
         for key, value in r1["test"][conv].items():
             assert r2["test"][conv][key] == pytest.approx(value, rel=1e-4, abs=1e-5), (conv, key)
     # Only rank 0 wrote: one checkpoint, no half-written leftovers.
-    assert sorted(os.listdir(two / "seed-1")) == ["checkpoint-last", "metrics.csv", "predictions_test.csv", "results.json"]
+    assert sorted(os.listdir(two / "seed-1")) == [
+        "checkpoint-last",
+        "metrics.csv",
+        "predictions_test.csv",
+        "results.json",
+    ]

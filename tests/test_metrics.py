@@ -5,7 +5,14 @@ import math
 import numpy as np
 import pytest
 
-from ithp_fast.training.metrics import all_conventions, better, mean_std, multiclass_accuracy, sentiment_metrics, weighted_f1
+from ithp_fast.training.metrics import (
+    all_conventions,
+    better,
+    mean_std,
+    multiclass_accuracy,
+    sentiment_metrics,
+    weighted_f1,
+)
 
 # Two zero labels; a prediction of exactly 0.0 (index 1) separates ">= 0" from "> 0".
 LABELS = [2.0, -1.0, 0.0, 0.5, -2.6, 0.0, 1.2]
@@ -49,7 +56,9 @@ def test_mmsa_convention_keeps_zero_labels_for_mae_corr_and_has0():
 
 def test_weighted_f1_edge_cases():
     # Only one class predicted: F1 of the other class is 0, weighted by its support.
-    assert weighted_f1(np.array([True, True, False]), np.array([True, True, True])) == pytest.approx(2 * (2 * 2 / 5) / 3)
+    assert weighted_f1(np.array([True, True, False]), np.array([True, True, True])) == pytest.approx(
+        2 * (2 * 2 / 5) / 3
+    )
     assert weighted_f1(np.array([1, 1]), np.array([1, 1])) == 1.0
     assert math.isnan(weighted_f1(np.array([]), np.array([])))
 
@@ -74,7 +83,9 @@ def test_helpers():
     assert better("MAE", 0.5, 0.6) and not better("MAE", 0.7, 0.6)
     assert better("Corr", 0.7, 0.6) and better("Corr", 0.1, None) and not better("Corr", math.nan, 0.1)
     mean, std = mean_std([1.0, 2.0, 4.0])
-    assert mean == pytest.approx(7 / 3) and std == pytest.approx(math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2))
+    assert mean == pytest.approx(7 / 3) and std == pytest.approx(
+        math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2)
+    )
     assert mean_std([3.0]) == (3.0, 0.0)
 
 

@@ -11,25 +11,47 @@ import torch
 from safetensors.torch import load_file
 
 from ithp_fast.data import SyntheticSpec, load_sentiment_data
-from ithp_fast.training.metrics import mean_std
+from ithp_fast.training.api import train
 from ithp_fast.training.build import new_model, optimizer_groups
 from ithp_fast.training.config import TrainConfig
 from ithp_fast.training.distributed import DistContext
 from ithp_fast.training.evaluate import evaluate_checkpoint, predict
 from ithp_fast.training.load import load_checkpoint_model
-from ithp_fast.training.api import train
+from ithp_fast.training.metrics import mean_std
 
-TINY = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=32, inter_dim=32, b0_dim=16, b1_dim=8,
-            progress=False, plots=False, device="cpu", threads=1)
+TINY = dict(
+    hidden_size=32,
+    num_layers=1,
+    num_heads=2,
+    intermediate_size=32,
+    inter_dim=32,
+    b0_dim=16,
+    b1_dim=8,
+    progress=False,
+    plots=False,
+    device="cpu",
+    threads=1,
+)
 
 
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
     """48 steps on 64 synthetic examples with the default small backbone; a few seconds on a quiet CPU."""
     out = tmp_path_factory.mktemp("run")
-    cfg = TrainConfig(output_dir=str(out), synthetic_sizes=(64, 16, 16), epochs=6, lr=5e-3, batch_size=8,
-                      backbone_dropout=0.0, fusion_dropout=0.1, ithp_dropout=0.1, log_every=4, progress=False, device="cpu",
-                      threads=1)
+    cfg = TrainConfig(
+        output_dir=str(out),
+        synthetic_sizes=(64, 16, 16),
+        epochs=6,
+        lr=5e-3,
+        batch_size=8,
+        backbone_dropout=0.0,
+        fusion_dropout=0.1,
+        ithp_dropout=0.1,
+        log_every=4,
+        progress=False,
+        device="cpu",
+        threads=1,
+    )
     summary = train(cfg)
     run_dir = out / "seed-1"
     return cfg, summary, run_dir, json.loads((run_dir / "results.json").read_text())
@@ -50,11 +72,18 @@ def test_run_writes_metrics_plots_predictions_and_checkpoint(short_run):
     for name in ("model.safetensors", "config.json", "vocab.json", "optimizer.safetensors", "trainer_state.json"):
         assert (run_dir / "checkpoint-last" / name).is_file(), name
     assert not (run_dir / "checkpoint-best").exists()  # authors protocol: last epoch
-    for conv, keys in (("authors", {"Non0_acc_2", "Non0_F1_score"}), ("mmsa", {"Has0_acc_2", "Has0_F1_score", "Non0_acc_2"})):
+    for conv, keys in (
+        ("authors", {"Non0_acc_2", "Non0_F1_score"}),
+        ("mmsa", {"Has0_acc_2", "Has0_F1_score", "Non0_acc_2"}),
+    ):
         assert keys | {"Mult_acc_5", "Mult_acc_7", "MAE", "Corr"} <= set(results["test"][conv])
     labels = load_sentiment_data(synthetic=SyntheticSpec(sizes=(64, 16, 16))).splits["test"].labels
     assert results["test"]["mmsa"]["count"] == 16 and results["test"]["authors"]["count"] == int((labels != 0).sum())
-    assert results["headline"] == results["test"]["authors"] and results["selection"] == {"rule": "last", "metric": None, "epoch": 6}
+    assert results["headline"] == results["test"]["authors"] and results["selection"] == {
+        "rule": "last",
+        "metric": None,
+        "epoch": 6,
+    }
     assert results["synthetic_text_only_ceiling"]["authors"]["Corr"] > 0
     rec = results["history"]["steps"][0]
     assert {"step", "loss", "task_mse", "IB_total", "kl0", "mse0", "kl1", "mse1"} <= set(rec)
@@ -102,13 +131,17 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
 
 
 def test_several_seeds_report_mean_and_std(tmp_path):
-    summary = train(TrainConfig(output_dir=str(tmp_path), seeds=(1, 2), max_steps=2, synthetic_sizes=(16, 8, 8), **TINY))
+    summary = train(
+        TrainConfig(output_dir=str(tmp_path), seeds=(1, 2), max_steps=2, synthetic_sizes=(16, 8, 8), **TINY)
+    )
     assert summary["seeds"] == [1, 2]
     per_seed = [json.loads((tmp_path / f"seed-{s}/results.json").read_text()) for s in (1, 2)]
     values = [r["test"]["authors"]["MAE"] for r in per_seed]
     assert values[0] != values[1]
     assert summary["metrics"]["authors"]["MAE"]["values"] == values
-    assert (summary["metrics"]["authors"]["MAE"]["mean"], summary["metrics"]["authors"]["MAE"]["std"]) == pytest.approx(mean_std(values))
+    assert (summary["metrics"]["authors"]["MAE"]["mean"], summary["metrics"]["authors"]["MAE"]["std"]) == pytest.approx(
+        mean_std(values)
+    )
 
 
 def test_mmsa_protocol_selects_the_best_validation_epoch(tmp_path):
@@ -151,8 +184,9 @@ def test_weight_decay_skips_biases_and_layernorm():
 
 @pytest.mark.parametrize("impl", ["reference", "fast"])
 def test_impl_picks_the_ithp_class(impl):
-    import ithp_fast
     from ithp_fast.reference import ITHP as ReferenceITHP
+
+    import ithp_fast
 
     data = load_sentiment_data(synthetic=SyntheticSpec(sizes=(4, 2, 2)))
     model, _ = new_model(TrainConfig(impl=impl, **TINY), data)
@@ -173,8 +207,20 @@ def test_bad_options_are_named():
 @pytest.mark.parametrize("amp", [False, True])
 @pytest.mark.parametrize("impl", ["fast", "reference"])
 def test_cuda_run_learns_and_reloads_to_identical_predictions(tmp_path, impl, amp):
-    cfg = TrainConfig(output_dir=str(tmp_path), synthetic_sizes=(64, 16, 16), epochs=6, lr=5e-3, batch_size=8, impl=impl,
-                      amp=amp, backbone_dropout=0.0, fusion_dropout=0.1, ithp_dropout=0.1, progress=False, device="cuda")
+    cfg = TrainConfig(
+        output_dir=str(tmp_path),
+        synthetic_sizes=(64, 16, 16),
+        epochs=6,
+        lr=5e-3,
+        batch_size=8,
+        impl=impl,
+        amp=amp,
+        backbone_dropout=0.0,
+        fusion_dropout=0.1,
+        ithp_dropout=0.1,
+        progress=False,
+        device="cuda",
+    )
     train(cfg)
     results = json.loads((tmp_path / "seed-1/results.json").read_text())
     epochs = results["history"]["epochs"]
@@ -215,8 +261,17 @@ def test_learning_rate_warms_up_then_decays_to_zero(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
     # 16 examples, batch 4: 4 steps per epoch, 5 epochs = 20 steps; warm-up 20 % = 4 steps
-    summary = train(TrainConfig(output_dir=str(tmp_path), synthetic_sizes=(16, 8, 8), batch_size=4, epochs=5, lr=1e-3,
-                                warmup_ratio=0.2, **TINY))
+    summary = train(
+        TrainConfig(
+            output_dir=str(tmp_path),
+            synthetic_sizes=(16, 8, 8),
+            batch_size=4,
+            epochs=5,
+            lr=1e-3,
+            warmup_ratio=0.2,
+            **TINY,
+        )
+    )
     assert len(rates) == 20
     assert rates[0] == 0.0  # step 0: the start of the warm-up
     assert rates[4] == pytest.approx(1e-3) and max(rates) == rates[4]  # the end of the warm-up: the full rate
@@ -228,8 +283,15 @@ def test_learning_rate_warms_up_then_decays_to_zero(tmp_path, monkeypatch):
 
 def test_synthetic_run_beats_a_metric_floor(tmp_path):
     """A short run on 256 synthetic examples learns the text's sentiment well above chance (Corr 0, accuracy 0.5)."""
-    train(TrainConfig(output_dir=str(tmp_path), synthetic_sizes=(256, 64, 64), epochs=6, lr=2e-3,
-                      **{**TINY, "intermediate_size": 64}))
+    train(
+        TrainConfig(
+            output_dir=str(tmp_path),
+            synthetic_sizes=(256, 64, 64),
+            epochs=6,
+            lr=2e-3,
+            **{**TINY, "intermediate_size": 64},
+        )
+    )
     test = json.loads((tmp_path / "seed-1/results.json").read_text())["test"]["authors"]
     assert test["Corr"] > 0.3 and test["Non0_acc_2"] > 0.58, test
 
@@ -238,13 +300,42 @@ def test_diverging_run_stops_naming_seed_epoch_and_step_and_keeps_what_was_saved
     from ithp_fast.tools.cli import main
     from ithp_fast.training import checkpoints as ckpt
 
-    flags = ["--synthetic-sizes", "8", "8", "8", "--epochs", "3", "--lr", "50", "--output-dir", str(tmp_path),
-             "--hidden-size", "32", "--num-layers", "1", "--intermediate-size", "32", "--inter-dim", "32",
-             "--b0-dim", "16", "--b1-dim", "8", "--no-progress", "--no-plots", "--device", "cpu", "--threads", "1"]
+    flags = [
+        "--synthetic-sizes",
+        "8",
+        "8",
+        "8",
+        "--epochs",
+        "3",
+        "--lr",
+        "50",
+        "--output-dir",
+        str(tmp_path),
+        "--hidden-size",
+        "32",
+        "--num-layers",
+        "1",
+        "--intermediate-size",
+        "32",
+        "--inter-dim",
+        "32",
+        "--b0-dim",
+        "16",
+        "--b1-dim",
+        "8",
+        "--no-progress",
+        "--no-plots",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    ]
     assert main(["train", *flags]) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ithp-fast")]
     assert len(err) == 1
-    match = re.fullmatch(r"ithp-fast train: error: seed 1, epoch (\d+), step (\d+): the loss is (nan|inf|-inf) .*", err[0])
+    match = re.fullmatch(
+        r"ithp-fast train: error: seed 1, epoch (\d+), step (\d+): the loss is (nan|inf|-inf) .*", err[0]
+    )
     assert match, err
     epoch = int(match.group(1))
     last = tmp_path / "seed-1/checkpoint-last"
@@ -282,5 +373,9 @@ def test_resume_after_a_crash_between_the_renames_continues(tmp_path, monkeypatc
     a = load_file(str(tmp_path / "a/seed-1/checkpoint-last/model.safetensors"))
     b = load_file(str(tmp_path / "b/seed-1/checkpoint-last/model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert sorted(os.listdir(tmp_path / "b/seed-1")) == ["checkpoint-last", "metrics.csv", "predictions_test.csv",
-                                                         "results.json"]
+    assert sorted(os.listdir(tmp_path / "b/seed-1")) == [
+        "checkpoint-last",
+        "metrics.csv",
+        "predictions_test.csv",
+        "results.json",
+    ]

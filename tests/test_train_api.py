@@ -12,14 +12,25 @@ from test_data import array_data, dump
 import ithp_fast
 from ithp_fast.data import SyntheticSpec, load_sentiment_data
 
-TINY = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=32, inter_dim=32, b0_dim=16, b1_dim=8,
-            progress=False, plots=False, device="cpu", threads=1, lr=1e-3)
+TINY = dict(
+    hidden_size=32,
+    num_layers=1,
+    num_heads=2,
+    intermediate_size=32,
+    inter_dim=32,
+    b0_dim=16,
+    b1_dim=8,
+    progress=False,
+    plots=False,
+    device="cpu",
+    threads=1,
+    lr=1e-3,
+)
 
 
 def test_train_on_a_path_arrays_or_splits_in_memory_then_evaluate(tmp_path):
     raw = array_data()
-    by_path = ithp_fast.train(TINY, data=dump(tmp_path, raw), output_dir=str(tmp_path / "path"), epochs=1,
-                              batch_size=2)
+    by_path = ithp_fast.train(TINY, data=dump(tmp_path, raw), output_dir=str(tmp_path / "path"), epochs=1, batch_size=2)
     in_memory = ithp_fast.train(TINY, data=raw, output_dir=str(tmp_path / "memory"), epochs=1, batch_size=2)
     assert by_path["metrics"] == in_memory["metrics"] and by_path["seeds"] == [1]
     assert by_path == json.loads((tmp_path / "path/summary.json").read_text())  # the object summary.json holds
@@ -41,8 +52,9 @@ def test_callbacks_see_every_epoch_and_can_stop_a_seed(tmp_path):
         seen.append((end.seed, end.epoch, torch.get_num_threads(), sorted(end.record)))
         return end.epoch == 2
 
-    summary = ithp_fast.train(TINY, output_dir=str(tmp_path), synthetic_sizes=[8, 4, 4], epochs=5, seeds=[3],
-                              callbacks=[stop_after_two])
+    summary = ithp_fast.train(
+        TINY, output_dir=str(tmp_path), synthetic_sizes=[8, 4, 4], epochs=5, seeds=[3], callbacks=[stop_after_two]
+    )
     assert [(s, e) for s, e, _, _ in seen] == [(3, 1), (3, 2)]
     assert seen[0][2] == 1  # --threads 1 holds during the run
     assert seen[0][3] == ["epoch", "lr", "seconds", "step", "test", "train", "valid"]
@@ -93,8 +105,11 @@ def test_resume_with_more_epochs_extends_a_finished_run(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="epochs: saved 2, now 1"):
         ithp_fast.train(base, output_dir=str(tmp_path), epochs=1, resume=True)
     rates, step = [], torch.optim.AdamW.step
-    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: (rates.append(self.param_groups[0]["lr"]),
-                                                                         step(self, *a, **k))[1])
+    monkeypatch.setattr(
+        torch.optim.AdamW,
+        "step",
+        lambda self, *a, **k: (rates.append(self.param_groups[0]["lr"]), step(self, *a, **k))[1],
+    )
     ithp_fast.train(base, output_dir=str(tmp_path), epochs=4, resume=True)
     # steps 5 to 8 at the rates of a schedule planned for 8 steps (no warm-up here): 1e-3 * (8 - step) / 8
     assert rates == pytest.approx([5e-4, 3.75e-4, 2.5e-4, 1.25e-4])

@@ -92,7 +92,9 @@ def _from_words(raw: dict, path: str, tokenizer: Optional[WordTokenizer], max_le
     for name, examples in parsed.items():
         cols = [align_words(ex.words, ex.visual, ex.acoustic, tokenizer, max_len) for ex in examples]
         ids, mask, visual, acoustic = (np.stack(c) for c in zip(*cols))
-        splits[name] = SentimentSplit(ids, mask, visual, acoustic, [ex.label for ex in examples], [ex.segment for ex in examples])
+        splits[name] = SentimentSplit(
+            ids, mask, visual, acoustic, [ex.label for ex in examples], [ex.segment for ex in examples]
+        )
     return splits, tokenizer
 
 
@@ -100,7 +102,9 @@ def _from_arrays(raw: dict, path: str, max_len: int) -> dict:
     splits = {}
     for name, s in parse_arrays(raw, path).items():
         t = min(max_len, s.input_ids.shape[1])
-        splits[name] = SentimentSplit(s.input_ids[:, :t], s.attention_mask[:, :t], s.visual[:, :t], s.acoustic[:, :t], s.labels, s.ids)
+        splits[name] = SentimentSplit(
+            s.input_ids[:, :t], s.attention_mask[:, :t], s.visual[:, :t], s.acoustic[:, :t], s.labels, s.ids
+        )
     return splits
 
 
@@ -124,7 +128,13 @@ def load_sentiment_data(
     if path is None:
         source = f"synthetic(seed={synthetic.seed}, sizes={list(synthetic.sizes)})"
         splits, tokenizer = _from_words(make_synthetic(synthetic), source, tokenizer, max_len)
-        return SentimentData(splits, "synthetic", source, tokenizer, {"synthetic": {"seed": synthetic.seed, "sizes": list(synthetic.sizes)}})
+        return SentimentData(
+            splits,
+            "synthetic",
+            source,
+            tokenizer,
+            {"synthetic": {"seed": synthetic.seed, "sizes": list(synthetic.sizes)}},
+        )
     if isinstance(path, Mapping):
         raw, path = dict(path), "in-memory data"
     else:
@@ -156,4 +166,3 @@ def minmax_normalise(t: torch.Tensor, bounds: Optional[tuple[torch.Tensor, torch
     lo, hi = bounds if bounds is not None else (t.min(), t.max())
     span = hi - lo
     return torch.where(span > 0, (t - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(t))
-

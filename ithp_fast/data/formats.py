@@ -106,7 +106,10 @@ def detect_layout(obj: Any, path: str) -> str:
     for name in names:
         if name not in obj:
             kind = "word-level" if layout == "words" else "array"
-            raise DataFormatError(path, f"split {name!r} missing ({kind} layout expects {list(names)}; found keys {sorted(map(str, obj))})")
+            raise DataFormatError(
+                path,
+                f"split {name!r} missing ({kind} layout expects {list(names)}; found keys {sorted(map(str, obj))})",
+            )
     return layout
 
 
@@ -162,9 +165,17 @@ def parse_word_level(obj: dict, path: str) -> dict[str, list[WordExample]]:
             raise DataFormatError(path, "split is empty", name)
         examples = []
         for i, entry in enumerate(entries):
-            if not (isinstance(entry, (list, tuple)) and len(entry) == 3 and isinstance(entry[0], (list, tuple)) and len(entry[0]) == 3):
+            if not (
+                isinstance(entry, (list, tuple))
+                and len(entry) == 3
+                and isinstance(entry[0], (list, tuple))
+                and len(entry[0]) == 3
+            ):
                 raise DataFormatError(
-                    path, f"expected ((words, visual, acoustic), label, segment), got {type(entry).__name__} {_short(entry)}", name, i
+                    path,
+                    f"expected ((words, visual, acoustic), label, segment), got {type(entry).__name__} {_short(entry)}",
+                    name,
+                    i,
                 )
             (words, visual, acoustic), label, segment = entry
             if isinstance(words, np.ndarray):
@@ -178,15 +189,25 @@ def parse_word_level(obj: dict, path: str) -> dict[str, list[WordExample]]:
                 arr = _features(value, feat_name, path, name, i)
                 if arr.shape[0] != len(words):
                     raise DataFormatError(
-                        path, f"{feat_name}: {arr.shape[0]} rows for {len(words)} words (one row per word expected)", name, i
+                        path,
+                        f"{feat_name}: {arr.shape[0]} rows for {len(words)} words (one row per word expected)",
+                        name,
+                        i,
                     )
                 seen = widths.setdefault(feat_name, (arr.shape[1], f"split {name!r}, example {i}"))
                 if arr.shape[1] != seen[0]:
                     raise DataFormatError(
-                        path, f"{feat_name}: width {arr.shape[1]} differs from {seen[0]} (the width at {seen[1]})", name, i
+                        path,
+                        f"{feat_name}: width {arr.shape[1]} differs from {seen[0]} (the width at {seen[1]})",
+                        name,
+                        i,
                     )
                 feats[feat_name] = arr
-            examples.append(WordExample(list(words), feats["visual"], feats["acoustic"], _label(label, path, name, i), _segment(segment)))
+            examples.append(
+                WordExample(
+                    list(words), feats["visual"], feats["acoustic"], _label(label, path, name, i), _segment(segment)
+                )
+            )
         out[canonical] = examples
     return out
 
@@ -198,13 +219,17 @@ def parse_arrays(obj: dict, path: str) -> dict[str, ArraySplit]:
     for canonical, name in zip(SPLITS, ARRAY_SPLITS):
         split = obj[name]
         if not isinstance(split, dict):
-            raise DataFormatError(path, f"expected a dict of arrays {list(ARRAY_KEYS)}, got {type(split).__name__}", name)
+            raise DataFormatError(
+                path, f"expected a dict of arrays {list(ARRAY_KEYS)}, got {type(split).__name__}", name
+            )
         missing = [k for k in ARRAY_KEYS if k not in split]
         if missing:
             raise DataFormatError(path, f"missing arrays {missing} (found {sorted(map(str, split))})", name)
         text = _stack(split["text_bert"], "text_bert", path, name)
         if text.ndim != 3 or text.shape[1] != 3:
-            raise DataFormatError(path, f"text_bert: expected shape [N, 3, tokens] (ids, mask, segment ids), got {text.shape}", name)
+            raise DataFormatError(
+                path, f"text_bert: expected shape [N, 3, tokens] (ids, mask, segment ids), got {text.shape}", name
+            )
         n, tokens = text.shape[0], text.shape[2]
         if n == 0:
             raise DataFormatError(path, "split is empty", name)
@@ -219,7 +244,9 @@ def parse_arrays(obj: dict, path: str) -> dict[str, ArraySplit]:
             if arr.shape[0] != n:
                 raise DataFormatError(path, f"{key}: {arr.shape[0]} examples but text_bert has {n}", name)
             if arr.shape[1] != tokens:
-                raise DataFormatError(path, f"{key}: {arr.shape[1]} tokens per example but text_bert has {tokens}", name)
+                raise DataFormatError(
+                    path, f"{key}: {arr.shape[1]} tokens per example but text_bert has {tokens}", name
+                )
             for i in np.flatnonzero(np.isnan(arr).any(axis=(1, 2)))[:1]:
                 raise DataFormatError(path, f"{key}: holds NaN", name, int(i))
             arr = np.where(np.isneginf(arr), np.float32(0), arr)
@@ -227,15 +254,23 @@ def parse_arrays(obj: dict, path: str) -> dict[str, ArraySplit]:
                 raise DataFormatError(path, f"{key}: holds +inf", name, int(i))
             seen = widths.setdefault(key, (arr.shape[2], f"split {name!r}"))
             if arr.shape[2] != seen[0]:
-                raise DataFormatError(path, f"{key}: width {arr.shape[2]} differs from {seen[0]} (the width in {seen[1]})", name)
+                raise DataFormatError(
+                    path, f"{key}: width {arr.shape[2]} differs from {seen[0]} (the width in {seen[1]})", name
+                )
             feats[feat_name] = arr
         labels = _stack(split["regression_labels"], "regression_labels", path, name)
         if labels.size != n:
-            raise DataFormatError(path, f"regression_labels: expected {n} values (one per example), got shape {labels.shape}", name)
+            raise DataFormatError(
+                path, f"regression_labels: expected {n} values (one per example), got shape {labels.shape}", name
+            )
         labels = labels.reshape(-1)
         for i, v in enumerate(labels.tolist()):
             _check_label(v, path, name, i)
-        ids = [_segment(s) for s in split["id"]] if "id" in split and len(split["id"]) == n else [f"{name}-{i}" for i in range(n)]
+        ids = (
+            [_segment(s) for s in split["id"]]
+            if "id" in split and len(split["id"]) == n
+            else [f"{name}-{i}" for i in range(n)]
+        )
         out[canonical] = ArraySplit(
             input_ids=text[:, 0].astype(np.int64),
             attention_mask=text[:, 1].astype(np.int64),
@@ -260,7 +295,9 @@ def _stack(value: Any, key: str, path: str, split: str) -> np.ndarray:
                 except (ValueError, TypeError):
                     raise DataFormatError(path, f"{key}: ragged or non-numeric values", split, i) from exc
                 if shape != first:
-                    raise DataFormatError(path, f"{key}: ragged: shape {shape} differs from {first} (example 0)", split, i) from exc
+                    raise DataFormatError(
+                        path, f"{key}: ragged: shape {shape} differs from {first} (example 0)", split, i
+                    ) from exc
         raise DataFormatError(path, f"{key}: ragged or non-numeric ({exc})", split) from exc
 
 

@@ -40,15 +40,52 @@ import numpy as np
 SPLIT_NAMES = ("train", "dev", "test")  # the word-level layout's split names
 
 SENTIMENT = {
-    "good": 1.0, "nice": 1.0, "funny": 1.0, "enjoyed": 1.5, "great": 2.0, "love": 2.0, "wonderful": 2.5,
-    "brilliant": 3.0, "excellent": 3.0, "bad": -1.0, "dull": -1.0, "weak": -1.0, "boring": -1.5,
-    "hate": -2.0, "terrible": -2.5, "awful": -3.0, "worst": -3.0,
+    "good": 1.0,
+    "nice": 1.0,
+    "funny": 1.0,
+    "enjoyed": 1.5,
+    "great": 2.0,
+    "love": 2.0,
+    "wonderful": 2.5,
+    "brilliant": 3.0,
+    "excellent": 3.0,
+    "bad": -1.0,
+    "dull": -1.0,
+    "weak": -1.0,
+    "boring": -1.5,
+    "hate": -2.0,
+    "terrible": -2.5,
+    "awful": -3.0,
+    "worst": -3.0,
 }
 NEGATORS = ("not", "never")
 INTENSIFIERS = ("very", "really", "so")
 FILLERS = (
-    "the", "movie", "film", "it", "was", "i", "a", "and", "plot", "actor", "story", "this", "to", "of",
-    "um", "uh", "scene", "ending", "just", "think", "kind", "characters", "music", "is", "thought",
+    "the",
+    "movie",
+    "film",
+    "it",
+    "was",
+    "i",
+    "a",
+    "and",
+    "plot",
+    "actor",
+    "story",
+    "this",
+    "to",
+    "of",
+    "um",
+    "uh",
+    "scene",
+    "ending",
+    "just",
+    "think",
+    "kind",
+    "characters",
+    "music",
+    "is",
+    "thought",
 )
 
 
@@ -110,14 +147,17 @@ def _generate(spec: SyntheticSpec):
         entries, text_parts = [], []
         for i in range(int(size)):
             words, visual, acoustic, label, text = _utterance(rng, spec)
-            entries.append(((words, visual, acoustic), np.array([[label]], dtype=np.float32), f"synthetic-{name}-{i:05d}"))
+            entries.append(
+                ((words, visual, acoustic), np.array([[label]], dtype=np.float32), f"synthetic-{name}-{i:05d}")
+            )
             text_parts.append(text)
         data[name], oracle[name] = entries, np.array(text_parts)
     return data, oracle
 
 
 def make_synthetic(spec: SyntheticSpec = SyntheticSpec()) -> dict:
-    """The synthetic set in the word-level pickle layout: ``{"train"|"dev"|"test": [((words, visual, acoustic), label, segment)]}``."""
+    """The synthetic set in the word-level pickle layout:
+    ``{"train"|"dev"|"test": [((words, visual, acoustic), label, segment)]}``."""
     return _generate(spec)[0]
 
 

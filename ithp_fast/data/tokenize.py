@@ -94,7 +94,10 @@ class PretrainedWordTokenizer:
         ids = {name: getattr(tokenizer, f"{name}_token_id", None) for name in ("cls", "sep", "pad")}
         missing = [k for k, v in ids.items() if v is None]
         if missing:
-            raise ValueError(f"tokenizer: has no {', '.join(m + '_token' for m in missing)}; a DeBERTa/BERT-style tokenizer is needed")
+            raise ValueError(
+                f"tokenizer: has no {', '.join(m + '_token' for m in missing)}; "
+                f"a DeBERTa/BERT-style tokenizer is needed"
+            )
         self.cls_id, self.sep_id, self.pad_id = ids["cls"], ids["sep"], ids["pad"]
         self.vocab_size = len(tokenizer)
         self._cache: dict[str, list[int]] = {}

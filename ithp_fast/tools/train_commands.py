@@ -35,8 +35,10 @@ batch is normalised like the whole batch; evaluation covers every example once; 
 writes files.
 """
 
-FIELD_DEFAULTS = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                  for f in dataclasses.fields(TrainConfig)}
+FIELD_DEFAULTS = {
+    f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    for f in dataclasses.fields(TrainConfig)
+}
 
 # Errors that come from what the user gave (paths, files, options): one line, no traceback.
 USER_ERRORS = (DataFormatError, FileNotFoundError, ValueError, KeyError)
@@ -109,8 +111,17 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from ..training import api
 
     try:
-        api.evaluate(args.checkpoint, args.data, split=args.split, protocol=args.protocol, batch_size=args.batch_size,
-                     impl=args.impl, device=args.device, output_dir=args.output_dir, eval_sampling=args.eval_sampling)
+        api.evaluate(
+            args.checkpoint,
+            args.data,
+            split=args.split,
+            protocol=args.protocol,
+            batch_size=args.batch_size,
+            impl=args.impl,
+            device=args.device,
+            output_dir=args.output_dir,
+            eval_sampling=args.eval_sampling,
+        )
     except USER_ERRORS as exc:
         report_error("evaluate", exc)
         return 2
@@ -119,28 +130,59 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     """Add ``train`` and ``evaluate`` to the ``ithp-fast`` command line."""
-    p = sub.add_parser("train", help="train ITHP-DeBERTa (published recipe by default)", description=TRAIN_DESCRIPTION,
-                       parents=[config_arguments()], formatter_class=PlainHelpFormatter)
-    p.add_argument("--config", default=None, metavar="FILE",
-                   help="JSON or YAML file of settings (keys: flag names); flags given here override it")
+    p = sub.add_parser(
+        "train",
+        help="train ITHP-DeBERTa (published recipe by default)",
+        description=TRAIN_DESCRIPTION,
+        parents=[config_arguments()],
+        formatter_class=PlainHelpFormatter,
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="JSON or YAML file of settings (keys: flag names); flags given here override it",
+    )
     p.set_defaults(func=train_command)
 
-    e = sub.add_parser("evaluate", help="score a checkpoint on a split under both metric conventions",
-                       formatter_class=PlainHelpFormatter)
-    e.add_argument("--checkpoint", required=True, help="a checkpoint directory written by ithp-fast train "
-                                                       "(runs/NAME/seed-N/checkpoint-last)")
-    e.add_argument("--data", default=None, help="the pickle to score on (needed when the checkpoint was not trained on "
-                                                "the synthetic set; unpickling runs code stored in the file: pass only "
-                                                "files you trust). Default: the checkpoint's synthetic set")
+    e = sub.add_parser(
+        "evaluate",
+        help="score a checkpoint on a split under both metric conventions",
+        formatter_class=PlainHelpFormatter,
+    )
+    e.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a checkpoint directory written by ithp-fast train (runs/NAME/seed-N/checkpoint-last)",
+    )
+    e.add_argument(
+        "--data",
+        default=None,
+        help="the pickle to score on (needed when the checkpoint was not trained on "
+        "the synthetic set; unpickling runs code stored in the file: pass only "
+        "files you trust). Default: the checkpoint's synthetic set",
+    )
     e.add_argument("--split", default="test", choices=("train", "valid", "test"), help="the split to score")
-    e.add_argument("--protocol", default="authors", choices=("authors", "mmsa"),
-                   help="convention of the printed headline (both are written)")
+    e.add_argument(
+        "--protocol",
+        default="authors",
+        choices=("authors", "mmsa"),
+        help="convention of the printed headline (both are written)",
+    )
     e.add_argument("--batch-size", type=int, default=None, help="evaluation batch. Default: the training run's")
     e.add_argument("--impl", default=None, choices=IMPLS, help="ITHP implementation. Default: the training run's")
-    e.add_argument("--eval-sampling", default=None, choices=("mean", "sample"),
-                   help="latent in evaluation: mean (b = mu, the same answer every time) or sample (drawn, as the "
-                        "released evaluation). Default: the training run's")
+    e.add_argument(
+        "--eval-sampling",
+        default=None,
+        choices=("mean", "sample"),
+        help="latent in evaluation: mean (b = mu, the same answer every time) or sample (drawn, as the "
+        "released evaluation). Default: the training run's",
+    )
     e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    e.add_argument("--output-dir", default=None, help="where <split>.json and <split>-predictions.csv are written. "
-                                                      "Default: eval-<checkpoint name> beside the checkpoint")
+    e.add_argument(
+        "--output-dir",
+        default=None,
+        help="where <split>.json and <split>-predictions.csv are written. "
+        "Default: eval-<checkpoint name> beside the checkpoint",
+    )
     e.set_defaults(func=evaluate_command)

@@ -1,10 +1,10 @@
 """The Python API of training: ``ithp_fast.train`` and ``ithp_fast.evaluate``.
 
-    import ithp_fast
+import ithp_fast
 
-    summary = ithp_fast.train({"epochs": 10, "lr": 1e-3}, output_dir="runs/mine")   # the synthetic set
-    summary = ithp_fast.train("train_config.json", data=my_splits, callbacks=[print_epoch])
-    report = ithp_fast.evaluate("runs/mine/seed-1/checkpoint-last", data="data/mosi.pkl")
+summary = ithp_fast.train({"epochs": 10, "lr": 1e-3}, output_dir="runs/mine")   # the synthetic set
+summary = ithp_fast.train("train_config.json", data=my_splits, callbacks=[print_epoch])
+report = ithp_fast.evaluate("runs/mine/seed-1/checkpoint-last", data="data/mosi.pkl")
 """
 
 from __future__ import annotations
@@ -40,8 +40,10 @@ def read_config_file(path: Union[str, os.PathLike]) -> dict:
             else:
                 values = json.load(f)
     except Exception as exc:  # json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError
-        raise ValueError(f"--config: {path} is not a readable {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'} "
-                         f"file ({str(exc).splitlines()[0]})") from None
+        raise ValueError(
+            f"--config: {path} is not a readable {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'} "
+            f"file ({str(exc).splitlines()[0]})"
+        ) from None
     if not isinstance(values, dict):
         raise ValueError(f"--config: {path} holds a {type(values).__name__}, expected a mapping of settings")
     return normalise_keys(values, f"--config: {path}")
@@ -85,8 +87,10 @@ def as_sentiment_data(data: DataSource) -> Union[SentimentData, str, None]:
         return SentimentData(splits, "splits", "in-memory splits")
     if isinstance(data, Mapping):
         return data  # a pickle's object: parsed by the loop with the run's tokenizer
-    raise TypeError(f"data: expected a pickle path, SentimentData, a dict of SentimentSplit, or a pickle's dict; "
-                    f"got {type(data).__name__}")
+    raise TypeError(
+        f"data: expected a pickle path, SentimentData, a dict of SentimentSplit, or a pickle's dict; "
+        f"got {type(data).__name__}"
+    )
 
 
 def train(
@@ -136,9 +140,17 @@ def evaluate(
     synthetic set). ``output_dir`` defaults to ``eval-<checkpoint name>`` beside the checkpoint;
     ``eval_sampling`` to the training run's (``"mean"`` gives the same predictions every time).
     """
-    return evaluate_checkpoint(os.fspath(checkpoint), as_sentiment_data(data), split=split, protocol=protocol,
-                               batch_size=batch_size, impl=impl, device=device, output_dir=output_dir,
-                               eval_sampling=eval_sampling)
+    return evaluate_checkpoint(
+        os.fspath(checkpoint),
+        as_sentiment_data(data),
+        split=split,
+        protocol=protocol,
+        batch_size=batch_size,
+        impl=impl,
+        device=device,
+        output_dir=output_dir,
+        eval_sampling=eval_sampling,
+    )
 
 
 __all__ = ["EpochEnd", "evaluate", "make_config", "read_config_file", "train"]

@@ -12,6 +12,7 @@ from ..data import minmax_normalise
 from .config import TrainConfig
 from .distributed import DistContext, global_min_max
 
+
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed from integers (run seed, purpose, step, rank, ...), stable across platforms."""
     a, b = np.random.SeedSequence([int(p) for p in parts]).generate_state(2)
@@ -33,8 +34,13 @@ def example_noise(indices: torch.Tensor, tokens: int, model_config: dict, key: t
 
 
 def run_batch(
-    model: nn.Module, batch: dict, cfg: TrainConfig, model_config: dict, ctx: DistContext,
-    noise_key: Optional[tuple], reduce_bounds: bool,
+    model: nn.Module,
+    batch: dict,
+    cfg: TrainConfig,
+    model_config: dict,
+    ctx: DistContext,
+    noise_key: Optional[tuple],
+    reduce_bounds: bool,
 ):
     """Move a batch to the device, normalise the detectors, run the model; returns (output, labels)."""
     dev = ctx.device

@@ -20,11 +20,22 @@ def small_backbone_config(vocab_size: int, cfg: TrainConfig):
     from transformers import DebertaV2Config
 
     return DebertaV2Config(
-        vocab_size=vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
-        hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
-        max_position_embeddings=512, relative_attention=True, position_buckets=64, pos_att_type=["p2c", "c2p"],
-        norm_rel_ebd="layer_norm", share_att_key=True, position_biased_input=False, type_vocab_size=0, pad_token_id=0,
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+        max_position_embeddings=512,
+        relative_attention=True,
+        position_buckets=64,
+        pos_att_type=["p2c", "c2p"],
+        norm_rel_ebd="layer_norm",
+        share_att_key=True,
+        position_biased_input=False,
+        type_vocab_size=0,
+        pad_token_id=0,
     )
 
 
@@ -61,12 +72,21 @@ def new_model(cfg: TrainConfig, data: SentimentData) -> tuple[ITHPDeberta, dict]
     backbone = load_backbone(cfg.backbone or small_backbone_config(data.vocab_size, cfg), dropout=cfg.backbone_dropout)
     if data.vocab_size > backbone.config.vocab_size:
         raise DataFormatError(
-            data.source, f"token ids reach {data.vocab_size - 1} but the backbone's vocab_size is {backbone.config.vocab_size}"
+            data.source,
+            f"token ids reach {data.vocab_size - 1} but the backbone's vocab_size is {backbone.config.vocab_size}",
         )
     ithp = ITHPConfig(
-        X0_dim=backbone.config.hidden_size, X1_dim=data.acoustic_dim, X2_dim=data.visual_dim, inter_dim=cfg.inter_dim,
-        B0_dim=cfg.b0_dim, B1_dim=cfg.b1_dim, drop_prob=cfg.ithp_dropout, p_beta=cfg.p_beta, p_gamma=cfg.p_gamma,
-        p_lambda=cfg.p_lambda, max_sen_len=cfg.max_seq_length,
+        X0_dim=backbone.config.hidden_size,
+        X1_dim=data.acoustic_dim,
+        X2_dim=data.visual_dim,
+        inter_dim=cfg.inter_dim,
+        B0_dim=cfg.b0_dim,
+        B1_dim=cfg.b1_dim,
+        drop_prob=cfg.ithp_dropout,
+        p_beta=cfg.p_beta,
+        p_gamma=cfg.p_gamma,
+        p_lambda=cfg.p_lambda,
+        max_sen_len=cfg.max_seq_length,
     )
     model_config = {
         "backbone": backbone.config.to_dict(),

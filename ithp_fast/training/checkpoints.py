@@ -122,7 +122,9 @@ def checkpoint_problem(directory: str) -> Optional[str]:
     """Why ``directory`` is not a complete, unchanged checkpoint (None when it is)."""
     manifest_path = os.path.join(directory, MANIFEST_FILE)
     if not os.path.isfile(manifest_path):
-        return f"{directory}: no {MANIFEST_FILE} (the save did not finish, or it was written before checksums were kept)"
+        return (
+            f"{directory}: no {MANIFEST_FILE} (the save did not finish, or it was written before checksums were kept)"
+        )
     try:
         files = read_json(manifest_path)["files"]
     except (CheckpointError, KeyError, TypeError):
@@ -142,7 +144,9 @@ def file_problem(directory: str, name: str, entry: dict) -> Optional[str]:
     if size != entry["bytes"]:
         return f"{path}: {size} bytes where {entry['bytes']} were saved (the file was truncated or replaced)"
     if sha256_of(path) != entry["sha256"]:
-        return f"{path}: its SHA-256 differs from the one saved in {MANIFEST_FILE} (the file changed after it was saved)"
+        return (
+            f"{path}: its SHA-256 differs from the one saved in {MANIFEST_FILE} (the file changed after it was saved)"
+        )
     return None
 
 
@@ -201,8 +205,10 @@ def recover(directory: str) -> Optional[str]:
     if any(written_before_checksums(p) for p in present):
         if present == [directory]:
             return directory  # an earlier version's checkpoint: each file is still checked as it is read
-        raise CheckpointError(f"{', '.join(present)}: left by an interrupted save of an earlier version, without "
-                              f"checksums; keep the copy to continue from as {directory} and remove the others")
+        raise CheckpointError(
+            f"{', '.join(present)}: left by an interrupted save of an earlier version, without "
+            f"checksums; keep the copy to continue from as {directory} and remove the others"
+        )
     problems = {p: checkpoint_problem(p) for p in present}
     complete = [p for p in present if problems[p] is None]
     newest = complete[0] if complete else None
@@ -261,7 +267,9 @@ def save_checkpoint(
 def load_config(directory: str) -> dict:
     """A checkpoint's config.json (checked against its manifest)."""
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"checkpoint: {directory} is not a directory; expected one written by `ithp-fast train`")
+        raise FileNotFoundError(
+            f"checkpoint: {directory} is not a directory; expected one written by `ithp-fast train`"
+        )
     path = os.path.join(directory, CONFIG_FILE)
     if not os.path.isfile(path):
         inside = sorted(os.path.relpath(os.path.dirname(p), directory) for p in _configs_below(directory))
@@ -290,24 +298,32 @@ def load_weights(model: nn.Module, directory: str) -> None:
     tensors = read_safetensors(verify_file(directory, MODEL_FILE))
     for name, wanted in model.state_dict().items():
         if name in tensors and tensors[name].shape != wanted.shape:
-            raise CheckpointError(f"{directory}: {name} has shape {tuple(tensors[name].shape)} in the checkpoint but "
-                                  f"{tuple(wanted.shape)} in the model")
+            raise CheckpointError(
+                f"{directory}: {name} has shape {tuple(tensors[name].shape)} in the checkpoint but "
+                f"{tuple(wanted.shape)} in the model"
+            )
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"checkpoint {directory}: weights do not match the model "
-                              f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+        raise CheckpointError(
+            f"checkpoint {directory}: weights do not match the model "
+            f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
+        )
 
 
 def has_training_state(directory: str) -> bool:
-    return os.path.isfile(os.path.join(directory, STATE_FILE)) and os.path.isfile(os.path.join(directory, OPTIMIZER_FILE))
+    return os.path.isfile(os.path.join(directory, STATE_FILE)) and os.path.isfile(
+        os.path.join(directory, OPTIMIZER_FILE)
+    )
 
 
 def check_training_state(directory: str) -> None:
     """A clear error when a checkpoint lacks what --resume needs."""
     for name in (STATE_FILE, OPTIMIZER_FILE):
         if not os.path.isfile(os.path.join(directory, name)):
-            raise CheckpointError(f"{os.path.join(directory, name)}: missing, so {directory} cannot be resumed "
-                                  f"(restore the file, or start again without --resume in another --output-dir)")
+            raise CheckpointError(
+                f"{os.path.join(directory, name)}: missing, so {directory} cannot be resumed "
+                f"(restore the file, or start again without --resume in another --output-dir)"
+            )
 
 
 def load_training_state(directory: str, optimizer: torch.optim.Optimizer, scheduler: Optional[Any] = None) -> dict:

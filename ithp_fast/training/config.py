@@ -13,12 +13,25 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, get_args, get_origin, get_type_hints
 
-
 IMPLS = ("fast", "reference")
 TERMS = ("loss", "task_mse", "IB_total", "kl0", "mse0", "kl1", "mse1")
 # Settings that may differ when resuming (they do not change what is computed). --epochs may also grow.
-RESUME_FREE = ("resume", "overwrite_output_dir", "skip_nonfinite_steps", "progress", "plots", "seeds", "num_workers",
-               "log", "log_every", "checkpoint_every", "stop_after_steps", "device", "threads", "output_dir")
+RESUME_FREE = (
+    "resume",
+    "overwrite_output_dir",
+    "skip_nonfinite_steps",
+    "progress",
+    "plots",
+    "seeds",
+    "num_workers",
+    "log",
+    "log_every",
+    "checkpoint_every",
+    "stop_after_steps",
+    "device",
+    "threads",
+    "output_dir",
+)
 
 
 def setting(default: Any, help: str) -> Any:
@@ -29,7 +42,7 @@ def setting(default: Any, help: str) -> Any:
 
 
 def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity), shared among the processes of a torchrun job on this machine."""
+    """Cores this process may run on (its CPU affinity), shared among a torchrun job's processes on this machine."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
@@ -40,21 +53,28 @@ class TrainConfig:
     ``max_seq_length`` is ``--max-seq-length``) and a key of a ``--config`` file."""
 
     # data
-    data: Optional[str] = setting(None, "pickle in either layout (word-level train/dev/test or MMSA train/valid/test); "
-                                        "unpickling runs code stored in the file: pass only files you trust. "
-                                        "Default: the built-in synthetic set")
+    data: Optional[str] = setting(
+        None,
+        "pickle in either layout (word-level train/dev/test or MMSA train/valid/test); "
+        "unpickling runs code stored in the file: pass only files you trust. "
+        "Default: the built-in synthetic set",
+    )
     synthetic_seed: int = setting(0, "seed of the synthetic set (used without --data)")
     synthetic_sizes: list[int] = setting([512, 128, 128], "train, valid and test sizes of the synthetic set")
     max_seq_length: int = setting(50, "tokens per example (word-level layout: cut after tokenisation)")
     # backbone
-    backbone: Optional[str] = setting(None, "local directory of a pretrained DeBERTa-v2/v3 (config, weights, tokenizer); "
-                                            "never downloaded. Default: a small randomly initialised DeBERTa-v2")
+    backbone: Optional[str] = setting(
+        None,
+        "local directory of a pretrained DeBERTa-v2/v3 (config, weights, tokenizer); "
+        "never downloaded. Default: a small randomly initialised DeBERTa-v2",
+    )
     hidden_size: int = setting(64, "hidden size of the random backbone (= X0_dim)")
     num_layers: int = setting(2, "layers of the random backbone")
     num_heads: int = setting(2, "attention heads of the random backbone")
     intermediate_size: int = setting(128, "feed-forward width of the random backbone")
-    backbone_dropout: Optional[float] = setting(None, "hidden and attention dropout of the backbone. "
-                                                      "Default: its config's (0.1 for the random one)")
+    backbone_dropout: Optional[float] = setting(
+        None, "hidden and attention dropout of the backbone. Default: its config's (0.1 for the random one)"
+    )
     # ITHP and the fusion head
     inter_dim: int = setting(256, "ITHP inter_dim")
     b0_dim: int = setting(128, "ITHP B0_dim")
@@ -67,11 +87,15 @@ class TrainConfig:
     fusion_dropout: float = setting(0.5, "dropout after the fusion LayerNorm")
     attention_mask: bool = setting(True, "pass the attention mask to the backbone (the authors' script passes none)")
     impl: Literal["fast", "reference"] = setting("fast", "ITHP implementation")
-    eval_sampling: Literal["sample", "mean"] = setting("sample", "latent in eval mode: sample b = mu + eps * sigma (the "
-                                                                 "released behaviour) or mean b = mu")
-    noise: Literal["generator", "per-example"] = setting("generator", "ITHP noise: from torch's generator, or drawn "
-                                                                      "from each example's index (the same whatever "
-                                                                      "the number of processes or the batch order)")
+    eval_sampling: Literal["sample", "mean"] = setting(
+        "sample", "latent in eval mode: sample b = mu + eps * sigma (the released behaviour) or mean b = mu"
+    )
+    noise: Literal["generator", "per-example"] = setting(
+        "generator",
+        "ITHP noise: from torch's generator, or drawn "
+        "from each example's index (the same whatever "
+        "the number of processes or the batch order)",
+    )
     normalise: Literal["batch", "none"] = setting("batch", "detector normalisation: per-batch global min-max, or none")
     # optimisation
     lr: float = setting(1e-5, "AdamW learning rate")
@@ -83,37 +107,61 @@ class TrainConfig:
     epochs: int = setting(30, "training epochs")
     max_steps: Optional[int] = setting(None, "cap on the optimiser steps (the schedule is sized to it)")
     max_grad_norm: Optional[float] = setting(None, "clip the gradient norm to this. Default: no clipping")
-    skip_nonfinite_steps: bool = setting(False, "skip an optimiser step whose loss or gradient is not finite (counted "
-                                                "in the results) instead of stopping with an error")
+    skip_nonfinite_steps: bool = setting(
+        False,
+        "skip an optimiser step whose loss or gradient is not finite (counted "
+        "in the results) instead of stopping with an error",
+    )
     amp: bool = setting(False, "bfloat16 autocast")
     # protocol
-    protocol: Literal["authors", "mmsa"] = setting("authors", "metric convention of the headline numbers: authors "
-                                                              "(zero labels dropped for every metric, last epoch) or "
-                                                              "mmsa (Has0/Non0, zeros kept for MAE/Corr, best on valid)")
-    select: Optional[Literal["last", "best"]] = setting(None, "which epoch's model is scored: last, or best on the "
-                                                              "validation split. Default: last for authors, best for mmsa")
-    select_metric: str = setting("MAE", "validation metric for --select best and --early-stop (MAE: lower is better; "
-                                        "the others: higher)")
-    early_stop: Optional[int] = setting(None, "stop a seed after this many epochs without improvement of "
-                                              "--select-metric on valid. Default: off, as in the published recipe")
+    protocol: Literal["authors", "mmsa"] = setting(
+        "authors",
+        "metric convention of the headline numbers: authors "
+        "(zero labels dropped for every metric, last epoch) or "
+        "mmsa (Has0/Non0, zeros kept for MAE/Corr, best on valid)",
+    )
+    select: Optional[Literal["last", "best"]] = setting(
+        None,
+        "which epoch's model is scored: last, or best on the "
+        "validation split. Default: last for authors, best for mmsa",
+    )
+    select_metric: str = setting(
+        "MAE", "validation metric for --select best and --early-stop (MAE: lower is better; the others: higher)"
+    )
+    early_stop: Optional[int] = setting(
+        None,
+        "stop a seed after this many epochs without improvement of "
+        "--select-metric on valid. Default: off, as in the published recipe",
+    )
     # run
     seeds: list[int] = setting([1], "one run per seed; with two or more the summary gives mean and std")
-    output_dir: str = setting("runs/ithp", "where the run is written (one seed-N directory per seed); results.csv, "
-                                           "one row per run, goes in its parent")
-    resume: bool = setting(False, "continue each seed from its checkpoint-last in --output-dir (a larger --epochs "
-                                  "extends a finished run)")
-    overwrite_output_dir: bool = setting(False, "replace the seeds already trained in --output-dir (without it, a "
-                                                "directory that holds one is refused)")
-    stop_after_steps: Optional[int] = setting(None, "stop after this many steps in this invocation, keeping the full "
-                                                    "schedule (continue later with --resume)")
+    output_dir: str = setting(
+        "runs/ithp",
+        "where the run is written (one seed-N directory per seed); results.csv, one row per run, goes in its parent",
+    )
+    resume: bool = setting(
+        False, "continue each seed from its checkpoint-last in --output-dir (a larger --epochs extends a finished run)"
+    )
+    overwrite_output_dir: bool = setting(
+        False, "replace the seeds already trained in --output-dir (without it, a directory that holds one is refused)"
+    )
+    stop_after_steps: Optional[int] = setting(
+        None, "stop after this many steps in this invocation, keeping the full schedule (continue later with --resume)"
+    )
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
-    threads: Optional[int] = setting(None, "torch intra-op threads. Default: the cores this process may use "
-                                           "(shared among the processes of a torchrun job)")
+    threads: Optional[int] = setting(
+        None,
+        "torch intra-op threads. Default: the cores this process may use "
+        "(shared among the processes of a torchrun job)",
+    )
     num_workers: int = setting(0, "DataLoader workers")
     progress: bool = setting(True, "tqdm progress bars")
     plots: bool = setting(True, "write the PNG figures")
-    log: Literal["csv", "tensorboard"] = setting("csv", "per-epoch log: metrics.csv in each seed directory, or that and "
-                                                        "TensorBoard event files (needs the tensorboard package)")
+    log: Literal["csv", "tensorboard"] = setting(
+        "csv",
+        "per-epoch log: metrics.csv in each seed directory, or that and "
+        "TensorBoard event files (needs the tensorboard package)",
+    )
     log_every: int = setting(10, "steps per logged record (running loss, information plane)")
     checkpoint_every: int = setting(1, "epochs between resumable checkpoints (the last epoch is always saved)")
 
@@ -122,20 +170,38 @@ class TrainConfig:
         return self.select or ("last" if self.protocol == "authors" else "best")
 
     def to_dict(self) -> dict:
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in dataclasses.fields(self)}
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in dataclasses.fields(self)
+        }
 
     def resolved(self) -> "TrainConfig":
         """A copy with the defaults that depend on the machine or on other settings filled in."""
         return dataclasses.replace(
-            self, select=self.selection, eval_batch_size=self.eval_batch_size or self.batch_size,
-            threads=self.threads or usable_cores(), seeds=list(self.seeds), synthetic_sizes=list(self.synthetic_sizes),
+            self,
+            select=self.selection,
+            eval_batch_size=self.eval_batch_size or self.batch_size,
+            threads=self.threads or usable_cores(),
+            seeds=list(self.seeds),
+            synthetic_sizes=list(self.synthetic_sizes),
         )
 
     def validate(self, world_size: int = 1) -> None:
         """One clear error naming the flag for any setting out of range."""
         check_types(self)
-        for name in ("max_seq_length", "hidden_size", "num_layers", "num_heads", "intermediate_size", "inter_dim",
-                     "b0_dim", "b1_dim", "batch_size", "epochs", "log_every", "checkpoint_every"):
+        for name in (
+            "max_seq_length",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "intermediate_size",
+            "inter_dim",
+            "b0_dim",
+            "b1_dim",
+            "batch_size",
+            "epochs",
+            "log_every",
+            "checkpoint_every",
+        ):
             at_least(name, getattr(self, name), 1)
         for name in ("max_steps", "eval_batch_size", "stop_after_steps", "threads", "early_stop"):
             if getattr(self, name) is not None:
@@ -154,12 +220,15 @@ class TrainConfig:
         if not 0 <= self.warmup_ratio <= 1:
             raise ValueError(f"--warmup-ratio: expected a fraction in [0, 1], got {self.warmup_ratio}")
         if len(self.synthetic_sizes) != 3:
-            raise ValueError(f"--synthetic-sizes: expected three sizes (train, valid, test), got {list(self.synthetic_sizes)}")
+            raise ValueError(
+                f"--synthetic-sizes: expected three sizes (train, valid, test), got {list(self.synthetic_sizes)}"
+            )
         if self.hidden_size % self.num_heads:
             raise ValueError(f"--hidden-size {self.hidden_size} must be a multiple of --num-heads {self.num_heads}")
         if self.batch_size % world_size:
-            raise ValueError(f"--batch-size {self.batch_size} (global) must be divisible by the number of processes "
-                             f"({world_size})")
+            raise ValueError(
+                f"--batch-size {self.batch_size} (global) must be divisible by the number of processes ({world_size})"
+            )
         if not self.seeds:
             raise ValueError("--seeds: give at least one seed")
         if self.backbone and not os.path.isdir(self.backbone):

@@ -30,7 +30,9 @@ from .metrics import CONVENTIONS, all_conventions, format_metrics
 
 
 @torch.no_grad()
-def predict(model: nn.Module, split: SentimentSplit, cfg: TrainConfig, model_config: dict, ctx: DistContext, seed: int) -> dict:
+def predict(
+    model: nn.Module, split: SentimentSplit, cfg: TrainConfig, model_config: dict, ctx: DistContext, seed: int
+) -> dict:
     """Predictions for a whole split: each rank scores every world_size-th example; gathered, in order.
 
     The random draws of evaluation come from a generator seeded from the run seed (forked, so
@@ -38,7 +40,9 @@ def predict(model: nn.Module, split: SentimentSplit, cfg: TrainConfig, model_con
     Detector bounds are per local batch here (predictions do not depend on the detectors).
     """
     shard = Subset(split, list(range(ctx.rank, len(split), ctx.world_size)))
-    loader = DataLoader(shard, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
+    loader = DataLoader(
+        shard, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False, num_workers=cfg.num_workers
+    )
     was_training = model.training
     model.eval()
     idx, preds = [], []
@@ -51,8 +55,10 @@ def predict(model: nn.Module, split: SentimentSplit, cfg: TrainConfig, model_con
             idx.append(batch["index"])
             preds.append(out.logits.reshape(-1).float().cpu())
     model.train(was_training)
-    local = (torch.cat(idx).numpy() if idx else np.zeros(0, np.int64),
-             torch.cat(preds).numpy() if preds else np.zeros(0, np.float32))
+    local = (
+        torch.cat(idx).numpy() if idx else np.zeros(0, np.int64),
+        torch.cat(preds).numpy() if preds else np.zeros(0, np.float32),
+    )
     parts = gather_objects(local, ctx)
     order = np.concatenate([p[0] for p in parts])
     values = np.concatenate([p[1] for p in parts])
@@ -83,8 +89,10 @@ def check_output_dir(output_dir: str, checkpoint: str) -> None:
         ancestors.append(os.path.dirname(ancestors[-1]))
     inside_a_checkpoint = any(os.path.isfile(os.path.join(a, ckpt.MODEL_FILE)) for a in ancestors)
     if os.path.abspath(checkpoint) in ancestors or inside_a_checkpoint:
-        raise ValueError(f"--output-dir: {output_dir} is inside a checkpoint directory, whose next save would delete it; "
-                         f"name a directory outside it")
+        raise ValueError(
+            f"--output-dir: {output_dir} is inside a checkpoint directory, whose next save would delete it; "
+            f"name a directory outside it"
+        )
 
 
 def evaluate_checkpoint(
@@ -132,8 +140,10 @@ def evaluate_checkpoint(
             output = os.path.join(output_dir, f"{split}.json")
             ckpt.write_json(output, report)
             write_predictions(os.path.join(output_dir, f"{split}-predictions.csv"), data.splits[split], result)
-            print(f"{split} ({protocol} convention, eval_sampling={cfg.eval_sampling}): "
-                  f"{format_metrics(report['headline'], tuple(report['headline']))}")
+            print(
+                f"{split} ({protocol} convention, eval_sampling={cfg.eval_sampling}): "
+                f"{format_metrics(report['headline'], tuple(report['headline']))}"
+            )
             print(f"written: {output}")
         return report
     finally:
@@ -170,5 +180,7 @@ def checkpoint_data(directory: str, config: dict, source: Union[str, SentimentDa
     check_feature_widths(data, ithp["X2_dim"], ithp["X1_dim"], f"the checkpoint {directory}")
     vocab = config["model"]["backbone"]["vocab_size"]
     if data.vocab_size > vocab:
-        raise DataFormatError(data.source, f"token ids reach {data.vocab_size - 1} but the checkpoint's vocab_size is {vocab}")
+        raise DataFormatError(
+            data.source, f"token ids reach {data.vocab_size - 1} but the checkpoint's vocab_size is {vocab}"
+        )
     return data

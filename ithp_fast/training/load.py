@@ -8,9 +8,9 @@ from typing import Optional, Union
 import torch
 
 from ..reference.deberta import ITHPDeberta
+from ..reference.ithp import EVAL_SAMPLING
 from . import checkpoints as ckpt
 from .build import build_model
-from ..reference.ithp import EVAL_SAMPLING
 from .config import IMPLS
 
 

@@ -13,10 +13,24 @@ from typing import Optional
 from .config import TERMS
 
 METRICS = ("Non0_acc_2", "Non0_F1_score", "Has0_acc_2", "Has0_F1_score", "Mult_acc_5", "Mult_acc_7", "MAE", "Corr")
-EPOCH_COLUMNS = ("epoch", "step", "lr", "seconds", *(f"train_{t}" for t in TERMS),
-                 *(f"{split}_{m}" for split in ("valid", "test") for m in METRICS))
-RESULTS_COLUMNS = ("name", "date", "dataset", "model", "protocol", "seeds",
-                   *(f"{m}_{stat}" for m in METRICS for stat in ("mean", "std")), "output_dir")
+EPOCH_COLUMNS = (
+    "epoch",
+    "step",
+    "lr",
+    "seconds",
+    *(f"train_{t}" for t in TERMS),
+    *(f"{split}_{m}" for split in ("valid", "test") for m in METRICS),
+)
+RESULTS_COLUMNS = (
+    "name",
+    "date",
+    "dataset",
+    "model",
+    "protocol",
+    "seeds",
+    *(f"{m}_{stat}" for m in METRICS for stat in ("mean", "std")),
+    "output_dir",
+)
 
 
 def write_metrics_csv(path: str, epochs: list[dict], protocol: str) -> None:
@@ -69,8 +83,11 @@ def open_tensorboard(directory: str) -> Optional[TensorBoardLog]:
     try:
         return TensorBoardLog(directory)
     except ImportError:
-        warnings.warn("--log tensorboard: the tensorboard package is not installed (pip install tensorboard); "
-                      "only metrics.csv is written", stacklevel=2)
+        warnings.warn(
+            "--log tensorboard: the tensorboard package is not installed (pip install tensorboard); "
+            "only metrics.csv is written",
+            stacklevel=2,
+        )
         return None
 
 
@@ -81,8 +98,14 @@ def append_results_row(path: str, summary: dict, *, name: str, dataset: str, mod
     protocol = summary["protocol"]
     metrics = summary["metrics"][protocol]
     several = len(summary["seeds"]) > 1
-    row = [name, datetime.datetime.now().isoformat(timespec="seconds"), dataset, model, protocol,
-           " ".join(map(str, summary["seeds"]))]
+    row = [
+        name,
+        datetime.datetime.now().isoformat(timespec="seconds"),
+        dataset,
+        model,
+        protocol,
+        " ".join(map(str, summary["seeds"])),
+    ]
     for m in METRICS:
         entry = metrics.get(m)
         row += ["", ""] if entry is None else [entry["mean"], entry["std"] if several else ""]
@@ -92,8 +115,9 @@ def append_results_row(path: str, summary: dict, *, name: str, dataset: str, mod
         with open(path, newline="") as f:
             header = next(csv.reader(f), [])
         if tuple(header) != RESULTS_COLUMNS:
-            warnings.warn(f"{path} has other columns than this version writes; the run's row was not added",
-                          stacklevel=2)
+            warnings.warn(
+                f"{path} has other columns than this version writes; the run's row was not added", stacklevel=2
+            )
             return False
     with open(path, "a", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")

@@ -13,8 +13,8 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 import torch
@@ -59,8 +59,12 @@ class SeedPaths:
     @classmethod
     def of(cls, output_dir: str, seed: int) -> "SeedPaths":
         run = os.path.join(output_dir, f"seed-{seed}")
-        return cls(run, os.path.join(run, "checkpoint-last"), os.path.join(run, "checkpoint-best"),
-                   os.path.join(run, "results.json"))
+        return cls(
+            run,
+            os.path.join(run, "checkpoint-last"),
+            os.path.join(run, "checkpoint-best"),
+            os.path.join(run, "results.json"),
+        )
 
 
 @dataclass
@@ -84,17 +88,28 @@ class SeedRun:
     total_steps: int
     callbacks: tuple = ()
     tensorboard: Optional[Any] = None
-    state: dict = field(default_factory=lambda: {
-        "epoch": 0, "step_in_epoch": 0, "global_step": 0, "history": {"steps": [], "epochs": []},
-        "best": None, "best_epoch": None, "epochs_without_improvement": 0, "stopped": None,
-        "train_seconds": 0.0, "skipped_steps": 0,
-    })
+    state: dict = field(
+        default_factory=lambda: {
+            "epoch": 0,
+            "step_in_epoch": 0,
+            "global_step": 0,
+            "history": {"steps": [], "epochs": []},
+            "best": None,
+            "best_epoch": None,
+            "epochs_without_improvement": 0,
+            "stopped": None,
+            "train_seconds": 0.0,
+            "skipped_steps": 0,
+        }
+    )
     steps_this_call: int = 0
 
     @property
     def finished(self) -> bool:
         state = self.state
-        return state["epoch"] >= self.cfg.epochs or state["global_step"] >= self.total_steps or bool(state.get("stopped"))
+        return (
+            state["epoch"] >= self.cfg.epochs or state["global_step"] >= self.total_steps or bool(state.get("stopped"))
+        )
 
 
 @dataclass(frozen=True)
@@ -119,10 +134,13 @@ class EpochSums:
 
     @classmethod
     def restore(cls, partial: Optional[dict], device: torch.device) -> "EpochSums":
-        """Sums of an epoch interrupted by --stop-after-steps carry over, so a resumed epoch logs as an uninterrupted one."""
+        """Sums of an epoch cut by --stop-after-steps carry over: a resumed epoch logs as an uninterrupted one."""
         partial = partial or {"sum": [0.0] * len(TERMS), "steps": 0, "window": []}
-        return cls(torch.tensor(partial["sum"], device=device), partial["steps"],
-                   [torch.tensor(w, device=device) for w in partial["window"]])
+        return cls(
+            torch.tensor(partial["sum"], device=device),
+            partial["steps"],
+            [torch.tensor(w, device=device) for w in partial["window"]],
+        )
 
     def add(self, terms: torch.Tensor) -> None:
         self.total += terms
@@ -141,8 +159,11 @@ class EpochSums:
 def check_resume(saved: dict, cfg: TrainConfig, path: str) -> None:
     """A clear error when ``--resume`` is asked with settings that change what is computed."""
     now = cfg.to_dict()
-    diff = [k for k in now if k not in RESUME_FREE and saved.get(k) != now[k]
-            and not (k == "epochs" and now[k] > saved.get(k, now[k]))]
+    diff = [
+        k
+        for k in now
+        if k not in RESUME_FREE and saved.get(k) != now[k] and not (k == "epochs" and now[k] > saved.get(k, now[k]))
+    ]
     if diff:
         detail = ", ".join(f"{k}: saved {saved.get(k)!r}, now {now[k]!r}" for k in diff)
         raise ValueError(f"--resume: {path} was written with other settings ({detail})")
@@ -176,13 +197,18 @@ def check_fresh_output(cfg: TrainConfig, ctx: DistContext) -> None:
     --overwrite-output-dir): a new run never replaces a finished one by accident."""
     for seed in cfg.seeds:
         paths = SeedPaths.of(cfg.output_dir, seed)
-        taken = [p for p in (paths.results, paths.last, ckpt.sibling(paths.last, ".tmp"), ckpt.sibling(paths.last, ".old"))
-                 if os.path.exists(p)]
+        taken = [
+            p
+            for p in (paths.results, paths.last, ckpt.sibling(paths.last, ".tmp"), ckpt.sibling(paths.last, ".old"))
+            if os.path.exists(p)
+        ]
         if not taken:
             continue
         if not cfg.overwrite_output_dir:
-            raise ValueError(f"--output-dir: {paths.run} already holds a run ({os.path.basename(taken[0])}); pass "
-                             f"--resume to continue it, --overwrite-output-dir to replace it, or another --output-dir")
+            raise ValueError(
+                f"--output-dir: {paths.run} already holds a run ({os.path.basename(taken[0])}); pass "
+                f"--resume to continue it, --overwrite-output-dir to replace it, or another --output-dir"
+            )
         if ctx.is_main:
             shutil.rmtree(paths.run)
     barrier(ctx)
@@ -197,22 +223,49 @@ def start_seed(cfg: TrainConfig, seed: int, data: SentimentData, ctx: DistContex
     model.to(ctx.device)
     optimizer = torch.optim.AdamW(optimizer_groups(model, cfg.weight_decay), lr=cfg.lr, eps=cfg.adam_eps)
     train_split = data.splits["train"]
-    sampler = DistributedSampler(train_split, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed,
-                                 drop_last=False)
-    loader = DataLoader(train_split, batch_size=cfg.batch_size // ctx.world_size, sampler=sampler,
-                        num_workers=cfg.num_workers, pin_memory=ctx.device.type == "cuda")
+    sampler = DistributedSampler(
+        train_split, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed, drop_last=False
+    )
+    loader = DataLoader(
+        train_split,
+        batch_size=cfg.batch_size // ctx.world_size,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        pin_memory=ctx.device.type == "cuda",
+    )
     steps_per_epoch = len(loader)
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps is not None:
         total_steps = min(cfg.max_steps, total_steps)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-    config = {"model": model_config, "run": {**cfg.to_dict(), "seed": seed}, "data": data.describe(), "impl": cfg.impl,
-              "world_size": ctx.world_size, "tokenizer": tokenizer_entry(data)}
+    config = {
+        "model": model_config,
+        "run": {**cfg.to_dict(), "seed": seed},
+        "data": data.describe(),
+        "impl": cfg.impl,
+        "world_size": ctx.world_size,
+        "tokenizer": tokenizer_entry(data),
+    }
     ddp = model
     if ctx.enabled:
         ddp = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
-    return SeedRun(cfg, seed, data, ctx, paths, model, ddp, model_config, config, optimizer, scheduler, sampler, loader,
-                   steps_per_epoch, total_steps)
+    return SeedRun(
+        cfg,
+        seed,
+        data,
+        ctx,
+        paths,
+        model,
+        ddp,
+        model_config,
+        config,
+        optimizer,
+        scheduler,
+        sampler,
+        loader,
+        steps_per_epoch,
+        total_steps,
+    )
 
 
 def resume(run: SeedRun) -> None:
@@ -224,11 +277,16 @@ def resume(run: SeedRun) -> None:
     ckpt.check_training_state(last)
     check_resume(ckpt.load_config(last)["run"], run.cfg, last)
     ckpt.load_weights(run.model, last)
-    run.state = {**SeedRun.__dataclass_fields__["state"].default_factory(),
-                 **ckpt.load_training_state(last, run.optimizer, run.scheduler)}
+    run.state = {
+        **SeedRun.__dataclass_fields__["state"].default_factory(),
+        **ckpt.load_training_state(last, run.optimizer, run.scheduler),
+    }
     follow_schedule(run.optimizer, run.scheduler)
-    print_on_main(run.ctx, f"seed {run.seed}: resuming from {last} at step {run.state['global_step']} "
-                           f"(epoch {run.state['epoch'] + 1} of {run.cfg.epochs})")
+    print_on_main(
+        run.ctx,
+        f"seed {run.seed}: resuming from {last} at step {run.state['global_step']} "
+        f"(epoch {run.state['epoch'] + 1} of {run.cfg.epochs})",
+    )
 
 
 def follow_schedule(optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
@@ -242,8 +300,15 @@ def follow_schedule(optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
 def save_last(run: SeedRun, finished: bool) -> None:
     """Write checkpoint-last with everything --resume needs."""
     if run.ctx.is_main:
-        ckpt.save_checkpoint(run.paths.last, run.model, run.config, save_tokenizer=tokenizer_saver(run.data),
-                             optimizer=run.optimizer, scheduler=run.scheduler, state={**run.state, "finished": finished})
+        ckpt.save_checkpoint(
+            run.paths.last,
+            run.model,
+            run.config,
+            save_tokenizer=tokenizer_saver(run.data),
+            optimizer=run.optimizer,
+            scheduler=run.scheduler,
+            state={**run.state, "finished": finished},
+        )
 
 
 def tokenizer_saver(data: SentimentData):
@@ -291,14 +356,19 @@ def train_epoch(run: SeedRun) -> bool:
     """Train (the rest of) one epoch, then evaluate and save; True when --stop-after-steps stopped it."""
     from tqdm import tqdm
 
-    cfg, state, history = run.cfg, run.state, run.state["history"]
+    cfg, state = run.cfg, run.state
     epoch = state["epoch"]
     run.sampler.set_epoch(epoch)
     run.ddp.train()
     sums = EpochSums.restore(state.pop("partial", None), run.ctx.device)
-    bar = tqdm(total=min(run.steps_per_epoch, run.total_steps - state["global_step"] + state["step_in_epoch"]),
-               initial=state["step_in_epoch"], desc=f"seed {run.seed} epoch {epoch + 1}/{cfg.epochs}",
-               disable=not (cfg.progress and run.ctx.is_main), leave=False, dynamic_ncols=True)
+    bar = tqdm(
+        total=min(run.steps_per_epoch, run.total_steps - state["global_step"] + state["step_in_epoch"]),
+        initial=state["step_in_epoch"],
+        desc=f"seed {run.seed} epoch {epoch + 1}/{cfg.epochs}",
+        disable=not (cfg.progress and run.ctx.is_main),
+        leave=False,
+        dynamic_ncols=True,
+    )
     stopped = False
     t0 = time.perf_counter()
     for batch in itertools.islice(run.loader, state["step_in_epoch"], None):
@@ -342,22 +412,33 @@ def end_epoch(run: SeedRun, epoch: int, sums: EpochSums, seconds: float) -> None
     """Record the epoch (training means, valid and test metrics), log it, keep the best weights if asked,
     and stop early when --early-stop or a callback says so."""
     cfg, ctx, state = run.cfg, run.ctx, run.state
-    record = {"epoch": epoch + 1, "step": state["global_step"], "seconds": seconds, "lr": run.scheduler.get_last_lr()[0],
-              "train": dict(zip(TERMS, (mean_across_ranks(sums.total, ctx) / max(sums.steps, 1)).tolist()))}
+    record = {
+        "epoch": epoch + 1,
+        "step": state["global_step"],
+        "seconds": seconds,
+        "lr": run.scheduler.get_last_lr()[0],
+        "train": dict(zip(TERMS, (mean_across_ranks(sums.total, ctx) / max(sums.steps, 1)).tolist())),
+    }
     for name in ("valid", "test"):
         record[name] = predict(run.model, run.data.splits[name], cfg, run.model_config, ctx, run.seed)["metrics"]
     state["history"]["epochs"].append(record)
     state["epoch"], state["step_in_epoch"] = epoch + 1, 0
-    print_on_main(ctx, f"seed {run.seed} epoch {epoch + 1}/{cfg.epochs} ({seconds:.1f} s): train loss "
-                       f"{record['train']['loss']:.4f} | valid {format_metrics(record['valid'][cfg.protocol])} | "
-                       f"test {format_metrics(record['test'][cfg.protocol])}")
+    print_on_main(
+        ctx,
+        f"seed {run.seed} epoch {epoch + 1}/{cfg.epochs} ({seconds:.1f} s): train loss "
+        f"{record['train']['loss']:.4f} | valid {format_metrics(record['valid'][cfg.protocol])} | "
+        f"test {format_metrics(record['test'][cfg.protocol])}",
+    )
     if ctx.is_main:
         write_metrics_csv(os.path.join(run.paths.run, "metrics.csv"), state["history"]["epochs"], cfg.protocol)
         if run.tensorboard is not None:
             run.tensorboard.epoch(record, cfg.protocol)
     track_best(run, record)
     if cfg.early_stop is not None and state["epochs_without_improvement"] >= cfg.early_stop:
-        state["stopped"] = {"epoch": epoch + 1, "reason": f"no better valid {cfg.select_metric} in {cfg.early_stop} epochs"}
+        state["stopped"] = {
+            "epoch": epoch + 1,
+            "reason": f"no better valid {cfg.select_metric} in {cfg.early_stop} epochs",
+        }
     ask = EpochEnd(run.seed, epoch + 1, record, run.model, run.paths.run)
     if ctx.is_main and any([bool(callback(ask)) for callback in run.callbacks]):  # every callback sees the epoch
         state["stopped"] = {"epoch": epoch + 1, "reason": "a callback asked to stop"}
@@ -371,8 +452,10 @@ def track_best(run: SeedRun, record: dict) -> None:
     cfg, state = run.cfg, run.state
     value = record["valid"][cfg.protocol].get(cfg.select_metric)
     if cfg.select_metric not in record["valid"][cfg.protocol] or cfg.select_metric == "count":
-        raise ValueError(f"--select-metric: unknown metric {cfg.select_metric!r}; one of "
-                         f"{sorted(k for k in record['valid'][cfg.protocol] if k != 'count')}")
+        raise ValueError(
+            f"--select-metric: unknown metric {cfg.select_metric!r}; one of "
+            f"{sorted(k for k in record['valid'][cfg.protocol] if k != 'count')}"
+        )
     if not better(cfg.select_metric, value, state["best"]):
         state["epochs_without_improvement"] += 1
         return
@@ -381,7 +464,9 @@ def track_best(run: SeedRun, record: dict) -> None:
         ckpt.save_checkpoint(run.paths.best, run.model, run.config, save_tokenizer=tokenizer_saver(run.data))
 
 
-def train_seed(cfg: TrainConfig, seed: int, data: SentimentData, ctx: DistContext, callbacks: tuple = ()) -> tuple[dict, bool]:
+def train_seed(
+    cfg: TrainConfig, seed: int, data: SentimentData, ctx: DistContext, callbacks: tuple = ()
+) -> tuple[dict, bool]:
     """One seed's training; returns its results (also in ``<output_dir>/seed-<seed>/results.json``) and whether
     it trained in this call (False for a seed that had finished earlier)."""
     paths = SeedPaths.of(cfg.output_dir, seed)
@@ -406,8 +491,9 @@ def train_seed(cfg: TrainConfig, seed: int, data: SentimentData, ctx: DistContex
         if run.tensorboard is not None:
             run.tensorboard.close()
     if not run.finished:
-        print_on_main(ctx, f"seed {seed}: stopped at step {run.state['global_step']} of {run.total_steps}; "
-                           f"continue with --resume")
+        print_on_main(
+            ctx, f"seed {seed}: stopped at step {run.state['global_step']} of {run.total_steps}; continue with --resume"
+        )
         return {"seed": seed, "finished": False, "global_step": run.state["global_step"]}, True
     return seed_results(cfg, seed, data, ctx, run.model, run.model_config, run.state, paths), True
 
@@ -417,11 +503,18 @@ def load_run_data(cfg: TrainConfig, data: Union[SentimentData, Mapping, None] = 
     if isinstance(data, SentimentData):
         return data
     tokenizer = PretrainedWordTokenizer.from_directory(cfg.backbone) if cfg.backbone else None
-    loaded = load_sentiment_data(data if data is not None else cfg.data, tokenizer=tokenizer, max_len=cfg.max_seq_length,
-                                 synthetic=SyntheticSpec(seed=cfg.synthetic_seed, sizes=tuple(cfg.synthetic_sizes)))
+    loaded = load_sentiment_data(
+        data if data is not None else cfg.data,
+        tokenizer=tokenizer,
+        max_len=cfg.max_seq_length,
+        synthetic=SyntheticSpec(seed=cfg.synthetic_seed, sizes=tuple(cfg.synthetic_sizes)),
+    )
     if loaded.layout == "arrays" and cfg.backbone:
-        warnings.warn("the array (MMSA) layout carries token ids from its own BERT tokenizer; they are used as they are, "
-                      "which is only meaningful for a backbone that shares that vocabulary", stacklevel=2)
+        warnings.warn(
+            "the array (MMSA) layout carries token ids from its own BERT tokenizer; they are used as they are, "
+            "which is only meaningful for a backbone that shares that vocabulary",
+            stacklevel=2,
+        )
     return loaded
 
 
@@ -445,8 +538,11 @@ def run_training(cfg: TrainConfig, data: Union[SentimentData, Mapping, None] = N
         data = load_run_data(cfg, data)
         print_on_main(ctx, f"data: {data.describe()}")
         if not cfg.backbone and cfg.lr <= 1e-5:
-            print_on_main(ctx, f"note: --lr {cfg.lr:g} is the published rate for a pretrained backbone; the randomly "
-                               f"initialised one learns little at it (try --lr 1e-3), or pass --backbone DIR")
+            print_on_main(
+                ctx,
+                f"note: --lr {cfg.lr:g} is the published rate for a pretrained backbone; the randomly "
+                f"initialised one learns little at it (try --lr 1e-3), or pass --backbone DIR",
+            )
         outcomes = [train_seed(cfg, seed, data, ctx, callbacks) for seed in cfg.seeds]
         summary = summarise([results for results, _ in outcomes], cfg.protocol)
         if ctx.is_main and summary["seeds"]:
@@ -465,6 +561,12 @@ def add_results_row(cfg: TrainConfig, data: SentimentData, summary: dict) -> Non
     output_dir = os.path.abspath(cfg.output_dir)
     backbone = cfg.backbone or f"random DeBERTa-v2 {cfg.hidden_size}x{cfg.num_layers}"
     path = os.path.join(os.path.dirname(output_dir), "results.csv")
-    if append_results_row(path, summary, name=os.path.basename(output_dir), dataset=data.source,
-                          model=f"ITHP-DeBERTa ({cfg.impl}; {backbone})", output_dir=output_dir):
+    if append_results_row(
+        path,
+        summary,
+        name=os.path.basename(output_dir),
+        dataset=data.source,
+        model=f"ITHP-DeBERTa ({cfg.impl}; {backbone})",
+        output_dir=output_dir,
+    ):
         print(f"results.csv: a row for {os.path.basename(output_dir)} added to {path}")

@@ -65,7 +65,9 @@ def _binary(pred_cls: np.ndarray, true_cls: np.ndarray, prefix: str) -> dict[str
     return {f"{prefix}_acc_2": acc, f"{prefix}_F1_score": weighted_f1(true_cls, pred_cls)}
 
 
-def sentiment_metrics(predictions: Sequence[float], labels: Sequence[float], convention: str = "authors") -> dict[str, float]:
+def sentiment_metrics(
+    predictions: Sequence[float], labels: Sequence[float], convention: str = "authors"
+) -> dict[str, float]:
     """All metrics of one convention (``"authors"`` or ``"mmsa"``) for regression outputs vs labels."""
     if convention not in CONVENTIONS:
         raise ValueError(f"convention: expected one of {CONVENTIONS}, got {convention!r}")

@@ -44,8 +44,17 @@ def plot_training_curves(history: dict, path: str, convention: str = "authors") 
     for split, style in (("valid", "--"), ("test", "-")):
         rows = [(r["epoch"], r[split][convention]) for r in epochs if r.get(split)]
         if rows:
-            ax.plot([e for e, _ in rows], [m["MAE"] for _, m in rows], "C0" + style, marker="o", ms=3, label=f"{split} MAE")
-            twin.plot([e for e, _ in rows], [m["Non0_acc_2"] for _, m in rows], "C1" + style, marker="s", ms=3, label=f"{split} Non0_acc_2")
+            ax.plot(
+                [e for e, _ in rows], [m["MAE"] for _, m in rows], "C0" + style, marker="o", ms=3, label=f"{split} MAE"
+            )
+            twin.plot(
+                [e for e, _ in rows],
+                [m["Non0_acc_2"] for _, m in rows],
+                "C1" + style,
+                marker="s",
+                ms=3,
+                label=f"{split} Non0_acc_2",
+            )
     ax.set(xlabel="epoch", ylabel="MAE", title=f"Evaluation ({convention} convention)")
     twin.set_ylabel("Non0_acc_2")
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
@@ -62,14 +71,20 @@ def plot_information_plane(history: dict, path: str) -> str:
     steps = history.get("steps", [])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), layout="constrained")
     scatter = None
-    for ax, (kl, mse, title) in zip(axes, (("kl0", "mse0", "level 0: B0 (target: acoustic)"), ("kl1", "mse1", "level 1: B1 (target: visual)"))):
+    for ax, (kl, mse, title) in zip(
+        axes, (("kl0", "mse0", "level 0: B0 (target: acoustic)"), ("kl1", "mse1", "level 1: B1 (target: visual)"))
+    ):
         if steps:
             xs, ys, cs = [r[kl] for r in steps], [r[mse] for r in steps], [r["step"] for r in steps]
             ax.plot(xs, ys, color="0.7", lw=0.8, zorder=1)
             scatter = ax.scatter(xs, ys, c=cs, cmap="viridis", s=14, zorder=2)
             ax.annotate("start", (xs[0], ys[0]), textcoords="offset points", xytext=(5, 5), fontsize=8)
             ax.annotate("end", (xs[-1], ys[-1]), textcoords="offset points", xytext=(5, -10), fontsize=8)
-        ax.set(xlabel=f"{kl}: KL to N(0, I) (compression term)", ylabel=f"{mse}: reconstruction MSE (prediction term)", title=title)
+        ax.set(
+            xlabel=f"{kl}: KL to N(0, I) (compression term)",
+            ylabel=f"{mse}: reconstruction MSE (prediction term)",
+            title=title,
+        )
     if scatter is not None:
         fig.colorbar(scatter, ax=list(axes), label="optimiser step")
     fig.suptitle("Information plane over training")

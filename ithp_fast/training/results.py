@@ -19,11 +19,14 @@ from .metrics import CONVENTIONS, format_metrics, mean_std
 def synthetic_spec(data: SentimentData) -> SyntheticSpec:
     """The spec the synthetic ``data`` was generated from."""
     info = data.info["synthetic"]
-    return SyntheticSpec(seed=info["seed"], sizes=tuple(info["sizes"]), visual_dim=data.visual_dim, acoustic_dim=data.acoustic_dim)
+    return SyntheticSpec(
+        seed=info["seed"], sizes=tuple(info["sizes"]), visual_dim=data.visual_dim, acoustic_dim=data.acoustic_dim
+    )
 
 
-def seed_results(cfg: TrainConfig, seed: int, data: SentimentData, ctx: DistContext, model, model_config: dict,
-                 state: dict, paths) -> dict:
+def seed_results(
+    cfg: TrainConfig, seed: int, data: SentimentData, ctx: DistContext, model, model_config: dict, state: dict, paths
+) -> dict:
     """Score the selected epoch's weights on valid and test; write results.json, predictions and figures."""
     selected = state["epoch"] if cfg.selection == "last" else state["best_epoch"]
     if cfg.selection == "best" and state["best_epoch"] is not None:
@@ -33,7 +36,11 @@ def seed_results(cfg: TrainConfig, seed: int, data: SentimentData, ctx: DistCont
         "seed": seed,
         "finished": True,
         "protocol": cfg.protocol,
-        "selection": {"rule": cfg.selection, "metric": cfg.select_metric if cfg.selection == "best" else None, "epoch": selected},
+        "selection": {
+            "rule": cfg.selection,
+            "metric": cfg.select_metric if cfg.selection == "best" else None,
+            "epoch": selected,
+        },
         "headline": scored["test"]["metrics"][cfg.protocol],
         "test": scored["test"]["metrics"],
         "valid": scored["valid"]["metrics"],
@@ -58,8 +65,11 @@ def seed_results(cfg: TrainConfig, seed: int, data: SentimentData, ctx: DistCont
         if figures:
             results["plots"] = figures
         ckpt.write_json(paths.results, results)
-    print_on_main(ctx, f"seed {seed}: test ({cfg.protocol} convention, {cfg.selection} epoch {selected}) "
-                       f"{format_metrics(results['headline'], tuple(results['headline']))}")
+    print_on_main(
+        ctx,
+        f"seed {seed}: test ({cfg.protocol} convention, {cfg.selection} epoch {selected}) "
+        f"{format_metrics(results['headline'], tuple(results['headline']))}",
+    )
     return results
 
 
