@@ -2,13 +2,16 @@
 
 One job per module:
 
+    api.py          ithp_fast.train / ithp_fast.evaluate: settings from dicts or files, data from paths or memory
     config.py       TrainConfig: every setting of a run (each one a flag of ``ithp-fast train``)
     build.py        the backbone, the model, the optimiser's parameter groups
     batches.py      seeds, per-example noise, one batch through the model
-    loop.py         ``train``: seeds, resume, epochs, steps, saving
+    loop.py         the run: seeds, resume, epochs, steps, early stop, callbacks, saving
     evaluate.py     predictions of a split, the predictions CSV, scoring a checkpoint
+    load.py         ``ithp_fast.load_checkpoint``: a checkpoint as a model ready for inference
     results.py      a seed's results, the summary over seeds, printed metric lines
-    checkpoints.py  the checkpoint files (safetensors + JSON) and their crash-safe saving
+    logs.py         metrics.csv, TensorBoard, results.csv across runs
+    checkpoints.py  the checkpoint files (safetensors + JSON + SHA-256 manifest) and their crash-safe saving
     distributed.py  torchrun plumbing (no-ops in a single process)
     metrics.py      the sentiment metrics under both conventions
     plots.py        the figures of a run (matplotlib, optional)

@@ -310,12 +310,6 @@ def load_weights(model: nn.Module, directory: str) -> None:
         )
 
 
-def has_training_state(directory: str) -> bool:
-    return os.path.isfile(os.path.join(directory, STATE_FILE)) and os.path.isfile(
-        os.path.join(directory, OPTIMIZER_FILE)
-    )
-
-
 def check_training_state(directory: str) -> None:
     """A clear error when a checkpoint lacks what --resume needs."""
     for name in (STATE_FILE, OPTIMIZER_FILE):
