@@ -91,18 +91,19 @@ class FusedOps:
         """``dropout(relu(a), p)``; may overwrite ``a`` (the model hands it its own Linear output)."""
         return relu_dropout(a, seed, stream, p, backend=self.name, inplace=True)
 
-    def reparam_kl(self, h: torch.Tensor, eps, seed, stream: int, sample: bool):
-        """``(b, kl partials)`` from ``h = [mu | logvar]``."""
-        return reparam_kl_partials(h, seed, stream, eps=eps, sample=sample, backend=self.name)
+    def reparam_kl(self, h: torch.Tensor, eps, seed, stream: int, sample: bool, row_weight=None):
+        """``(b, kl partials)`` from ``h = [mu | logvar]`` (``row_weight``: a masked mean over rows)."""
+        return reparam_kl_partials(h, seed, stream, eps=eps, sample=sample, row_weight=row_weight, backend=self.name)
 
-    def detector_loss(self, z: torch.Tensor, t: torch.Tensor, seed, stream: int, p: float) -> torch.Tensor:
-        """MSE partials of ``dropout(sigmoid(z), p)`` against ``t``."""
-        return detector_loss_partials(z, t, seed, stream, p, backend=self.name)
+    def detector_loss(self, z: torch.Tensor, t: torch.Tensor, seed, stream: int, p: float,
+                      row_weight=None) -> torch.Tensor:
+        """MSE partials of ``dropout(sigmoid(z), p)`` against ``t`` (``row_weight``: a masked mean over rows)."""
+        return detector_loss_partials(z, t, seed, stream, p, row_weight=row_weight, backend=self.name)
 
-    def combine(self, kl0, mse0, kl1, mse1, cfg, dtype: torch.dtype):
-        """``(IB_total, kl0, mse0, kl1, mse1)`` in ``dtype`` from the four partial vectors."""
-        return ib_combine(kl0, mse0, kl1, mse1, p_beta=cfg.p_beta, p_gamma=cfg.p_gamma, p_lambda=cfg.p_lambda,
-                          dtype=dtype, backend=self.name)
+    def combine(self, kl_parts, mse_parts, cfg, dtype: torch.dtype):
+        """``(IB_total, kl_terms, mse_terms)`` in ``dtype`` from each level's partial vectors."""
+        return ib_combine(kl_parts, mse_parts, detector_weights=cfg.detector_weights,
+                          level_weights=cfg.level_weights, dtype=dtype, backend=self.name)
 
 
 _OPS: dict = {}

@@ -52,12 +52,18 @@ def check_x(cfg: ITHPConfig, x: object, param: Optional[torch.Tensor]) -> torch.
     return x
 
 
+def _eps_names(levels: int) -> str:
+    return ", ".join(f"eps{k}" for k in range(levels))
+
+
 def check_noise(noise: Noise, shapes: Sequence[tuple[int, ...]], device: torch.device) -> Optional[tuple]:
     """Check injected Gaussian noise: one tensor per level, shaped like that level's mean."""
     if noise is None:
         return None
     if isinstance(noise, torch.Tensor) or not isinstance(noise, Sequence) or len(noise) != len(shapes):
-        raise TypeError(f"noise: expected a tuple of {len(shapes)} tensors (eps0, eps1), got {type(noise).__name__}")
+        raise TypeError(f"noise: expected a tuple of {len(shapes)} tensors ({_eps_names(len(shapes))}), "
+                        f"got {type(noise).__name__}" + (f" of {len(noise)}" if isinstance(noise, Sequence)
+                                                         and not isinstance(noise, torch.Tensor) else ""))
     for i, (eps, shape) in enumerate(zip(noise, shapes)):
         name = f"noise[{i}] (eps{i})"
         _check_tensor(name, eps)
@@ -68,6 +74,44 @@ def check_noise(noise: Noise, shapes: Sequence[tuple[int, ...]], device: torch.d
     return tuple(noise)
 
 
+def _noise_shapes(cfg: ITHPConfig, lead: tuple[int, ...]) -> list[tuple[int, ...]]:
+    return [lead + (width,) for width in cfg.bottleneck_dims]
+
+
+def _check_bool_mask(name: str, mask: object, shape: tuple[int, ...], what: str, device: torch.device) -> None:
+    expected = f"a bool tensor of shape {shape} ({what})"
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{name}: expected {expected}, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{name}: expected {expected}, got dtype {mask.dtype} (use mask.bool() or mask > 0)")
+    if tuple(mask.shape) != shape:
+        raise ValueError(f"{name}: expected {expected}, got shape {tuple(mask.shape)}")
+    if mask.device != device:
+        raise ValueError(f"{name}: is on {mask.device} but x is on {device}")
+
+
+def check_masks(cfg: ITHPConfig, lead: tuple[int, ...], token_mask: object, detector_mask: object,
+                device: torch.device) -> None:
+    """``token_mask``: bool, x's leading shape; ``detector_mask``: bool ``[batch, levels]``."""
+    if token_mask is not None:
+        _check_bool_mask("token_mask", token_mask, lead, "x's leading dimensions; True = a real token", device)
+    if detector_mask is not None:
+        shape = lead[:1] + (cfg.levels,)
+        _check_bool_mask("detector_mask", detector_mask, shape,
+                         f"[batch, levels] = x's first dimension by {cfg.levels} levels; True = present", device)
+
+
+def _check_same_lead(name: str, t: torch.Tensor, x: torch.Tensor) -> None:
+    lead = tuple(x.shape[:-1])
+    if tuple(t.shape[:-1]) != lead:
+        raise ValueError(
+            f"{name}: leading dimensions {tuple(t.shape[:-1])} differ from x's {lead}; "
+            f"x and the detectors must share them (no broadcasting)"
+        )
+    if t.device != x.device:
+        raise ValueError(f"{name}: is on {t.device} but x is on {x.device}")
+
+
 def check_forward_inputs(
     cfg: ITHPConfig,
     x: object,
@@ -75,8 +119,15 @@ def check_forward_inputs(
     acoustic: object,
     noise: Noise = None,
     param: Optional[torch.Tensor] = None,
+    token_mask: object = None,
+    detector_mask: object = None,
 ) -> Optional[tuple]:
-    """Validate ``forward(x, visual, acoustic, noise=...)``; returns the checked noise (or None)."""
+    """Validate ``forward(x, visual, acoustic, noise=..., masks)``; returns the checked noise (or None)."""
+    if cfg.levels != 2:
+        raise ValueError(
+            f"forward(x, visual, acoustic) is the released two-level call, but this model has {cfg.levels} "
+            f"level(s); use forward_levels(x, detectors) with one detector per level, in level order"
+        )
     x = check_x(cfg, x, param)
     visual = _check_tensor("visual", visual)
     acoustic = _check_tensor("acoustic", acoustic)
@@ -89,16 +140,38 @@ def check_forward_inputs(
     hint = order + (" The two detectors look swapped." if swapped else "")
     _check_width("visual", visual, "X2_dim", cfg.X2_dim, hint)
     _check_width("acoustic", acoustic, "X1_dim", cfg.X1_dim, hint)
-    lead = tuple(x.shape[:-1])
     for name, t in (("visual", visual), ("acoustic", acoustic)):
-        if tuple(t.shape[:-1]) != lead:
-            raise ValueError(
-                f"{name}: leading dimensions {tuple(t.shape[:-1])} differ from x's {lead}; "
-                f"all three inputs must share them (no broadcasting)"
-            )
-        if t.device != x.device:
-            raise ValueError(f"{name}: is on {t.device} but x is on {x.device}")
-    return check_noise(noise, [lead + (cfg.B0_dim,), lead + (cfg.B1_dim,)], x.device)
+        _check_same_lead(name, t, x)
+    lead = tuple(x.shape[:-1])
+    check_masks(cfg, lead, token_mask, detector_mask, x.device)
+    return check_noise(noise, _noise_shapes(cfg, lead), x.device)
+
+
+def check_level_inputs(
+    cfg: ITHPConfig,
+    x: object,
+    detectors: object,
+    noise: Noise = None,
+    token_mask: object = None,
+    detector_mask: object = None,
+    param: Optional[torch.Tensor] = None,
+) -> tuple[tuple, Optional[tuple]]:
+    """Validate ``forward_levels(x, detectors, noise=..., masks)``; returns ``(detectors, noise)`` as tuples."""
+    x = check_x(cfg, x, param)
+    n = cfg.levels
+    expected = f"a sequence of {n} tensors, one per level in level order, widths detector_dims={cfg.detector_dims}"
+    if isinstance(detectors, torch.Tensor) or not isinstance(detectors, Sequence):
+        raise TypeError(f"detectors: expected {expected}, got {type(detectors).__name__}")
+    if len(detectors) != n:
+        raise ValueError(f"detectors: expected {expected}, got {len(detectors)} tensor(s)")
+    for k, t in enumerate(detectors):
+        name = f"detectors[{k}]"
+        _check_tensor(name, t)
+        _check_width(name, t, f"detector_dims[{k}]", cfg.detector_dims[k])
+        _check_same_lead(name, t, x)
+    lead = tuple(x.shape[:-1])
+    check_masks(cfg, lead, token_mask, detector_mask, x.device)
+    return tuple(detectors), check_noise(noise, _noise_shapes(cfg, lead), x.device)
 
 
 def check_encode_inputs(
@@ -106,8 +179,7 @@ def check_encode_inputs(
 ) -> Optional[tuple]:
     """Validate ``encode(x, noise=...)``; returns the checked noise (or None)."""
     x = check_x(cfg, x, param)
-    lead = tuple(x.shape[:-1])
-    return check_noise(noise, [lead + (cfg.B0_dim,), lead + (cfg.B1_dim,)], x.device)
+    return check_noise(noise, _noise_shapes(cfg, tuple(x.shape[:-1])), x.device)
 
 
 def check_token_inputs(input_ids: object, attention_mask: Optional[torch.Tensor] = None) -> None:

@@ -1,12 +1,15 @@
 """The drop-in fast ITHP: the reference's modules and state_dict, a faster forward / encode.
 
-``forward`` keeps the GEMMs in torch (``F.linear``: cuBLAS / MKL) and hands every elementwise
-tail to the fused ops of the chosen backend (:mod:`ithp_fast.backends`):
+``forward`` / ``forward_levels`` keep the GEMMs in torch (``F.linear``: cuBLAS / MKL) and hand
+every elementwise tail to the fused ops of the chosen backend (:mod:`ithp_fast.backends`); per
+level k (``inp`` = x, then the previous level's b)::
 
-    x --linear--> relu_dropout --linear--> h0 --reparam_kl--> b0, kl0
-    b0 --linear--> relu_dropout --linear--> z1 --detector_loss(acoustic)--> mse0
-    (level 1 the same from b0, with visual)      combine -> IB_total, kl0, mse0, kl1, mse1
+    inp --linear--> relu_dropout --linear--> h_k --reparam_kl--> b_k, kl_k
+    b_k --linear--> relu_dropout --linear--> z_k --detector_loss(detector_k)--> mse_k
+    combine -> IB_total, kl_terms, mse_terms
 
+Masks enter the fused ops as one weight per row (``1/count`` on the rows kept, 0 elsewhere:
+:func:`ithp_fast.kernels.mean_weights`), read inside the kernels; no extra pass over the activations.
 Without dropout (eval mode, or ``drop_prob`` 0) ``relu_dropout`` is a plain ReLU and joins the
 Linear before it instead (``ithp_fast.encode.linear_relu``: cuBLAS's ReLU epilogue on CUDA).
 One int64 seed per forward (drawn from torch's generator on the input's device) addresses
@@ -15,28 +18,21 @@ every random number; nothing is read back to the host.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from .backends import FusedOps, fused_ops, resolve_backend, validate_backend
-from .checks import Noise, check_forward_inputs
+from .checks import Noise, check_forward_inputs, check_level_inputs
 from .config import ConfigLike
 from .encode import linear_relu
-from .kernels.rng import Stream
+from .kernels import compute_dtype, mean_weights
+from .kernels.rng import level_streams
 from .nvtx import stage
 from .reference.ithp import ITHP as ReferenceITHP
-
-# (hidden dropout of the encoder, eps, hidden dropout of the detector, detector output dropout)
-_LEVEL_STREAMS = (
-    (Stream.ENCODER1_HIDDEN, Stream.EPS0, Stream.MLP1_HIDDEN, Stream.MLP1_OUTPUT),
-    (Stream.ENCODER2_HIDDEN, Stream.EPS1, Stream.MLP2_HIDDEN, Stream.MLP2_OUTPUT),
-)
-_STAGES = (
-    ("encoder1", "level0.reparam_kl", "level0.detector_loss"),
-    ("encoder2", "level1.reparam_kl", "level1.detector_loss"),
-)
+from .reference.ithp import level_rows
 
 
 def _dropout_p(module: torch.nn.Module) -> float:
@@ -52,6 +48,8 @@ class ITHP(ReferenceITHP):
         eval_sampling: ``"sample"`` (released behaviour) or ``"mean"`` (``b = mu`` in eval mode).
         backend: ``"triton"``, ``"torch"``, ``"reference"`` or None (per device: CUDA -> triton,
             otherwise torch; the environment variable ``ITHP_FAST_BACKEND`` overrides the default).
+            A float64 model runs the ``torch`` backend's ops on any device (they compute in
+            float64; the Triton kernels accumulate in float32).
     """
 
     def __init__(self, ITHP_args: ConfigLike, *, eval_sampling: str = "sample", backend: Optional[str] = None) -> None:
@@ -61,36 +59,60 @@ class ITHP(ReferenceITHP):
     def extra_repr(self) -> str:
         return super().extra_repr() + (f", backend={self.backend!r}" if self.backend else "")
 
-    def forward(self, x: torch.Tensor, visual: torch.Tensor, acoustic: torch.Tensor, *, noise: Noise = None):
+    def forward(self, x: torch.Tensor, visual: torch.Tensor, acoustic: torch.Tensor, *, noise: Noise = None,
+                token_mask: Optional[torch.Tensor] = None, detector_mask: Optional[torch.Tensor] = None):
         """Returns ``(b1, IB_total, kl0, mse0, kl1, mse1)`` like the reference; note the order ``x, visual, acoustic``.
 
         ``noise=(eps0, eps1)`` injects the Gaussian draws (shapes of ``mu0`` and ``mu1``); the
-        dropout masks still come from the forward's seed.
+        dropout masks still come from the forward's seed. Masks as in :meth:`forward_levels`.
 
         Under ``torch.compile`` the forward traces the reference formula instead of the fused
         ops (one graph, no breaks; the compiler fuses the elementwise work itself, and the noise
         comes from torch's generator as in the reference). For the fastest CUDA training step
         use :class:`ithp_fast.serving.GraphedTrainStep` rather than compiling.
         """
-        noise = check_forward_inputs(self.config, x, visual, acoustic, noise, self._first_param())
+        noise = check_forward_inputs(self.config, x, visual, acoustic, noise, self._first_param(), token_mask,
+                                     detector_mask)
+        b1, IB_total, (kl0, kl1), (mse0, mse1) = self._fast_levels(x, (acoustic, visual), noise, token_mask,
+                                                                  detector_mask)
+        return b1, IB_total, kl0, mse0, kl1, mse1
+
+    def forward_levels(self, x: torch.Tensor, detectors: Sequence[torch.Tensor], *, noise: Noise = None,
+                       token_mask: Optional[torch.Tensor] = None, detector_mask: Optional[torch.Tensor] = None):
+        """Returns ``(b_last, IB_total, kl_terms, mse_terms)`` like the reference's
+        :meth:`~ithp_fast.reference.ITHP.forward_levels` (detectors in level order, one eps per level)."""
+        detectors, noise = check_level_inputs(self.config, x, detectors, noise, token_mask, detector_mask,
+                                              self._first_param())
+        return self._fast_levels(x, detectors, noise, token_mask, detector_mask)
+
+    def _fast_levels(self, x, detectors, noise, token_mask, detector_mask):
         name = resolve_backend(self.backend, x.device)
         if name == "reference" or torch.compiler.is_compiling():
-            return ReferenceITHP.forward(self, x, visual, acoustic, noise=noise)
-        ops = fused_ops(name)
-        eps0, eps1 = noise or (None, None)
+            return self._levels(x, detectors, noise, token_mask, detector_mask)
+        ops = fused_ops("torch" if x.dtype == torch.float64 else name)
+        lead = tuple(x.shape[:-1])
+        weight_dtype = compute_dtype(x.dtype)
         with stage("ithp.forward"):
             seed = ops.new_seed(x.device) if self._draws_noise(noise) else None
-            rows = x.reshape(-1, x.shape[-1])  # 2-D: every Linear output is a plain [N, d] buffer
-            b0, kl0, mse0 = self._fused_level(ops, 0, rows, acoustic, eps0, seed)
-            b1, kl1, mse1 = self._fused_level(ops, 1, b0, visual, eps1, seed)
-            losses = ops.combine(kl0, mse0, kl1, mse1, self.config, x.dtype)
-        return (b1.reshape(*x.shape[:-1], b1.shape[-1]),) + tuple(losses)
+            kl_weight = mean_weights(token_mask, weight_dtype) if token_mask is not None else None
+            b = x.reshape(-1, x.shape[-1])  # 2-D: every Linear output is a plain [N, d] buffer
+            kl_parts, mse_parts = [], []
+            for k, target in enumerate(detectors):
+                rows = level_rows(token_mask, detector_mask, k, lead)
+                mse_weight = kl_weight if rows is token_mask else mean_weights(rows, weight_dtype)
+                eps = noise[k] if noise is not None else None
+                b, kl, mse = self._fused_level(ops, k, b, target, eps, seed, kl_weight, mse_weight)
+                kl_parts.append(kl)
+                mse_parts.append(mse)
+            IB_total, kl_terms, mse_terms = ops.combine(kl_parts, mse_parts, self.config, x.dtype)
+        return b.reshape(*lead, b.shape[-1]), IB_total, kl_terms, mse_terms
 
     def _draws_noise(self, noise: Noise) -> bool:
         """Whether this forward needs a seed (a host-side fact: modes and probabilities only)."""
         if self.samples and noise is None:
             return True
-        dropouts = (self.encoder1[2], self.MLP1[2], self.MLP1[5], self.encoder2[2], self.MLP2[2], self.MLP2[5])
+        levels = (self.level_modules(k) for k in range(self.config.levels))
+        dropouts = (m for encoder, detector in levels for m in (encoder[2], detector[2], detector[5]))
         return any(_dropout_p(m) > 0.0 for m in dropouts)
 
     def _fused_mlp(self, ops: FusedOps, mlp: torch.nn.Sequential, inp: torch.Tensor, seed, stream: int) -> torch.Tensor:
@@ -103,23 +125,27 @@ class ITHP(ReferenceITHP):
             hidden = ops.relu_dropout(F.linear(inp, mlp[0].weight, mlp[0].bias), seed, stream, p)
         return F.linear(hidden, mlp[3].weight, mlp[3].bias)
 
-    def _fused_level(self, ops: FusedOps, level: int, inp: torch.Tensor, target: torch.Tensor, eps, seed):
-        encoder, detector = (self.encoder1, self.MLP1) if level == 0 else (self.encoder2, self.MLP2)
-        hidden_stream, eps_stream, detector_stream, output_stream = _LEVEL_STREAMS[level]
-        encoder_stage, reparam_stage, detector_stage = _STAGES[level]
-        with stage(encoder_stage):
-            h = self._fused_mlp(ops, encoder, inp, seed, hidden_stream)
-        with stage(reparam_stage):
+    def _fused_level(self, ops: FusedOps, level: int, inp: torch.Tensor, target: torch.Tensor, eps, seed,
+                     kl_weight: Optional[torch.Tensor], mse_weight: Optional[torch.Tensor]):
+        """``(b, kl partials, mse partials)`` of level ``level`` (0-based) on 2-D ``inp``."""
+        encoder, detector = self.level_modules(level)
+        streams = level_streams(level)
+        with stage(f"encoder{level + 1}"):
+            h = self._fused_mlp(ops, encoder, inp, seed, streams.encoder_hidden)
+        with stage(f"level{level}.reparam_kl"):
             width = h.shape[-1] // 2
             eps = eps.reshape(-1, width) if eps is not None else None
-            b, kl = ops.reparam_kl(h, eps, seed, eps_stream, self.samples)
-        with stage(detector_stage):
-            z = self._fused_mlp(ops, detector, b, seed, detector_stream)
-            mse = ops.detector_loss(z, target.reshape(-1, target.shape[-1]), seed, output_stream,
-                                    _dropout_p(detector[5]))
+            b, kl = ops.reparam_kl(h, eps, seed, streams.eps, self.samples, kl_weight)
+        with stage(f"level{level}.detector_loss"):
+            z = self._fused_mlp(ops, detector, b, seed, streams.detector_hidden)
+            mse = ops.detector_loss(z, target.reshape(-1, target.shape[-1]), seed, streams.detector_output,
+                                    _dropout_p(detector[5]), mse_weight)
         return b, kl, mse
 
-    def encode(self, x, *, sample: bool = False, noise=None):
+    def encode(self, x: torch.Tensor, *, sample: bool = False, noise: Noise = None,
+               precision: Optional[str] = None) -> torch.Tensor:
+        """The last level's ``b`` from ``x`` alone by the fastest path for the call
+        (:func:`ithp_fast.encode.encode`; ``precision`` as there)."""
         from .encode import encode
 
-        return encode(self, x, sample=sample, noise=noise)
+        return encode(self, x, sample=sample, noise=noise, precision=precision)

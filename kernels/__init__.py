@@ -37,9 +37,27 @@ def tracked(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def float32(t: torch.Tensor) -> torch.Tensor:
-    """``t`` in float32 (no copy when it already is)."""
-    return t if t.dtype == torch.float32 else t.float()
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """What the torch backend computes a ``dtype`` input in: float64 stays float64, the rest float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def widened(t: torch.Tensor, dtype: "torch.dtype | None" = None) -> torch.Tensor:
+    """``t`` in ``dtype`` (default: :func:`compute_dtype` of its own), no copy when it already is."""
+    dtype = compute_dtype(t.dtype) if dtype is None else dtype
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def inverse(n: int) -> float:
+    """``1 / n``, NaN for ``n == 0`` (a mean over nothing, as torch's ``mean`` of an empty tensor)."""
+    return 1.0 / n if n else float("nan")
+
+
+def mean_weights(rows: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Row weights of a masked mean: ``1 / count`` on the rows where ``rows`` (bool) is True, 0 elsewhere
+    (all 0 when no row is: the mean over no row is 0). Flattened to one weight per row."""
+    rows = rows.reshape(-1)
+    return rows.to(dtype) / rows.sum().clamp_min(1).to(dtype)
 
 
 BACKENDS = ("triton", "torch")

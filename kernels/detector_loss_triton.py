@@ -1,13 +1,14 @@
 """Triton kernels of ``detector_loss`` (see ``detector_loss.py`` for the formula and the autograd Function).
 
 One pass over the detector's last pre-activation ``z`` and the target ``t`` writes one float32
-partial sum per program (the MSE is the sum of the partials); the dropout mask is drawn
+partial sum per program (the MSE is the sum of the partials; with a row weight per row of ``z``,
+a masked mean costs one more load per element, from a tiny vector); the dropout mask is drawn
 in-kernel and regenerated in the backward, so neither the sigmoid output nor the mask is stored.
 
 Launchers (``z``, ``t``: same shape, any float dtype, read in row-major order):
 
-* ``detector_loss_forward(z, t, seed, stream, p) -> partials fp32 [P]``
-* ``detector_loss_backward(z, t, grad_partials, seed, stream, p, *, need_grad_t=False)
+* ``detector_loss_forward(z, t, seed, stream, p, *, row_weight=None) -> partials fp32 [P]``
+* ``detector_loss_backward(z, t, grad_partials, seed, stream, p, *, need_grad_t=False, row_weight=None)
   -> (grad_z, grad_t or None)``
 """
 
@@ -19,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import inverse
 from .rng import GROUP, LANE
 from .triton_helpers import check_p, check_seed, group_uniform_or_keep, rounded_to
 
@@ -29,39 +31,48 @@ def num_partials(numel: int) -> int:
 
 
 # s = sigmoid(z);  out = s * keep / (1 - p)  (keep = uniform(seed, stream, e) >= p);  mse = sum((out - t)^2) / numel
-# backward, g = grad of a program's partial * 2/numel:
+# with row weights w (rows of `width` elements):  mse = sum_r w_r * sum_j (out - t)^2 / width  (w_r = 0: left out)
+# backward, g = grad of a program's partial * 2/numel (* w_r with row weights, scale 2/width):
 #   grad_z = g * (out - t) * keep/(1 - p) * s * (1 - s);   grad_t = -g * (out - t)
 @triton.jit
-def _forward_lane(z_ptr, t_ptr, e, numel, u, p, scale, DROPOUT: tl.constexpr):
+def _forward_lane(z_ptr, t_ptr, w_ptr, e, numel, width, u, p, scale, DROPOUT: tl.constexpr, HAS_WEIGHT: tl.constexpr):
     inside = e < numel
     z = tl.load(z_ptr + e, mask=inside, other=0.0).to(tl.float32)
     t = tl.load(t_ptr + e, mask=inside, other=0.0).to(tl.float32)
     out = 1.0 / (1.0 + tl.exp(-z))
     if DROPOUT:
         out = tl.where(u >= p, out * scale, 0.0)
-    diff = tl.where(inside, out - t, 0.0)
-    return diff * diff
+    square = (out - t) * (out - t)
+    if HAS_WEIGHT:
+        w = tl.load(w_ptr + e // width, mask=inside, other=0.0).to(tl.float32)
+        inside = inside & (w != 0.0)
+        square = square * w
+    return tl.where(inside, square, 0.0)
 
 
 @triton.jit
-def _detector_loss_forward_kernel(z_ptr, t_ptr, seed_ptr, part_ptr, numel, p, scale, inv_numel,
-                                  STREAM: tl.constexpr, DROPOUT: tl.constexpr, LANE: tl.constexpr):
-    # z_ptr, t_ptr: [numel] (row-major, any float dtype);  seed_ptr: int64 [1] (read with DROPOUT);
+def _detector_loss_forward_kernel(z_ptr, t_ptr, seed_ptr, w_ptr, part_ptr, numel, width, p, scale, inv_count,
+                                  STREAM: tl.constexpr, DROPOUT: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                                  LANE: tl.constexpr):
+    # z_ptr, t_ptr: [numel] (row-major, any float dtype; rows of `width` elements);  seed_ptr: int64 [1]
+    # (read with DROPOUT);  w_ptr: [numel / width] row weights (read with HAS_WEIGHT);
     # part_ptr: float32 [programs].  One program per aligned group of 4*LANE elements.
     pid = tl.program_id(0)
     first = pid.to(tl.int64) * (4 * LANE)
     j = tl.arange(0, LANE).to(tl.int64)
     u0, u1, u2, u3 = group_uniform_or_keep(seed_ptr, STREAM, first, LANE, DROPOUT)
-    total = _forward_lane(z_ptr, t_ptr, first + j, numel, u0, p, scale, DROPOUT)
-    total += _forward_lane(z_ptr, t_ptr, first + LANE + j, numel, u1, p, scale, DROPOUT)
-    total += _forward_lane(z_ptr, t_ptr, first + 2 * LANE + j, numel, u2, p, scale, DROPOUT)
-    total += _forward_lane(z_ptr, t_ptr, first + 3 * LANE + j, numel, u3, p, scale, DROPOUT)
-    tl.store(part_ptr + pid, tl.sum(total, axis=0) * inv_numel)
+    total = _forward_lane(z_ptr, t_ptr, w_ptr, first + j, numel, width, u0, p, scale, DROPOUT, HAS_WEIGHT)
+    total += _forward_lane(z_ptr, t_ptr, w_ptr, first + LANE + j, numel, width, u1, p, scale, DROPOUT, HAS_WEIGHT)
+    total += _forward_lane(z_ptr, t_ptr, w_ptr, first + 2 * LANE + j, numel, width, u2, p, scale, DROPOUT,
+                           HAS_WEIGHT)
+    total += _forward_lane(z_ptr, t_ptr, w_ptr, first + 3 * LANE + j, numel, width, u3, p, scale, DROPOUT,
+                           HAS_WEIGHT)
+    tl.store(part_ptr + pid, tl.sum(total, axis=0) * inv_count)
 
 
 @triton.jit
-def _backward_lane(z_ptr, t_ptr, gz_ptr, gt_ptr, e, numel, u, p, scale, g, DROPOUT: tl.constexpr,
-                   NEED_GRAD_T: tl.constexpr):
+def _backward_lane(z_ptr, t_ptr, w_ptr, gz_ptr, gt_ptr, e, numel, width, u, p, scale, g, DROPOUT: tl.constexpr,
+                   NEED_GRAD_T: tl.constexpr, HAS_WEIGHT: tl.constexpr):
     inside = e < numel
     z = tl.load(z_ptr + e, mask=inside, other=0.0).to(tl.float32)
     t = tl.load(t_ptr + e, mask=inside, other=0.0).to(tl.float32)
@@ -72,6 +83,8 @@ def _backward_lane(z_ptr, t_ptr, gz_ptr, gt_ptr, e, numel, u, p, scale, g, DROPO
         keep = u >= p
         out = tl.where(keep, s * scale, 0.0)
         slope = tl.where(keep, slope * scale, 0.0)
+    if HAS_WEIGHT:
+        g = g * tl.load(w_ptr + e // width, mask=inside, other=0.0).to(tl.float32)
     residual = g * (out - t)
     tl.store(gz_ptr + e, rounded_to(residual * slope, gz_ptr.dtype.element_ty), mask=inside)
     if NEED_GRAD_T:
@@ -79,22 +92,24 @@ def _backward_lane(z_ptr, t_ptr, gz_ptr, gt_ptr, e, numel, u, p, scale, g, DROPO
 
 
 @triton.jit
-def _detector_loss_backward_kernel(z_ptr, t_ptr, seed_ptr, gpart_ptr, gpart_stride, gz_ptr, gt_ptr, numel, p, scale,
-                                   two_over_numel, STREAM: tl.constexpr, DROPOUT: tl.constexpr,
-                                   NEED_GRAD_T: tl.constexpr, LANE: tl.constexpr):
+def _detector_loss_backward_kernel(z_ptr, t_ptr, seed_ptr, w_ptr, gpart_ptr, gpart_stride, gz_ptr, gt_ptr, numel,
+                                   width, p, scale, two_over_count, STREAM: tl.constexpr, DROPOUT: tl.constexpr,
+                                   NEED_GRAD_T: tl.constexpr, HAS_WEIGHT: tl.constexpr, LANE: tl.constexpr):
     # as the forward, plus gpart_ptr: float32 [programs] with stride gpart_stride (0 for a broadcast
     # scalar);  gz_ptr: [numel];  gt_ptr: [numel] (written with NEED_GRAD_T)
     pid = tl.program_id(0)
     first = pid.to(tl.int64) * (4 * LANE)
     j = tl.arange(0, LANE).to(tl.int64)
-    g = tl.load(gpart_ptr + pid * gpart_stride).to(tl.float32) * two_over_numel
+    g = tl.load(gpart_ptr + pid * gpart_stride).to(tl.float32) * two_over_count
     u0, u1, u2, u3 = group_uniform_or_keep(seed_ptr, STREAM, first, LANE, DROPOUT)
-    _backward_lane(z_ptr, t_ptr, gz_ptr, gt_ptr, first + j, numel, u0, p, scale, g, DROPOUT, NEED_GRAD_T)
-    _backward_lane(z_ptr, t_ptr, gz_ptr, gt_ptr, first + LANE + j, numel, u1, p, scale, g, DROPOUT, NEED_GRAD_T)
-    _backward_lane(z_ptr, t_ptr, gz_ptr, gt_ptr, first + 2 * LANE + j, numel, u2, p, scale, g, DROPOUT,
-                      NEED_GRAD_T)
-    _backward_lane(z_ptr, t_ptr, gz_ptr, gt_ptr, first + 3 * LANE + j, numel, u3, p, scale, g, DROPOUT,
-                      NEED_GRAD_T)
+    _backward_lane(z_ptr, t_ptr, w_ptr, gz_ptr, gt_ptr, first + j, numel, width, u0, p, scale, g, DROPOUT,
+                   NEED_GRAD_T, HAS_WEIGHT)
+    _backward_lane(z_ptr, t_ptr, w_ptr, gz_ptr, gt_ptr, first + LANE + j, numel, width, u1, p, scale, g, DROPOUT,
+                   NEED_GRAD_T, HAS_WEIGHT)
+    _backward_lane(z_ptr, t_ptr, w_ptr, gz_ptr, gt_ptr, first + 2 * LANE + j, numel, width, u2, p, scale, g,
+                   DROPOUT, NEED_GRAD_T, HAS_WEIGHT)
+    _backward_lane(z_ptr, t_ptr, w_ptr, gz_ptr, gt_ptr, first + 3 * LANE + j, numel, width, u3, p, scale, g,
+                   DROPOUT, NEED_GRAD_T, HAS_WEIGHT)
 
 
 def _check_pair(z: torch.Tensor, t: torch.Tensor):
@@ -105,36 +120,62 @@ def _check_pair(z: torch.Tensor, t: torch.Tensor):
     return z.contiguous(), t.contiguous()
 
 
+def _check_row_weight(row_weight: Optional[torch.Tensor], z: torch.Tensor) -> tuple[Optional[torch.Tensor], int]:
+    """``(row weights or None, row width)``: one weight per row of ``z``'s last dimension."""
+    width = z.shape[-1] if z.dim() else 1
+    if row_weight is None:
+        return None, width
+    rows = z.numel() // width if width else 0
+    if tuple(row_weight.shape) != (rows,):
+        raise ValueError(f"row_weight: expected shape {(rows,)} (one weight per row of z), got "
+                         f"{tuple(row_weight.shape)}")
+    if row_weight.device != z.device:
+        raise ValueError(f"row_weight: is on {row_weight.device} but z is on {z.device}")
+    return row_weight.contiguous(), width
+
+
+def _inverse_count(numel: int, width: int, weighted: bool) -> float:
+    """``1/numel`` (NaN for no element: the mean over nothing), or ``1/width`` with row weights."""
+    return 1.0 / width if weighted else inverse(numel)
+
+
 def detector_loss_forward(z: torch.Tensor, t: torch.Tensor, seed: Optional[torch.Tensor], stream: int,
-                          p: float) -> torch.Tensor:
-    """float32 MSE partials of ``dropout(sigmoid(z), p)`` against ``t``; mask from ``(seed, stream)``."""
+                          p: float, *, row_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """float32 MSE partials of ``dropout(sigmoid(z), p)`` against ``t``; mask from ``(seed, stream)``.
+    ``row_weight`` (one per row of ``z``'s last dimension): ``sum_r w_r * mse_r`` instead of the mean."""
     p = check_p(p)
     z, t = _check_pair(z, t)
+    row_weight, width = _check_row_weight(row_weight, z)
     dropout = p > 0.0
     if dropout:
         check_seed(seed, z.device)
     numel = z.numel()
+    weighted = row_weight is not None
     parts = torch.empty(num_partials(numel), dtype=torch.float32, device=z.device)
-    _detector_loss_forward_kernel[(parts.numel(),)](z, t, seed if dropout else z, parts, numel, p, 1.0 / (1.0 - p),
-                                                    1.0 / max(numel, 1), STREAM=int(stream), DROPOUT=dropout,
-                                                    LANE=LANE)
+    _detector_loss_forward_kernel[(parts.numel(),)](
+        z, t, seed if dropout else z, row_weight if weighted else z, parts, numel, width, p, 1.0 / (1.0 - p),
+        _inverse_count(numel, width, weighted), STREAM=int(stream), DROPOUT=dropout, HAS_WEIGHT=weighted, LANE=LANE)
     return parts
 
 
 def detector_loss_backward(z: torch.Tensor, t: torch.Tensor, grad_partials: torch.Tensor,
-                           seed: Optional[torch.Tensor], stream: int, p: float, *, need_grad_t: bool = False):
+                           seed: Optional[torch.Tensor], stream: int, p: float, *, need_grad_t: bool = False,
+                           row_weight: Optional[torch.Tensor] = None):
     """``(grad_z, grad_t)`` from the partials' gradient (a stride-0 expanded scalar works)."""
     p = check_p(p)
     z, t = _check_pair(z, t)
+    row_weight, width = _check_row_weight(row_weight, z)
     numel = z.numel()
     grad_partials = grad_partials.reshape(-1)
     if grad_partials.numel() != num_partials(numel):
         raise ValueError(f"grad_partials: expected {num_partials(numel)} values, got {grad_partials.numel()}")
     dropout = p > 0.0
+    weighted = row_weight is not None
     grad_z = torch.empty_like(z)
     grad_t = torch.empty_like(t) if need_grad_t else None
     _detector_loss_backward_kernel[(num_partials(numel),)](
-        z, t, seed if dropout else z, grad_partials, grad_partials.stride(0), grad_z,
-        grad_t if grad_t is not None else z, numel, p, 1.0 / (1.0 - p), 2.0 / max(numel, 1), STREAM=int(stream),
-        DROPOUT=dropout, NEED_GRAD_T=need_grad_t, LANE=LANE)
+        z, t, seed if dropout else z, row_weight if weighted else z, grad_partials, grad_partials.stride(0), grad_z,
+        grad_t if grad_t is not None else z, numel, width, p, 1.0 / (1.0 - p),
+        2.0 * _inverse_count(numel, width, weighted), STREAM=int(stream), DROPOUT=dropout, NEED_GRAD_T=need_grad_t,
+        HAS_WEIGHT=weighted, LANE=LANE)
     return grad_z, grad_t

@@ -1,10 +1,10 @@
-"""The IB combination: the four level losses from their partials, and IB_total.
+"""The IB combination: each level's KL and MSE from their partials, and IB_total, for N levels.
 
-    kl0, mse0, kl1, mse1 = the sums of their float32 partials
-    IB_total = w_kl0*kl0 + w_mse0*mse0 + w_kl1*kl1 + w_mse1*mse1
+    kl_k, mse_k = the sums of their partials (float32; float64 for a float64 model)
+    IB_total = sum_k (w_kl_k * kl_k + w_mse_k * mse_k)
     backward: grad of each level loss = grad_IB * w + grad of that loss output
 
-The weights are read off ``combine_ib`` of the reference (it is linear in the four losses) by
+The weights are read off ``combine_ib`` of the reference (it is linear in the level losses) by
 evaluating it on unit vectors (:func:`combine_weights`): the formula itself lives only in the
 reference. The ``triton`` backend sums and combines in one launch, in a fixed order
 (deterministic), and hands each level a stride-0 view of its gradient in the backward; the
@@ -14,29 +14,35 @@ Kernels: ``ib_combine_triton.py``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from ..reference.ithp import combine_ib
 from . import check_backend
 
 
-def combine_weights(p_beta: float, p_gamma: float, p_lambda: float) -> tuple[float, float, float, float]:
-    """Weights of ``(kl0, mse0, kl1, mse1)`` in ``IB_total``, read off :func:`combine_ib`."""
-    unit = ((1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0), (0.0, 0.0, 0.0, 1.0))
-    return tuple(float(combine_ib(*u, p_beta, p_gamma, p_lambda)) for u in unit)
+def combine_weights(detector_weights: Sequence[float], level_weights: Sequence[float]) -> tuple[float, ...]:
+    """Weights of ``(kl_1, mse_1, kl_2, mse_2, ...)`` in ``IB_total``, read off :func:`combine_ib`."""
+    n = len(level_weights)
+    weights = []
+    for i in range(2 * n):
+        unit = [1.0 if j == i else 0.0 for j in range(2 * n)]
+        weights.append(float(combine_ib(unit[0::2], unit[1::2], detector_weights, level_weights)))
+    return tuple(weights)
 
 
 class IBCombine(torch.autograd.Function):
-    """Four partial vectors -> ``(IB_total, kl0, mse0, kl1, mse1)`` with the Triton kernels."""
+    """``2N`` partial vectors (kl_1, mse_1, ...) -> ``(IB_total, kl_1, mse_1, ...)`` with the Triton kernels."""
 
     @staticmethod
-    def forward(ctx, kl0_parts, mse0_parts, kl1_parts, mse1_parts, weights, dtype):
+    def forward(ctx, weights, dtype, *parts):
         from .ib_combine_triton import ib_combine_forward
 
         ctx.weights = weights
-        ctx.sizes = [t.numel() for t in (kl0_parts, mse0_parts, kl1_parts, mse1_parts)]
+        ctx.sizes = [t.numel() for t in parts]
         ctx.set_materialize_grads(False)
-        return ib_combine_forward(kl0_parts, mse0_parts, kl1_parts, mse1_parts, weights, dtype)
+        return ib_combine_forward(parts, weights, dtype)
 
     @staticmethod
     def backward(ctx, *grads):
@@ -44,18 +50,25 @@ class IBCombine(torch.autograd.Function):
 
         device = next((g.device for g in grads if g is not None), None)
         if device is None:
-            return None, None, None, None, None, None
+            return (None, None) + (None,) * len(ctx.sizes)
         level = ib_combine_backward(grads, ctx.weights, device)
-        return tuple(level[i:i + 1].expand(n) for i, n in enumerate(ctx.sizes)) + (None, None)
+        return (None, None) + tuple(level[i:i + 1].expand(n) for i, n in enumerate(ctx.sizes))
 
 
-def ib_combine(kl0_parts: torch.Tensor, mse0_parts: torch.Tensor, kl1_parts: torch.Tensor, mse1_parts: torch.Tensor,
-               *, p_beta: float, p_gamma: float, p_lambda: float, dtype: torch.dtype = torch.float32,
-               backend: str = "torch"):
-    """Differentiable ``(IB_total, kl0, mse0, kl1, mse1)`` (0-dim, ``dtype``) from the level partials."""
+def ib_combine(kl_parts: Sequence[torch.Tensor], mse_parts: Sequence[torch.Tensor], *,
+               detector_weights: Sequence[float], level_weights: Sequence[float],
+               dtype: torch.dtype = torch.float32, backend: str = "torch"):
+    """Differentiable ``(IB_total, kl_terms, mse_terms)`` (0-dim tensors of ``dtype``) from each
+    level's KL and MSE partials, in level order."""
     check_backend(backend)
+    if not len(kl_parts) == len(mse_parts) == len(detector_weights) == len(level_weights):
+        raise ValueError(f"ib_combine: expected one KL, one MSE and two weights per level, got {len(kl_parts)} KL, "
+                         f"{len(mse_parts)} MSE, {len(detector_weights)} detector and {len(level_weights)} level "
+                         f"weights")
     if backend == "triton":
-        weights = combine_weights(p_beta, p_gamma, p_lambda)
-        return IBCombine.apply(kl0_parts, mse0_parts, kl1_parts, mse1_parts, weights, dtype)
-    kl0, mse0, kl1, mse1 = (parts.sum().to(dtype) for parts in (kl0_parts, mse0_parts, kl1_parts, mse1_parts))
-    return combine_ib(kl0, mse0, kl1, mse1, p_beta, p_gamma, p_lambda), kl0, mse0, kl1, mse1
+        parts = [p for pair in zip(kl_parts, mse_parts) for p in pair]
+        total, *terms = IBCombine.apply(combine_weights(detector_weights, level_weights), dtype, *parts)
+        return total, tuple(terms[0::2]), tuple(terms[1::2])
+    kl_terms = tuple(parts.sum().to(dtype) for parts in kl_parts)
+    mse_terms = tuple(parts.sum().to(dtype) for parts in mse_parts)
+    return combine_ib(kl_terms, mse_terms, detector_weights, level_weights), kl_terms, mse_terms

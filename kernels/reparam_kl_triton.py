@@ -1,15 +1,16 @@
 """Triton kernels of ``reparam_kl`` (see ``reparam_kl.py`` for the formula and the autograd Function).
 
-One pass reads ``h`` (and ``eps`` only when injected), writes ``b`` and one float32 partial KL
-sum per program; the KL is the sum of the partials. The backward regenerates ``eps`` from the
-seed (never stored) and gets each partial's gradient from a pointer (a stride-0 view of a
+One pass reads ``h`` (and ``eps`` only when injected, and one weight per row when masked), writes
+``b`` and one float32 partial KL sum per program; the KL is the sum of the partials. The backward
+regenerates ``eps`` from the seed (never stored) and gets each partial's gradient from a pointer (a stride-0 view of a
 scalar works), so nothing waits on the host.
 
 Launchers (``h``: ``[N, 2B]`` with unit column stride, any float dtype):
 
-* ``reparam_kl_forward(h, seed, stream, *, eps=None, sample=True) -> (b [N, B], partials fp32 [P])``
+* ``reparam_kl_forward(h, seed, stream, *, eps=None, sample=True, row_weight=None)
+  -> (b [N, B], partials fp32 [P])``
 * ``reparam_kl_backward(h, grad_b, grad_partials, seed, stream, *, eps=None, sample=True,
-  need_grad_eps=False) -> (grad_h [N, 2B], grad_eps or None)``
+  need_grad_eps=False, row_weight=None) -> (grad_h [N, 2B], grad_eps or None)``
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import inverse
 from .rng import GROUP, LANE
 from .triton_helpers import check_seed, group_normal_or_zero, rounded_to
 
@@ -31,13 +33,15 @@ def num_partials(n_rows: int, width: int) -> int:
 
 # mu, logvar = h[:, :B], h[:, B:];  std = exp(logvar / 2)
 # b = mu + eps * std  (b = mu when not sampling);   kl = -0.5/(N*B) * sum(1 + logvar - mu^2 - std^2)
-# backward, g = grad of a program's partial * (-0.5/(N*B)):
+# with row weights w:  kl = -0.5/B * sum_r w_r * sum_j(1 + logvar - mu^2 - std^2)  (rows of w_r = 0 left out)
+# backward, g = grad of a program's partial * (-0.5/(N*B)) (* w_r with row weights, scale -0.5/B):
 #   grad_mu = grad_b - 2*g*mu;   grad_logvar = 0.5*grad_b*eps*std + g*(1 - std^2);   grad_eps = grad_b*std
 @triton.jit
-def _forward_lane(h_ptr, eps_ptr, b_ptr, e, n_elem, row_stride, noise, B: tl.constexpr, SAMPLE: tl.constexpr,
-                  HAS_EPS: tl.constexpr):
+def _forward_lane(h_ptr, eps_ptr, w_ptr, b_ptr, e, n_elem, row_stride, noise, B: tl.constexpr, SAMPLE: tl.constexpr,
+                  HAS_EPS: tl.constexpr, HAS_WEIGHT: tl.constexpr):
     inside = e < n_elem
-    at = h_ptr + (e // B) * row_stride + e % B
+    row = e // B
+    at = h_ptr + row * row_stride + e % B
     mu = tl.load(at, mask=inside, other=0.0).to(tl.float32)
     logvar = tl.load(at + B, mask=inside, other=0.0).to(tl.float32)
     std = tl.exp(0.5 * logvar)
@@ -48,33 +52,40 @@ def _forward_lane(h_ptr, eps_ptr, b_ptr, e, n_elem, row_stride, noise, B: tl.con
     else:
         b = mu
     tl.store(b_ptr + e, rounded_to(b, b_ptr.dtype.element_ty), mask=inside)
-    return tl.where(inside, 1.0 + logvar - mu * mu - std * std, 0.0)
+    term = 1.0 + logvar - mu * mu - std * std
+    if HAS_WEIGHT:
+        w = tl.load(w_ptr + row, mask=inside, other=0.0).to(tl.float32)
+        inside = inside & (w != 0.0)
+        term = term * w
+    return tl.where(inside, term, 0.0)
 
 
 @triton.jit
-def _reparam_kl_forward_kernel(h_ptr, eps_ptr, seed_ptr, b_ptr, part_ptr, n_elem, row_stride, kl_scale,
+def _reparam_kl_forward_kernel(h_ptr, eps_ptr, seed_ptr, w_ptr, b_ptr, part_ptr, n_elem, row_stride, kl_scale,
                                STREAM: tl.constexpr, B: tl.constexpr, SAMPLE: tl.constexpr, HAS_EPS: tl.constexpr,
-                               GENERATE: tl.constexpr, LANE: tl.constexpr):
+                               GENERATE: tl.constexpr, HAS_WEIGHT: tl.constexpr, LANE: tl.constexpr):
     # h_ptr: [N, 2B] (row stride row_stride);  eps_ptr: [N, B] (read with HAS_EPS);  seed_ptr: int64 [1]
-    # (read with GENERATE);  b_ptr: [N, B];  part_ptr: float32 [programs].  n_elem = N*B; one program
-    # per aligned group of 4*LANE elements of mu.
+    # (read with GENERATE);  w_ptr: [N] row weights (read with HAS_WEIGHT);  b_ptr: [N, B];
+    # part_ptr: float32 [programs].  n_elem = N*B; one program per aligned group of 4*LANE elements of mu.
     pid = tl.program_id(0)
     first = pid.to(tl.int64) * (4 * LANE)
     j = tl.arange(0, LANE).to(tl.int64)
     n0, n1, n2, n3 = group_normal_or_zero(seed_ptr, STREAM, first, LANE, GENERATE)
-    total = _forward_lane(h_ptr, eps_ptr, b_ptr, first + j, n_elem, row_stride, n0, B, SAMPLE, HAS_EPS)
-    total += _forward_lane(h_ptr, eps_ptr, b_ptr, first + LANE + j, n_elem, row_stride, n1, B, SAMPLE, HAS_EPS)
-    total += _forward_lane(h_ptr, eps_ptr, b_ptr, first + 2 * LANE + j, n_elem, row_stride, n2, B, SAMPLE,
-                              HAS_EPS)
-    total += _forward_lane(h_ptr, eps_ptr, b_ptr, first + 3 * LANE + j, n_elem, row_stride, n3, B, SAMPLE,
-                              HAS_EPS)
+    total = _forward_lane(h_ptr, eps_ptr, w_ptr, b_ptr, first + j, n_elem, row_stride, n0,
+                          B, SAMPLE, HAS_EPS, HAS_WEIGHT)
+    total += _forward_lane(h_ptr, eps_ptr, w_ptr, b_ptr, first + LANE + j, n_elem, row_stride, n1,
+                           B, SAMPLE, HAS_EPS, HAS_WEIGHT)
+    total += _forward_lane(h_ptr, eps_ptr, w_ptr, b_ptr, first + 2 * LANE + j, n_elem, row_stride, n2,
+                           B, SAMPLE, HAS_EPS, HAS_WEIGHT)
+    total += _forward_lane(h_ptr, eps_ptr, w_ptr, b_ptr, first + 3 * LANE + j, n_elem, row_stride, n3,
+                           B, SAMPLE, HAS_EPS, HAS_WEIGHT)
     tl.store(part_ptr + pid, tl.sum(total, axis=0) * kl_scale)
 
 
 @triton.jit
-def _backward_lane(h_ptr, eps_ptr, gb_ptr, gh_ptr, geps_ptr, e, n_elem, row_stride, noise, g,
+def _backward_lane(h_ptr, eps_ptr, w_ptr, gb_ptr, gh_ptr, geps_ptr, e, n_elem, row_stride, noise, g,
                    B: tl.constexpr, SAMPLE: tl.constexpr, HAS_EPS: tl.constexpr, HAS_GRAD_B: tl.constexpr,
-                   NEED_GRAD_EPS: tl.constexpr):
+                   NEED_GRAD_EPS: tl.constexpr, HAS_WEIGHT: tl.constexpr):
     inside = e < n_elem
     row = e // B
     col = e % B
@@ -82,6 +93,8 @@ def _backward_lane(h_ptr, eps_ptr, gb_ptr, gh_ptr, geps_ptr, e, n_elem, row_stri
     mu = tl.load(at, mask=inside, other=0.0).to(tl.float32)
     logvar = tl.load(at + B, mask=inside, other=0.0).to(tl.float32)
     std = tl.exp(0.5 * logvar)
+    if HAS_WEIGHT:
+        g = g * tl.load(w_ptr + row, mask=inside, other=0.0).to(tl.float32)
     grad_mu = -2.0 * g * mu
     grad_logvar = g * (1.0 - std * std)
     if HAS_GRAD_B:
@@ -99,11 +112,11 @@ def _backward_lane(h_ptr, eps_ptr, gb_ptr, gh_ptr, geps_ptr, e, n_elem, row_stri
 
 
 @triton.jit
-def _reparam_kl_backward_kernel(h_ptr, eps_ptr, seed_ptr, gb_ptr, gpart_ptr, gpart_stride, gh_ptr, geps_ptr,
+def _reparam_kl_backward_kernel(h_ptr, eps_ptr, seed_ptr, w_ptr, gb_ptr, gpart_ptr, gpart_stride, gh_ptr, geps_ptr,
                                 n_elem, row_stride, kl_scale, STREAM: tl.constexpr, B: tl.constexpr,
                                 SAMPLE: tl.constexpr, HAS_EPS: tl.constexpr, GENERATE: tl.constexpr,
                                 HAS_GRAD_B: tl.constexpr, HAS_GRAD_PART: tl.constexpr,
-                                NEED_GRAD_EPS: tl.constexpr, LANE: tl.constexpr):
+                                NEED_GRAD_EPS: tl.constexpr, HAS_WEIGHT: tl.constexpr, LANE: tl.constexpr):
     # as the forward, plus gb_ptr: [N, B] (HAS_GRAD_B);  gpart_ptr: float32 [programs] with stride
     # gpart_stride (HAS_GRAD_PART; 0 for a broadcast scalar);  gh_ptr: [N, 2B] contiguous;
     # geps_ptr: [N, B] (NEED_GRAD_EPS)
@@ -115,14 +128,14 @@ def _reparam_kl_backward_kernel(h_ptr, eps_ptr, seed_ptr, gb_ptr, gpart_ptr, gpa
     else:
         g = 0.0
     n0, n1, n2, n3 = group_normal_or_zero(seed_ptr, STREAM, first, LANE, GENERATE)
-    _backward_lane(h_ptr, eps_ptr, gb_ptr, gh_ptr, geps_ptr, first + j, n_elem, row_stride, n0, g,
-                      B, SAMPLE, HAS_EPS, HAS_GRAD_B, NEED_GRAD_EPS)
-    _backward_lane(h_ptr, eps_ptr, gb_ptr, gh_ptr, geps_ptr, first + LANE + j, n_elem, row_stride, n1, g,
-                      B, SAMPLE, HAS_EPS, HAS_GRAD_B, NEED_GRAD_EPS)
-    _backward_lane(h_ptr, eps_ptr, gb_ptr, gh_ptr, geps_ptr, first + 2 * LANE + j, n_elem, row_stride, n2, g,
-                      B, SAMPLE, HAS_EPS, HAS_GRAD_B, NEED_GRAD_EPS)
-    _backward_lane(h_ptr, eps_ptr, gb_ptr, gh_ptr, geps_ptr, first + 3 * LANE + j, n_elem, row_stride, n3, g,
-                      B, SAMPLE, HAS_EPS, HAS_GRAD_B, NEED_GRAD_EPS)
+    _backward_lane(h_ptr, eps_ptr, w_ptr, gb_ptr, gh_ptr, geps_ptr, first + j, n_elem, row_stride, n0, g,
+                   B, SAMPLE, HAS_EPS, HAS_GRAD_B, NEED_GRAD_EPS, HAS_WEIGHT)
+    _backward_lane(h_ptr, eps_ptr, w_ptr, gb_ptr, gh_ptr, geps_ptr, first + LANE + j, n_elem, row_stride, n1, g,
+                   B, SAMPLE, HAS_EPS, HAS_GRAD_B, NEED_GRAD_EPS, HAS_WEIGHT)
+    _backward_lane(h_ptr, eps_ptr, w_ptr, gb_ptr, gh_ptr, geps_ptr, first + 2 * LANE + j, n_elem, row_stride, n2, g,
+                   B, SAMPLE, HAS_EPS, HAS_GRAD_B, NEED_GRAD_EPS, HAS_WEIGHT)
+    _backward_lane(h_ptr, eps_ptr, w_ptr, gb_ptr, gh_ptr, geps_ptr, first + 3 * LANE + j, n_elem, row_stride, n3, g,
+                   B, SAMPLE, HAS_EPS, HAS_GRAD_B, NEED_GRAD_EPS, HAS_WEIGHT)
 
 
 def _as_rows(h: torch.Tensor) -> torch.Tensor:
@@ -143,37 +156,55 @@ def _check_eps(eps: Optional[torch.Tensor], n: int, width: int, device: torch.de
     return eps.contiguous()
 
 
+def _check_row_weight(row_weight: Optional[torch.Tensor], n: int, device: torch.device) -> Optional[torch.Tensor]:
+    if row_weight is None:
+        return None
+    if tuple(row_weight.shape) != (n,):
+        raise ValueError(f"row_weight: expected shape {(n,)} (one weight per row of h), got {tuple(row_weight.shape)}")
+    if row_weight.device != device:
+        raise ValueError(f"row_weight: is on {row_weight.device} but h is on {device}")
+    return row_weight.contiguous()
+
+
+def _kl_scale(n: int, width: int, weighted: bool) -> float:
+    """``-0.5/(N*B)`` (NaN for no element: the mean over nothing), or ``-0.5/B`` with row weights."""
+    return -0.5 / width if weighted else -0.5 * inverse(n * width)
+
+
 def reparam_kl_forward(h: torch.Tensor, seed: Optional[torch.Tensor], stream: int, *,
-                       eps: Optional[torch.Tensor] = None, sample: bool = True):
+                       eps: Optional[torch.Tensor] = None, sample: bool = True,
+                       row_weight: Optional[torch.Tensor] = None):
     """``(b, partials)``: ``b = mu + eps*exp(logvar/2)`` (``mu`` when ``sample=False``), KL partials.
 
     ``eps`` injects the noise; otherwise it is drawn from ``(seed, stream, element index of mu)``.
+    ``row_weight`` ([N]): the KL is ``sum_r w_r * kl_r`` instead of the mean over rows.
     """
     h = _as_rows(h)
     n, width = h.shape[0], h.shape[1] // 2
     eps = _check_eps(eps, n, width, h.device)
+    row_weight = _check_row_weight(row_weight, n, h.device)
     generate = sample and eps is None
     if generate:
         check_seed(seed, h.device)
     b = torch.empty((n, width), dtype=h.dtype, device=h.device)
     parts = torch.empty(num_partials(n, width), dtype=torch.float32, device=h.device)
-    n_elem = n * width
+    weighted = row_weight is not None
     _reparam_kl_forward_kernel[(parts.numel(),)](
-        h, eps if eps is not None else h, seed if generate else h, b, parts, n_elem, h.stride(0),
-        -0.5 / max(n_elem, 1), STREAM=int(stream), B=width, SAMPLE=bool(sample), HAS_EPS=eps is not None,
-        GENERATE=generate, LANE=LANE)
+        h, eps if eps is not None else h, seed if generate else h, row_weight if weighted else h, b, parts,
+        n * width, h.stride(0), _kl_scale(n, width, weighted), STREAM=int(stream), B=width, SAMPLE=bool(sample),
+        HAS_EPS=eps is not None, GENERATE=generate, HAS_WEIGHT=weighted, LANE=LANE)
     return b, parts
 
 
 def reparam_kl_backward(h: torch.Tensor, grad_b: Optional[torch.Tensor], grad_partials: Optional[torch.Tensor],
                         seed: Optional[torch.Tensor], stream: int, *, eps: Optional[torch.Tensor] = None,
-                        sample: bool = True, need_grad_eps: bool = False):
+                        sample: bool = True, need_grad_eps: bool = False, row_weight: Optional[torch.Tensor] = None):
     """``(grad_h, grad_eps)`` from the gradients of ``b`` and of the partials (``None`` = zero)."""
     h = _as_rows(h)
     n, width = h.shape[0], h.shape[1] // 2
     eps = _check_eps(eps, n, width, h.device)
+    row_weight = _check_row_weight(row_weight, n, h.device)
     generate = sample and eps is None and grad_b is not None
-    n_elem = n * width
     if grad_b is not None:
         grad_b = grad_b.reshape(n, width).contiguous()
     if grad_partials is not None:
@@ -184,12 +215,13 @@ def reparam_kl_backward(h: torch.Tensor, grad_b: Optional[torch.Tensor], grad_pa
     grad_h = torch.empty((n, 2 * width), dtype=h.dtype, device=h.device)
     grad_eps = torch.empty((n, width), dtype=eps.dtype if eps is not None else h.dtype, device=h.device) \
         if need_grad_eps else None
+    weighted = row_weight is not None
     _reparam_kl_backward_kernel[(num_partials(n, width),)](
-        h, eps if eps is not None else h, seed if generate else h, grad_b if grad_b is not None else h,
-        grad_partials if grad_partials is not None else h,
+        h, eps if eps is not None else h, seed if generate else h, row_weight if weighted else h,
+        grad_b if grad_b is not None else h, grad_partials if grad_partials is not None else h,
         grad_partials.stride(0) if grad_partials is not None else 0, grad_h,
-        grad_eps if grad_eps is not None else h, n_elem, h.stride(0), -0.5 / max(n_elem, 1),
+        grad_eps if grad_eps is not None else h, n * width, h.stride(0), _kl_scale(n, width, weighted),
         STREAM=int(stream), B=width, SAMPLE=bool(sample), HAS_EPS=eps is not None, GENERATE=generate,
         HAS_GRAD_B=grad_b is not None, HAS_GRAD_PART=grad_partials is not None, NEED_GRAD_EPS=need_grad_eps,
-        LANE=LANE)
+        HAS_WEIGHT=weighted, LANE=LANE)
     return grad_h, grad_eps

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Union
+from typing import NamedTuple, Union
 
 import torch
 
@@ -54,6 +54,31 @@ class Stream(enum.IntEnum):
     EPS1 = 6
     MLP2_HIDDEN = 7
     MLP2_OUTPUT = 8
+
+
+STREAMS_PER_LEVEL = 4
+
+
+class LevelStreams(NamedTuple):
+    """The four streams of one level, in the order of its computation."""
+
+    encoder_hidden: int
+    eps: int
+    detector_hidden: int
+    detector_output: int
+
+
+def level_streams(level: int) -> LevelStreams:
+    """The streams of level ``level`` (0-based): ``4*level + 1 .. 4*level + 4``.
+
+    Levels 0 and 1 are the :class:`Stream` members (``ENCODER1_HIDDEN`` .. ``MLP2_OUTPUT``), so the
+    released two-level model draws the same numbers as before levels 3+ existed; level 2 takes
+    streams 9..12, and so on.
+    """
+    if level < 0:
+        raise ValueError(f"level: expected a non-negative level index, got {level}")
+    first = STREAMS_PER_LEVEL * level + 1
+    return LevelStreams(*(Stream(s) if s <= Stream.MLP2_OUTPUT else s for s in range(first, first + 4)))
 
 
 def draw_seed(device: Union[torch.device, str]) -> torch.Tensor:

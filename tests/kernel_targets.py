@@ -32,34 +32,36 @@ def variants(dt):
                     dict(STREAM=1, DROPOUT=dropout, LANE=LANE)))
     out.append(("relu_dropout backward", relu_dropout._relu_dropout_backward_kernel,
                 dict(gd_ptr=p, d_ptr=p, ga_ptr=p, numel="i32", scale="fp32"), dict(BLOCK=1024)))
-    for sample, has_eps in ((True, False), (True, True), (False, False)):
+    for (sample, has_eps), weighted in zip(((True, False), (True, True), (False, False)), (False, True, True)):
         generate = sample and not has_eps
-        out.append((f"reparam_kl forward sample={sample} eps={has_eps}", reparam_kl._reparam_kl_forward_kernel,
-                    dict(h_ptr=p, eps_ptr=p, seed_ptr="*i64", b_ptr=p, part_ptr="*fp32", n_elem="i32", row_stride="i32",
-                         kl_scale="fp32"),
-                    dict(STREAM=2, B=47, SAMPLE=sample, HAS_EPS=has_eps, GENERATE=generate, LANE=LANE)))
-        out.append((f"reparam_kl backward sample={sample} eps={has_eps}", reparam_kl._reparam_kl_backward_kernel,
-                    dict(h_ptr=p, eps_ptr=p, seed_ptr="*i64", gb_ptr=p, gpart_ptr="*fp32", gpart_stride="i32", gh_ptr=p,
-                         geps_ptr=p, n_elem="i32", row_stride="i32", kl_scale="fp32"),
+        name = f"sample={sample} eps={has_eps} weighted={weighted}"
+        out.append((f"reparam_kl forward {name}", reparam_kl._reparam_kl_forward_kernel,
+                    dict(h_ptr=p, eps_ptr=p, seed_ptr="*i64", w_ptr="*fp32", b_ptr=p, part_ptr="*fp32", n_elem="i32",
+                         row_stride="i32", kl_scale="fp32"),
+                    dict(STREAM=2, B=47, SAMPLE=sample, HAS_EPS=has_eps, GENERATE=generate, HAS_WEIGHT=weighted,
+                         LANE=LANE)))
+        out.append((f"reparam_kl backward {name}", reparam_kl._reparam_kl_backward_kernel,
+                    dict(h_ptr=p, eps_ptr=p, seed_ptr="*i64", w_ptr="*fp32", gb_ptr=p, gpart_ptr="*fp32",
+                         gpart_stride="i32", gh_ptr=p, geps_ptr=p, n_elem="i32", row_stride="i32", kl_scale="fp32"),
                     dict(STREAM=2, B=128, SAMPLE=sample, HAS_EPS=has_eps, GENERATE=generate, HAS_GRAD_B=True,
-                         HAS_GRAD_PART=True, NEED_GRAD_EPS=has_eps, LANE=LANE)))
-    for dropout in (True, False):
-        out.append((f"detector_loss forward dropout={dropout}", detector_loss._detector_loss_forward_kernel,
-                    dict(z_ptr=p, t_ptr=p, seed_ptr="*i64", part_ptr="*fp32", numel="i32", p="fp32", scale="fp32",
-                         inv_numel="fp32"),
-                    dict(STREAM=4, DROPOUT=dropout, LANE=LANE)))
-        out.append((f"detector_loss backward dropout={dropout}", detector_loss._detector_loss_backward_kernel,
-                    dict(z_ptr=p, t_ptr=p, seed_ptr="*i64", gpart_ptr="*fp32", gpart_stride="i32", gz_ptr=p, gt_ptr=p,
-                         numel="i32", p="fp32", scale="fp32", two_over_numel="fp32"),
-                    dict(STREAM=4, DROPOUT=dropout, NEED_GRAD_T=dropout, LANE=LANE)))
-    out.append(("ib_combine forward", ib_combine._ib_combine_forward_kernel,
-                dict(kl0_parts_ptr="*fp32", n_kl0="i32", mse0_parts_ptr="*fp32", n_mse0="i32", kl1_parts_ptr="*fp32",
-                     n_kl1="i32", mse1_parts_ptr="*fp32", n_mse1="i32", ib_ptr=p, kl0_ptr=p, mse0_ptr=p, kl1_ptr=p,
-                     mse1_ptr=p, w_kl0="fp32", w_mse0="fp32", w_kl1="fp32", w_mse1="fp32"), dict(BLOCK=1024)))
-    out.append(("ib_combine backward", ib_combine._ib_combine_backward_kernel,
-                dict(g_ib_ptr=p, g_kl0_ptr=p, g_mse0_ptr=p, g_kl1_ptr=p, g_mse1_ptr=p, out_ptr="*fp32", w_kl0="fp32",
-                     w_mse0="fp32", w_kl1="fp32", w_mse1="fp32"),
-                dict(HAS_IB=True, HAS_KL0=True, HAS_MSE0=False, HAS_KL1=True, HAS_MSE1=False)))
+                         HAS_GRAD_PART=True, NEED_GRAD_EPS=has_eps, HAS_WEIGHT=weighted, LANE=LANE)))
+    for dropout, weighted in ((True, False), (False, True), (True, True)):
+        name = f"dropout={dropout} weighted={weighted}"
+        out.append((f"detector_loss forward {name}", detector_loss._detector_loss_forward_kernel,
+                    dict(z_ptr=p, t_ptr=p, seed_ptr="*i64", w_ptr="*fp32", part_ptr="*fp32", numel="i32", width="i32",
+                         p="fp32", scale="fp32", inv_count="fp32"),
+                    dict(STREAM=4, DROPOUT=dropout, HAS_WEIGHT=weighted, LANE=LANE)))
+        out.append((f"detector_loss backward {name}", detector_loss._detector_loss_backward_kernel,
+                    dict(z_ptr=p, t_ptr=p, seed_ptr="*i64", w_ptr="*fp32", gpart_ptr="*fp32", gpart_stride="i32",
+                         gz_ptr=p, gt_ptr=p, numel="i32", width="i32", p="fp32", scale="fp32", two_over_count="fp32"),
+                    dict(STREAM=4, DROPOUT=dropout, NEED_GRAD_T=dropout, HAS_WEIGHT=weighted, LANE=LANE)))
+    for terms in (2, 4, 8):
+        out.append((f"ib_combine forward {terms} terms", ib_combine._ib_combine_forward_kernel,
+                    dict(parts_ptrs=("*fp32",) * terms, sizes=("i32",) * terms, weights=("fp32",) * terms, ib_ptr=p,
+                         term_ptrs=(p,) * terms), dict(TERMS=terms, BLOCK=1024)))
+        out.append((f"ib_combine backward {terms} terms", ib_combine._ib_combine_backward_kernel,
+                    dict(g_ib_ptr=p, g_term_ptrs=(p,) * terms, out_ptr="*fp32", weights=("fp32",) * terms),
+                    dict(TERMS=terms, HAS_IB=True, HAS_TERM=0b101)))
     return out
 
 
