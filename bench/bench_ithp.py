@@ -15,6 +15,9 @@ Groups (each compares providers on the same inputs and weights):
 ``train step B=…``    forward + ``IB_total.backward()`` in train mode (dropout on); the eager
                       providers also record ``saved_bytes``, what autograd keeps for the backward
                       (parameters included).
+``masked train step B=…``  the same step with a ``token_mask`` (ragged lengths, 25-50 of the 50
+                      tokens real) and a ``detector_mask`` (each detector of each example missing
+                      with probability 0.2): what masking costs, against the row above.
 
 ``reference+torch.compile`` is ``torch.compile`` of the reference module (``reduce-overhead``
 for the no-grad forward on CUDA, the default mode for the training step); ``ithp_fast+graphs``
@@ -26,8 +29,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from scale import COMPILE, CUDA, TOKENS, compiled, pick
+from scale import COMPILE, CUDA, DEVICE, TOKENS, compiled, pick
 from workloads import DTYPES, ithp_config, ithp_inputs, ithp_pair, optional
 
 from ithp_fast.tools.profile import saved_for_backward
@@ -137,14 +139,26 @@ def test_forward(measure, batch, provider, dtype):
 TRAIN_PROVIDERS = ["reference", "reference+torch.compile", "ithp_fast", "ithp_fast+graphs"]
 
 
-def train_step_fn(provider: str, batch: int, dtype: torch.dtype):
-    """``(step, saved_bytes)``: one training step, and for the eager providers the bytes its
-    forward keeps for the backward (None for the compiled and graphed ones)."""
+def train_masks(batch: int) -> dict:
+    """``token_mask`` (ragged: 25-50 of the 50 tokens real) and ``detector_mask`` (a detector of an
+    example missing with probability 0.2), seeded, on the bench device."""
+    g = torch.Generator().manual_seed(batch)
+    lengths = torch.randint(TOKENS // 2, TOKENS + 1, (batch,), generator=g)
+    token_mask = torch.arange(TOKENS)[None, :] < lengths[:, None]
+    detector_mask = torch.rand(batch, 2, generator=g) >= 0.2
+    return dict(token_mask=token_mask.to(DEVICE), detector_mask=detector_mask.to(DEVICE))
+
+
+def train_step_fn(provider: str, batch: int, dtype: torch.dtype, masked: bool = False):
+    """``(step, saved_bytes)``: one training step (with :func:`train_masks` if ``masked``), and for
+    the eager providers the bytes its forward keeps for the backward (None for the compiled and
+    graphed ones)."""
     cfg = ithp_config()
     reference, fast = ithp_pair(cfg, dtype, train=True)
     x, visual, acoustic = ithp_inputs(cfg, batch, dtype)
+    masks = train_masks(batch) if masked else {}
     if provider == "ithp_fast+graphs":
-        graphed_step = optional("ithp_fast.serving", "GraphedTrainStep")(fast, x, visual, acoustic)
+        graphed_step = optional("ithp_fast.serving", "GraphedTrainStep")(fast, x, visual, acoustic, **masks)
         return (lambda: graphed_step(x, visual, acoustic)), None  # copies the inputs in, replays
     if provider == "reference":
         model = reference
@@ -156,10 +170,10 @@ def train_step_fn(provider: str, batch: int, dtype: torch.dtype):
         raise ValueError(f"provider: unknown {provider!r}")
 
     def step():
-        model(x, visual, acoustic)[1].backward()
+        model(x, visual, acoustic, **masks)[1].backward()
 
     eager = provider in ("reference", "ithp_fast")
-    return step, saved_for_backward(lambda: model(x, visual, acoustic))[0] if eager else None
+    return step, saved_for_backward(lambda: model(x, visual, acoustic, **masks))[0] if eager else None
 
 
 @pytest.mark.parametrize("batch, provider, dtype", _cases(TRAIN_BATCHES, TRAIN_PROVIDERS, COMPILED_TRAIN))
@@ -169,3 +183,15 @@ def test_train_step(measure, batch, provider, dtype):
     if saved_bytes is not None:
         extra["saved_bytes"] = saved_bytes
     measure(fn, group=f"train step B={batch}", provider=provider, extra=extra)
+
+
+MASKED_TRAIN_PROVIDERS = ["reference", "ithp_fast", "ithp_fast+graphs"]
+
+
+@pytest.mark.parametrize("batch, provider, dtype", _cases(TRAIN_BATCHES, MASKED_TRAIN_PROVIDERS, []))
+def test_masked_train_step(measure, batch, provider, dtype):
+    fn, saved_bytes = train_step_fn(provider, batch, DTYPES[dtype], masked=True)
+    extra = {"dtype": dtype, "batch": batch}
+    if saved_bytes is not None:
+        extra["saved_bytes"] = saved_bytes
+    measure(fn, group=f"masked train step B={batch}", provider=provider, extra=extra)

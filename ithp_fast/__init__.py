@@ -17,6 +17,7 @@ _PUBLIC = {
     "ITHP": ".model",
     "ITHPDeberta": ".reference.deberta",
     "ITHPDebertaOutput": ".reference.deberta",
+    "ITHPDebertaLevelsOutput": ".reference.deberta",
     "TCMaxLoss": ".losses",
     "tcmax_loss": ".losses",
     "tcmax_loss_multi": ".losses",
@@ -51,7 +52,7 @@ if TYPE_CHECKING:  # what static tools and IDEs see
     from .config import ITHPConfig
     from .losses import TCMaxLoss, tcmax_loss, tcmax_loss_multi, tcmax_loss_pairwise, tcmax_loss_sampled
     from .model import ITHP
-    from .reference.deberta import ITHPDeberta, ITHPDebertaOutput
+    from .reference.deberta import ITHPDeberta, ITHPDebertaLevelsOutput, ITHPDebertaOutput
     from .serving.deberta import ServingDeberta, deberta_logits
     from .serving.encoder import ServingEncoder
     from .training.api import evaluate, train

@@ -45,7 +45,7 @@ _DEFAULT_LAMBDA = 0.3
 
 
 def _error(key: str, message: str, kind: type = ValueError) -> Exception:
-    return kind(f"ITHP config: {key} {message}")
+    return kind(f"ITHP config: {key}{'' if message.startswith('=') else ' '}{message}")
 
 
 def _check_width(key: str, value: object) -> None:

@@ -1,15 +1,16 @@
-"""Fast ``encode``: ``b1`` from the text features alone, by the cheapest path for the call.
+"""Fast ``encode``: the last level's ``b`` from the text features alone, by the cheapest path for the call.
 
-Two paths, both computing only what ``b1`` needs (the mu rows of each encoder's last Linear,
+Two paths, both computing only what ``b`` needs (the mu rows of each encoder's last Linear,
 unless sampling needs the logvar rows too; no detectors, no losses):
 
-``fused``  one Triton launch for the whole chain (:mod:`ithp_fast.kernels.encode_chain`, Triton
-           imported at the first launch). Used on
-           the ``"triton"`` backend for inference calls (no gradient wanted, no active dropout, no
-           autocast) up to :data:`FUSED_KERNEL_MAX_ROWS` rows.
-``chain``  four ``addmm`` calls (cuBLAS on CUDA, ReLU in its epilogue; MKL / oneDNN on the CPU),
-           the mu halves as views of the weights. Every other call: the CPU default, large batches on
-           CUDA, and anything that needs autograd, dropout (training mode) or autocast.
+``fused``  one Triton launch for the whole two-level chain (:mod:`ithp_fast.kernels.encode_chain`,
+           Triton imported at the first launch). Used on the ``"triton"`` backend for inference
+           calls (no gradient wanted, no active dropout, no autocast) of a two-level model up to
+           :data:`FUSED_KERNEL_MAX_ROWS` rows.
+``chain``  two ``addmm`` calls per level (cuBLAS on CUDA, ReLU in its epilogue; MKL / oneDNN on the
+           CPU), the mu halves as views of the weights. Every other call: the CPU default, large
+           batches on CUDA, models of other than two levels, and anything that needs autograd,
+           dropout (training mode) or autocast.
 
 Nothing derived from the weights is cached, so ``load_state_dict`` and optimiser steps are seen
 by the next call. In training mode dropout is active, as in the module's own ``encode``.
@@ -18,6 +19,7 @@ by the next call. In training mode dropout is active, as in the module's own ``e
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Optional
 
 import torch
@@ -56,7 +58,8 @@ def _precision_key(dtype: torch.dtype, precision: str) -> str:
 
 
 def layers(model: torch.nn.Module) -> tuple[torch.Tensor, ...]:
-    """``(w0, c0, w1, c1, w2, c2, w3, c3)``: the encoders' Linear weights and biases, as stored."""
+    """``(w0, c0, w1, c1, w2, c2, w3, c3)``: the two encoders' Linear weights and biases, as stored
+    (the fused kernel's arguments; two-level models only)."""
     e1, e2 = model.encoder1, model.encoder2
     return (e1[0].weight, e1[0].bias, e1[3].weight, e1[3].bias, e2[0].weight, e2[0].bias, e2[3].weight, e2[3].bias)
 
@@ -67,6 +70,8 @@ def choose_path(model: torch.nn.Module, rows: int, dtype: torch.dtype, device: t
     backend = resolve_backend(getattr(model, "backend", None), device)
     if backend != "triton":
         return "reference" if backend == "reference" else "chain"
+    if model.config.levels != 2:  # the fused kernel computes the released two-level chain
+        return "chain"
     dropout_active = model.training and model.config.drop_prob > 0
     if dropout_active or requires_grad or torch.is_autocast_enabled(device.type) or dtype not in FUSED_DTYPES:
         return "chain"
@@ -76,7 +81,12 @@ def choose_path(model: torch.nn.Module, rows: int, dtype: torch.dtype, device: t
 
 
 def _needs_grad(model: torch.nn.Module, x: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in layers(model)))
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in encoder_parameters(model)))
+
+
+def encoder_parameters(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Every encoder's parameters, level by level."""
+    return [p for k in range(model.config.levels) for p in model.level_modules(k)[0].parameters()]
 
 
 def linear_relu(layer: torch.nn.Linear, b: torch.Tensor) -> torch.Tensor:
@@ -88,12 +98,15 @@ def linear_relu(layer: torch.nn.Linear, b: torch.Tensor) -> torch.Tensor:
     return torch.addmm(layer.bias, b, layer.weight.t()).relu_()
 
 
-def chain(model: torch.nn.Module, x2d: torch.Tensor, eps0: Optional[torch.Tensor] = None,
-          eps1: Optional[torch.Tensor] = None, *, sample: bool = False) -> torch.Tensor:
-    """The PyTorch path on ``[rows, X0]``: ``addmm`` per layer, the modules' dropout in between."""
+def chain(model: torch.nn.Module, x2d: torch.Tensor, noise: Optional[Sequence[torch.Tensor]] = None, *,
+          sample: bool = False) -> torch.Tensor:
+    """The PyTorch path on ``[rows, X0]``: ``addmm`` per layer, the modules' dropout in between;
+    ``noise``: one ``[rows, width]`` eps per level (sampling only)."""
     cfg = model.config
     b = x2d
-    for encoder, width, eps in ((model.encoder1, cfg.B0_dim, eps0), (model.encoder2, cfg.B1_dim, eps1)):
+    for k, width in enumerate(cfg.bottleneck_dims):
+        encoder = model.level_modules(k)[0]
+        eps = noise[k] if noise is not None else None
         first, dropout, last = encoder[0], encoder[2], encoder[3]
         h = dropout(linear_relu(first, b))
         if sample:
@@ -105,7 +118,8 @@ def chain(model: torch.nn.Module, x2d: torch.Tensor, eps0: Optional[torch.Tensor
 
 
 def fused(model: torch.nn.Module, x2d: torch.Tensor, eps0: Optional[torch.Tensor] = None,
-          eps1: Optional[torch.Tensor] = None, *, sample: bool = False, precision: Optional[str] = None) -> torch.Tensor:
+          eps1: Optional[torch.Tensor] = None, *, sample: bool = False,
+          precision: Optional[str] = None) -> torch.Tensor:
     """The one-launch Triton path on ``[rows, X0]`` (inference only). Sampling without injected
     noise draws it with ``torch.randn`` (one launch, fresh on every CUDA-graph replay)."""
     cfg = model.config
@@ -123,8 +137,9 @@ def fused(model: torch.nn.Module, x2d: torch.Tensor, eps0: Optional[torch.Tensor
 
 def encode(model: torch.nn.Module, x: torch.Tensor, *, sample: bool = False, noise: Noise = None,
            precision: Optional[str] = None) -> torch.Tensor:
-    """``b1`` (``[..., B1_dim]``) of the text features ``x`` (``[..., X0_dim]``); see
-    :meth:`ithp_fast.reference.ITHP.encode` for ``sample`` and ``noise``.
+    """The last level's ``b`` (``[..., bottleneck_dims[-1]]``, ``b1`` of the released model) of the
+    text features ``x`` (``[..., X0_dim]``); see :meth:`ithp_fast.reference.ITHP.encode` for
+    ``sample`` and ``noise`` (one eps per level).
 
     ``precision`` (float32 on the Triton path only): ``"ieee"`` exact float32, ``"tf32"``,
     ``"tf32x3"`` (three TF32 tensor-core products per float32 product: near-float32 accuracy), or
@@ -142,12 +157,11 @@ def encode(model: torch.nn.Module, x: torch.Tensor, *, sample: bool = False, noi
         return ReferenceITHP.encode(model, x, sample=sample, noise=noise)
     cfg = model.config
     x2d = x.reshape(rows, cfg.X0_dim)
-    eps0, eps1 = (None, None) if noise is None else (
-        noise[0].reshape(rows, cfg.B0_dim), noise[1].reshape(rows, cfg.B1_dim))
+    eps = None if noise is None else [n.reshape(rows, w) for n, w in zip(noise, cfg.bottleneck_dims)]
     if path == "fused":
-        if eps0 is not None:
-            eps0, eps1 = eps0.to(x.dtype).contiguous(), eps1.to(x.dtype).contiguous()
-        b1 = fused(model, x2d, eps0, eps1, sample=sample, precision=precision)
+        if eps is not None:
+            eps = [e.to(x.dtype).contiguous() for e in eps]
+        b = fused(model, x2d, *(eps or (None, None)), sample=sample, precision=precision)
     else:
-        b1 = chain(model, x2d, eps0, eps1, sample=sample)
-    return b1.reshape(*lead, cfg.B1_dim)
+        b = chain(model, x2d, eps, sample=sample)
+    return b.reshape(*lead, cfg.bottleneck_dims[-1])

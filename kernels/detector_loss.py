@@ -34,7 +34,7 @@ def _residual(z: torch.Tensor, t: torch.Tensor, seed: int, stream: int, p: float
     """``(s, keep or None, out - t)`` in the compute dtype."""
     s = torch.sigmoid(widened(z))
     if p > 0.0:
-        keep = dropout_scale(seed, stream, z.shape, z.device, p)
+        keep = dropout_scale(seed, stream, z.shape, z.device, p, s.dtype)
         return s, keep, torch.mul(s, keep).sub_(widened(t, s.dtype))
     return s, None, torch.sub(s, widened(t, s.dtype))
 

@@ -111,9 +111,9 @@ def normal(seed: int, stream: int, shape, device) -> torch.Tensor:
     return torch.empty(shape, dtype=torch.float32, device=device).normal_(generator=g)
 
 
-def dropout_scale(seed: int, stream: int, shape, device, p: float) -> torch.Tensor:
+def dropout_scale(seed: int, stream: int, shape, device, p: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The torch backend's dropout multiplier for ``(seed, stream)``: ``1/(1-p)`` where kept, 0
-    where dropped (float32, ``shape``).
+    where dropped (``dtype``, float32 by default; ``shape``).
 
     One uniform 32-bit word per element (random 64-bit words split in two: the fastest draw on a
     CPU), read as a signed int ``w``; the element is kept when
@@ -125,4 +125,4 @@ def dropout_scale(seed: int, stream: int, shape, device, p: float) -> torch.Tens
     words.random_(-(2**63), None, generator=torch_generator(seed, stream, device))
     threshold = float(math.ceil(p * 2**32) - 2**31)
     scale = words.view(torch.int32)[:numel].view(shape).to(torch.float32)
-    return scale.ge_(threshold).mul_(1.0 / (1.0 - p))
+    return scale.ge_(threshold).to(dtype).mul_(1.0 / (1.0 - p))

@@ -5,7 +5,14 @@
     h      = dropout(LayerNorm(x + beta_shift * expand(b1)))
     logits = classifier(dropout(tanh(pooler.dense(h[:, 0]))))
 
-Training loss (spec): ``MSE(logits, label) + 2 / (p_beta + p_gamma) * IB_total``.
+Training loss (spec): ``MSE(logits, label) + 2 / (p_beta + p_gamma) * IB_total`` (for N levels,
+``2 / sum(detector_weights)``).
+
+Beyond the released model: ``modality_order`` names the detector of each ITHP level (the released
+order is acoustic, then visual), so the same ``forward(input_ids, visual, acoustic, ...)`` runs any
+order of two levels, and ``detectors=`` passes N detectors by name or in level order;
+``mask_ithp_padding=True`` hands the attention mask to ITHP as its ``token_mask`` (padding then
+stays out of ITHP's losses); ``detector_mask`` marks missing detectors per example.
 
 Submodule names follow the authors' model (``dberta.model``, ``dberta.ITHP``,
 ``dberta.expand``, ``dberta.LayerNorm``, ``dberta.pooler.dense``, ``classifier``) so that their
@@ -15,6 +22,7 @@ checkpoints map onto this one key for key.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple, Optional, Union
 
 import torch
@@ -25,9 +33,13 @@ from ..checks import Noise, check_token_inputs
 from ..config import ConfigLike, ITHPConfig, as_config
 from .ithp import ITHP
 
+RELEASED_ORDER = ("acoustic", "visual")
+"""The released model's modality order: level 1 predicts acoustic, level 2 visual."""
+
 
 class ITHPDebertaOutput(NamedTuple):
-    """What :class:`ITHPDeberta` returns; unpacks like the authors' 6-tuple."""
+    """What :class:`ITHPDeberta` returns for two levels; unpacks like the authors' 6-tuple
+    (``kl0``, ``mse0`` of the first level, whatever its modality)."""
 
     logits: torch.Tensor
     IB_total: torch.Tensor
@@ -35,6 +47,23 @@ class ITHPDebertaOutput(NamedTuple):
     mse0: torch.Tensor
     kl1: torch.Tensor
     mse1: torch.Tensor
+
+    @property
+    def kl_terms(self) -> tuple[torch.Tensor, ...]:
+        return (self.kl0, self.kl1)
+
+    @property
+    def mse_terms(self) -> tuple[torch.Tensor, ...]:
+        return (self.mse0, self.mse1)
+
+
+class ITHPDebertaLevelsOutput(NamedTuple):
+    """What :class:`ITHPDeberta` returns for other than two levels: one KL and one MSE per level."""
+
+    logits: torch.Tensor
+    IB_total: torch.Tensor
+    kl_terms: tuple[torch.Tensor, ...]
+    mse_terms: tuple[torch.Tensor, ...]
 
 
 class Pooler(nn.Module):
@@ -56,7 +85,7 @@ class ITHPDebertaBody(nn.Module):
         hidden = backbone.config.hidden_size
         self.model = backbone
         self.ITHP = ithp
-        self.expand = nn.Linear(ithp.config.B1_dim, hidden)
+        self.expand = nn.Linear(ithp.config.bottleneck_dims[-1], hidden)
         self.LayerNorm = nn.LayerNorm(hidden)
         self.dropout = nn.Dropout(dropout_prob)
         self.pooler = Pooler(hidden)
@@ -81,6 +110,11 @@ class ITHPDeberta(nn.Module):
         dropout_prob: dropout after the LayerNorm (paper: 0.5).
         pass_attention_mask: pass ``attention_mask`` to the backbone (default). The authors'
             script passes none; ``False`` reproduces that.
+        mask_ithp_padding: pass ``attention_mask`` to ITHP as ``token_mask`` too, so padded tokens
+            stay out of its KL and MSE means (default off: the released model averages over them).
+        modality_order: the name of each level's detector, in level order (one per ITHP level;
+            ``ithp_args``' ``detector_dims`` follow this order). Default: the released
+            ``("acoustic", "visual")``.
         ithp_cls: the ITHP implementation (the reference class by default; ``ithp_fast.ITHP``
             for the fast path). Extra keyword arguments go to its constructor.
     """
@@ -94,6 +128,8 @@ class ITHPDeberta(nn.Module):
         beta_shift: float = 1.0,
         dropout_prob: float = 0.5,
         pass_attention_mask: bool = True,
+        mask_ithp_padding: bool = False,
+        modality_order: Sequence[str] = RELEASED_ORDER,
         ithp_cls: type = ITHP,
         **ithp_kwargs,
     ) -> None:
@@ -107,6 +143,8 @@ class ITHPDeberta(nn.Module):
             raise ValueError(f"num_labels: expected a positive int, got {num_labels!r}")
         self.num_labels = num_labels
         self.pass_attention_mask = pass_attention_mask
+        self.mask_ithp_padding = bool(mask_ithp_padding)
+        self.modality_order = check_modality_order(modality_order, cfg.levels)
         self.dberta = ITHPDebertaBody(backbone, ithp_cls(cfg, **ithp_kwargs), beta_shift, dropout_prob)
         self.dropout = nn.Dropout(backbone.config.hidden_dropout_prob)
         self.classifier = nn.Linear(hidden, num_labels)
@@ -118,29 +156,73 @@ class ITHPDeberta(nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,
-        visual: torch.Tensor,
-        acoustic: torch.Tensor,
+        visual: Optional[torch.Tensor] = None,
+        acoustic: Optional[torch.Tensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
         *,
+        detectors: Union[Mapping[str, torch.Tensor], Sequence[torch.Tensor], None] = None,
+        detector_mask: Optional[torch.Tensor] = None,
         noise: Noise = None,
-    ) -> ITHPDebertaOutput:
-        """``input_ids`` ``[B, T]``; ``visual`` ``[B, T, X2_dim]``; ``acoustic`` ``[B, T, X1_dim]``."""
+    ) -> Union[ITHPDebertaOutput, ITHPDebertaLevelsOutput]:
+        """``input_ids`` ``[B, T]``; ``visual`` ``[B, T, X2_dim]``; ``acoustic`` ``[B, T, X1_dim]``.
+
+        ``visual`` / ``acoustic`` are the detectors of those names, whatever level
+        ``modality_order`` gives them; ``detectors`` passes them all instead, by name (a dict) or in
+        level order (a sequence). ``detector_mask`` ``[B, N]`` (bool, level order): which examples
+        have each detector. ``noise``: one eps per level.
+        """
         check_token_inputs(input_ids, attention_mask)
+        levels = self.level_detectors(visual, acoustic, detectors)
         mask = attention_mask if self.pass_attention_mask else None
         x = self.dberta.model(input_ids, attention_mask=mask).last_hidden_state
-        b1, IB_total, kl0, mse0, kl1, mse1 = self.dberta.ITHP(x, visual, acoustic, noise=noise)
-        pooled = self.dberta.fuse(x, b1)
-        logits = self.classifier(self.dropout(pooled))
-        return ITHPDebertaOutput(logits, IB_total, kl0, mse0, kl1, mse1)
+        token_mask = attention_mask.bool() if self.mask_ithp_padding and attention_mask is not None else None
+        ithp = self.dberta.ITHP
+        if self.modality_order == RELEASED_ORDER and token_mask is None and detector_mask is None:
+            b, IB_total, kl0, mse0, kl1, mse1 = ithp(x, levels[1], levels[0], noise=noise)  # the released call
+            kl_terms, mse_terms = (kl0, kl1), (mse0, mse1)
+        else:
+            b, IB_total, kl_terms, mse_terms = ithp.forward_levels(x, levels, noise=noise, token_mask=token_mask,
+                                                                   detector_mask=detector_mask)
+        logits = self.classifier(self.dropout(self.dberta.fuse(x, b)))
+        if len(kl_terms) == 2:
+            return ITHPDebertaOutput(logits, IB_total, kl_terms[0], mse_terms[0], kl_terms[1], mse_terms[1])
+        return ITHPDebertaLevelsOutput(logits, IB_total, tuple(kl_terms), tuple(mse_terms))
+
+    def level_detectors(self, visual=None, acoustic=None, detectors=None) -> tuple[torch.Tensor, ...]:
+        """The detector tensors in level order, from ``visual`` / ``acoustic`` or ``detectors``."""
+        named = {name: t for name, t in (("visual", visual), ("acoustic", acoustic)) if t is not None}
+        if detectors is not None:
+            if named:
+                raise ValueError(f"detectors: given together with {' and '.join(named)}; pass every detector "
+                                 f"through detectors= (names {list(self.modality_order)})")
+            if not isinstance(detectors, Mapping):
+                return tuple(detectors)
+            named = dict(detectors)
+        if set(named) != set(self.modality_order):
+            raise ValueError(f"detectors: expected one tensor for each of {list(self.modality_order)} "
+                             f"(modality_order), got {sorted(named)}")
+        return tuple(named[name] for name in self.modality_order)
 
     def training_loss(self, output: ITHPDebertaOutput, labels: torch.Tensor) -> torch.Tensor:
         """The spec's loss: ``MSE(logits, labels) + 2 / (p_beta + p_gamma) * IB_total``."""
         cfg = self.ithp.config
         logits = output.logits
         if labels.numel() != logits.numel():
-            raise ValueError(f"labels: expected {logits.numel()} values (one per logit), got shape {tuple(labels.shape)}")
+            raise ValueError(f"labels: expected {logits.numel()} values (one per logit), got shape "
+                             f"{tuple(labels.shape)}")
         task = F.mse_loss(logits.reshape(-1).float(), labels.reshape(-1).float())
-        return task + 2.0 / (cfg.p_beta + cfg.p_gamma) * output.IB_total
+        return task + 2.0 / sum(cfg.detector_weights) * output.IB_total
+
+
+def check_modality_order(order: Sequence[str], levels: int) -> tuple[str, ...]:
+    """``order`` as a tuple of distinct names, one per ITHP level."""
+    if isinstance(order, str) or not isinstance(order, Sequence) or not all(isinstance(n, str) for n in order):
+        raise TypeError(f"modality_order: expected a sequence of detector names, one per level, got {order!r}")
+    order = tuple(order)
+    if len(order) != levels or len(set(order)) != len(order):
+        raise ValueError(f"modality_order: expected {levels} distinct detector names (one per ITHP level), "
+                         f"got {order!r}")
+    return order
 
 
 def load_backbone(backbone, *, dropout: Optional[float] = None) -> nn.Module:

@@ -32,3 +32,42 @@ def make_inputs(cfg: ITHPConfig, lead=(3, 5), dtype=torch.float32, device="cpu",
 def make_noise(cfg: ITHPConfig, lead=(3, 5), dtype=torch.float32, device="cpu", seed=1):
     g = torch.Generator().manual_seed(seed)
     return tuple(torch.randn(*lead, d, generator=g).to(device=device, dtype=dtype) for d in (cfg.B0_dim, cfg.B1_dim))
+
+
+# N-level configs for the tests: small odd widths, one detector and one latent width per level.
+LEVEL_WIDTHS = {
+    1: dict(detector_dims=(7,), bottleneck_dims=(8,), detector_weights=(8.0,)),
+    2: dict(detector_dims=(7, 5), bottleneck_dims=(8, 6), detector_weights=(8.0, 32.0)),
+    3: dict(detector_dims=(7, 5, 3), bottleneck_dims=(8, 6, 5), detector_weights=(8.0, 32.0, 4.0)),
+    4: dict(detector_dims=(7, 5, 3, 9), bottleneck_dims=(8, 6, 5, 4), detector_weights=(8.0, 32.0, 4.0, 2.0),
+            level_weights=(1.0, 0.5, 0.25, 2.0)),
+}
+
+
+def level_config(levels: int, **overrides) -> ITHPConfig:
+    """A small ``levels``-level config (two levels: the same widths as :func:`small_config`)."""
+    base = dict(X0_dim=24, inter_dim=16, drop_prob=0.3, **LEVEL_WIDTHS[levels])
+    base.update(overrides)
+    return ITHPConfig(**base)
+
+
+def make_level_inputs(cfg: ITHPConfig, lead=(3, 5), dtype=torch.float32, device="cpu", seed=0):
+    """``(x, detectors)``: random text features and one detector per level in [0, 1], in level order."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*lead, cfg.X0_dim, generator=g).to(device=device, dtype=dtype)
+    detectors = tuple(torch.rand(*lead, d, generator=g).to(device=device, dtype=dtype) for d in cfg.detector_dims)
+    return x, detectors
+
+
+def make_level_noise(cfg: ITHPConfig, lead=(3, 5), dtype=torch.float32, device="cpu", seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(*lead, d, generator=g).to(device=device, dtype=dtype) for d in cfg.bottleneck_dims)
+
+
+def token_mask(lengths, tokens: int, device="cpu") -> torch.Tensor:
+    """``[len(lengths), tokens]`` bool: the first ``lengths[i]`` tokens of example i are real."""
+    return torch.arange(tokens, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]
+
+
+# Masks of every shape for [3, 5] inputs: none masked, all masked, ragged lengths.
+TOKEN_MASKS = {"none-masked": [5, 5, 5], "all-masked": [0, 0, 0], "ragged": [5, 2, 0]}

@@ -9,6 +9,9 @@ import sys
 
 import torch
 import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
 from ithp_fast.kernels import detector_loss_triton as detector_loss
 from ithp_fast.kernels import encode_chain_triton as encode_chain
 from ithp_fast.kernels import ib_combine_triton as ib_combine
@@ -18,8 +21,6 @@ from ithp_fast.kernels import tcmax_triton as tcmax
 from ithp_fast.kernels import triton_helpers
 from ithp_fast.kernels.encode_chain import PRECISIONS
 from ithp_fast.kernels.rng import LANE
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 
 
 def variants(dt):

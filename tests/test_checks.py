@@ -87,3 +87,70 @@ def test_encode_checks_x(model):
         model.encode(x[..., :10])
     with pytest.raises(TypeError, match="x: expected a floating-point tensor"):
         model.encode(x.long())
+
+
+def test_forward_levels_detector_list(model):
+    cfg = model.config
+    x, v, a = make_inputs(cfg)
+    with pytest.raises(ValueError, match=r"detectors: expected a sequence of 2 tensors, one per level in level "
+                                         r"order, widths detector_dims=\(7, 5\), got 3 tensor\(s\)"):
+        model.forward_levels(x, (a, v, v))
+    with pytest.raises(TypeError, match="detectors: expected a sequence of 2 tensors.* got Tensor"):
+        model.forward_levels(x, a)
+    with pytest.raises(ValueError, match=r"detectors\[1\]: expected last dimension detector_dims\[1\]=5, got shape "
+                                         r"\(3, 5, 7\)"):
+        model.forward_levels(x, (a, a))
+    with pytest.raises(ValueError, match=r"detectors\[0\]: leading dimensions \(3, 4\) differ from x's \(3, 5\)"):
+        model.forward_levels(x, (a[:, :4], v))
+
+
+@pytest.mark.parametrize("call", ["forward", "forward_levels"])
+def test_masks_name_the_argument_and_the_expected_shape(model, call):
+    cfg = model.config
+    x, v, a = make_inputs(cfg)
+
+    def run(**masks):
+        if call == "forward":
+            return model(x, v, a, **masks)
+        return model.forward_levels(x, (a, v), **masks)
+
+    good = torch.ones(3, 5, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"token_mask: expected a bool tensor of shape \(3, 5\) \(x's leading "
+                                         r"dimensions; True = a real token\), got shape \(3, 4\)"):
+        run(token_mask=good[:, :4])
+    with pytest.raises(TypeError, match=r"token_mask: expected a bool tensor of shape \(3, 5\) .* got dtype "
+                                        r"torch.int64 \(use mask.bool\(\) or mask > 0\)"):
+        run(token_mask=good.long())
+    with pytest.raises(ValueError, match=r"detector_mask: expected a bool tensor of shape \(3, 2\) \(\[batch, "
+                                         r"levels\] = x's first dimension by 2 levels; True = present\), got shape "
+                                         r"\(3, 5\)"):
+        run(detector_mask=good)
+    with pytest.raises(TypeError, match=r"detector_mask: .* got dtype torch.float32"):
+        run(detector_mask=torch.ones(3, 2))
+    with pytest.raises(TypeError, match="token_mask: expected a bool tensor .* got list"):
+        run(token_mask=good.tolist())
+    with pytest.raises(ValueError, match="token_mask: is on meta but x is on cpu"):
+        run(token_mask=good.to("meta"))
+
+
+def test_forward_needs_two_levels():
+    from helpers import level_config
+
+    for cls in (ReferenceITHP, ithp_fast.ITHP):
+        model = cls(level_config(3))
+        x, v, a = make_inputs(model.config)
+        with pytest.raises(ValueError, match=r"forward\(x, visual, acoustic\) is the released two-level call, but "
+                                             r"this model has 3 level\(s\); use forward_levels"):
+            model(x, v, a)
+
+
+def test_noise_has_one_eps_per_level():
+    from helpers import level_config, make_level_inputs, make_level_noise
+
+    model = ReferenceITHP(level_config(3))
+    x, detectors = make_level_inputs(model.config)
+    noise = make_level_noise(model.config)
+    with pytest.raises(TypeError, match=r"noise: expected a tuple of 3 tensors \(eps0, eps1, eps2\), got tuple of 2"):
+        model.forward_levels(x, detectors, noise=noise[:2])
+    with pytest.raises(ValueError, match=r"noise\[2\] \(eps2\): expected shape \(3, 5, 5\) \(the shape of mu2\)"):
+        model.forward_levels(x, detectors, noise=(*noise[:2], noise[0]))

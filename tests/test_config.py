@@ -81,3 +81,65 @@ def test_not_a_dict():
 def test_eval_sampling_option():
     with pytest.raises(ValueError, match="eval_sampling: expected one of"):
         ITHP(ITHPConfig(), eval_sampling="median")
+
+
+def test_level_tuples_and_released_fields_describe_the_same_model():
+    cfg = ITHPConfig()
+    assert cfg.levels == 2 and cfg.released
+    assert cfg.detector_dims == (74, 47) and cfg.bottleneck_dims == (128, 64)
+    assert cfg.detector_weights == (8.0, 32.0) and cfg.level_weights == (1.0, 0.3)
+    same = ITHPConfig(detector_dims=(74, 47), bottleneck_dims=(128, 64), detector_weights=(8, 32))
+    assert same == cfg and same.to_dict() == cfg.to_dict()
+    both = ITHPConfig(X1_dim=74, detector_dims=(74, 47), p_lambda=0.3, level_weights=(1, 0.3))
+    assert both == cfg
+
+
+@pytest.mark.parametrize("levels", [1, 3, 4])
+def test_n_levels(levels):
+    dims = tuple(range(3, 3 + levels))
+    cfg = ITHPConfig(detector_dims=dims, bottleneck_dims=dims[::-1], detector_weights=(2.0,) * levels, p_lambda=0.5)
+    assert cfg.levels == levels and not cfg.released
+    assert cfg.level_weights == tuple(0.5 ** k for k in range(levels))  # (1, p_lambda, p_lambda^2, ...)
+    assert cfg.X1_dim == 3 and cfg.B0_dim == dims[-1] and cfg.p_beta == 2.0
+    assert cfg.X2_dim == (4 if levels > 1 else None) and cfg.B1_dim == (dims[-2] if levels > 1 else None)
+    d = cfg.to_dict()
+    assert sorted(d) == sorted(RELEASED_KEYS + ["detector_dims", "bottleneck_dims", "detector_weights",
+                                                "level_weights"])
+    assert ITHPConfig.from_dict(d) == cfg
+    model = ITHP(d)
+    assert model.config == cfg and model.detector_dims == list(dims)
+
+
+def test_two_levels_with_other_level_weights_keep_their_tuples_in_the_dict():
+    cfg = ITHPConfig(level_weights=(2.0, 0.5))
+    assert cfg.p_lambda == 0.5 and not cfg.released
+    assert cfg.to_dict()["level_weights"] == [2.0, 0.5]
+    assert ITHPConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(detector_dims=(7, 5, 3), bottleneck_dims=(8, 6)),
+     "the level tuples must have one entry per level, the same count; detector_dims has 3, bottleneck_dims has 2"),
+    (dict(detector_dims=(7, 0)), r"detector_dims\[1\] must be a positive width, got 0"),
+    (dict(detector_dims=(7, 5), bottleneck_dims=(-2, 6)), r"bottleneck_dims\[0\] must be a positive width, got -2"),
+    (dict(detector_weights=(8.0, -1.0)), r"detector_weights\[1\] must be a non-negative weight, got -1.0"),
+    (dict(level_weights=(1.0, -0.3)), r"level_weights\[1\] must be a non-negative weight, got -0.3"),
+    (dict(p_lambda=-0.3), "p_lambda must be a non-negative weight, got -0.3"),
+    (dict(p_beta=-8.0), "p_beta must be a non-negative weight, got -8.0"),
+    (dict(level_weights=(1.0, float("inf"))), r"level_weights\[1\] must be finite"),
+    (dict(X1_dim=70, detector_dims=(74, 47)), r"X1_dim=70 differs from detector_dims\[0\]=74"),
+    (dict(p_lambda=0.2, level_weights=(1.0, 0.3)), r"p_lambda=0.2 differs from level_weights\[1\]=0.3"),
+    (dict(X2_dim=47, detector_dims=(74,), bottleneck_dims=(128,), detector_weights=(8,)),
+     "X2_dim describes level 2, but detector_dims has 1 level"),
+    (dict(detector_dims=()), "detector_dims must have at least one entry"),
+])
+def test_level_validation_names_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ITHPConfig(**kwargs)
+
+
+def test_level_tuple_types():
+    with pytest.raises(TypeError, match=r"detector_dims\[0\] must be an int, got float"):
+        ITHPConfig(detector_dims=(7.0, 5))
+    with pytest.raises(TypeError, match="detector_dims must be a sequence with one entry per level, got int"):
+        ITHPConfig(detector_dims=7)

@@ -114,3 +114,84 @@ def test_bad_input_ids_and_mask():
         model(ids.float(), v, a)
     with pytest.raises(ValueError, match=r"attention_mask: expected shape \(3, 9\)"):
         model(ids, v, a, torch.ones(3, 8, dtype=torch.long))
+
+
+def fixed_model(ithp_cls=ithp_fast.reference.ITHP, cfg=None, **kwargs):
+    torch.manual_seed(0)
+    return ITHPDeberta(tiny_backbone_config(), cfg or tiny_ithp(), ithp_cls=ithp_cls, **kwargs).eval()
+
+
+@pytest.mark.parametrize("ithp_cls", [ithp_fast.reference.ITHP, ithp_fast.ITHP])
+def test_mask_ithp_padding_passes_the_attention_mask_as_token_mask(ithp_cls):
+    """Off (default): the released behaviour, padding inside ITHP's means; on: ITHP's losses are
+    those of forward_levels with the attention mask as token_mask."""
+    ids, v, a = batch()
+    attention = torch.ones_like(ids)
+    attention[0, 5:] = 0
+    attention[2, 2:] = 0
+    cfg = tiny_ithp()
+    noise = make_noise(cfg, (3, 9))
+    released, masked = fixed_model(ithp_cls), fixed_model(ithp_cls, mask_ithp_padding=True)
+    with torch.no_grad():
+        plain = released(ids, v, a, attention, noise=noise)
+        got = masked(ids, v, a, attention, noise=noise)
+        x = masked.dberta.model(ids, attention_mask=attention).last_hidden_state
+        want = masked.ithp.forward_levels(x, (a, v), noise=noise, token_mask=attention.bool())
+        unmasked = masked.ithp(x, v, a, noise=noise)
+    torch.testing.assert_close(got.IB_total, want[1])
+    torch.testing.assert_close(got.kl_terms, want[2])
+    torch.testing.assert_close(plain.IB_total, unmasked[1])
+    assert not torch.allclose(got.IB_total, plain.IB_total)
+    torch.testing.assert_close(got.logits, plain.logits)  # the head reads token 0 either way
+
+
+def test_modality_order_names_each_levels_detector():
+    """modality_order=("visual", "acoustic"): level 1 predicts visual; forward(ids, visual, acoustic)
+    and detectors= by name or in level order all say the same."""
+    cfg = ITHPConfig(X0_dim=HIDDEN, detector_dims=(5, 7), bottleneck_dims=(8, 6), detector_weights=(8.0, 32.0),
+                     inter_dim=16)
+    model = fixed_model(cfg=cfg, modality_order=("visual", "acoustic"))
+    ids, v, a = batch()
+    noise = make_noise(tiny_ithp(), (3, 9))
+    with torch.no_grad():
+        by_args = model(ids, v, a, noise=noise)
+        by_name = model(ids, detectors={"acoustic": a, "visual": v}, noise=noise)
+        in_order = model(ids, detectors=[v, a], noise=noise)
+        x = model.dberta.model(ids).last_hidden_state
+        want = model.ithp.forward_levels(x, (v, a), noise=noise)
+    for out in (by_name, in_order):
+        for u, w in zip(out, by_args):
+            assert torch.equal(u, w)
+    torch.testing.assert_close(by_args.IB_total, want[1])
+    torch.testing.assert_close((by_args.mse0, by_args.mse1), want[3])
+
+
+@pytest.mark.parametrize("ithp_cls", [ithp_fast.reference.ITHP, ithp_fast.ITHP])
+def test_three_detectors_and_a_detector_mask(ithp_cls):
+    cfg = ITHPConfig(X0_dim=HIDDEN, detector_dims=(7, 5, 4), bottleneck_dims=(8, 6, 3),
+                     detector_weights=(8.0, 32.0, 2.0), inter_dim=16)
+    model = fixed_model(ithp_cls, cfg, modality_order=("acoustic", "visual", "pose"), mask_ithp_padding=True)
+    ids, v, a = batch()
+    pose = torch.rand(3, 9, 4)
+    present = torch.tensor([[True, False, True], [True, True, False], [False, False, False]])
+    out = model(ids, detectors={"acoustic": a, "visual": v, "pose": pose}, detector_mask=present,
+                attention_mask=torch.ones_like(ids))
+    assert isinstance(out, ithp_fast.ITHPDebertaLevelsOutput) and len(out.kl_terms) == len(out.mse_terms) == 3
+    assert model.dberta.expand.in_features == 3  # the last level's width
+    loss = model.training_loss(out, torch.zeros(3))
+    torch.testing.assert_close(loss, ((out.logits.squeeze(1)) ** 2).mean() + 2 / 42 * out.IB_total)
+    loss.backward()
+
+
+def test_detector_arguments_are_checked():
+    model = fixed_model()
+    ids, v, a = batch()
+    with pytest.raises(ValueError, match=r"detectors: expected one tensor for each of \['acoustic', 'visual'\] "
+                                         r"\(modality_order\), got \['visual'\]"):
+        model(ids, v)
+    with pytest.raises(ValueError, match="detectors: given together with visual"):
+        model(ids, v, detectors=[a, v])
+    with pytest.raises(ValueError, match=r"modality_order: expected 2 distinct detector names"):
+        ITHPDeberta(tiny_backbone_config(), tiny_ithp(), modality_order=("visual", "visual"))
+    with pytest.raises(ValueError, match=r"modality_order: expected 2 distinct detector names"):
+        ITHPDeberta(tiny_backbone_config(), tiny_ithp(), modality_order=("visual",))

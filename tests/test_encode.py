@@ -92,6 +92,27 @@ def test_path_choice():
     assert choose_path(fast, rows, torch.float32, torch.device("cpu")) == "reference"
 
 
+@pytest.mark.parametrize("levels", [1, 3])
+def test_other_than_two_levels_take_the_chain(levels):
+    """The fused kernel computes the two-level chain; other models take the chain on every backend."""
+    from helpers import level_config
+
+    fast, ref = pair("cpu", backend="triton", cfg=level_config(levels))
+    assert choose_path(fast, 10, torch.float32, torch.device("cpu")) == "chain"
+    x = torch.randn(3, 5, fast.config.X0_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(fast.encode(x), ref.encode(x))
+
+
+def test_model_encode_takes_precision():
+    """``ITHP.encode(x, precision=...)`` reaches :func:`encode` (checked whatever the path)."""
+    fast, ref = pair("cpu", backend="torch")
+    x = torch.randn(3, 5, fast.config.X0_dim)
+    torch.testing.assert_close(fast.encode(x, precision="ieee"), ref.encode(x))
+    with pytest.raises(ValueError, match="precision: expected one of"):
+        fast.encode(x, precision="half")
+
+
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_gradients_flow_like_the_reference(backend):
     fast, ref = pair("cpu", backend=backend, dtype=torch.float64)

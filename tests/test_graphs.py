@@ -130,3 +130,56 @@ def test_graphed_autograd_matches_eager():
     m(*inputs)[1].backward()
     for a, p in zip(graphed_grads, m.parameters()):
         torch.testing.assert_close(a, p.grad)
+
+
+def test_copy_in_takes_new_mask_values():
+    """Masks are static inputs: new values land in the captured bool buffers."""
+    names = NAMES + ("token_mask", "detector_mask")
+    static = [torch.zeros(2, 3), None, None, None, None, torch.ones(2, 5, dtype=torch.bool),
+              torch.ones(2, 2, dtype=torch.bool)]
+    address = static[5].data_ptr()
+    new_mask = torch.tensor([[True, True, False, False, False], [True] * 5])
+    _copy_in(static, [None] * 5 + [new_mask, None], names)
+    assert static[5].data_ptr() == address and torch.equal(static[5], new_mask) and static[6].all()
+    with pytest.raises(ValueError, match="detector_mask: this graph was captured without it"):
+        _copy_in(static[:6] + [None], [None] * 6 + [torch.ones(2, 2, dtype=torch.bool)], names)
+
+
+def cuda_masks(batch, tokens, seed):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(0, tokens + 1, (batch,), generator=g)
+    token_mask = torch.arange(tokens)[None, :] < lengths[:, None]
+    return token_mask.cuda(), (torch.rand(batch, 2, generator=g) > 0.3).cuda()
+
+
+@cuda
+def test_masked_forward_replay_equals_eager():
+    cfg = small_config(drop_prob=0.0)
+    m = model(cfg, train=False)
+    inputs = make_inputs(cfg, (4, 50), device="cuda")
+    noise = make_noise(cfg, (4, 50), device="cuda")
+    tokens, present = cuda_masks(4, 50, 0)
+    graphed = GraphedForward(m, *inputs, noise=noise, token_mask=tokens, detector_mask=present)
+    new_tokens, new_present = cuda_masks(4, 50, 1)
+    got = [o.clone() for o in graphed(noise=noise, token_mask=new_tokens, detector_mask=new_present)]
+    with torch.no_grad():
+        want = m(*inputs, noise=noise, token_mask=new_tokens, detector_mask=new_present)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+@cuda
+def test_masked_train_step_gradients_match_eager():
+    cfg = small_config(drop_prob=0.0)
+    inputs = make_inputs(cfg, (4, 50), device="cuda")
+    noise = make_noise(cfg, (4, 50), device="cuda")
+    tokens, present = cuda_masks(4, 50, 2)
+    eager = model(cfg)
+    eager(*inputs, noise=noise, token_mask=tokens, detector_mask=present)[1].backward()
+    graphed_model = model(cfg)
+    step = GraphedTrainStep(graphed_model, *inputs, noise=noise, token_mask=torch.ones_like(tokens),
+                            detector_mask=torch.ones_like(present))
+    loss = step(token_mask=tokens, detector_mask=present)
+    torch.testing.assert_close(loss, eager(*inputs, noise=noise, token_mask=tokens, detector_mask=present)[1])
+    for (name, p), q in zip(eager.named_parameters(), graphed_model.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, msg=lambda m: f"{name}: {m}")

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from fused_helpers import FUSED_BACKENDS, skip_triton_on_cpu_without_interpreter  # noqa: F401
+
 from ithp_fast.kernels.ib_combine import combine_weights, ib_combine
 from ithp_fast.reference.ithp import combine_ib
 

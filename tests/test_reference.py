@@ -178,3 +178,90 @@ def test_non_contiguous_inputs():
     got = m(xt, vt, at, noise=nt)
     for p, q in zip(got, want):
         torch.testing.assert_close(p, q)
+
+
+def spec_levels(params, cfg, x, detectors, noise, token_mask=None, detector_mask=None):
+    """The N-level spec from raw weights, every mean over the rows it keeps picked out by indexing
+    (a mean over no row is 0): independent of the reference's masked-mean code."""
+
+    def linear(t, name):
+        return t @ params[f"{name}.weight"].T + params[f"{name}.bias"]
+
+    def two_layer(t, m):
+        return linear(torch.clamp(linear(t, f"{m}.0"), min=0), f"{m}.3")
+
+    def mean_of_kept(per_row, keep):
+        kept = per_row[keep] if keep is not None else per_row.reshape(-1)
+        return kept.sum() / kept.numel() if kept.numel() else per_row.sum() * 0
+
+    lead = x.shape[:-1]
+    b, total, kls, mses = x, 0, [], []
+    for k, (target, eps, width) in enumerate(zip(detectors, noise, cfg.bottleneck_dims)):
+        h = two_layer(b, f"encoder{k + 1}")
+        mu, logvar = h[..., :width], h[..., width:]
+        kl = mean_of_kept(-0.5 * (1 + logvar - mu * mu - torch.exp(logvar)).sum(-1) / width, token_mask)
+        b = mu + eps * torch.exp(logvar / 2)
+        out = 1 / (1 + torch.exp(-two_layer(b, f"MLP{k + 1}")))
+        keep = token_mask
+        if detector_mask is not None:
+            present = detector_mask[:, k].reshape(-1, *([1] * (len(lead) - 1))).expand(lead)
+            keep = present if keep is None else keep & present
+        mse = mean_of_kept(((out - target) ** 2).sum(-1) / target.shape[-1], keep)
+        total = total + cfg.level_weights[k] * (kl + cfg.detector_weights[k] * mse)
+        kls.append(kl)
+        mses.append(mse)
+    return b, total, kls, mses
+
+
+@pytest.mark.parametrize("levels", [1, 2, 3, 4])
+@pytest.mark.parametrize("masks", ["none", "token", "detector", "both"])
+def test_levels_match_the_hand_written_spec(levels, masks):
+    from helpers import TOKEN_MASKS, level_config, make_level_inputs, make_level_noise, token_mask
+
+    cfg = level_config(levels, drop_prob=0.0)
+    torch.manual_seed(0)
+    m = ITHP(cfg).double()
+    x, detectors = make_level_inputs(cfg, dtype=torch.float64)
+    noise = make_level_noise(cfg, dtype=torch.float64)
+    tokens = token_mask(TOKEN_MASKS["ragged"], 5) if masks in ("token", "both") else None
+    present = torch.tensor([[True, False, True, True], [False, False, True, False], [True, False, False, True]])
+    present = present[:, :levels] if masks in ("detector", "both") else None
+    got = m.forward_levels(x, detectors, noise=noise, token_mask=tokens, detector_mask=present)
+    want = spec_levels(dict(m.named_parameters()), cfg, x, detectors, noise, tokens, present)
+    torch.testing.assert_close(got[0], want[0].detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got[1], want[1].detach(), rtol=1e-12, atol=1e-12)
+    for k in range(levels):
+        torch.testing.assert_close(got[2][k], want[2][k].detach(), rtol=1e-12, atol=1e-12, msg=f"kl{k}")
+        torch.testing.assert_close(got[3][k], want[3][k].detach(), rtol=1e-12, atol=1e-12, msg=f"mse{k}")
+
+
+def test_released_config_forward_is_forward_levels_bit_for_bit():
+    cfg = small_config()
+    torch.manual_seed(0)
+    m = ITHP(cfg).eval()
+    x, v, a = make_inputs(cfg)
+    noise = make_noise(cfg)
+    b1, ib, kl0, mse0, kl1, mse1 = m(x, v, a, noise=noise)
+    b, ib2, kls, mses = m.forward_levels(x, (a, v), noise=noise)
+    for got, want in zip((b1, ib, kl0, kl1, mse0, mse1), (b, ib2, *kls, *mses)):
+        assert torch.equal(got, want)
+    assert cfg.level_weights == (1.0, cfg.p_lambda) and cfg.detector_weights == (cfg.p_beta, cfg.p_gamma)
+
+
+def test_masked_rows_get_no_gradient_from_the_losses():
+    from helpers import level_config, make_level_inputs, token_mask
+
+    cfg = level_config(3)
+    m = ITHP(cfg)
+    x, detectors = make_level_inputs(cfg)
+    x.requires_grad_(True)
+    detectors = [d.requires_grad_(True) for d in detectors]
+    tokens = token_mask([5, 2, 0], 5)
+    present = torch.tensor([[True, False, True], [True, False, True], [False, False, True]])
+    _, ib, kls, mses = m.forward_levels(x, detectors, token_mask=tokens, detector_mask=present)
+    assert mses[1] == 0 and torch.isfinite(ib)  # no example has detector 2: that level's MSE adds 0
+    ib.backward()
+    assert (x.grad[~tokens] == 0).all() and x.grad[tokens].abs().sum() > 0
+    for k, d in enumerate(detectors):
+        keep = tokens & present[:, k, None]
+        assert (d.grad[~keep] == 0).all() and (keep.any() == bool(d.grad.abs().sum() > 0))

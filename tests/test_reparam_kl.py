@@ -158,3 +158,83 @@ def test_bad_inputs(device):
         reparam_kl_forward(torch.ones(4, 6, device=device), seed, Stream.EPS0, eps=torch.ones(4, 2, device=device))
     with pytest.raises(TypeError, match="seed"):
         reparam_kl_forward(torch.ones(4, 6, device=device), None, Stream.EPS0)
+
+
+ROW_MASKS = {  # rows of a [12, width] h: none masked, all masked, ragged
+    "none-masked": [True] * 12,
+    "all-masked": [False] * 12,
+    "ragged": [True, True, False, True, False, False, True, False, True, True, False, False],
+}
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("mask", list(ROW_MASKS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_row_weights_are_the_masked_mean(device, backend, mask, dtype):
+    """``row_weight = mean_weights(rows)``: the KL is the reference's mean over the kept rows (0 over
+    none), values and gradients; a masked row's h gets no gradient from the KL."""
+    from ithp_fast.kernels import mean_weights
+
+    rows = torch.tensor(ROW_MASKS[mask], device=device)
+    h = make_h(12, 35, device, dtype).requires_grad_(True)
+    h_ref = h.detach().float().requires_grad_(True)
+    eps = torch.randn(12, 35, device=device)
+    b, kl = op(backend, "reparam_kl")(h, op_seed(backend, device), Stream.EPS0, eps=eps,
+                                      row_weight=mean_weights(rows))
+    mu, logvar = h_ref.chunk(2, dim=-1)
+    b_ref, kl_ref = reparameterize(mu, logvar, eps), kl_to_standard_normal(mu, logvar, rows)
+    assert kl.dtype == torch.float32 and torch.isfinite(kl)
+    torch.testing.assert_close(kl, kl_ref, rtol=1e-5, atol=1e-6)
+    assert_close_dtype(b, b_ref, dtype)
+    grad_b = torch.randn(12, 35, device=device)
+    torch.autograd.backward([b, kl], [grad_b.to(dtype), torch.tensor(1.7, device=device)])
+    torch.autograd.backward([b_ref, kl_ref], [grad_b, torch.tensor(1.7, device=device)])
+    assert_close_dtype(h.grad, h_ref.grad, dtype)
+    h.grad = None
+    op(backend, "reparam_kl")(h, op_seed(backend, device), Stream.EPS0, eps=eps, row_weight=mean_weights(rows))[1] \
+        .backward()
+    assert (h.grad[~rows] == 0).all()
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_masked_rows_values_do_not_reach_the_kl(device, backend):
+    """Whatever a masked row holds (inf, NaN), the KL is that of the other rows."""
+    from ithp_fast.kernels import mean_weights
+
+    rows = torch.tensor(ROW_MASKS["ragged"], device=device)
+    h = make_h(12, 35, device)
+    kl_clean = op(backend, "reparam_kl")(h, op_seed(backend, device), Stream.EPS0, sample=False,
+                                         row_weight=mean_weights(rows))[1]
+    h[~rows] = torch.tensor([float("inf"), float("nan")], device=device).repeat(35)
+    kl = op(backend, "reparam_kl")(h, op_seed(backend, device), Stream.EPS0, sample=False,
+                                   row_weight=mean_weights(rows))[1]
+    torch.testing.assert_close(kl, kl_clean)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_float64_computes_in_float64(device, backend):
+    """A float64 h: the torch backend's KL, b and gradient agree with the float64 reference to ~1e-12
+    (the Triton kernels accumulate in float32: the model sends float64 to the torch backend)."""
+    if backend == "triton":
+        pytest.skip("float64 runs the torch backend's ops (ithp_fast.ITHP sends it there)")
+    h = make_h(50, 47, device, torch.float64).requires_grad_(True)
+    h_ref = h.detach().clone().requires_grad_(True)
+    eps = torch.randn(50, 47, device=device, dtype=torch.float64)
+    b, kl = op(backend, "reparam_kl")(h, op_seed(backend, device), Stream.EPS0, eps=eps)
+    b_ref, kl_ref = reference(h_ref, eps)
+    assert kl.dtype == torch.float64
+    torch.testing.assert_close(kl, kl_ref, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(b, b_ref, rtol=1e-12, atol=1e-13)
+    (b.sum() + 3 * kl).backward()
+    (b_ref.sum() + 3 * kl_ref).backward()
+    torch.testing.assert_close(h.grad, h_ref.grad, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_no_rows_gives_nan_like_the_reference(device, backend):
+    """An empty h: torch's mean over nothing is NaN; the fused op says the same (no ZeroDivisionError)."""
+    h = make_h(0, 35, device).requires_grad_(True)
+    b, kl = op(backend, "reparam_kl")(h, op_seed(backend, device), Stream.EPS0)
+    assert b.shape == (0, 35) and torch.isnan(kl) and torch.isnan(reference(h, torch.zeros(0, 35))[1])
+    (b.sum() + kl).backward()
+    assert h.grad.shape == (0, 70)

@@ -66,3 +66,19 @@ def test_triton_training_step_32x50_cuda():
     ref_total, _ = saved_bytes(ref, batch)
     fast_total, _ = saved_bytes(fast, batch)
     assert ref_total >= MIN_RATIO["cuda"] * fast_total, (ref_total, fast_total)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_masks_keep_only_a_weight_per_row(device, backend):
+    """With a token mask and a detector mask the fast path keeps one weight per row per mean more
+    (nothing per element), so it stays as far below the reference as without masks."""
+    cfg, ref, fast = models(device, backend)
+    x, visual, acoustic = inputs(cfg, 2, device)
+    masks = dict(token_mask=torch.tensor([[True] * 50, [True] * 20 + [False] * 30], device=device),
+                 detector_mask=torch.tensor([[True, False], [True, True]], device=device))
+    _, ref_acts = saved_bytes(ref, (x, visual, acoustic))
+    _, fast_acts = saved_bytes(fast, (x, visual, acoustic))
+    _, masked_acts = saved_for_backward(lambda: fast(x, visual, acoustic, **masks), list(fast.parameters()))
+    rows, means = 2 * 50, 1 + cfg.levels  # the token mask's weights, and one per level's MSE
+    assert fast_acts < masked_acts <= fast_acts + 4 * rows * means, (fast_acts, masked_acts)
+    assert ref_acts >= MIN_RATIO[torch.device(device).type] * masked_acts, (ref_acts, masked_acts)

@@ -9,7 +9,9 @@ still reproduces a sequence of replays), and the backward inside the graph regen
 the noise of its forward.
 
 Use them when the shapes are fixed (pad batches to one size) and the model runs on CUDA with the
-``triton`` backend:
+``triton`` backend. A ``token_mask`` / ``detector_mask`` given at capture (see
+:meth:`ithp_fast.ITHP.forward_levels`) is a static input like the others: every call may pass new
+mask values (same shape), which the graph reads in place.
 
 * :class:`GraphedTrainStep` -- forward + loss + backward (+ ``optimizer.step()`` if given) in one
   graph: the fastest training step; gradients land in ``p.grad`` (overwritten, not accumulated,
@@ -62,26 +64,28 @@ def _copy_in(static: Sequence[Optional[torch.Tensor]], new: Sequence[Optional[to
 
 
 class _Captured:
-    """Static inputs ``(x, visual, acoustic, eps0, eps1)`` and a graph that reads them."""
+    """Static inputs ``(x, visual, acoustic, eps0, eps1, token_mask, detector_mask)`` and a graph that reads them."""
 
-    _names = ("x", "visual", "acoustic", "noise[0]", "noise[1]")
+    _names = ("x", "visual", "acoustic", "noise[0]", "noise[1]", "token_mask", "detector_mask")
 
-    def __init__(self, model, x, visual, acoustic, noise) -> None:
+    def __init__(self, model, x, visual, acoustic, noise, token_mask=None, detector_mask=None) -> None:
         _check_cuda(model, (x, visual, acoustic))
         if noise is not None and len(noise) != 2:
             raise TypeError("noise: expected a tuple (eps0, eps1)")
         eps = tuple(noise) if noise is not None else (None, None)
         self.model = model
-        self.static = [_static(t) for t in (x, visual, acoustic, *eps)]
+        self.static = [_static(t) for t in (x, visual, acoustic, *eps, token_mask, detector_mask)]
         self.graph: Optional[torch.cuda.CUDAGraph] = None
 
-    def inputs(self):
-        x, visual, acoustic, eps0, eps1 = self.static
-        return (x, visual, acoustic), (None if eps0 is None else (eps0, eps1))
+    def inputs(self) -> tuple[tuple, dict]:
+        """``(x, visual, acoustic)`` and the keyword arguments of the model call, all static buffers."""
+        x, visual, acoustic, eps0, eps1, token_mask, detector_mask = self.static
+        noise = None if eps0 is None else (eps0, eps1)
+        return (x, visual, acoustic), dict(noise=noise, token_mask=token_mask, detector_mask=detector_mask)
 
-    def replay(self, x, visual, acoustic, noise) -> None:
+    def replay(self, x, visual, acoustic, noise, token_mask=None, detector_mask=None) -> None:
         eps = tuple(noise) if noise is not None else (None, None)
-        _copy_in(self.static, (x, visual, acoustic, *eps), self._names)
+        _copy_in(self.static, (x, visual, acoustic, *eps, token_mask, detector_mask), self._names)
         self.graph.replay()
 
 
@@ -115,21 +119,24 @@ class GraphedForward:
         model: an ``ithp_fast.ITHP`` on CUDA (its train/eval mode at capture time is baked in).
         x, visual, acoustic: example inputs fixing the shapes and dtypes.
         noise: optional example ``(eps0, eps1)``; if given, every call must pass noise too.
+        token_mask, detector_mask: optional example masks (static inputs; see the module docstring).
         warmup: eager iterations before the capture.
 
-    Call: ``graphed(x, visual, acoustic, noise=None)`` (any argument left out keeps the static
-    buffer's content) -> the six static outputs ``(b1, IB_total, kl0, mse0, kl1, mse1)``.
+    Call: ``graphed(x, visual, acoustic, noise=None, token_mask=None, detector_mask=None)`` (any
+    argument left out keeps the static buffer's content) -> the six static outputs
+    ``(b1, IB_total, kl0, mse0, kl1, mse1)``.
     """
 
     def __init__(self, model: torch.nn.Module, x: torch.Tensor, visual: torch.Tensor, acoustic: torch.Tensor, *,
-                 noise: Optional[Sequence[torch.Tensor]] = None, warmup: int = 3) -> None:
-        self._captured = _Captured(model, x, visual, acoustic, noise)
-        args, eps = self._captured.inputs()
+                 noise: Optional[Sequence[torch.Tensor]] = None, token_mask: Optional[torch.Tensor] = None,
+                 detector_mask: Optional[torch.Tensor] = None, warmup: int = 3) -> None:
+        self._captured = _Captured(model, x, visual, acoustic, noise, token_mask, detector_mask)
+        args, kwargs = self._captured.inputs()
         with torch.no_grad():
-            self._captured.graph, self.outputs = capture_graph(lambda: model(*args, noise=eps), warmup=warmup)
+            self._captured.graph, self.outputs = capture_graph(lambda: model(*args, **kwargs), warmup=warmup)
 
-    def __call__(self, x=None, visual=None, acoustic=None, *, noise=None):
-        self._captured.replay(x, visual, acoustic, noise)
+    def __call__(self, x=None, visual=None, acoustic=None, *, noise=None, token_mask=None, detector_mask=None):
+        self._captured.replay(x, visual, acoustic, noise, token_mask, detector_mask)
         return self.outputs
 
 
@@ -145,26 +152,29 @@ class GraphedTrainStep:
         model: an ``ithp_fast.ITHP`` on CUDA, in the mode to train in (``model.train()``).
         x, visual, acoustic: example inputs fixing the shapes and dtypes.
         noise: optional example ``(eps0, eps1)`` (then every call passes noise).
+        token_mask, detector_mask: optional example masks (static inputs; see the module docstring).
         loss_fn: ``outputs -> scalar`` (default: ``IB_total``).
         optimizer: stepped inside the graph if given; create it with ``capturable=True``
             (Adam / AdamW) so its state stays on the GPU.
         warmup: eager steps before the capture (they update the weights if an optimizer is given).
 
-    Call: ``step(x, visual, acoustic, noise=None)`` (arguments left out keep the static inputs)
+    Call: ``step(x, visual, acoustic, noise=None, token_mask=None, detector_mask=None)`` (arguments
+    left out keep the static inputs)
     -> the static loss tensor; ``step.outputs`` holds the six static model outputs. After each
     call every parameter's ``.grad`` holds that step's gradient.
     """
 
     def __init__(self, model: torch.nn.Module, x: torch.Tensor, visual: torch.Tensor, acoustic: torch.Tensor, *,
-                 noise: Optional[Sequence[torch.Tensor]] = None,
+                 noise: Optional[Sequence[torch.Tensor]] = None, token_mask: Optional[torch.Tensor] = None,
+                 detector_mask: Optional[torch.Tensor] = None,
                  loss_fn: Callable[[tuple], torch.Tensor] = ib_total,
                  optimizer: Optional[torch.optim.Optimizer] = None, warmup: int = 3) -> None:
-        self._captured = _Captured(model, x, visual, acoustic, noise)
+        self._captured = _Captured(model, x, visual, acoustic, noise, token_mask, detector_mask)
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
-        args, eps = self._captured.inputs()
+        args, kwargs = self._captured.inputs()
 
         def step():
-            outputs = model(*args, noise=eps)
+            outputs = model(*args, **kwargs)
             loss = loss_fn(outputs)
             loss.backward()
             if optimizer is not None:
@@ -183,8 +193,9 @@ class GraphedTrainStep:
             self.optimizer.zero_grad(set_to_none=True)
         self.model.zero_grad(set_to_none=True)
 
-    def __call__(self, x=None, visual=None, acoustic=None, *, noise=None) -> torch.Tensor:
-        self._captured.replay(x, visual, acoustic, noise)
+    def __call__(self, x=None, visual=None, acoustic=None, *, noise=None, token_mask=None,
+                 detector_mask=None) -> torch.Tensor:
+        self._captured.replay(x, visual, acoustic, noise, token_mask, detector_mask)
         return self.loss
 
 
