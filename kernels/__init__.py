@@ -37,6 +37,11 @@ def tracked(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def float32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 (no copy when it already is)."""
+    return t if t.dtype == torch.float32 else t.float()
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """What the torch backend computes a ``dtype`` input in: float64 stays float64, the rest float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32

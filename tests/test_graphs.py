@@ -183,3 +183,25 @@ def test_masked_train_step_gradients_match_eager():
     torch.testing.assert_close(loss, eager(*inputs, noise=noise, token_mask=tokens, detector_mask=present)[1])
     for (name, p), q in zip(eager.named_parameters(), graphed_model.parameters()):
         torch.testing.assert_close(q.grad, p.grad, msg=lambda m: f"{name}: {m}")
+
+
+def test_replay_copies_new_masks_in_before_launching():
+    """``_Captured.replay`` on the CPU (a stand-in graph): the masks travel with the other inputs."""
+    from ithp_fast.serving.graphs import _Captured
+
+    class Graph:
+        replays = 0
+
+        def replay(self):
+            Graph.replays += 1
+
+    captured = _Captured.__new__(_Captured)
+    captured.graph = Graph()
+    captured.static = [torch.zeros(2, 3), torch.zeros(2, 1), torch.zeros(2, 4), None, None,
+                       torch.ones(2, 5, dtype=torch.bool), torch.ones(2, 2, dtype=torch.bool)]
+    tokens = torch.tensor([[True] * 5, [True, False, False, False, False]])
+    present = torch.tensor([[True, False], [False, True]])
+    captured.replay(None, None, None, None, tokens, present)
+    assert Graph.replays == 1 and torch.equal(captured.static[5], tokens) and torch.equal(captured.static[6], present)
+    args, kwargs = captured.inputs()
+    assert kwargs["token_mask"] is captured.static[5] and kwargs["detector_mask"] is captured.static[6]
