@@ -186,3 +186,15 @@ def test_groups_and_streams_draw_different_words(start):
         assert int((lanes[:, 0] == lanes[:, k]).sum()) <= 2
     other = uniform_stream(seed, Stream.MLP2_HIDDEN, 16 * GROUP, start=start).view(16, GROUP).cpu()
     assert int((groups == other).sum()) <= 4
+
+
+def test_level_streams_keep_the_released_levels_and_never_alias():
+    from ithp_fast.kernels.rng import level_streams
+
+    assert tuple(level_streams(0)) == (Stream.ENCODER1_HIDDEN, Stream.EPS0, Stream.MLP1_HIDDEN, Stream.MLP1_OUTPUT)
+    assert tuple(level_streams(1)) == (Stream.ENCODER2_HIDDEN, Stream.EPS1, Stream.MLP2_HIDDEN, Stream.MLP2_OUTPUT)
+    assert tuple(level_streams(2)) == (9, 10, 11, 12)
+    every = [s for level in range(64) for s in level_streams(level)]
+    assert len(set(every)) == len(every) and min(every) == 1
+    with pytest.raises(ValueError, match="level: expected a non-negative level index"):
+        level_streams(-1)
