@@ -16,7 +16,9 @@ stays out of ITHP's losses); ``detector_mask`` marks missing detectors per examp
 
 Submodule names follow the authors' model (``dberta.model``, ``dberta.ITHP``,
 ``dberta.expand``, ``dberta.LayerNorm``, ``dberta.pooler.dense``, ``classifier``) so that their
-checkpoints map onto this one key for key.
+checkpoints map onto this one key for key: ``expand`` is ``Sequential(Linear(B1_dim, hidden))``
+as theirs (keys ``dberta.expand.0.weight`` / ``.bias``). Checkpoints written before this
+layout (``dberta.expand.weight`` / ``.bias``) still load: a load hook renames the two keys.
 """
 
 from __future__ import annotations
@@ -77,6 +79,15 @@ class Pooler(nn.Module):
         return torch.tanh(self.dense(hidden_states[:, 0]))
 
 
+def _rename_single_linear_expand(module, state_dict, prefix, *_) -> None:
+    """Before loading: ``expand.weight`` / ``expand.bias`` (this project's first layout, a bare
+    Linear) become ``expand.0.weight`` / ``expand.0.bias`` (the authors' ``Sequential``)."""
+    for name in ("weight", "bias"):
+        old, new = f"{prefix}expand.{name}", f"{prefix}expand.0.{name}"
+        if old in state_dict and new not in state_dict:
+            state_dict[new] = state_dict.pop(old)
+
+
 class ITHPDebertaBody(nn.Module):
     """Backbone + ITHP + fusion + pooler (the authors' ``ITHP_DebertaModel``)."""
 
@@ -85,11 +96,12 @@ class ITHPDebertaBody(nn.Module):
         hidden = backbone.config.hidden_size
         self.model = backbone
         self.ITHP = ithp
-        self.expand = nn.Linear(ithp.config.bottleneck_dims[-1], hidden)
+        self.expand = nn.Sequential(nn.Linear(ithp.config.bottleneck_dims[-1], hidden))
         self.LayerNorm = nn.LayerNorm(hidden)
         self.dropout = nn.Dropout(dropout_prob)
         self.pooler = Pooler(hidden)
         self.beta_shift = beta_shift
+        self.register_load_state_dict_pre_hook(_rename_single_linear_expand)
 
     def fuse(self, x: torch.Tensor, b1: torch.Tensor) -> torch.Tensor:
         """``tanh(dense(dropout(LayerNorm(x + beta_shift * expand(b1)))[:, 0]))``."""

@@ -50,7 +50,7 @@ def test_forward_backward_and_the_spec_loss(ithp_cls):
 
 def test_state_dict_names_follow_the_authors_model():
     keys = list(ITHPDeberta(tiny_backbone_config(), tiny_ithp()).state_dict())
-    for k in ["dberta.ITHP.encoder1.0.weight", "dberta.expand.weight", "dberta.LayerNorm.weight",
+    for k in ["dberta.ITHP.encoder1.0.weight", "dberta.expand.0.weight", "dberta.LayerNorm.weight",
               "dberta.pooler.dense.weight", "classifier.weight", "dberta.model.embeddings.word_embeddings.weight"]:
         assert k in keys, k
 
