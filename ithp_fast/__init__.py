@@ -30,6 +30,7 @@ _PUBLIC = {
     "train": ".training.api",
     "evaluate": ".training.api",
     "TrainConfig": ".training.config",
+    "export": ".serving.export",
 }
 
 __all__ = list(_PUBLIC)
@@ -58,3 +59,4 @@ if TYPE_CHECKING:  # what static tools and IDEs see
     from .training.api import evaluate, train
     from .training.config import TrainConfig
     from .training.load import load_checkpoint
+    from .serving.export import export

@@ -9,7 +9,7 @@ with the attention mask a static input of every graph.
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -60,19 +60,29 @@ def _prebuilt_relative_positions(backbone: nn.Module, tokens: int, device: torch
     return encoder.get_rel_pos(torch.zeros(1, tokens, hidden, device=device))
 
 
-def _logits(model, input_ids, attention_mask, noise, precision, relative_pos):
-    ithp = model.ithp
+def first_token_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
+                       encode_first: Callable[[torch.Tensor], torch.Tensor],
+                       relative_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The logits of ``model`` with ``b1 = encode_first(x[:, :1])`` for the first token's states
+    ``x[:, :1]`` (``[B, 1, H]``): what the serving wrappers run and what the export traces."""
     body = model.dberta
     # The backbone gets a mask tensor always: without one it checks the ids for padding on the
     # host (a device sync, impossible inside a CUDA graph); all ones is what it would assume.
     if attention_mask is None or not model.pass_attention_mask:
         attention_mask = torch.ones_like(input_ids)
-    x = _backbone_states(body.model, input_ids, attention_mask, relative_pos)
-    first = x[:, :1]
+    first = _backbone_states(body.model, input_ids, attention_mask, relative_pos)[:, :1]
+    return model.classifier(model.dropout(body.fuse(first, encode_first(first))))
+
+
+def _logits(model, input_ids, attention_mask, noise, precision, relative_pos):
+    ithp = model.ithp
     sample = ithp.samples
     noise = tuple(eps[:, :1] for eps in noise) if noise is not None and sample else None
-    b1 = encode(ithp, first, sample=sample, noise=noise, precision=precision)
-    return model.classifier(model.dropout(body.fuse(first, b1)))
+
+    def encode_first(first: torch.Tensor) -> torch.Tensor:
+        return encode(ithp, first, sample=sample, noise=noise, precision=precision)
+
+    return first_token_logits(model, input_ids, attention_mask, encode_first, relative_pos)
 
 
 class ServingDeberta:

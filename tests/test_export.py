@@ -1,0 +1,132 @@
+"""``ithp_fast.export``: ONNX files and AOTInductor packages that answer as the eager model does."""
+
+import os
+
+import pytest
+import torch
+
+import ithp_fast
+from ithp_fast.encode import encode
+from ithp_fast.serving.deberta import deberta_logits
+from test_inference import ithp, requests, tiny_deberta
+
+onnxruntime = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+TOL = dict(rtol=1e-4, atol=1e-4)  # float32, as the export promises
+TOKENS = 7
+
+
+def onnx_run(path, **feeds):
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {k: v.numpy() for k, v in feeds.items()})[0])
+
+
+def aoti_run(path, *inputs):
+    return torch._inductor.aoti_load_package(path)(*inputs)
+
+
+def features(b, d, seed=0):
+    return torch.randn(b, TOKENS, d, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_encoder_onnx_equals_eager(tmp_path, backend):
+    model = ithp(backend=backend)  # the Triton backend exports its plain-PyTorch formula
+    paths = ithp_fast.export(model, tmp_path / "b1.onnx", format="onnx", tokens=TOKENS)
+    assert paths[0] == str(tmp_path / "b1.onnx") and all(os.path.isfile(p) for p in paths)
+    for b in (1, 3):
+        x = features(b, model.config.X0_dim, seed=b)
+        with torch.no_grad():
+            torch.testing.assert_close(onnx_run(paths[0], x=x), encode(model, x), **TOL)
+
+
+def test_encoder_aoti_equals_eager(tmp_path):
+    model = ithp()
+    (path,) = ithp_fast.export(model, tmp_path / "b1.pt2", format="aoti", tokens=TOKENS)
+    runner = torch._inductor.aoti_load_package(path)
+    for b in (1, 3):
+        x = features(b, model.config.X0_dim, seed=b)
+        with torch.no_grad():
+            torch.testing.assert_close(runner(x), encode(model, x), **TOL)
+
+
+@pytest.mark.parametrize("eval_sampling", ["mean", "sample"])  # exported: the posterior mean either way
+def test_deberta_onnx_equals_eager(tmp_path, eval_sampling):
+    model = tiny_deberta(eval_sampling=eval_sampling)
+    (path, data) = ithp_fast.export(model, tmp_path / "model.onnx", format="onnx", tokens=TOKENS)
+    assert data == str(tmp_path / "model.onnx.data")
+    mean_model = tiny_deberta(eval_sampling="mean")
+    for b in (1, 3):
+        ids, mask = requests(b, TOKENS, seed=b, pad_from=4)
+        with torch.no_grad():
+            want = deberta_logits(mean_model, ids, mask)
+        torch.testing.assert_close(onnx_run(path, input_ids=ids, attention_mask=mask), want, **TOL)
+
+
+def test_deberta_aoti_equals_eager(tmp_path):
+    model = tiny_deberta(eval_sampling="mean")
+    (path,) = ithp_fast.export(model, tmp_path / "model.pt2", format="aoti", tokens=TOKENS)
+    runner = torch._inductor.aoti_load_package(path)
+    for b in (1, 3):
+        ids, mask = requests(b, TOKENS, seed=b, pad_from=4)
+        with torch.no_grad():
+            torch.testing.assert_close(runner(ids, mask), deberta_logits(model, ids, mask), **TOL)
+
+
+def test_fixed_batch(tmp_path):
+    model = ithp()
+    (path, _) = ithp_fast.export(model, tmp_path / "b1.onnx", format="onnx", tokens=TOKENS, batch=2)
+    x = features(2, model.config.X0_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(onnx_run(path, x=x), encode(model, x), **TOL)
+    with pytest.raises(Exception, match="(?i)dimension|shape"):
+        onnx_run(path, x=features(3, model.config.X0_dim))
+
+
+def test_the_model_keeps_its_mode(tmp_path):
+    model = ithp().train()
+    ithp_fast.export(model, tmp_path / "b1.onnx", format="onnx", tokens=TOKENS)
+    assert model.training
+
+
+def test_export_traces_with_is_compiling_true():
+    """What ``ithp_fast.ITHP.forward`` relies on to trace the reference formula under export."""
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append(torch.compiler.is_compiling())
+            return x + 1
+
+    torch.export.export(Probe(), (torch.ones(2),))
+    assert seen and all(seen)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(format="tflite"), ValueError, r"format: expected one of \('onnx', 'aoti'\), got 'tflite'"),
+    (dict(format="aoti"), ValueError, r"output: an AOTInductor package's name must end in \.pt2"),
+    (dict(format="onnx", tokens=0), ValueError, "tokens: expected a positive int, got 0"),
+    (dict(format="onnx", batch=-1), ValueError, "batch: expected a positive int, got -1"),
+])
+def test_bad_arguments_are_named_and_nothing_is_written(tmp_path, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        ithp_fast.export(ithp(), tmp_path / "b1.onnx", **kwargs)
+    assert os.listdir(tmp_path) == []
+
+
+def test_missing_output_directory_and_wrong_model(tmp_path):
+    with pytest.raises(FileNotFoundError, match="output: the directory .*missing does not exist"):
+        ithp_fast.export(ithp(), tmp_path / "missing" / "b1.onnx", format="onnx")
+    with pytest.raises(TypeError, match="model: expected an ithp_fast.ITHPDeberta or an ITHP, got Linear"):
+        ithp_fast.export(torch.nn.Linear(2, 2), tmp_path / "b1.onnx", format="onnx")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_failed_check_leaves_nothing(tmp_path, monkeypatch):
+    from ithp_fast.serving import export as export_module
+
+    monkeypatch.setattr(export_module, "CHECK_TOLERANCE", {torch.float32: -1.0})
+    with pytest.raises(RuntimeError, match="differs from the model .* nothing was written"):
+        ithp_fast.export(ithp(), tmp_path / "b1.onnx", format="onnx", tokens=TOKENS)
+    assert os.listdir(tmp_path) == []
