@@ -28,14 +28,46 @@ def ithp(device="cpu", backend=None, cfg=None, dtype=torch.float32):
 # --- ServingEncoder -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("lead", [(), (1,), (2, 3), (3, 2, 2)])
-def test_cpu_default_calls_encode_directly(lead):
+@pytest.mark.parametrize("lead", [(), (1,), (2, 3), (3, 2, 2), (0, 4)])
+def test_cpu_default_runs_the_prepacked_onednn_chain(lead):
     model = ithp()
     server = ServingEncoder(model)
-    assert server.bucket_rows == ()
+    assert server.bucket_rows == () and server.path == "onednn"
     x = torch.randn(*lead, model.config.X0_dim)
     with torch.no_grad():
-        torch.testing.assert_close(server(x), encode(model, x), rtol=0, atol=0)
+        got = server(x)
+        assert got.shape == lead + (model.config.B1_dim,)
+        torch.testing.assert_close(got, encode(model, x), **TOLERANCES[torch.float32])
+
+
+def test_cpu_default_without_the_prepacked_chain_calls_encode():
+    model = ithp()
+    for server in (ServingEncoder(model, sample=True), ServingEncoder(ithp(dtype=torch.bfloat16))):
+        assert server.path == "encode"
+    x = torch.randn(2, 3, model.config.X0_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(ServingEncoder(ithp(dtype=torch.float64)).__call__(x.double()),
+                                   encode(ithp(dtype=torch.float64), x.double()), rtol=0, atol=0)
+
+
+def test_prepacked_chain_sees_weight_updates_and_keeps_non_finite_values():
+    model = ithp()
+    server = ServingEncoder(model)
+    x = torch.randn(5, model.config.X0_dim)
+    server(x)  # packs
+    torch.manual_seed(9)
+    other = ithp_fast.ITHP(model.config).eval()
+    model.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(server(x), encode(other, x), **TOLERANCES[torch.float32])
+        model.encoder2[0].weight.mul_(2)  # an in-place update
+        torch.testing.assert_close(server(x), encode(model, x), **TOLERANCES[torch.float32])
+    x[1, 3], x[3, 0] = float("nan"), float("inf")
+    with torch.no_grad():
+        want = encode(model, x)
+        got = server(x)
+    torch.testing.assert_close(got.isnan(), want.isnan())
+    assert got[1].isnan().all() and got[3].isnan().all()
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -271,3 +303,38 @@ def test_cuda_served_deberta_samples_fresh_per_replay():
     server = ServingDeberta(model, batch_sizes=(4,), tokens=50)
     ids, mask = (t.cuda() for t in requests(4, 50))
     assert not torch.equal(server(ids, mask), server(ids, mask))
+
+
+# --- Many threads: every caller gets its own answer ------------------------------------------
+
+
+def answers_from_threads(serve, requests_, threads=4, rounds=5):
+    """``serve(*r)`` for every request, ``rounds`` times over, from ``threads`` threads at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    work = [r for _ in range(rounds) for r in requests_]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(lambda r: serve(*r), work)), work
+
+
+@pytest.mark.parametrize("pad_to_buckets", [True, None])  # padded buckets; the CPU default (prepacked chain)
+def test_served_encoder_answers_each_thread_its_own_request(pad_to_buckets):
+    model = ithp()
+    server = ServingEncoder(model, batch_sizes=(1, 4), tokens=3, pad_to_buckets=pad_to_buckets)
+    g = torch.Generator().manual_seed(0)
+    reqs = [(torch.randn(rows, model.config.X0_dim, generator=g),) for rows in (1, 2, 3, 5, 7, 12, 4, 9) * 4]
+    serial = {id(r[0]): server(*r) for r in reqs}
+    got, work = answers_from_threads(server, reqs)
+    wrong = sum(not torch.equal(out, serial[id(r[0])]) for out, r in zip(got, work))
+    assert wrong == 0, f"{wrong} of {len(work)} answers differ from the serial ones"
+
+
+def test_served_deberta_answers_each_thread_its_own_request():
+    model = tiny_deberta(eval_sampling="mean")
+    server = ServingDeberta(model, batch_sizes=(1, 4), tokens=8, pad_to_buckets=True)
+    reqs = [requests(b, t, seed=i, pad_from=t - 2 if i % 3 == 0 else None)
+            for i, (b, t) in enumerate([(1, 8), (2, 6), (3, 8), (4, 5), (1, 3), (4, 8)] * 3)]
+    serial = {id(r[0]): server(*r) for r in reqs}
+    got, work = answers_from_threads(server, reqs)
+    wrong = sum(not torch.equal(out, serial[id(r[0])]) for out, r in zip(got, work))
+    assert wrong == 0, f"{wrong} of {len(work)} answers differ from the serial ones"

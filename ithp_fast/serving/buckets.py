@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import threading
 import time
 from typing import Callable, Optional, Sequence, Union
 
@@ -50,11 +51,17 @@ def _median_seconds(run: Callable[[], object], device: torch.device, calls: int 
 
 
 class _Bucket:
-    """Static inputs and output of one shape, and how to run it (graph replay or call)."""
+    """Static inputs and output of one shape, and how to run it (graph replay or call).
 
-    def __init__(self, inputs: tuple[torch.Tensor, ...], output: Optional[torch.Tensor], run: Callable[[], torch.Tensor],
-                 mode: Optional[str], graph: Optional["torch.cuda.CUDAGraph"] = None) -> None:
+    ``lock``: held by a caller from filling the inputs to taking its result out, so that two
+    threads never share the buffers.
+    """
+
+    def __init__(self, inputs: tuple[torch.Tensor, ...], output: Optional[torch.Tensor],
+                 run: Callable[[], torch.Tensor], mode: Optional[str],
+                 graph: Optional["torch.cuda.CUDAGraph"] = None) -> None:
         self.inputs, self.output, self.run, self.mode, self.graph = inputs, output, run, mode, graph
+        self.lock = threading.Lock()
 
 
 class _BucketRunner:

@@ -16,7 +16,15 @@ from torch import nn
 
 from ..checks import Noise, check_token_inputs
 from ..encode import encode, float32_precision
-from .buckets import DEFAULT_TOKENS, _Bucket, _BucketRunner, _check_batch_sizes, _model_device_dtype, _pads, _require_eval
+from .buckets import (
+    DEFAULT_TOKENS,
+    _Bucket,
+    _BucketRunner,
+    _check_batch_sizes,
+    _model_device_dtype,
+    _pads,
+    _require_eval,
+)
 
 
 def deberta_logits(
@@ -101,6 +109,10 @@ class ServingDeberta:
 
     The attention mask is a static input of every graph; sampling (``eval_sampling="sample"``)
     draws fresh noise on every replay.
+
+    Threads: a wrapper may be called from several threads at once. Calls that use one bucket
+    run one at a time (a lock per bucket: its buffers and graph are shared); calls on different
+    buckets and calls beyond the buckets run in parallel.
     """
 
     def __init__(
@@ -156,15 +168,16 @@ class ServingDeberta:
                 mask = None if attention_mask is None else attention_mask.to(self.device)
                 return deberta_logits(self.model, input_ids.to(self.device), mask, precision=self.precision)
             bucket = self._buckets[key]
-            ids, mask = bucket.inputs
-            ids[:batch, :tokens].copy_(input_ids)
-            if attention_mask is None:
-                mask[:batch, :tokens].fill_(1)
-            else:
-                mask[:batch, :tokens].copy_(attention_mask)
-            if tokens < key[1]:
-                mask[:batch, tokens:].zero_()
-            return self._runner.finish(bucket.run()[:batch])
+            with bucket.lock:
+                ids, mask = bucket.inputs
+                ids[:batch, :tokens].copy_(input_ids)
+                if attention_mask is None:
+                    mask[:batch, :tokens].fill_(1)
+                else:
+                    mask[:batch, :tokens].copy_(attention_mask)
+                if tokens < key[1]:
+                    mask[:batch, tokens:].zero_()
+                return self._runner.finish(bucket.run()[:batch])
 
 
 def _bucket_logits(model: nn.Module, precision: str, relative_pos: Optional[torch.Tensor],

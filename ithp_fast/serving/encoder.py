@@ -4,8 +4,11 @@ A request of ``n`` rows goes to the smallest bucket with at least ``n`` rows, pa
 ``x`` are independent, so padding never changes the answer); a request larger than every bucket
 runs the eager fast path. The graphs read the model's parameters where they live: in-place
 updates (``load_state_dict``, optimiser steps) are seen by the next call; moving the model or
-replacing parameter tensors needs a new wrapper. One wrapper serves one stream at a time (its
-buffers are shared).
+replacing parameter tensors needs a new wrapper.
+
+On the CPU (float32, posterior mean, no ``compile_mode``) the default is no bucket at all: the
+chain runs on oneDNN with weights packed once (:mod:`ithp_fast.serving.onednn`), the fastest
+CPU path measured (``bench/results/``; the README's "Low-latency inference" says by how much).
 """
 
 from __future__ import annotations
@@ -22,8 +25,18 @@ from ..encode import chain as chain_path
 from ..encode import choose_path, encode, float32_precision
 from ..encode import fused as fused_path
 from ..reference.ithp import ITHP as ReferenceITHP
-from .buckets import (DEFAULT_BATCH_SIZES, DEFAULT_TOKENS, _Bucket, _BucketRunner, _check_batch_sizes,
-                      _model_device_dtype, _pads, _require_eval)
+from .buckets import (
+    DEFAULT_BATCH_SIZES,
+    DEFAULT_TOKENS,
+    _Bucket,
+    _BucketRunner,
+    _check_batch_sizes,
+    _model_device_dtype,
+    _pads,
+    _require_eval,
+)
+from .onednn import PrepackedChain
+from .onednn import available as onednn_available
 
 
 def _encode_rows(model: nn.Module, path: str, sample: bool, precision: str, x2d: torch.Tensor) -> torch.Tensor:
@@ -52,10 +65,15 @@ class ServingEncoder:
             :data:`AUTO_CANDIDATES` per bucket and keep the fastest (see ``chosen_modes``).
         cuda_graphs: capture each bucket in a CUDA graph (default: on CUDA).
         clone_output: return a fresh tensor (default) rather than a view of the bucket's output
-            buffer, which the next call overwrites.
+            buffer, which the next call on that bucket overwrites (from one thread only, then).
         pad_to_buckets: route requests through the buckets. Default: on CUDA, or when compiling;
             on the CPU without ``compile_mode`` there is nothing to capture or to keep from
-            recompiling, so calls go straight to :func:`ithp_fast.encode.encode` (no padding).
+            recompiling, so calls go straight to the prepacked oneDNN chain (float32 posterior
+            mean; see ``path``) or to :func:`ithp_fast.encode.encode` (no padding).
+
+    Threads: a wrapper may be called from several threads at once. Calls that use one bucket
+    run one at a time (a lock per bucket: its buffers and graph are shared); calls on different
+    buckets, calls beyond the buckets and the unbucketed CPU paths run in parallel.
     """
 
     def __init__(
@@ -80,8 +98,11 @@ class ServingEncoder:
         self._runner = _BucketRunner(self.device, compile_mode, cuda_graphs, clone_output)
         self.bucket_rows = tuple(sorted({b * t for b in sizes for t in toks}))
         self._buckets: dict[int, _Bucket] = {}
+        self._prepacked: Optional[PrepackedChain] = None
         if not _pads(pad_to_buckets, self.device, compile_mode):
             self.bucket_rows = ()
+            if not self.sample and onednn_available(model, self.dtype, self.device):
+                self._prepacked = PrepackedChain(model)
         cfg = model.config
         with torch.no_grad():
             for rows in self.bucket_rows:
@@ -89,6 +110,11 @@ class ServingEncoder:
                 fn = functools.partial(_encode_rows, model, path, self.sample, self.precision)
                 x = torch.zeros(rows, cfg.X0_dim, dtype=self.dtype, device=self.device)
                 self._buckets[rows] = self._runner.build(rows, fn, (x,))
+
+    @property
+    def path(self) -> str:
+        """How calls run: ``"buckets"``, ``"onednn"`` (the prepacked CPU chain) or ``"encode"``."""
+        return "buckets" if self.bucket_rows else ("onednn" if self._prepacked is not None else "encode")
 
     @property
     def chosen_modes(self) -> dict:
@@ -103,9 +129,12 @@ class ServingEncoder:
         rows = math.prod(lead)
         bucket_rows = next((r for r in self.bucket_rows if r >= rows), None)
         with torch.no_grad():
+            if self._prepacked is not None and rows > 0:
+                return self._prepacked(x.reshape(rows, cfg.X0_dim)).reshape(*lead, cfg.B1_dim)
             if bucket_rows is None or rows == 0:
                 return encode(self.model, x, sample=self.sample, precision=self.precision)
             bucket = self._buckets[bucket_rows]
-            bucket.inputs[0][:rows].copy_(x.reshape(rows, cfg.X0_dim))
-            out = bucket.run()[:rows]
-            return self._runner.finish(out).reshape(*lead, cfg.B1_dim)
+            with bucket.lock:
+                bucket.inputs[0][:rows].copy_(x.reshape(rows, cfg.X0_dim))
+                out = bucket.run()[:rows]
+                return self._runner.finish(out).reshape(*lead, cfg.B1_dim)
