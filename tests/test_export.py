@@ -4,11 +4,11 @@ import os
 
 import pytest
 import torch
+from test_inference import answers_from_threads, ithp, requests, tiny_deberta
 
 import ithp_fast
 from ithp_fast.encode import encode
-from ithp_fast.serving.deberta import deberta_logits
-from test_inference import ithp, requests, tiny_deberta
+from ithp_fast.serving.deberta import ServingDeberta, deberta_logits
 
 onnxruntime = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -130,3 +130,33 @@ def test_a_failed_check_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="differs from the model .* nothing was written"):
         ithp_fast.export(ithp(), tmp_path / "b1.onnx", format="onnx", tokens=TOKENS)
     assert os.listdir(tmp_path) == []
+
+
+# --- ServingDeberta(backend="onnxruntime") -----------------------------------------------------
+
+
+def test_served_deberta_on_onnxruntime_pads_tokens_and_takes_any_batch(tmp_path):
+    model = tiny_deberta(eval_sampling="mean")
+    server = ServingDeberta(model, tokens=(5, TOKENS), backend="onnxruntime")
+    for b, t, pad_from in [(1, TOKENS, None), (3, 4, 2), (2, 6, None), (9, TOKENS, 3)]:
+        ids, mask = requests(b, t, seed=b, pad_from=pad_from)
+        with torch.no_grad():
+            torch.testing.assert_close(server(ids, mask), deberta_logits(model, ids, mask), **TOL)
+    ids, _ = requests(2, 12)  # beyond the token counts: eager
+    with torch.no_grad():
+        torch.testing.assert_close(server(ids), deberta_logits(model, ids), **TOL)
+    (path, _) = ithp_fast.export(model, tmp_path / "model.onnx", format="onnx", tokens=TOKENS)
+    from_file = ServingDeberta(model, tokens=TOKENS, backend="onnxruntime", onnx_file=path)
+    reqs = [requests(b, TOKENS, seed=b) for b in (1, 2, 3, 4) * 3]
+    serial = [from_file(*r) for r in reqs]
+    got, _ = answers_from_threads(from_file, reqs, rounds=1)
+    assert all(torch.equal(a, b) for a, b in zip(got, serial))
+
+
+def test_served_deberta_backend_arguments_are_checked():
+    with pytest.raises(ValueError, match=r"backend: expected one of \('torch', 'onnxruntime'\), got 'ort'"):
+        ServingDeberta(tiny_deberta(eval_sampling="mean"), backend="ort")
+    with pytest.raises(ValueError, match="posterior mean, but this model samples"):
+        ServingDeberta(tiny_deberta(eval_sampling="sample"), backend="onnxruntime")
+    with pytest.raises(ValueError, match="onnx_file: only used with backend='onnxruntime'"):
+        ServingDeberta(tiny_deberta(eval_sampling="mean"), onnx_file="model.onnx")

@@ -2,15 +2,15 @@
 
 import pytest
 import torch
+from helpers import TOLERANCES, small_config
+from test_encode import identity_second_level_model, skip_unless_triton_runs
 from transformers import DebertaV2Config
 
 import ithp_fast
-from helpers import TOLERANCES, small_config
 from ithp_fast import ITHPConfig, ITHPDeberta
 from ithp_fast.encode import encode
 from ithp_fast.serving.deberta import ServingDeberta, _backbone_states, _prebuilt_relative_positions, deberta_logits
 from ithp_fast.serving.encoder import ServingEncoder
-from test_encode import identity_second_level_model, skip_unless_triton_runs
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

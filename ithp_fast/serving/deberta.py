@@ -93,6 +93,9 @@ def _logits(model, input_ids, attention_mask, noise, precision, relative_pos):
     return first_token_logits(model, input_ids, attention_mask, encode_first, relative_pos)
 
 
+BACKENDS = ("torch", "onnxruntime")
+
+
 class ServingDeberta:
     """``ITHPDeberta`` logits behind (batch, tokens) buckets and CUDA graphs.
 
@@ -106,13 +109,21 @@ class ServingDeberta:
             buckets. Anything else runs :func:`deberta_logits` eagerly.
         precision, compile_mode, cuda_graphs, clone_output, pad_to_buckets: as for
             :class:`ServingEncoder`.
+        backend: ``"torch"`` (default: the model itself, in buckets and graphs as above) or
+            ``"onnxruntime"`` (CPU, posterior mean: the model exported to ONNX once per token
+            count and run in ONNX Runtime, the fastest CPU path measured; see
+            :mod:`ithp_fast.serving.ort_backend`). With ``"onnxruntime"`` a request ``[b, t]``
+            of any batch goes to the smallest token count ``>= t`` (padded, masked out);
+            ``batch_sizes`` is not used, and weight updates after construction are not seen.
+        onnx_file: with ``backend="onnxruntime"``, an ONNX file from :func:`ithp_fast.export`
+            of this model (dynamic batch, ``tokens`` a single count) instead of exporting now.
 
     The attention mask is a static input of every graph; sampling (``eval_sampling="sample"``)
     draws fresh noise on every replay.
 
     Threads: a wrapper may be called from several threads at once. Calls that use one bucket
     run one at a time (a lock per bucket: its buffers and graph are shared); calls on different
-    buckets and calls beyond the buckets run in parallel.
+    buckets, calls beyond the buckets and ONNX Runtime calls run in parallel.
     """
 
     def __init__(
@@ -126,6 +137,8 @@ class ServingDeberta:
         cuda_graphs: Optional[bool] = None,
         clone_output: bool = True,
         pad_to_buckets: Optional[bool] = None,
+        backend: str = "torch",
+        onnx_file: Optional[str] = None,
     ) -> None:
         _require_eval(model, "ServingDeberta")
         self.batch_sizes, self.tokens = _check_batch_sizes(batch_sizes, tokens)
@@ -134,7 +147,9 @@ class ServingDeberta:
         self.device, _ = _model_device_dtype(model)
         self._runner = _BucketRunner(self.device, compile_mode, cuda_graphs, clone_output)
         self._buckets: dict[tuple[int, int], _Bucket] = {}
-        if not _pads(pad_to_buckets, self.device, compile_mode):
+        self.backend = backend
+        self._onnx = self._onnx_programs(backend, onnx_file, compile_mode, cuda_graphs)
+        if self._onnx or not _pads(pad_to_buckets, self.device, compile_mode):
             self.batch_sizes = ()
         with torch.no_grad():
             for t in self.tokens:
@@ -145,17 +160,47 @@ class ServingDeberta:
                     mask = torch.ones(b, t, dtype=torch.long, device=self.device)
                     self._buckets[(b, t)] = self._runner.build((b, t), fn, (ids, mask))
 
+    def _onnx_programs(self, backend: str, onnx_file: Optional[str], compile_mode, cuda_graphs) -> dict:
+        """Token count -> ONNX Runtime program (``backend="onnxruntime"``), else empty."""
+        if backend not in BACKENDS:
+            raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+        if backend == "torch":
+            if onnx_file is not None:
+                raise ValueError("onnx_file: only used with backend='onnxruntime'")
+            return {}
+        if self.device.type != "cpu" or compile_mode is not None or cuda_graphs:
+            raise ValueError("backend: 'onnxruntime' serves a CPU model without compile_mode or cuda_graphs")
+        if self.model.ithp.samples:
+            raise ValueError("backend: 'onnxruntime' serves the posterior mean, but this model samples in eval mode "
+                             "(set eval_sampling='mean')")
+        if onnx_file is not None and len(self.tokens) != 1:
+            raise ValueError(f"onnx_file: one file serves one token count, got tokens={self.tokens}")
+        from .ort_backend import OnnxRuntimeLogits
+
+        return {t: OnnxRuntimeLogits(self.model, t, onnx_file) for t in self.tokens}
+
     @property
     def chosen_modes(self) -> dict:
         """``(batch, tokens)`` -> the compile mode ``compile_mode="auto"`` kept (None: eager)."""
         return self._runner.chosen_modes
 
+    def _token_count(self, tokens: int) -> Optional[int]:
+        if self.model.pass_attention_mask:
+            return next((s for s in self.tokens if s >= tokens), None)
+        return tokens if tokens in self.tokens else None
+
+    def _run_onnx(self, t: int, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """The ONNX Runtime program for ``t`` tokens on a request padded to it (fresh buffers)."""
+        batch, tokens = input_ids.shape
+        ids = torch.zeros(batch, t, dtype=torch.int64)
+        mask = torch.zeros(batch, t, dtype=torch.int64)
+        ids[:, :tokens] = input_ids
+        mask[:, :tokens] = 1 if attention_mask is None else attention_mask
+        return self._onnx[t](ids, mask)
+
     def _bucket_for(self, batch: int, tokens: int) -> Optional[tuple[int, int]]:
         b = next((s for s in self.batch_sizes if s >= batch), None)
-        if self.model.pass_attention_mask:
-            t = next((s for s in self.tokens if s >= tokens), None)
-        else:
-            t = tokens if tokens in self.tokens else None
+        t = self._token_count(tokens)
         return None if b is None or t is None else (b, t)
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -163,6 +208,8 @@ class ServingDeberta:
         check_token_inputs(input_ids, attention_mask)
         batch, tokens = input_ids.shape
         key = self._bucket_for(batch, tokens) if batch > 0 else None
+        if self._onnx and batch > 0 and self._token_count(tokens) is not None:
+            return self._run_onnx(self._token_count(tokens), input_ids, attention_mask)
         with torch.no_grad():
             if key is None:
                 mask = None if attention_mask is None else attention_mask.to(self.device)
