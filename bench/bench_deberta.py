@@ -3,25 +3,31 @@
 Providers: ``reference`` (the released computation: the full ITHP forward inside, all six
 outputs), ``ithp_fast`` (the same model with the drop-in ``ithp_fast.ITHP``),
 ``ithp_fast.deberta_logits`` (the eager logits-only fast path: ITHP's ``encode`` instead of its
-losses), ``ithp_fast+graphs`` (CUDA: ``ServingDeberta``, one CUDA-graph bucket of the shape).
+losses), ``ithp_fast+graphs`` (CUDA: ``ServingDeberta``, one CUDA-graph bucket of the shape),
+``ithp_fast+onnxruntime`` (CPU: ``ServingDeberta(backend="onnxruntime")``), and the logits
+exported by ``ithp_fast.export`` (posterior mean, dynamic batch) run in ``onnxruntime`` and as an
+``aoti`` package (CPU; skipped when the package is missing, ``aoti`` not in tiny mode).
 
 On CUDA the backbone has the shape of deberta-v3-base (12 layers, hidden 768, relative attention),
 randomly initialised: nothing is downloaded. On the CPU a small random config of the same kind
-(so the suite stays within its time budget); in tiny mode the smallest one.
+(so the suite stays within its time budget), or deberta-v3-base's with ``ITHP_BENCH_DEBERTA=base``;
+in tiny mode the smallest one.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
 import torch
 
 from scale import CUDA, DEVICE, SCALE, TOKENS, pick
-from workloads import optional
+from workloads import exported_runner, optional
 
 BATCHES = pick(cuda=[1, 32], cpu=[1, 8], tiny=[2])
-PROVIDERS = ["reference", "ithp_fast", "ithp_fast.deberta_logits"] + (["ithp_fast+graphs"] if CUDA else [])
+PROVIDERS = ["reference", "ithp_fast", "ithp_fast.deberta_logits"] + (
+    ["ithp_fast+graphs"] if CUDA else ["ithp_fast+onnxruntime", "onnxruntime", "aoti"])
 
 # deberta-v3-base's architecture; smaller widths and depths off the GPU.
 _V3_BASE = dict(
@@ -48,11 +54,20 @@ _SHAPES = {
 }
 
 
+BASE_ON_DEMAND = SCALE == "cpu" and os.environ.get("ITHP_BENCH_DEBERTA", "") == "base"
+"""``ITHP_BENCH_DEBERTA=base``: deberta-v3-base's shape on the CPU too."""
+
+
+def shape_name() -> str:
+    return "deberta-v3-base shape" if SCALE == "cuda" or BASE_ON_DEMAND else "small config"
+
+
 def backbone_config():
-    """deberta-v3-base's config (CUDA) or a smaller one of the same architecture (CPU / tiny)."""
+    """deberta-v3-base's config (CUDA, or ``ITHP_BENCH_DEBERTA=base``) or a smaller one of the
+    same architecture (CPU / tiny)."""
     from transformers import DebertaV2Config
 
-    return DebertaV2Config(**{**_V3_BASE, **_SHAPES[SCALE]})
+    return DebertaV2Config(**{**_V3_BASE, **({} if BASE_ON_DEMAND else _SHAPES[SCALE])})
 
 
 @functools.lru_cache(maxsize=1)
@@ -71,6 +86,25 @@ def deberta_pair():
     return reference, fast
 
 
+@functools.lru_cache(maxsize=None)
+def exported_deberta(fmt: str):
+    """The fast model's logits (posterior mean) exported once, dynamic batch, and loaded."""
+    return exported_runner(deberta_pair()[1], fmt, TOKENS)
+
+
+@functools.lru_cache(maxsize=1)
+def onnxruntime_server():
+    """``ServingDeberta(backend="onnxruntime")`` of a posterior-mean copy of the fast model."""
+    import copy
+
+    serving = optional("ithp_fast.serving", "ServingDeberta")
+    optional("onnxruntime")
+    optional("onnxscript")
+    model = copy.deepcopy(deberta_pair()[1])
+    model.ithp.eval_sampling = "mean"
+    return serving(model, tokens=TOKENS, backend="onnxruntime")
+
+
 def deberta_fn(provider: str, batch: int):
     reference, fast = deberta_pair()
     backbone, cfg = reference.dberta.model.config, reference.ithp.config
@@ -85,6 +119,15 @@ def deberta_fn(provider: str, batch: int):
     if provider == "ithp_fast.deberta_logits":
         logits = optional("ithp_fast.serving", "deberta_logits")
         return torch.no_grad()(lambda: logits(fast, input_ids, mask))
+    if provider == "ithp_fast+onnxruntime":
+        serve = onnxruntime_server()
+        return lambda: serve(input_ids, mask)
+    if provider in ("onnxruntime", "aoti"):
+        program = exported_deberta(provider)
+        if provider == "aoti":
+            return torch.no_grad()(lambda: program(input_ids, mask))
+        feeds = {"input_ids": input_ids.numpy(), "attention_mask": mask.numpy()}
+        return lambda: program(None, feeds)
     if provider == "ithp_fast+graphs":
         serve = optional("ithp_fast.serving", "ServingDeberta")(fast, batch_sizes=[batch], tokens=TOKENS)
         return torch.no_grad()(lambda: serve(input_ids, mask))
@@ -95,5 +138,5 @@ def deberta_fn(provider: str, batch: int):
 @pytest.mark.parametrize("batch", BATCHES, ids=lambda b: f"B{b}")
 def test_ithp_deberta(measure, batch, provider):
     fn = deberta_fn(provider, batch)
-    shape = "deberta-v3-base shape" if SCALE == "cuda" else "small config"
-    measure(fn, group=f"ITHP-DeBERTa B={batch} ({shape})", provider=provider, extra={"dtype": "float32", "batch": batch})
+    measure(fn, group=f"ITHP-DeBERTa B={batch} ({shape_name()})", provider=provider,
+            extra={"dtype": "float32", "batch": batch})

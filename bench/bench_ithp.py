@@ -9,6 +9,11 @@ Groups (each compares providers on the same inputs and weights):
                       ``ithp_fast+graphs`` (CUDA) / ``ithp_fast+compile`` (CPU) the serving
                       wrapper ``ithp_fast.ServingEncoder`` with one bucket of the
                       benchmark's shape (CUDA graph of the fast path / ``torch.compile``);
+                      ``ithp_fast.ServingEncoder`` (CPU) the serving wrapper's default (the
+                      prepacked oneDNN chain); ``onnxruntime`` and ``aoti`` the posterior-mean
+                      ``b1`` exported by ``ithp_fast.export`` (dynamic batch) and run in ONNX
+                      Runtime / as an AOTInductor package (skipped when the package is missing;
+                      ``aoti`` not in tiny mode);
                       ``first Linear alone`` the encoder's first ``addmm`` (768 -> 256, 70 % of
                       the chain's FLOPs) by itself: a floor no exact ``encode`` can beat.
 ``forward B=…``       the full eval forward, all six outputs, no grad.
@@ -27,10 +32,12 @@ for the no-grad forward on CUDA, the default mode for the training step); ``ithp
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from scale import COMPILE, CUDA, DEVICE, TOKENS, compiled, pick
-from workloads import DTYPES, ithp_config, ithp_inputs, ithp_pair, optional
+from workloads import DTYPES, exported_runner, ithp_config, ithp_inputs, ithp_pair, optional
 
 from ithp_fast.tools.profile import saved_for_backward
 
@@ -58,6 +65,8 @@ def _cases(batches, providers, compiled_at, dtype="float32", fast_compiled_at=()
                 continue
             if provider.endswith("+graphs") and not CUDA:
                 continue
+            if provider in CPU_FLOAT32_ONLY and (CUDA or dtype != "float32"):
+                continue
             cases.append(pytest.param(batch, provider, dtype, id=f"B{batch}-{provider}-{dtype}"))
     return cases
 
@@ -69,8 +78,21 @@ INFERENCE_PROVIDERS = [
     "ithp_fast",
     "ithp_fast+graphs",
     "ithp_fast+compile",
+    "ithp_fast.ServingEncoder",
+    "onnxruntime",
+    "aoti",
     "first Linear alone",
 ]
+CPU_FLOAT32_ONLY = ("ithp_fast.ServingEncoder", "onnxruntime", "aoti")
+"""Providers measured on the CPU in float32 only (the exported programs are float32 posterior means;
+on CUDA ``ithp_fast+graphs`` is the serving wrapper)."""
+
+
+@functools.lru_cache(maxsize=None)
+def exported_encoder(fmt: str):
+    """The posterior-mean ``b1`` of the benchmark's model, exported once (dynamic batch) and loaded."""
+    _, fast = ithp_pair(ithp_config(), torch.float32)
+    return exported_runner(fast.eval(), fmt, TOKENS)
 
 
 def inference_fn(provider: str, batch: int, dtype: torch.dtype):
@@ -89,6 +111,13 @@ def inference_fn(provider: str, batch: int, dtype: torch.dtype):
     elif provider == "first Linear alone":
         first, rows = fast.encoder1[0], x.reshape(-1, cfg.X0_dim)
         run = lambda: torch.addmm(first.bias, rows, first.weight.t())  # noqa: E731
+    elif provider == "ithp_fast.ServingEncoder":
+        serve = optional("ithp_fast.serving", "ServingEncoder")(fast)
+        run = lambda: serve(x)  # noqa: E731
+    elif provider in ("onnxruntime", "aoti"):
+        program = exported_encoder(provider)
+        feeds = {"x": x.numpy()}
+        run = (lambda: program(None, feeds)) if provider == "onnxruntime" else (lambda: program(x))  # noqa: E731
     elif provider in ("ithp_fast+graphs", "ithp_fast+compile"):
         serving = optional("ithp_fast.serving", "ServingEncoder")
         mode = "default" if provider == "ithp_fast+compile" else None
