@@ -5,7 +5,8 @@ the exported model several times faster than eager torch (``bench/results/``; th
 "Deployment" section gives the ratios). This backend exports the model once
 (:func:`ithp_fast.export`, posterior mean, dynamic batch, one program per token count) into a
 temporary folder, or reads an ONNX file exported before, and runs it in an
-``onnxruntime.InferenceSession`` with torch's intra-op thread count. Needs the ``export`` extra
+``onnxruntime.InferenceSession`` with torch's intra-op thread count, its idle threads sleeping
+rather than spinning (they would take the cores from the rest of the process). Needs the ``export`` extra
 (``pip install 'ithp_fast[export]'``).
 
 The session holds its own copy of the weights: updates to the model after the wrapper is built
@@ -30,6 +31,9 @@ def _session(path: str, threads: int):
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # Idle workers sleep instead of spinning: in a server process other work shares the cores, and
+    # on a busy machine spinning cost ONNX Runtime itself 1.6x here (bench/serving_vs_onnxruntime.py).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
