@@ -13,12 +13,13 @@ _COMMAND_MODULES = (
     "ithp_fast.tools.train_commands",  # train, evaluate
     "ithp_fast.tools.benchmarks",      # bench
     "ithp_fast.tools.profile",         # profile
+    "ithp_fast.tools.export_command",  # export
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ithp-fast", description="ITHP-DeBERTa training and evaluation, benchmarks and profiling."
+        prog="ithp-fast", description="ITHP-DeBERTa training and evaluation, export, benchmarks and profiling."
     )
     sub = parser.add_subparsers(dest="command", required=True)
     for name in _COMMAND_MODULES:
