@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from scale import CUDA, DEVICE, SCALE, TOKENS, pick
-from workloads import exported_runner, optional
+from workloads import exported_file, load_exported, optional
 
 BATCHES = pick(cuda=[1, 32], cpu=[1, 8], tiny=[2])
 PROVIDERS = ["reference", "ithp_fast", "ithp_fast.deberta_logits"] + (
@@ -87,9 +87,14 @@ def deberta_pair():
 
 
 @functools.lru_cache(maxsize=None)
+def exported_deberta_file(fmt: str) -> str:
+    """The fast model's logits (posterior mean) exported once, dynamic batch."""
+    return exported_file(deberta_pair()[1], fmt, TOKENS)
+
+
+@functools.lru_cache(maxsize=None)
 def exported_deberta(fmt: str):
-    """The fast model's logits (posterior mean) exported once, dynamic batch, and loaded."""
-    return exported_runner(deberta_pair()[1], fmt, TOKENS)
+    return load_exported(exported_deberta_file(fmt), fmt)
 
 
 @functools.lru_cache(maxsize=1)
@@ -98,11 +103,9 @@ def onnxruntime_server():
     import copy
 
     serving = optional("ithp_fast.serving", "ServingDeberta")
-    optional("onnxruntime")
-    optional("onnxscript")
     model = copy.deepcopy(deberta_pair()[1])
     model.ithp.eval_sampling = "mean"
-    return serving(model, tokens=TOKENS, backend="onnxruntime")
+    return serving(model, tokens=TOKENS, backend="onnxruntime", onnx_file=exported_deberta_file("onnxruntime"))
 
 
 def deberta_fn(provider: str, batch: int):

@@ -37,7 +37,7 @@ import functools
 import pytest
 import torch
 from scale import COMPILE, CUDA, DEVICE, TOKENS, compiled, pick
-from workloads import DTYPES, exported_runner, ithp_config, ithp_inputs, ithp_pair, optional
+from workloads import DTYPES, exported_file, ithp_config, ithp_inputs, ithp_pair, load_exported, optional
 
 from ithp_fast.tools.profile import saved_for_backward
 
@@ -92,7 +92,7 @@ on CUDA ``ithp_fast+graphs`` is the serving wrapper)."""
 def exported_encoder(fmt: str):
     """The posterior-mean ``b1`` of the benchmark's model, exported once (dynamic batch) and loaded."""
     _, fast = ithp_pair(ithp_config(), torch.float32)
-    return exported_runner(fast.eval(), fmt, TOKENS)
+    return load_exported(exported_file(fast.eval(), fmt, TOKENS), fmt)
 
 
 def inference_fn(provider: str, batch: int, dtype: torch.dtype):

@@ -165,6 +165,7 @@ def main(argv=None) -> int:
     parser.add_argument("--calls", type=int, default=200, help="timed calls per turn at b1 batch 1 (fewer at larger work)")
     parser.add_argument("--deberta", choices=("small", "base"), default="small", help="ITHP-DeBERTa's backbone shape")
     parser.add_argument("--no-aoti", dest="aoti", action="store_false", help="leave out the AOTInductor packages")
+    parser.add_argument("--only", choices=("b1", "deberta"), default=None, help="run one of the two comparisons")
     parser.add_argument("--out", default=os.path.join(HERE, "results"), help="folder for the results JSON")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -175,10 +176,13 @@ def main(argv=None) -> int:
         "device": f"CPU {_cpu_name()} ({args.threads} threads)",
         "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
         "tokens": args.tokens, "repeats": args.repeats, "load_average_before": os.getloadavg(),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
     }
     with tempfile.TemporaryDirectory(prefix="ithp_fast-vs-ort-") as folder:
-        record["b1"] = b1_comparisons(args, folder)
-        record["ITHP-DeBERTa"] = deberta_comparisons(args, folder)
+        if args.only != "deberta":
+            record["b1"] = b1_comparisons(args, folder)
+        if args.only != "b1":
+            record["ITHP-DeBERTa"] = deberta_comparisons(args, folder)
     record["load_average_after"] = os.getloadavg()
     os.makedirs(args.out, exist_ok=True)
     suffix = "" if args.deberta == "small" else "-deberta-base"

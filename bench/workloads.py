@@ -67,16 +67,16 @@ def optional(module: str, attr: Optional[str] = None) -> Any:
     return getattr(mod, attr)
 
 
-def exported_runner(model: torch.nn.Module, fmt: str, tokens: int):
-    """``model`` exported by ``ithp_fast.export`` (dynamic batch) and loaded: an ONNX Runtime
-    session's ``run`` taking numpy feeds (``"onnxruntime"``) or the AOTInductor package's
-    callable (``"aoti"``). Skips the benchmark when the package is missing; the AOTInductor
-    compile (tens of seconds) is left out of the tiny smoke run."""
+def exported_file(model: torch.nn.Module, fmt: str, tokens: int) -> str:
+    """``model`` written by ``ithp_fast.export`` (dynamic batch) for the provider ``fmt``
+    (``"onnxruntime"``: an ONNX file; ``"aoti"``: an AOTInductor package) in a temporary folder.
+    Skips the benchmark when the package is missing; the AOTInductor compile (tens of seconds)
+    is left out of the tiny smoke run."""
     import os
     import tempfile
 
     if fmt == "onnxruntime":
-        ort = optional("onnxruntime")
+        optional("onnxruntime")
         optional("onnxscript")
     elif TINY:
         pytest.skip("aoti: AOTInductor compiles C++ for tens of seconds; not in the tiny smoke run")
@@ -84,14 +84,21 @@ def exported_runner(model: torch.nn.Module, fmt: str, tokens: int):
 
     folder = tempfile.mkdtemp(prefix="ithp_fast-bench-")
     name = "model.onnx" if fmt == "onnxruntime" else "model.pt2"
-    path = ithp_fast.export(model, os.path.join(folder, name), format="onnx" if fmt == "onnxruntime" else "aoti",
+    return ithp_fast.export(model, os.path.join(folder, name), format="onnx" if fmt == "onnxruntime" else "aoti",
                             tokens=tokens)[0]
+
+
+def load_exported(path: str, fmt: str):
+    """An exported program, loaded: an ONNX Runtime session's ``run`` (numpy feeds; ONNX Runtime's
+    default options, torch's thread count) or the AOTInductor package's callable."""
     if fmt == "aoti":
         return torch._inductor.aoti_load_package(path)
-    options = ort.SessionOptions()
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"]).run
+    return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"]).run
 
 
 def dtype_bytes(dtype: torch.dtype) -> int:

@@ -9,6 +9,7 @@ from test_inference import answers_from_threads, ithp, requests, tiny_deberta
 import ithp_fast
 from ithp_fast.encode import encode
 from ithp_fast.serving.deberta import ServingDeberta, deberta_logits
+from ithp_fast.serving.encoder import ServingEncoder
 
 onnxruntime = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -132,12 +133,30 @@ def test_a_failed_check_leaves_nothing(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
-# --- ServingDeberta(backend="onnxruntime") -----------------------------------------------------
+# --- The serving wrappers on ONNX Runtime -------------------------------------------------------
+
+
+def test_served_encoder_defaults_to_onnxruntime_on_the_cpu():
+    model = ithp()
+    server = ServingEncoder(model)
+    assert server.path == "onnxruntime" and server.bucket_rows == ()
+    g = torch.Generator().manual_seed(0)
+    reqs = [(torch.randn(*lead, model.config.X0_dim, generator=g),) for lead in [(), (1,), (2, 3), (3, 2, 2), (50,)]]
+    with torch.no_grad():
+        for (x,) in reqs:
+            torch.testing.assert_close(server(x), encode(model, x), **TOL)
+        model.encoder1[0].weight.mul_(0.5)  # an in-place update: the next call exports again
+        torch.testing.assert_close(server(reqs[2][0]), encode(model, reqs[2][0]), **TOL)
+    serial = [server(*r) for r in reqs]
+    got, _ = answers_from_threads(server, reqs, rounds=4)
+    assert all(torch.equal(a, serial[i % len(reqs)]) for i, a in enumerate(got))
+
 
 
 def test_served_deberta_on_onnxruntime_pads_tokens_and_takes_any_batch(tmp_path):
     model = tiny_deberta(eval_sampling="mean")
-    server = ServingDeberta(model, tokens=(5, TOKENS), backend="onnxruntime")
+    server = ServingDeberta(model, tokens=(5, TOKENS))  # the CPU default: ONNX Runtime
+    assert server.backend == "onnxruntime"
     for b, t, pad_from in [(1, TOKENS, None), (3, 4, 2), (2, 6, None), (9, TOKENS, 3)]:
         ids, mask = requests(b, t, seed=b, pad_from=pad_from)
         with torch.no_grad():
@@ -154,9 +173,9 @@ def test_served_deberta_on_onnxruntime_pads_tokens_and_takes_any_batch(tmp_path)
 
 
 def test_served_deberta_backend_arguments_are_checked():
-    with pytest.raises(ValueError, match=r"backend: expected one of \('torch', 'onnxruntime'\), got 'ort'"):
+    with pytest.raises(ValueError, match=r"backend: expected one of \('auto', 'torch', 'onnxruntime'\), got 'ort'"):
         ServingDeberta(tiny_deberta(eval_sampling="mean"), backend="ort")
     with pytest.raises(ValueError, match="posterior mean, but this model samples"):
         ServingDeberta(tiny_deberta(eval_sampling="sample"), backend="onnxruntime")
     with pytest.raises(ValueError, match="onnx_file: only used with backend='onnxruntime'"):
-        ServingDeberta(tiny_deberta(eval_sampling="mean"), onnx_file="model.onnx")
+        ServingDeberta(tiny_deberta(eval_sampling="mean"), backend="torch", onnx_file="model.onnx")

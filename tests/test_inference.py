@@ -29,9 +29,9 @@ def ithp(device="cpu", backend=None, cfg=None, dtype=torch.float32):
 
 
 @pytest.mark.parametrize("lead", [(), (1,), (2, 3), (3, 2, 2), (0, 4)])
-def test_cpu_default_runs_the_prepacked_onednn_chain(lead):
+def test_cpu_torch_backend_runs_the_prepacked_onednn_chain(lead):
     model = ithp()
-    server = ServingEncoder(model)
+    server = ServingEncoder(model, backend="torch")
     assert server.bucket_rows == () and server.path == "onednn"
     x = torch.randn(*lead, model.config.X0_dim)
     with torch.no_grad():
@@ -52,7 +52,8 @@ def test_cpu_default_without_the_prepacked_chain_calls_encode():
 
 def test_prepacked_chain_sees_weight_updates_and_keeps_non_finite_values():
     model = ithp()
-    server = ServingEncoder(model)
+    server = ServingEncoder(model, backend="torch")
+    assert server.path == "onednn"
     x = torch.randn(5, model.config.X0_dim)
     server(x)  # packs
     torch.manual_seed(9)
@@ -148,7 +149,11 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="eval mode"):
         ServingEncoder(model.train())
     with pytest.raises(ValueError, match="x: expected last dimension"):
-        ServingEncoder(model.eval())(torch.randn(2, 3))
+        ServingEncoder(model.eval(), backend="torch")(torch.randn(2, 3))
+    with pytest.raises(ValueError, match="backend: expected one of"):
+        ServingEncoder(model, backend="ort")
+    with pytest.raises(ValueError, match="backend: 'onnxruntime' serves the float32 posterior mean on the CPU"):
+        ServingEncoder(model, backend="onnxruntime", sample=True)
 
 
 # --- ITHP-DeBERTa ----------------------------------------------------------------------------
@@ -317,10 +322,10 @@ def answers_from_threads(serve, requests_, threads=4, rounds=5):
         return list(pool.map(lambda r: serve(*r), work)), work
 
 
-@pytest.mark.parametrize("pad_to_buckets", [True, None])  # padded buckets; the CPU default (prepacked chain)
-def test_served_encoder_answers_each_thread_its_own_request(pad_to_buckets):
+@pytest.mark.parametrize("how", [dict(pad_to_buckets=True), dict(backend="torch")])  # buckets; the oneDNN chain
+def test_served_encoder_answers_each_thread_its_own_request(how):
     model = ithp()
-    server = ServingEncoder(model, batch_sizes=(1, 4), tokens=3, pad_to_buckets=pad_to_buckets)
+    server = ServingEncoder(model, batch_sizes=(1, 4), tokens=3, **how)
     g = torch.Generator().manual_seed(0)
     reqs = [(torch.randn(rows, model.config.X0_dim, generator=g),) for rows in (1, 2, 3, 5, 7, 12, 4, 9) * 4]
     serial = {id(r[0]): server(*r) for r in reqs}

@@ -25,6 +25,7 @@ from .buckets import (
     _pads,
     _require_eval,
 )
+from .ort_backend import available as ort_available
 
 
 def deberta_logits(
@@ -93,7 +94,7 @@ def _logits(model, input_ids, attention_mask, noise, precision, relative_pos):
     return first_token_logits(model, input_ids, attention_mask, encode_first, relative_pos)
 
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("auto", "torch", "onnxruntime")
 
 
 class ServingDeberta:
@@ -109,12 +110,16 @@ class ServingDeberta:
             buckets. Anything else runs :func:`deberta_logits` eagerly.
         precision, compile_mode, cuda_graphs, clone_output, pad_to_buckets: as for
             :class:`ServingEncoder`.
-        backend: ``"torch"`` (default: the model itself, in buckets and graphs as above) or
-            ``"onnxruntime"`` (CPU, posterior mean: the model exported to ONNX once per token
-            count and run in ONNX Runtime, the fastest CPU path measured; see
-            :mod:`ithp_fast.serving.ort_backend`). With ``"onnxruntime"`` a request ``[b, t]``
-            of any batch goes to the smallest token count ``>= t`` (padded, masked out);
-            ``batch_sizes`` is not used, and weight updates after construction are not seen.
+        backend: ``"torch"`` (the model itself, in buckets and graphs as above),
+            ``"onnxruntime"`` (float32 on the CPU, posterior mean: the model exported to ONNX once
+            per token count and run in ONNX Runtime, the fastest CPU path measured; see
+            :mod:`ithp_fast.serving.ort_backend`), or ``"auto"`` (default): ``"onnxruntime"``
+            where it applies (a float32 CPU model with ``eval_sampling="mean"``, no
+            ``compile_mode``, ``cuda_graphs`` or ``pad_to_buckets``) and ONNX Runtime is
+            installed, else ``"torch"``; ``self.backend`` says which. With ONNX Runtime a request
+            ``[b, t]`` of any batch goes to the smallest token count ``>= t`` (padded, masked
+            out) and ``batch_sizes`` is not used; the export costs seconds (a minute for
+            deberta-v3-base) at construction and again after a weight update.
         onnx_file: with ``backend="onnxruntime"``, an ONNX file from :func:`ithp_fast.export`
             of this model (dynamic batch, ``tokens`` a single count) instead of exporting now.
 
@@ -137,18 +142,17 @@ class ServingDeberta:
         cuda_graphs: Optional[bool] = None,
         clone_output: bool = True,
         pad_to_buckets: Optional[bool] = None,
-        backend: str = "torch",
+        backend: str = "auto",
         onnx_file: Optional[str] = None,
     ) -> None:
         _require_eval(model, "ServingDeberta")
         self.batch_sizes, self.tokens = _check_batch_sizes(batch_sizes, tokens)
         self.model = model
         self.precision = float32_precision(precision)
-        self.device, _ = _model_device_dtype(model)
+        self.device, self.dtype = _model_device_dtype(model)
         self._runner = _BucketRunner(self.device, compile_mode, cuda_graphs, clone_output)
         self._buckets: dict[tuple[int, int], _Bucket] = {}
-        self.backend = backend
-        self._onnx = self._onnx_programs(backend, onnx_file, compile_mode, cuda_graphs)
+        self._onnx = self._onnx_programs(backend, onnx_file, compile_mode, cuda_graphs, pad_to_buckets)
         if self._onnx or not _pads(pad_to_buckets, self.device, compile_mode):
             self.batch_sizes = ()
         with torch.no_grad():
@@ -160,24 +164,31 @@ class ServingDeberta:
                     mask = torch.ones(b, t, dtype=torch.long, device=self.device)
                     self._buckets[(b, t)] = self._runner.build((b, t), fn, (ids, mask))
 
-    def _onnx_programs(self, backend: str, onnx_file: Optional[str], compile_mode, cuda_graphs) -> dict:
-        """Token count -> ONNX Runtime program (``backend="onnxruntime"``), else empty."""
+    def _onnx_programs(self, backend: str, onnx_file: Optional[str], compile_mode, cuda_graphs,
+                       pad_to_buckets) -> dict:
+        """Token count -> ONNX Runtime program when the backend is (or ``"auto"`` picks) ONNX Runtime."""
         if backend not in BACKENDS:
             raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+        fits = (self.device.type == "cpu" and self.dtype == torch.float32 and compile_mode is None
+                and not cuda_graphs and not self.model.ithp.samples)
+        if backend == "auto":
+            wanted = onnx_file is not None or ort_available()
+            backend = "onnxruntime" if fits and not pad_to_buckets and wanted else "torch"
+        self.backend = backend
         if backend == "torch":
             if onnx_file is not None:
                 raise ValueError("onnx_file: only used with backend='onnxruntime'")
             return {}
-        if self.device.type != "cpu" or compile_mode is not None or cuda_graphs:
-            raise ValueError("backend: 'onnxruntime' serves a CPU model without compile_mode or cuda_graphs")
         if self.model.ithp.samples:
             raise ValueError("backend: 'onnxruntime' serves the posterior mean, but this model samples in eval mode "
                              "(set eval_sampling='mean')")
+        if not fits:
+            raise ValueError("backend: 'onnxruntime' serves a float32 CPU model without compile_mode or cuda_graphs")
         if onnx_file is not None and len(self.tokens) != 1:
             raise ValueError(f"onnx_file: one file serves one token count, got tokens={self.tokens}")
-        from .ort_backend import OnnxRuntimeLogits
+        from .ort_backend import OnnxRuntimeProgram
 
-        return {t: OnnxRuntimeLogits(self.model, t, onnx_file) for t in self.tokens}
+        return {t: OnnxRuntimeProgram(self.model, t, onnx_file) for t in self.tokens}
 
     @property
     def chosen_modes(self) -> dict:

@@ -7,15 +7,16 @@ updates (``load_state_dict``, optimiser steps) are seen by the next call; moving
 replacing parameter tensors needs a new wrapper.
 
 On the CPU (float32, posterior mean, no ``compile_mode``) the default is no bucket at all: the
-chain runs on oneDNN with weights packed once (:mod:`ithp_fast.serving.onednn`), the fastest
-CPU path measured (``bench/results/``; the README's "Low-latency inference" says by how much).
+chain runs in ONNX Runtime when it is installed (:mod:`ithp_fast.serving.ort_backend`), else on
+oneDNN with weights packed once (:mod:`ithp_fast.serving.onednn`); ``bench/results/`` and the
+README's "Deployment" section say how they compare.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -37,6 +38,7 @@ from .buckets import (
 )
 from .onednn import PrepackedChain
 from .onednn import available as onednn_available
+from .ort_backend import available as ort_available
 
 
 def _encode_rows(model: nn.Module, path: str, sample: bool, precision: str, x2d: torch.Tensor) -> torch.Tensor:
@@ -46,6 +48,9 @@ def _encode_rows(model: nn.Module, path: str, sample: bool, precision: str, x2d:
     if path == "chain":
         return chain_path(model, x2d, sample=sample)
     return ReferenceITHP.encode(model, x2d, sample=sample)
+
+
+BACKENDS = ("auto", "torch", "onnxruntime")
 
 
 class ServingEncoder:
@@ -68,8 +73,14 @@ class ServingEncoder:
             buffer, which the next call on that bucket overwrites (from one thread only, then).
         pad_to_buckets: route requests through the buckets. Default: on CUDA, or when compiling;
             on the CPU without ``compile_mode`` there is nothing to capture or to keep from
-            recompiling, so calls go straight to the prepacked oneDNN chain (float32 posterior
-            mean; see ``path``) or to :func:`ithp_fast.encode.encode` (no padding).
+            recompiling, so calls go straight to one of the unpadded CPU paths below.
+        backend: the CPU path without buckets, float32 posterior mean (``path`` says which runs):
+            ``"onnxruntime"`` the chain exported once (:func:`ithp_fast.export`) and run in ONNX
+            Runtime (:mod:`ithp_fast.serving.ort_backend`; re-exported after a weight update);
+            ``"torch"`` the chain on oneDNN with prepacked weights
+            (:mod:`ithp_fast.serving.onednn`), or :func:`ithp_fast.encode.encode` for other dtypes
+            and for sampling; ``"auto"`` (default) ONNX Runtime where it applies and is installed,
+            else ``"torch"``. The README's "Deployment" section gives the measured ratios.
 
     Threads: a wrapper may be called from several threads at once. Calls that use one bucket
     run one at a time (a lock per bucket: its buffers and graph are shared); calls on different
@@ -88,6 +99,7 @@ class ServingEncoder:
         cuda_graphs: Optional[bool] = None,
         clone_output: bool = True,
         pad_to_buckets: Optional[bool] = None,
+        backend: str = "auto",
     ) -> None:
         _require_eval(model, "ServingEncoder")
         sizes, toks = _check_batch_sizes(batch_sizes, tokens)
@@ -98,11 +110,9 @@ class ServingEncoder:
         self._runner = _BucketRunner(self.device, compile_mode, cuda_graphs, clone_output)
         self.bucket_rows = tuple(sorted({b * t for b in sizes for t in toks}))
         self._buckets: dict[int, _Bucket] = {}
-        self._prepacked: Optional[PrepackedChain] = None
-        if not _pads(pad_to_buckets, self.device, compile_mode):
+        self._unpadded, self.path = self._unpadded_path(backend, pad_to_buckets, compile_mode)
+        if self.path != "buckets":
             self.bucket_rows = ()
-            if not self.sample and onednn_available(model, self.dtype, self.device):
-                self._prepacked = PrepackedChain(model)
         cfg = model.config
         with torch.no_grad():
             for rows in self.bucket_rows:
@@ -111,10 +121,25 @@ class ServingEncoder:
                 x = torch.zeros(rows, cfg.X0_dim, dtype=self.dtype, device=self.device)
                 self._buckets[rows] = self._runner.build(rows, fn, (x,))
 
-    @property
-    def path(self) -> str:
-        """How calls run: ``"buckets"``, ``"onednn"`` (the prepacked CPU chain) or ``"encode"``."""
-        return "buckets" if self.bucket_rows else ("onednn" if self._prepacked is not None else "encode")
+    def _unpadded_path(self, backend: str, pad_to_buckets, compile_mode) -> tuple[Optional[Callable], str]:
+        """``(b1 of [rows, X0_dim], path name)``; path ``"buckets"`` or ``"encode"`` take no callable."""
+        if backend not in BACKENDS:
+            raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+        padded = _pads(pad_to_buckets, self.device, compile_mode)
+        plain_cpu = not padded and self.device.type == "cpu" and self.dtype == torch.float32 and not self.sample
+        if backend == "onnxruntime" and not plain_cpu:
+            raise ValueError("backend: 'onnxruntime' serves the float32 posterior mean on the CPU, without "
+                             "compile_mode or pad_to_buckets (and sample=False)")
+        if backend == "onnxruntime" or (backend == "auto" and plain_cpu and ort_available()):
+            from .ort_backend import OnnxRuntimeProgram
+
+            program = OnnxRuntimeProgram(self.model, tokens=1)  # rows as a batch of one-token examples
+            return (lambda x2d: program(x2d.unsqueeze(1)).squeeze(1)), "onnxruntime"
+        if padded:
+            return None, "buckets"
+        if not self.sample and onednn_available(self.model, self.dtype, self.device):
+            return PrepackedChain(self.model), "onednn"
+        return None, "encode"
 
     @property
     def chosen_modes(self) -> dict:
@@ -129,8 +154,8 @@ class ServingEncoder:
         rows = math.prod(lead)
         bucket_rows = next((r for r in self.bucket_rows if r >= rows), None)
         with torch.no_grad():
-            if self._prepacked is not None and rows > 0:
-                return self._prepacked(x.reshape(rows, cfg.X0_dim)).reshape(*lead, cfg.B1_dim)
+            if self._unpadded is not None and rows > 0:
+                return self._unpadded(x.reshape(rows, cfg.X0_dim)).reshape(*lead, cfg.B1_dim)
             if bucket_rows is None or rows == 0:
                 return encode(self.model, x, sample=self.sample, precision=self.precision)
             bucket = self._buckets[bucket_rows]
