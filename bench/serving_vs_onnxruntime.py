@@ -11,8 +11,9 @@ every repeat's times and ratios, and their median, minimum and maximum.
 Providers: ``onnxruntime`` (the program written by ``ithp_fast.export``, run in an
 ``InferenceSession`` with ONNX Runtime's default options: the baseline of every ratio),
 ``onnxruntime (threads not spinning)`` (the same with ``session.intra_op.allow_spinning=0``),
-``ithp_fast`` (the serving wrapper's CPU path: ``ServingEncoder``'s default;
-``ServingDeberta(backend="onnxruntime")``), ``aoti`` (the AOTInductor package of the same export)
+``ithp_fast`` (the serving wrappers' CPU defaults, ``ServingEncoder(model)`` and
+``ServingDeberta(model)``: ONNX Runtime with idle threads sleeping), ``ithp_fast (backend='torch')``
+(``ServingEncoder``'s torch path: the prepacked oneDNN chain), ``aoti`` (the AOTInductor package of the same export)
 and ``torch eager`` (``encode`` / ``deberta_logits``, for scale). Writes
 ``bench/results/cpu-serving-vs-onnxruntime-<date>.json`` (``--out`` to change the folder).
 """
@@ -91,12 +92,13 @@ def b1_comparisons(args, folder: str) -> dict:
     if args.aoti:
         aoti = torch._inductor.aoti_load_package(
             ithp_fast.export(model, os.path.join(folder, "b1.pt2"), format="aoti", tokens=args.tokens)[0])
-    server = ithp_fast.ServingEncoder(model)
-    out = {"ithp_fast_path": server.path}
+    server, on_torch = ithp_fast.ServingEncoder(model), ithp_fast.ServingEncoder(model, backend="torch")
+    out = {"ithp_fast_path": server.path, "ithp_fast (backend='torch')_path": on_torch.path}
     for batch in (1, 32):
         x = torch.randn(batch, args.tokens, model.config.X0_dim, generator=torch.Generator().manual_seed(batch))
         feeds = {"x": x.numpy()}
         providers = {"onnxruntime": lambda: session.run(None, feeds), "ithp_fast": lambda: server(x),
+                     "ithp_fast (backend='torch')": lambda: on_torch(x),
                      "onnxruntime (threads not spinning)": lambda: quiet.run(None, feeds),
                      "torch eager": lambda: ithp_fast.encode.encode(model, x)}
         if aoti is not None:
@@ -122,7 +124,7 @@ def deberta_comparisons(args, folder: str) -> dict:
                         eval_sampling="mean").eval()
     onnx_path = ithp_fast.export(model, os.path.join(folder, "model.onnx"), format="onnx", tokens=args.tokens)[0]
     session, quiet = _session(onnx_path, args.threads), _session(onnx_path, args.threads, spinning=False)
-    server = ithp_fast.ServingDeberta(model, tokens=args.tokens, backend="onnxruntime", onnx_file=onnx_path)
+    server = ithp_fast.ServingDeberta(model, tokens=args.tokens, onnx_file=onnx_path)  # the CPU default: ONNX Runtime
     aoti = None
     if args.aoti:
         aoti = torch._inductor.aoti_load_package(
@@ -162,7 +164,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="threads for torch and ONNX Runtime (default 2)")
     parser.add_argument("--tokens", type=int, default=50, help="tokens per example (default 50)")
     parser.add_argument("--repeats", type=int, default=9, help="interleaved turns per provider (default 9)")
-    parser.add_argument("--calls", type=int, default=200, help="timed calls per turn at b1 batch 1 (fewer at larger work)")
+    parser.add_argument("--calls", type=int, default=200,
+                        help="timed calls per turn at b1 batch 1 (fewer for larger work)")
     parser.add_argument("--deberta", choices=("small", "base"), default="small", help="ITHP-DeBERTa's backbone shape")
     parser.add_argument("--no-aoti", dest="aoti", action="store_false", help="leave out the AOTInductor packages")
     parser.add_argument("--only", choices=("b1", "deberta"), default=None, help="run one of the two comparisons")

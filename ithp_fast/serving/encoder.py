@@ -23,7 +23,7 @@ from torch import nn
 
 from ..checks import check_encode_inputs
 from ..encode import chain as chain_path
-from ..encode import choose_path, encode, float32_precision
+from ..encode import choose_path, encode, float32_precision, layers
 from ..encode import fused as fused_path
 from ..reference.ithp import ITHP as ReferenceITHP
 from .buckets import (
@@ -107,6 +107,7 @@ class ServingEncoder:
         self.sample = bool(sample)
         self.precision = float32_precision(precision)
         self.device, self.dtype = _model_device_dtype(model)
+        self._first_param = next(model.parameters())
         self._runner = _BucketRunner(self.device, compile_mode, cuda_graphs, clone_output)
         self.bucket_rows = tuple(sorted({b * t for b in sizes for t in toks}))
         self._buckets: dict[int, _Bucket] = {}
@@ -133,7 +134,8 @@ class ServingEncoder:
         if backend == "onnxruntime" or (backend == "auto" and plain_cpu and ort_available()):
             from .ort_backend import OnnxRuntimeProgram
 
-            program = OnnxRuntimeProgram(self.model, tokens=1)  # rows as a batch of one-token examples
+            # Rows as a batch of one-token examples; b1 reads only the encoders' weights.
+            program = OnnxRuntimeProgram(self.model, tokens=1, watched=layers(self.model))
             return (lambda x2d: program(x2d.unsqueeze(1)).squeeze(1)), "onnxruntime"
         if padded:
             return None, "buckets"
@@ -149,7 +151,7 @@ class ServingEncoder:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``b1`` ``[..., B1_dim]`` for ``x`` ``[..., X0_dim]`` (same checks as ``encode``)."""
         cfg = self.model.config
-        check_encode_inputs(cfg, x, None, next(self.model.parameters()))
+        check_encode_inputs(cfg, x, None, self._first_param)
         lead = tuple(x.shape[:-1])
         rows = math.prod(lead)
         bucket_rows = next((r for r in self.bucket_rows if r >= rows), None)

@@ -44,13 +44,14 @@ class PrepackedChain:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
+        self._layers = layers(model)  # the parameters, looked up once (replacing them needs a new wrapper)
         self._lock = threading.Lock()
         self._packed: Optional[tuple] = None
         self._seen: Optional[tuple] = None
 
     def _pack(self) -> tuple:
         cfg = self.model.config
-        w0, c0, w1, c1, w2, c2, w3, c3 = (t.detach() for t in layers(self.model))
+        w0, c0, w1, c1, w2, c2, w3, c3 = (t.detach() for t in self._layers)
         weights = (w0, w1[: cfg.B0_dim], w2, w3[: cfg.B1_dim])
         biases = (c0, c1[: cfg.B0_dim], c2, c3[: cfg.B1_dim])
         reorder = torch.ops.mkldnn._reorder_linear_weight
@@ -58,7 +59,7 @@ class PrepackedChain:
 
     def packed(self) -> tuple:
         """The packed ``(weight, bias)`` of each Linear, rebuilt if a weight changed since."""
-        seen = _signature(layers(self.model))
+        seen = _signature(self._layers)
         if seen != self._seen:
             with self._lock:
                 if seen != self._seen:

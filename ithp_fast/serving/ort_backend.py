@@ -10,9 +10,10 @@ batch) into a temporary folder, or reads an ONNX file exported before, and runs 
 rather than spinning (they would take the cores from the rest of the process). Needs the
 ``export`` extra (``pip install 'ithp_fast[export]'``).
 
-Weight updates are seen: every call compares each parameter's version counter and storage with
-those exported, and a change exports the model again (seconds for ITHP, up to a minute for a
-deberta-v3-base backbone) before answering. ``InferenceSession.run`` may be called from several
+Weight updates made in place are seen: every call compares each parameter's version counter and
+storage with those exported (replacing parameter tensors needs a new wrapper), and a change
+exports the model again (seconds for ITHP, up to a minute for a deberta-v3-base backbone) before
+answering. ``InferenceSession.run`` may be called from several
 threads; a re-export happens once, under a lock.
 """
 
@@ -22,7 +23,7 @@ import importlib.util
 import os
 import tempfile
 import threading
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -49,8 +50,8 @@ def _session(path: str, threads: int):
     return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
-def _signature(model: nn.Module) -> tuple:
-    return tuple((p._version, p.data_ptr()) for p in model.parameters())
+def _signature(params: tuple) -> tuple:
+    return tuple((p._version, p.data_ptr()) for p in params)
 
 
 class OnnxRuntimeProgram:
@@ -62,15 +63,18 @@ class OnnxRuntimeProgram:
         onnx_file: an ONNX file written by :func:`ithp_fast.export` for this model and ``tokens``
             (dynamic batch); None exports one now. A given file is never re-exported.
         threads: ONNX Runtime's intra-op threads (default: ``torch.get_num_threads()``).
+        watched: the parameters whose updates trigger a new export (default: all the model's).
     """
 
     def __init__(self, model: nn.Module, tokens: int, onnx_file: Optional[str] = None,
-                 threads: Optional[int] = None) -> None:
+                 threads: Optional[int] = None, watched: Optional[Sequence[torch.Tensor]] = None) -> None:
         self.model, self.tokens = model, tokens
         self.threads = threads or torch.get_num_threads()
         self._lock = threading.Lock()
         self._follows_weights = onnx_file is None
-        self._seen = _signature(model)
+        # Listed once: walking the modules on every call would cost 0.1 ms.
+        self._params = tuple(model.parameters() if watched is None else watched)
+        self._seen = _signature(self._params)
         self._session = self._export() if onnx_file is None else _session(os.fspath(onnx_file), self.threads)
         self.input_names = tuple(i.name for i in self._session.get_inputs())
         first = self._session.get_inputs()[0].shape
@@ -87,7 +91,7 @@ class OnnxRuntimeProgram:
 
     def _current_session(self):
         if self._follows_weights:
-            seen = _signature(self.model)
+            seen = _signature(self._params)
             if seen != self._seen:
                 with self._lock:
                     if seen != self._seen:
