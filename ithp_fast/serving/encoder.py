@@ -132,10 +132,11 @@ class ServingEncoder:
             raise ValueError("backend: 'onnxruntime' serves the float32 posterior mean on the CPU, without "
                              "compile_mode or pad_to_buckets (and sample=False)")
         if backend == "onnxruntime" or (backend == "auto" and plain_cpu and ort_available()):
-            from .ort_backend import OnnxRuntimeProgram
+            from .ort_backend import SPIN_MAX_BATCH, OnnxRuntimeProgram
 
             # Rows as a batch of one-token examples; b1 reads only the encoders' weights.
-            program = OnnxRuntimeProgram(self.model, tokens=1, watched=layers(self.model))
+            program = OnnxRuntimeProgram(self.model, tokens=1, watched=layers(self.model),
+                                         spin_max_batch=SPIN_MAX_BATCH)
             return (lambda x2d: program(x2d.unsqueeze(1)).squeeze(1)), "onnxruntime"
         if padded:
             return None, "buckets"

@@ -7,7 +7,8 @@ chain are close between the two, and ONNX Runtime's thread pool copes better wit
 machine. This backend exports the model once (:func:`ithp_fast.export`, posterior mean, dynamic
 batch) into a temporary folder, or reads an ONNX file exported before, and runs it in an
 ``onnxruntime.InferenceSession`` with torch's intra-op thread count, its idle threads sleeping
-rather than spinning (they would take the cores from the rest of the process). Needs the
+rather than spinning (they would take the cores from the rest of the process); ``b1`` keeps a
+second, spinning session for small requests (:data:`SPIN_MAX_BATCH`). Needs the
 ``export`` extra (``pip install 'ithp_fast[export]'``).
 
 Weight updates made in place are seen: every call compares each parameter's version counter and
@@ -36,7 +37,7 @@ def available() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in REQUIRED)
 
 
-def _session(path: str, threads: int):
+def _session(path: str, threads: int, spinning: bool = False):
     try:
         import onnxruntime
     except ImportError as err:
@@ -44,10 +45,18 @@ def _session(path: str, threads: int):
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    # Idle workers sleep instead of spinning: in a server process other work shares the cores, and
-    # on a busy machine spinning cost ONNX Runtime itself 1.5x here (bench/serving_vs_onnxruntime.py).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not spinning:  # idle workers sleep: see SPIN_MAX_BATCH
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+SPIN_MAX_BATCH = 400
+"""``ServingEncoder``'s requests of up to this many rows (8 examples of 50 tokens) run on a
+session whose idle threads spin (ONNX Runtime's default), larger ones on a session whose threads
+sleep. A short call (``b1`` of one 50-token
+example: 0.1-0.2 ms) waits on its workers' wake-up several times, and spinning workers answer at
+once; a long call on a machine whose cores are busy loses more to workers spinning away the
+cores' time than it gains (``bench/serving_vs_onnxruntime.py``: ``b1`` at batch 1 and 32)."""
 
 
 def _signature(params: tuple) -> tuple:
@@ -64,41 +73,52 @@ class OnnxRuntimeProgram:
             (dynamic batch); None exports one now. A given file is never re-exported.
         threads: ONNX Runtime's intra-op threads (default: ``torch.get_num_threads()``).
         watched: the parameters whose updates trigger a new export (default: all the model's).
+        spin_max_batch: requests of up to this many examples (first dimension) run on a session
+            whose idle threads spin, larger ones on one whose threads sleep (see
+            :data:`SPIN_MAX_BATCH`); 0: threads always sleep.
     """
 
     def __init__(self, model: nn.Module, tokens: int, onnx_file: Optional[str] = None,
-                 threads: Optional[int] = None, watched: Optional[Sequence[torch.Tensor]] = None) -> None:
+                 threads: Optional[int] = None, watched: Optional[Sequence[torch.Tensor]] = None,
+                 spin_max_batch: int = 0) -> None:
         self.model, self.tokens = model, tokens
         self.threads = threads or torch.get_num_threads()
+        self.spin_max_batch = spin_max_batch
         self._lock = threading.Lock()
         self._follows_weights = onnx_file is None
         # Listed once: walking the modules on every call would cost 0.1 ms.
         self._params = tuple(model.parameters() if watched is None else watched)
         self._seen = _signature(self._params)
-        self._session = self._export() if onnx_file is None else _session(os.fspath(onnx_file), self.threads)
-        self.input_names = tuple(i.name for i in self._session.get_inputs())
-        first = self._session.get_inputs()[0].shape
+        self._sessions = self._export() if onnx_file is None else self._load(os.fspath(onnx_file))
+        self.input_names = tuple(i.name for i in self._sessions[0].get_inputs())
+        first = self._sessions[0].get_inputs()[0].shape
         if len(first) < 2 or first[1] != tokens:
             raise ValueError(f"onnx_file: its program takes {self.input_names[0]} of shape {first}, "
                              f"expected [batch, {tokens}, ...]")
 
-    def _export(self):
+    def _load(self, path: str) -> tuple:
+        """``(sleeping session, spinning session or None)``."""
+        spinning = _session(path, self.threads, spinning=True) if self.spin_max_batch else None
+        return _session(path, self.threads), spinning
+
+    def _export(self) -> tuple:
         from .export import export
 
         with tempfile.TemporaryDirectory(prefix="ithp_fast-onnx-") as folder:
             path = export(self.model, os.path.join(folder, "model.onnx"), format="onnx", tokens=self.tokens)[0]
-            return _session(path, self.threads)  # reads the weights into memory
+            return self._load(path)  # the sessions read the weights into memory
 
-    def _current_session(self):
+    def _current_sessions(self) -> tuple:
         if self._follows_weights:
             seen = _signature(self._params)
             if seen != self._seen:
                 with self._lock:
                     if seen != self._seen:
-                        self._session, self._seen = self._export(), seen
-        return self._session
+                        self._sessions, self._seen = self._export(), seen
+        return self._sessions
 
     def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
-        session = self._current_session()
+        sleeping, spinning = self._current_sessions()
+        session = spinning if spinning is not None and tensors[0].shape[0] <= self.spin_max_batch else sleeping
         feeds = {name: t.detach().cpu().numpy() for name, t in zip(self.input_names, tensors)}
         return torch.from_numpy(session.run(None, feeds)[0])
