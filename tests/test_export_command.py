@@ -19,15 +19,9 @@ TINY_TRAIN = ["--hidden-size", "32", "--num-layers", "1", "--intermediate-size",
               "--batch-size", "8", "--epochs", "1", "--no-progress", "--no-plots", "--device", "cpu"]
 
 
-def needs_load_checkpoint():
-    if not hasattr(ithp_fast, "load_checkpoint") and "load_checkpoint" not in getattr(ithp_fast, "_PUBLIC", {}):
-        pytest.skip("ithp_fast.load_checkpoint is not available")
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A tiny checkpoint written by ``ithp-fast train`` (synthetic data, one epoch)."""
-    needs_load_checkpoint()
     out = tmp_path_factory.mktemp("run")
     assert main(["train", "--output-dir", str(out), *TINY_TRAIN]) == 0
     found = sorted(os.path.dirname(os.path.join(d, f)) for d, _, files in os.walk(out) for f in files
@@ -87,7 +81,6 @@ def test_bad_arguments_give_one_line_and_write_nothing(tmp_path, capsys, case, a
 
 
 def test_a_directory_that_is_not_a_checkpoint(tmp_path, capsys):
-    needs_load_checkpoint()
     folder = tmp_path / "not-a-checkpoint"
     folder.mkdir()
     output = str(tmp_path / "m.onnx")
