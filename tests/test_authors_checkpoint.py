@@ -11,13 +11,13 @@ posterior mean.
 import pytest
 import torch
 from helpers import TOLERANCES
-from ithp_fast.reference import ITHP as ReferenceITHP
 from safetensors.torch import load_model, save_file
 from torch import nn
 from transformers import DebertaV2Config, DebertaV2Model
 
 import ithp_fast
 from ithp_fast import ITHPConfig, ITHPDeberta
+from ithp_fast.reference import ITHP as ReferenceITHP
 
 HIDDEN = 32
 
