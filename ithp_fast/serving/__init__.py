@@ -3,8 +3,9 @@
 ``ServingEncoder`` (``encoder.py``) serves ``ITHP.encode``; ``ServingDeberta`` and
 ``deberta_logits`` (``deberta.py``) the logits of a whole ITHP-DeBERTa; ``graphs.py`` holds the
 CUDA-graph-captured training step and forward and the one graph-capture helper that every
-wrapper uses; ``buckets.py`` the buckets both serving wrappers share; ``export.py`` writes a model
-as an ONNX file or an AOTInductor package (:func:`ithp_fast.export`).
+wrapper uses; ``buckets.py`` the buckets both serving wrappers share; ``onednn.py`` and
+``ort_backend.py`` the wrappers' CPU paths (oneDNN with prepacked weights, ONNX Runtime);
+``export.py`` writes a model as an ONNX file or an AOTInductor package (:func:`ithp_fast.export`).
 """
 
 from .deberta import ServingDeberta, deberta_logits

@@ -9,7 +9,7 @@ with the attention mask a static input of every graph.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -25,6 +25,7 @@ from .buckets import (
     _pads,
     _require_eval,
 )
+from .logits import _backbone_states, _prebuilt_relative_positions, first_token_logits  # noqa: F401 (re-exported)
 from .ort_backend import available as ort_available
 
 
@@ -45,42 +46,6 @@ def deberta_logits(
     ``eval_sampling`` says; ``noise=(eps0, eps1)`` shaped as for the forward, ``[B, T, B*_dim]``).
     """
     return _logits(model, input_ids, attention_mask, noise, precision, None)
-
-
-def _backbone_states(backbone: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor,
-                     relative_pos: Optional[torch.Tensor]) -> torch.Tensor:
-    """The backbone's last hidden states. With ``relative_pos`` given (built ahead of a CUDA-graph
-    capture: building it copies a host scalar to the device), embeddings and encoder are called
-    as ``DebertaV2Model.forward`` calls them, with that tensor passed in."""
-    if relative_pos is None:
-        return backbone(input_ids, attention_mask=mask).last_hidden_state
-    states = backbone.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids), mask=mask)
-    return backbone.encoder(states, mask, output_hidden_states=False, relative_pos=relative_pos).last_hidden_state
-
-
-def _prebuilt_relative_positions(backbone: nn.Module, tokens: int, device: torch.device) -> Optional[torch.Tensor]:
-    """DeBERTa's relative positions for ``tokens`` tokens, or None where the backbone has none
-    (or is not laid out as ``DebertaV2Model``: then it runs whole)."""
-    encoder = getattr(backbone, "encoder", None)
-    if not getattr(encoder, "relative_attention", False) or getattr(backbone, "z_steps", 0) > 1 \
-            or not hasattr(backbone, "embeddings"):
-        return None
-    hidden = backbone.config.hidden_size
-    return encoder.get_rel_pos(torch.zeros(1, tokens, hidden, device=device))
-
-
-def first_token_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
-                       encode_first: Callable[[torch.Tensor], torch.Tensor],
-                       relative_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The logits of ``model`` with ``b1 = encode_first(x[:, :1])`` for the first token's states
-    ``x[:, :1]`` (``[B, 1, H]``): what the serving wrappers run and what the export traces."""
-    body = model.dberta
-    # The backbone gets a mask tensor always: without one it checks the ids for padding on the
-    # host (a device sync, impossible inside a CUDA graph); all ones is what it would assume.
-    if attention_mask is None or not model.pass_attention_mask:
-        attention_mask = torch.ones_like(input_ids)
-    first = _backbone_states(body.model, input_ids, attention_mask, relative_pos)[:, :1]
-    return model.classifier(model.dropout(body.fuse(first, encode_first(first))))
 
 
 def _logits(model, input_ids, attention_mask, noise, precision, relative_pos):

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from ..reference.ithp import ITHP as ReferenceITHP
-from .deberta import first_token_logits
+from .logits import first_token_logits
 
 FORMATS = ("onnx", "aoti")
 DEFAULT_TOKENS = 50
