@@ -177,7 +177,7 @@ def test_three_detectors_and_a_detector_mask(ithp_cls):
     out = model(ids, detectors={"acoustic": a, "visual": v, "pose": pose}, detector_mask=present,
                 attention_mask=torch.ones_like(ids))
     assert isinstance(out, ithp_fast.ITHPDebertaLevelsOutput) and len(out.kl_terms) == len(out.mse_terms) == 3
-    assert model.dberta.expand.in_features == 3  # the last level's width
+    assert model.dberta.expand[0].in_features == 3  # the last level's width
     loss = model.training_loss(out, torch.zeros(3))
     torch.testing.assert_close(loss, ((out.logits.squeeze(1)) ** 2).mean() + 2 / 42 * out.IB_total)
     loss.backward()

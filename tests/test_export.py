@@ -172,3 +172,14 @@ def test_served_deberta_backend_arguments_are_checked():
         ServingDeberta(tiny_deberta(eval_sampling="sample"), backend="onnxruntime")
     with pytest.raises(ValueError, match="onnx_file: only used with backend='onnxruntime'"):
         ServingDeberta(tiny_deberta(eval_sampling="mean"), backend="torch", onnx_file="model.onnx")
+
+
+def test_encoder_of_three_levels_on_onnxruntime():
+    from helpers import level_config
+
+    model = ithp(cfg=level_config(3))
+    server = ServingEncoder(model)
+    assert server.path == "onnxruntime"
+    x = features(3, model.config.X0_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(server(x), encode(model, x), **TOL)

@@ -343,3 +343,15 @@ def test_served_deberta_answers_each_thread_its_own_request():
     got, work = answers_from_threads(server, reqs)
     wrong = sum(not torch.equal(out, serial[id(r[0])]) for out, r in zip(got, work))
     assert wrong == 0, f"{wrong} of {len(work)} answers differ from the serial ones"
+
+
+@pytest.mark.parametrize("levels", [1, 3])
+def test_cpu_paths_serve_any_level_count(levels):
+    from helpers import level_config
+
+    model = ithp(cfg=level_config(levels))
+    x = torch.randn(2, 5, model.config.X0_dim)
+    with torch.no_grad():
+        want = encode(model, x)
+        for server in (ServingEncoder(model, backend="torch"), ServingEncoder(model, pad_to_buckets=True, tokens=5)):
+            torch.testing.assert_close(server(x), want, **TOLERANCES[torch.float32])

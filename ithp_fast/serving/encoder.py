@@ -23,7 +23,7 @@ from torch import nn
 
 from ..checks import check_encode_inputs
 from ..encode import chain as chain_path
-from ..encode import choose_path, encode, float32_precision, layers
+from ..encode import choose_path, encode, float32_precision
 from ..encode import fused as fused_path
 from ..reference.ithp import ITHP as ReferenceITHP
 from .buckets import (
@@ -36,7 +36,7 @@ from .buckets import (
     _pads,
     _require_eval,
 )
-from .onednn import PrepackedChain
+from .onednn import PrepackedChain, encoder_linears
 from .onednn import available as onednn_available
 from .ort_backend import available as ort_available
 
@@ -135,8 +135,8 @@ class ServingEncoder:
             from .ort_backend import SPIN_MAX_BATCH, OnnxRuntimeProgram
 
             # Rows as a batch of one-token examples; b1 reads only the encoders' weights.
-            program = OnnxRuntimeProgram(self.model, tokens=1, watched=layers(self.model),
-                                         spin_max_batch=SPIN_MAX_BATCH)
+            watched = [t for w, b, _ in encoder_linears(self.model) for t in (w, b)]
+            program = OnnxRuntimeProgram(self.model, tokens=1, watched=watched, spin_max_batch=SPIN_MAX_BATCH)
             return (lambda x2d: program(x2d.unsqueeze(1)).squeeze(1)), "onnxruntime"
         if padded:
             return None, "buckets"
@@ -150,7 +150,8 @@ class ServingEncoder:
         return self._runner.chosen_modes
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """``b1`` ``[..., B1_dim]`` for ``x`` ``[..., X0_dim]`` (same checks as ``encode``)."""
+        """``b1`` (the last level's ``b``) ``[..., bottleneck_dims[-1]]`` for ``x`` ``[..., X0_dim]``
+        (same checks as ``encode``)."""
         cfg = self.model.config
         check_encode_inputs(cfg, x, None, self._first_param)
         lead = tuple(x.shape[:-1])
@@ -158,11 +159,11 @@ class ServingEncoder:
         bucket_rows = next((r for r in self.bucket_rows if r >= rows), None)
         with torch.no_grad():
             if self._unpadded is not None and rows > 0:
-                return self._unpadded(x.reshape(rows, cfg.X0_dim)).reshape(*lead, cfg.B1_dim)
+                return self._unpadded(x.reshape(rows, cfg.X0_dim)).reshape(*lead, cfg.bottleneck_dims[-1])
             if bucket_rows is None or rows == 0:
                 return encode(self.model, x, sample=self.sample, precision=self.precision)
             bucket = self._buckets[bucket_rows]
             with bucket.lock:
                 bucket.inputs[0][:rows].copy_(x.reshape(rows, cfg.X0_dim))
                 out = bucket.run()[:rows]
-                return self._runner.finish(out).reshape(*lead, cfg.B1_dim)
+                return self._runner.finish(out).reshape(*lead, cfg.bottleneck_dims[-1])

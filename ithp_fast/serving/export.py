@@ -6,7 +6,7 @@ whatever the model's ``eval_sampling``) in eval mode:
 * a whole :class:`ithp_fast.ITHPDeberta`: ``input_ids``, ``attention_mask`` (int64
   ``[batch, tokens]``) -> ``logits`` ``[batch, num_labels]``;
 * an ITHP alone (:class:`ithp_fast.ITHP` or the reference): ``x`` (text features
-  ``[batch, tokens, X0_dim]``) -> ``b1`` ``[batch, tokens, B1_dim]``.
+  ``[batch, tokens, X0_dim]``) -> ``b1`` (the last level's ``b``) ``[batch, tokens, bottleneck_dims[-1]]``.
 
 Formats:
 

@@ -1,6 +1,6 @@
 """The CPU serving path of ``ServingEncoder``: the posterior-mean chain on oneDNN with prepacked weights.
 
-``b1 = mu1`` takes four Linears (the mu rows of each encoder's last Linear only). On the CPU
+``b1 = mu1`` takes two Linears per level (the mu rows of each encoder's last Linear only). On the CPU
 torch runs a float32 ``addmm`` through MKL, whose kernels are not the fastest on every CPU (on
 AMD EPYC MKL does not use its AVX-512 code); oneDNN's JIT kernels are, once the weights are
 reordered into its blocked layout. This module reorders them once
@@ -22,8 +22,6 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..encode import layers
-
 
 def available(model: nn.Module, dtype: torch.dtype, device: torch.device) -> bool:
     """Whether this path serves ``model``: float32 on the CPU, with torch built with oneDNN."""
@@ -31,12 +29,23 @@ def available(model: nn.Module, dtype: torch.dtype, device: torch.device) -> boo
             and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and not model.training)
 
 
+def encoder_linears(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor, Optional[int]]]:
+    """``(weight, bias, rows kept)`` of each Linear on the posterior-mean chain, level by level:
+    the encoder's first Linear (all rows) and the mu rows of its last (``bottleneck_dims[k]``)."""
+    out = []
+    for k, width in enumerate(model.config.bottleneck_dims):
+        encoder = model.level_modules(k)[0]
+        out += [(encoder[0].weight, encoder[0].bias, None), (encoder[3].weight, encoder[3].bias, width)]
+    return out
+
+
 def _signature(tensors) -> tuple:
     return tuple((t._version, t.data_ptr()) for t in tensors)
 
 
 class PrepackedChain:
-    """``b1 = mu1`` of ``[rows, X0_dim]`` through four oneDNN Linears with prepacked weights.
+    """The last level's ``b = mu`` of ``[rows, X0_dim]`` through oneDNN Linears with prepacked
+    weights (two per level: four for the paper's two levels).
 
     Safe to call from several threads at once (the packed weights are only read; a repack after a
     weight update swaps them in one assignment).
@@ -44,22 +53,21 @@ class PrepackedChain:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self._layers = layers(model)  # the parameters, looked up once (replacing them needs a new wrapper)
+        # The parameters, looked up once (replacing them needs a new wrapper).
+        self._linears = encoder_linears(model)
+        self._tensors = tuple(t for w, b, _ in self._linears for t in (w, b))
         self._lock = threading.Lock()
         self._packed: Optional[tuple] = None
         self._seen: Optional[tuple] = None
 
     def _pack(self) -> tuple:
-        cfg = self.model.config
-        w0, c0, w1, c1, w2, c2, w3, c3 = (t.detach() for t in self._layers)
-        weights = (w0, w1[: cfg.B0_dim], w2, w3[: cfg.B1_dim])
-        biases = (c0, c1[: cfg.B0_dim], c2, c3[: cfg.B1_dim])
         reorder = torch.ops.mkldnn._reorder_linear_weight
-        return tuple((reorder(w.contiguous()), b.contiguous()) for w, b in zip(weights, biases))
+        return tuple((reorder(w.detach()[:rows].contiguous()), b.detach()[:rows].contiguous())
+                     for w, b, rows in self._linears)
 
     def packed(self) -> tuple:
         """The packed ``(weight, bias)`` of each Linear, rebuilt if a weight changed since."""
-        seen = _signature(self._layers)
+        seen = _signature(self._tensors)
         if seen != self._seen:
             with self._lock:
                 if seen != self._seen:
@@ -67,9 +75,10 @@ class PrepackedChain:
         return self._packed
 
     def __call__(self, x2d: torch.Tensor) -> torch.Tensor:
-        (w0, c0), (w1, c1), (w2, c2), (w3, c3) = self.packed()
         linear = torch.ops.mkldnn._linear_pointwise
-        h = linear(x2d, w0, c0, "none", [], "").relu_()
-        b0 = linear(h, w1, c1, "none", [], "")
-        h = linear(b0, w2, c2, "none", [], "").relu_()
-        return linear(h, w3, c3, "none", [], "")
+        b = x2d
+        packed = self.packed()
+        for first in range(0, len(packed), 2):  # per level: Linear -> ReLU -> Linear (mu rows)
+            (w, c), (w_mu, c_mu) = packed[first], packed[first + 1]
+            b = linear(linear(b, w, c, "none", [], "").relu_(), w_mu, c_mu, "none", [], "")
+        return b
