@@ -116,7 +116,8 @@ def test_evaluate_checks_widths_against_the_checkpoint(tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(ckpt), "--data", dump(tmp_path, word_data())]) == 2
     err = capsys.readouterr().err
-    assert f"visual width {D_V} but the checkpoint" in err and "X2_dim=47" in err and f"acoustic width {D_A}" in err
+    assert f"acoustic width {D_A} but the checkpoint" in err and "74 for acoustic (detector_dims[0], level 1)" in err
+    assert f"visual width {D_V} but the checkpoint" in err and "has 47 for visual (detector_dims[1], level 2)" in err
     # the synthetic checkpoint evaluates on its own synthetic set without --data
     assert main(["evaluate", "--checkpoint", str(ckpt), "--impl", "reference"]) == 0
 

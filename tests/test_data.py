@@ -342,9 +342,14 @@ def test_missing_file():
 
 def test_feature_widths_checked_against_the_model(tmp_path):
     data = load_sentiment_data(dump(tmp_path, word_data()))
-    check_feature_widths(data, D_V, D_A)
-    with pytest.raises(DataFormatError, match=re.escape(f"visual width {D_V} but the model has X2_dim=47")):
-        check_feature_widths(data, 47, D_A)
+    check_feature_widths(data, {"acoustic": D_A, "visual": D_V})
+    check_feature_widths(data, {"visual": D_V})  # a model of one level, whatever its detector
+    with pytest.raises(DataFormatError, match=re.escape(f"visual width {D_V} but the model has 47 for visual")):
+        check_feature_widths(data, {"visual": 47, "acoustic": D_A})
+    with pytest.raises(DataFormatError, match=re.escape("(detector_dims[0], level 1)")):
+        check_feature_widths(data, {"visual": 47, "acoustic": D_A})  # named in the model's level order
+    with pytest.raises(DataFormatError, match="no detector named 'pose'"):
+        check_feature_widths(data, {"acoustic": D_A, "pose": 3})
 
 
 # --------------------------------------------------------------------------- synthetic set and normalisation

@@ -3,12 +3,20 @@
 Pickles run code stored in them when loaded: only pass paths to files you trust.
 """
 
-from .dataset import SentimentData, SentimentSplit, check_feature_widths, load_sentiment_data, minmax_normalise
+from .dataset import (
+    DETECTOR_NAMES,
+    SentimentData,
+    SentimentSplit,
+    check_feature_widths,
+    load_sentiment_data,
+    minmax_normalise,
+)
 from .formats import LABEL_RANGE, SPLITS, DataFormatError, read_pickle
 from .synthetic import SyntheticSpec, make_synthetic, synthetic_ceiling
 from .tokenize import PretrainedWordTokenizer, WordVocabulary, align_words
 
 __all__ = [
+    "DETECTOR_NAMES",
     "LABEL_RANGE",
     "SPLITS",
     "DataFormatError",

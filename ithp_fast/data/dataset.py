@@ -15,6 +15,9 @@ from .formats import DataFormatError, detect_layout, parse_arrays, parse_word_le
 from .synthetic import SyntheticSpec, make_synthetic
 from .tokenize import WordTokenizer, WordVocabulary, align_words
 
+DETECTOR_NAMES = ("acoustic", "visual")
+"""The detectors every loader reads, by name (whatever level a model gives them)."""
+
 
 class SentimentSplit(Dataset):
     """One split as tensors; items are dicts with ``index``, ``input_ids`` ``[T]``,
@@ -63,6 +66,11 @@ class SentimentData:
     @property
     def acoustic_dim(self) -> int:
         return int(self.splits["train"].acoustic.shape[-1])
+
+    @property
+    def detector_dims(self) -> dict[str, int]:
+        """The width of each detector, by name."""
+        return {name: int(getattr(self.splits["train"], name).shape[-1]) for name in DETECTOR_NAMES}
 
     @property
     def vocab_size(self) -> int:
@@ -147,13 +155,23 @@ def load_sentiment_data(
     return SentimentData(_from_arrays(raw, path, max_len), layout, path, None)
 
 
-def check_feature_widths(data: SentimentData, visual_dim: int, acoustic_dim: int, what: str = "the model") -> None:
-    """A clear error when the data's detector widths differ from the model's ``X2_dim`` / ``X1_dim``."""
+def check_feature_widths(data: SentimentData, detector_dims: Mapping[str, int], what: str = "the model") -> None:
+    """A clear error when a detector of the data is missing or its width differs from the model's.
+
+    ``detector_dims``: the model's width of each detector, by name, in its level order.
+    """
     problems = []
-    if data.visual_dim != visual_dim:
-        problems.append(f"visual width {data.visual_dim} but {what} has X2_dim={visual_dim}")
-    if data.acoustic_dim != acoustic_dim:
-        problems.append(f"acoustic width {data.acoustic_dim} but {what} has X1_dim={acoustic_dim}")
+    have = data.detector_dims
+    for level, (name, width) in enumerate(detector_dims.items()):
+        if name not in have:
+            problems.append(
+                f"no detector named {name!r} ({what} has one at level {level + 1}; the data have {', '.join(have)})"
+            )
+        elif have[name] != width:
+            problems.append(
+                f"{name} width {have[name]} but {what} has {width} for {name} "
+                f"(detector_dims[{level}], level {level + 1})"
+            )
     if problems:
         raise DataFormatError(data.source, "; ".join(problems))
 

@@ -121,6 +121,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
             device=args.device,
             output_dir=args.output_dir,
             eval_sampling=args.eval_sampling,
+            drop_detectors=args.drop_detectors,
         )
     except USER_ERRORS as exc:
         report_error("evaluate", exc)
@@ -177,6 +178,15 @@ def register(sub) -> None:
         choices=("mean", "sample"),
         help="latent in evaluation: mean (b = mu, the same answer every time) or sample (drawn, as the "
         "released evaluation). Default: the training run's",
+    )
+    e.add_argument(
+        "--drop-detectors",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="remove these detectors (acoustic, visual; comma- or space-separated) from every example: their "
+        "levels' reconstruction terms become 0 and <split>-without-NAME.json is written. The predictions do "
+        "not change: ITHP predicts from the text alone. Default: none",
     )
     e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     e.add_argument(

@@ -133,12 +133,15 @@ def evaluate(
     device: str = "auto",
     output_dir: Optional[str] = None,
     eval_sampling: Optional[str] = None,
+    drop_detectors: Sequence[str] = (),
 ) -> dict:
     """Score a checkpoint directory on one split; returns the report (also written to ``output_dir``).
 
     ``data`` takes what :func:`train` takes (needed unless the checkpoint was trained on the
     synthetic set). ``output_dir`` defaults to ``eval-<checkpoint name>`` beside the checkpoint;
     ``eval_sampling`` to the training run's (``"mean"`` gives the same predictions every time).
+    ``drop_detectors`` (e.g. ``["acoustic"]``) removes those detectors from every example: the report's
+    ``ib_terms`` show their levels' reconstruction terms at 0; the predictions do not use detectors.
     """
     return evaluate_checkpoint(
         os.fspath(checkpoint),
@@ -150,6 +153,7 @@ def evaluate(
         device=device,
         output_dir=output_dir,
         eval_sampling=eval_sampling,
+        drop_detectors=drop_detectors,
     )
 
 

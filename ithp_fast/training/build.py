@@ -10,7 +10,7 @@ from torch import nn
 from ..config import ITHPConfig
 from ..data import DataFormatError, PretrainedWordTokenizer, SentimentData, WordVocabulary
 from ..data.tokenize import VOCAB_FILE
-from ..reference.deberta import ITHPDeberta, load_backbone
+from ..reference.deberta import RELEASED_ORDER, ITHPDeberta, load_backbone
 from .checkpoints import verify_tokenizer_files
 from .config import IMPLS, TrainConfig
 
@@ -50,6 +50,11 @@ def ithp_class(impl: str) -> type:
     return ITHP
 
 
+def model_modalities(model_config: dict) -> tuple[str, ...]:
+    """The detector of each ITHP level of a checkpoint's ``model`` config (the released order when it names none)."""
+    return tuple(model_config.get("modality_order", RELEASED_ORDER))
+
+
 def build_model(model_config: dict, impl: str, backbone: Optional[nn.Module] = None) -> ITHPDeberta:
     """ITHP-DeBERTa from a checkpoint's ``model`` config (random backbone weights unless ``backbone`` is given)."""
     from transformers import DebertaV2Config
@@ -64,6 +69,8 @@ def build_model(model_config: dict, impl: str, backbone: Optional[nn.Module] = N
         pass_attention_mask=model_config["pass_attention_mask"],
         ithp_cls=ithp_class(impl),
         eval_sampling=model_config["eval_sampling"],
+        modality_order=model_modalities(model_config),
+        mask_ithp_padding=model_config.get("mask_ithp_padding", False),
     )
 
 
@@ -75,19 +82,7 @@ def new_model(cfg: TrainConfig, data: SentimentData) -> tuple[ITHPDeberta, dict]
             data.source,
             f"token ids reach {data.vocab_size - 1} but the backbone's vocab_size is {backbone.config.vocab_size}",
         )
-    ithp = ITHPConfig(
-        X0_dim=backbone.config.hidden_size,
-        X1_dim=data.acoustic_dim,
-        X2_dim=data.visual_dim,
-        inter_dim=cfg.inter_dim,
-        B0_dim=cfg.b0_dim,
-        B1_dim=cfg.b1_dim,
-        drop_prob=cfg.ithp_dropout,
-        p_beta=cfg.p_beta,
-        p_gamma=cfg.p_gamma,
-        p_lambda=cfg.p_lambda,
-        max_sen_len=cfg.max_seq_length,
-    )
+    ithp = ithp_config(cfg, backbone.config.hidden_size, data)
     model_config = {
         "backbone": backbone.config.to_dict(),
         "backbone_path": cfg.backbone,
@@ -96,8 +91,29 @@ def new_model(cfg: TrainConfig, data: SentimentData) -> tuple[ITHPDeberta, dict]
         "dropout_prob": cfg.fusion_dropout,
         "pass_attention_mask": cfg.attention_mask,
         "eval_sampling": cfg.eval_sampling,
+        "modality_order": list(cfg.detector_names),
+        "mask_ithp_padding": cfg.mask_padding,
     }
     return build_model(model_config, cfg.impl, backbone), model_config
+
+
+def ithp_config(cfg: TrainConfig, hidden_size: int, data: SentimentData) -> ITHPConfig:
+    """ITHP's levels in ``--modality-order``: level k predicts the k-th detector named after text, with its
+    width from the data and the settings of level k (``--b0-dim`` / ``--p-beta`` for level 1, ``--b1-dim`` /
+    ``--p-gamma`` / ``--p-lambda`` for level 2). The released order gives the released config."""
+    levels = len(cfg.detector_names)
+    dims = data.detector_dims
+    return ITHPConfig(
+        X0_dim=hidden_size,
+        inter_dim=cfg.inter_dim,
+        drop_prob=cfg.ithp_dropout,
+        max_sen_len=cfg.max_seq_length,
+        detector_dims=tuple(dims[name] for name in cfg.detector_names),
+        bottleneck_dims=(cfg.b0_dim, cfg.b1_dim)[:levels],
+        detector_weights=(cfg.p_beta, cfg.p_gamma)[:levels],
+        level_weights=(1.0, cfg.p_lambda)[:levels],
+        p_lambda=cfg.p_lambda,
+    )
 
 
 def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict]:

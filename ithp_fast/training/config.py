@@ -13,8 +13,20 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, get_args, get_origin, get_type_hints
 
+from ..data import DETECTOR_NAMES
+
 IMPLS = ("fast", "reference")
-TERMS = ("loss", "task_mse", "IB_total", "kl0", "mse0", "kl1", "mse1")
+PRIME = "text"
+RELEASED_MODALITY_ORDER = (PRIME, "acoustic", "visual")
+
+
+def train_terms(levels: int) -> tuple[str, ...]:
+    """The training terms a run logs for a model of ``levels`` ITHP levels: loss, task MSE, IB_total,
+    then ``kl<k>``, ``mse<k>`` of each level (k from 0, in level order)."""
+    per_level = (f"{term}{k}" for k in range(levels) for term in ("kl", "mse"))
+    return ("loss", "task_mse", "IB_total", *per_level)
+
+
 # Settings that may differ when resuming (they do not change what is computed). --epochs may also grow.
 RESUME_FREE = (
     "resume",
@@ -77,15 +89,35 @@ class TrainConfig:
     )
     # ITHP and the fusion head
     inter_dim: int = setting(256, "ITHP inter_dim")
-    b0_dim: int = setting(128, "ITHP B0_dim")
-    b1_dim: int = setting(64, "ITHP B1_dim")
+    b0_dim: int = setting(128, "latent width of ITHP level 1 (B0_dim)")
+    b1_dim: int = setting(64, "latent width of ITHP level 2 (B1_dim)")
     ithp_dropout: float = setting(0.3, "ITHP drop_prob")
-    p_beta: float = setting(8.0, "ITHP p_beta")
-    p_gamma: float = setting(32.0, "ITHP p_gamma")
-    p_lambda: float = setting(0.3, "ITHP p_lambda")
+    p_beta: float = setting(8.0, "weight of level 1's reconstruction error (ITHP p_beta)")
+    p_gamma: float = setting(32.0, "weight of level 2's reconstruction error (ITHP p_gamma)")
+    p_lambda: float = setting(0.3, "weight of level 2's IB term in the total (ITHP p_lambda)")
     beta_shift: float = setting(1.0, "scale of expand(b1) added to the token states")
     fusion_dropout: float = setting(0.5, "dropout after the fusion LayerNorm")
     attention_mask: bool = setting(True, "pass the attention mask to the backbone (the authors' script passes none)")
+    modality_order: list[str] = field(
+        default_factory=lambda: list(RELEASED_MODALITY_ORDER),
+        metadata={
+            "help": "the modalities in ITHP's order, comma- or space-separated: text (the prime modality) first, "
+            "then the detector each level predicts (acoustic, visual; one or both). text,visual,acoustic swaps "
+            "the two levels; --p-beta / --b0-dim belong to level 1 whatever its detector",
+            "metavar": "NAME",
+        },
+    )
+    mask_padding: bool = setting(
+        False,
+        "pass the attention mask to ITHP as its token mask: padded tokens stay out of the KL and reconstruction "
+        "means (off: the released model averages over them)",
+    )
+    missing_rate: float = setting(
+        0.0,
+        "drop each detector of each training example with this probability (drawn once per example from the run "
+        "seed, the same every epoch): a dropped detector's features are not used, and its level's "
+        "reconstruction term leaves that example out",
+    )
     impl: Literal["fast", "reference"] = setting("fast", "ITHP implementation")
     eval_sampling: Literal["sample", "mean"] = setting(
         "sample", "latent in eval mode: sample b = mu + eps * sigma (the released behaviour) or mean b = mu"
@@ -165,6 +197,14 @@ class TrainConfig:
     log_every: int = setting(10, "steps per logged record (running loss, information plane)")
     checkpoint_every: int = setting(1, "epochs between resumable checkpoints (the last epoch is always saved)")
 
+    def __post_init__(self) -> None:
+        self.modality_order = split_names(self.modality_order)
+
+    @property
+    def detector_names(self) -> tuple[str, ...]:
+        """The detector of each ITHP level, in level order (the modality order after text)."""
+        return tuple(self.modality_order[1:])
+
     @property
     def selection(self) -> str:
         return self.select or ("last" if self.protocol == "authors" else "best")
@@ -217,6 +257,9 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not 0 <= value < 1:
                 raise ValueError(f"{flag(name)}: expected a probability in [0, 1), got {value}")
+        if not 0 <= self.missing_rate < 1:
+            raise ValueError(f"--missing-rate: expected a probability in [0, 1), got {self.missing_rate}")
+        check_modality_order(self.modality_order)
         if not 0 <= self.warmup_ratio <= 1:
             raise ValueError(f"--warmup-ratio: expected a fraction in [0, 1], got {self.warmup_ratio}")
         if len(self.synthetic_sizes) != 3:
@@ -236,6 +279,38 @@ class TrainConfig:
                 f"--backbone: {self.backbone!r} is not a local directory. Nothing is downloaded: save the model "
                 f"(config, weights and tokenizer) to a directory first and pass that directory"
             )
+
+
+def split_names(value: Any) -> Any:
+    """``"text,visual,acoustic"`` or ``["text", "visual,acoustic"]`` as ``["text", "visual", "acoustic"]``;
+    anything else is returned as it is (for the type check to name)."""
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return [name.strip() for v in value for name in v.split(",") if name.strip()]
+    return value
+
+
+def check_modality_order(order: list[str]) -> None:
+    """One line naming --modality-order: text first, then known detectors, each once."""
+    known = (PRIME, *DETECTOR_NAMES)
+    given = ",".join(order)
+    unknown = [name for name in order if name not in known]
+    if unknown:
+        raise ValueError(
+            f"--modality-order: unknown modality {unknown[0]!r} in {given!r}; the modalities are {', '.join(known)}"
+        )
+    repeated = sorted({name for name in order if order.count(name) > 1})
+    if repeated:
+        raise ValueError(f"--modality-order: {repeated[0]!r} appears more than once in {given!r}; name each once")
+    if not order or order[0] != PRIME:
+        raise ValueError(
+            f"--modality-order: the first modality must be {PRIME} (the prime modality ITHP starts from), got {given!r}"
+        )
+    if len(order) < 2:
+        raise ValueError(
+            f"--modality-order: name at least one detector after {PRIME} ({', '.join(DETECTOR_NAMES)}), got {given!r}"
+        )
 
 
 def flag(name: str) -> str:

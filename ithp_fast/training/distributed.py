@@ -86,13 +86,12 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
-def global_min_max(t: torch.Tensor, ctx: DistContext) -> tuple[torch.Tensor, torch.Tensor]:
-    """Min and max of ``t`` over every rank's shard (so a sharded batch normalises like the whole batch)."""
-    lo, hi = t.min(), t.max()
+def reduce_min_max(lo: torch.Tensor, hi: torch.Tensor, ctx: DistContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """The smallest ``lo`` and largest ``hi`` over every rank (so a sharded batch normalises like the whole batch)."""
     if ctx.enabled:
         both = torch.stack([-lo, hi]).float()
         dist.all_reduce(both, op=dist.ReduceOp.MAX)
-        lo, hi = (-both[0]).to(t.dtype), both[1].to(t.dtype)
+        lo, hi = (-both[0]).to(lo.dtype), both[1].to(hi.dtype)
     return lo, hi
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Optional, Union
 
 import numpy as np
@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from ..config import ITHPConfig
 from ..data import (
     DataFormatError,
     SentimentData,
@@ -21,9 +22,9 @@ from ..data import (
     load_sentiment_data,
 )
 from . import checkpoints as ckpt
-from .batches import EVAL_TAG, derive_seed, run_batch
-from .build import load_tokenizer
-from .config import TrainConfig
+from .batches import EVAL_TAG, derive_seed, detector_mask_without, run_batch
+from .build import load_tokenizer, model_modalities
+from .config import TrainConfig, train_terms
 from .distributed import DistContext, gather_objects, init_distributed, shutdown
 from .load import load_checkpoint_model
 from .metrics import CONVENTIONS, all_conventions, format_metrics
@@ -31,13 +32,24 @@ from .metrics import CONVENTIONS, all_conventions, format_metrics
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, split: SentimentSplit, cfg: TrainConfig, model_config: dict, ctx: DistContext, seed: int
+    model: nn.Module,
+    split: SentimentSplit,
+    cfg: TrainConfig,
+    model_config: dict,
+    ctx: DistContext,
+    seed: int,
+    drop: Sequence[str] = (),
 ) -> dict:
     """Predictions for a whole split: each rank scores every world_size-th example; gathered, in order.
 
     The random draws of evaluation come from a generator seeded from the run seed (forked, so
     training's stream is untouched): the same weights give the same predictions every time.
     Detector bounds are per local batch here (predictions do not depend on the detectors).
+
+    ``drop``: detectors removed from every example (through the detector mask: their features are not
+    used and their levels' reconstruction terms are 0). Returns the predictions, the labels, the
+    metrics under both conventions and ``ib_terms``: ``IB_total`` and each level's KL and MSE, the
+    batches' means averaged with the batch sizes as weights.
     """
     shard = Subset(split, list(range(ctx.rank, len(split), ctx.world_size)))
     loader = DataLoader(
@@ -46,18 +58,25 @@ def predict(
     was_training = model.training
     model.eval()
     idx, preds = [], []
+    modalities = model_modalities(model_config)
+    names = train_terms(len(modalities))[2:]
+    term_sums = torch.zeros(len(names), dtype=torch.float64)
     devices = [ctx.device] if ctx.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(derive_seed(seed, EVAL_TAG, ctx.rank))
         noise_key = (seed, EVAL_TAG) if cfg.noise == "per-example" and cfg.eval_sampling == "sample" else None
         for batch in loader:
-            out, _ = run_batch(model, batch, cfg, model_config, ctx, noise_key, reduce_bounds=False)
+            mask = detector_mask_without(drop, modalities, len(batch["index"])) if drop else None
+            out, _ = run_batch(model, batch, cfg, model_config, ctx, noise_key, reduce_bounds=False, detector_mask=mask)
             idx.append(batch["index"])
             preds.append(out.logits.reshape(-1).float().cpu())
+            per_level = [term for pair in zip(out.kl_terms, out.mse_terms) for term in pair]
+            term_sums += len(batch["index"]) * torch.stack([out.IB_total, *per_level]).double().cpu()
     model.train(was_training)
     local = (
         torch.cat(idx).numpy() if idx else np.zeros(0, np.int64),
         torch.cat(preds).numpy() if preds else np.zeros(0, np.float32),
+        term_sums.numpy(),
     )
     parts = gather_objects(local, ctx)
     order = np.concatenate([p[0] for p in parts])
@@ -65,7 +84,13 @@ def predict(
     predictions = np.empty(len(split), dtype=np.float64)
     predictions[order] = values
     labels = split.labels.numpy().astype(np.float64)
-    return {"predictions": predictions, "labels": labels, "metrics": all_conventions(predictions, labels)}
+    terms = sum(p[2] for p in parts) / max(len(split), 1)
+    return {
+        "predictions": predictions,
+        "labels": labels,
+        "metrics": all_conventions(predictions, labels),
+        "ib_terms": dict(zip(names, terms.tolist())),
+    }
 
 
 def write_predictions(path: str, split: SentimentSplit, result: dict) -> None:
@@ -106,11 +131,15 @@ def evaluate_checkpoint(
     device: str = "auto",
     output_dir: Optional[str] = None,
     eval_sampling: Optional[str] = None,
+    drop_detectors: Sequence[str] = (),
 ) -> dict:
     """Score a checkpoint on one split; writes ``<split>.json`` and ``<split>-predictions.csv`` to ``output_dir``.
 
     ``output_dir`` defaults to ``eval-<checkpoint name>`` beside the checkpoint; ``eval_sampling``
-    to the training run's (the report says which was used).
+    to the training run's (the report says which was used). ``drop_detectors`` names detectors to
+    remove from every example (the files are then ``<split>-without-<names>.json`` / ``.csv``): the
+    predictions, which ITHP computes from the text alone, stay the same; the reconstruction terms of
+    the removed detectors' levels become 0 (``ib_terms`` in the report).
     """
     if split not in ("train", "valid", "test"):
         raise ValueError(f"--split: expected train, valid or test, got {split!r}")
@@ -123,31 +152,61 @@ def evaluate_checkpoint(
     ctx = init_distributed(device)
     try:
         model, config = load_checkpoint_model(directory, impl=impl, device=ctx.device, eval_sampling=eval_sampling)
+        drop = check_drop_detectors(drop_detectors, model_modalities(config["model"]))
         cfg = run_config(config, batch_size)
         data = checkpoint_data(directory, config, data)
-        result = predict(model, data.splits[split], cfg, config["model"], ctx, config["run"]["seed"])
+        result = predict(model, data.splits[split], cfg, config["model"], ctx, config["run"]["seed"], drop)
         report = {
             "checkpoint": directory,
             "data": data.describe(),
             "split": split,
             "protocol": protocol,
             "eval_sampling": cfg.eval_sampling,
+            "modality_order": list(model_modalities(config["model"])),
+            "dropped_detectors": list(drop),
             "headline": result["metrics"][protocol],
             "metrics": result["metrics"],
+            "ib_terms": result["ib_terms"],
         }
         if ctx.is_main:
-            os.makedirs(output_dir, exist_ok=True)
-            output = os.path.join(output_dir, f"{split}.json")
-            ckpt.write_json(output, report)
-            write_predictions(os.path.join(output_dir, f"{split}-predictions.csv"), data.splits[split], result)
-            print(
-                f"{split} ({protocol} convention, eval_sampling={cfg.eval_sampling}): "
-                f"{format_metrics(report['headline'], tuple(report['headline']))}"
-            )
-            print(f"written: {output}")
+            write_report(output_dir, report, data.splits[split], result)
         return report
     finally:
         shutdown(ctx)
+
+
+def check_drop_detectors(names: Sequence[str], modalities: Sequence[str]) -> tuple[str, ...]:
+    """The detectors to remove, each a detector of the checkpoint, each once."""
+    if isinstance(names, str):
+        names = [names]
+    names = tuple(name.strip() for n in names for name in str(n).split(",") if name.strip())
+    for name in names:
+        if name not in modalities:
+            raise ValueError(
+                f"--drop-detectors: {name!r} is not a detector of this checkpoint (its detectors: "
+                f"{', '.join(modalities)})"
+            )
+    if len(set(names)) != len(names):
+        raise ValueError(f"--drop-detectors: a detector is named more than once in {list(names)}")
+    return names
+
+
+def write_report(output_dir: str, report: dict, split: SentimentSplit, result: dict) -> None:
+    """``<split>[-without-<names>].json`` and its predictions CSV; prints the headline and the IB terms."""
+    stem = report["split"] + (
+        "-without-" + "-".join(report["dropped_detectors"]) if report["dropped_detectors"] else ""
+    )
+    os.makedirs(output_dir, exist_ok=True)
+    output = os.path.join(output_dir, f"{stem}.json")
+    ckpt.write_json(output, report)
+    write_predictions(os.path.join(output_dir, f"{stem}-predictions.csv"), split, result)
+    removed = f", without {', '.join(report['dropped_detectors'])}" if report["dropped_detectors"] else ""
+    print(
+        f"{report['split']} ({report['protocol']} convention, eval_sampling={report['eval_sampling']}{removed}): "
+        f"{format_metrics(report['headline'], tuple(report['headline']))}"
+    )
+    print("ITHP terms: " + " ".join(f"{k} {v:.4g}" for k, v in report["ib_terms"].items()))
+    print(f"written: {output}")
 
 
 def run_config(config: dict, batch_size: Optional[int]) -> TrainConfig:
@@ -176,8 +235,8 @@ def checkpoint_data(directory: str, config: dict, source: Union[str, SentimentDa
         tokenizer = load_tokenizer(config["tokenizer"], directory)
         synthetic = SyntheticSpec(seed=run["synthetic_seed"], sizes=tuple(run["synthetic_sizes"]))
         data = load_sentiment_data(source, tokenizer=tokenizer, max_len=run["max_seq_length"], synthetic=synthetic)
-    ithp = config["model"]["ithp"]
-    check_feature_widths(data, ithp["X2_dim"], ithp["X1_dim"], f"the checkpoint {directory}")
+    widths = ITHPConfig.from_dict(config["model"]["ithp"]).detector_dims
+    check_feature_widths(data, dict(zip(model_modalities(config["model"]), widths)), f"the checkpoint {directory}")
     vocab = config["model"]["backbone"]["vocab_size"]
     if data.vocab_size > vocab:
         raise DataFormatError(

@@ -10,17 +10,21 @@ import os
 import warnings
 from typing import Optional
 
-from .config import TERMS
-
 METRICS = ("Non0_acc_2", "Non0_F1_score", "Has0_acc_2", "Has0_F1_score", "Mult_acc_5", "Mult_acc_7", "MAE", "Corr")
-EPOCH_COLUMNS = (
-    "epoch",
-    "step",
-    "lr",
-    "seconds",
-    *(f"train_{t}" for t in TERMS),
-    *(f"{split}_{m}" for split in ("valid", "test") for m in METRICS),
-)
+
+
+def epoch_columns(terms: tuple[str, ...]) -> tuple[str, ...]:
+    """The columns of ``metrics.csv`` for a run that logs the training ``terms`` (one KL and MSE per ITHP level)."""
+    return (
+        "epoch",
+        "step",
+        "lr",
+        "seconds",
+        *(f"train_{t}" for t in terms),
+        *(f"{split}_{m}" for split in ("valid", "test") for m in METRICS),
+    )
+
+
 RESULTS_COLUMNS = (
     "name",
     "date",
@@ -39,10 +43,11 @@ def write_metrics_csv(path: str, epochs: list[dict], protocol: str) -> None:
     carries on."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(EPOCH_COLUMNS)
+    terms = tuple(epochs[0]["train"]) if epochs else ()
+    writer.writerow(epoch_columns(terms))
     for record in epochs:
         row = [record["epoch"], record.get("step", ""), record["lr"], record["seconds"]]
-        row += [record["train"][t] for t in TERMS]
+        row += [record["train"][t] for t in terms]
         row += [record[split][protocol].get(m, "") for split in ("valid", "test") for m in METRICS]
         writer.writerow(["" if v is None else v for v in row])
     tmp = f"{path}.tmp"
@@ -61,8 +66,9 @@ class TensorBoardLog:
 
     def steps(self, records: list[dict]) -> None:
         for record in records:
-            for term in TERMS:
-                self.writer.add_scalar(f"train/{term}", record[term], record["step"])
+            for term, value in record.items():
+                if term not in ("step", "epoch"):
+                    self.writer.add_scalar(f"train/{term}", value, record["step"])
 
     def epoch(self, record: dict, protocol: str) -> None:
         step = record.get("step", record["epoch"])

@@ -24,9 +24,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..data import PretrainedWordTokenizer, SentimentData, SyntheticSpec, load_sentiment_data
 from . import checkpoints as ckpt
-from .batches import TRAIN_TAG, derive_seed, run_batch
+from .batches import TRAIN_TAG, derive_seed, present_detectors, run_batch
 from .build import new_model, optimizer_groups, tokenizer_entry
-from .config import RESUME_FREE, TERMS, TrainConfig
+from .config import RESUME_FREE, TrainConfig, train_terms
 from .distributed import (
     DistContext,
     all_true,
@@ -86,6 +86,7 @@ class SeedRun:
     loader: DataLoader
     steps_per_epoch: int
     total_steps: int
+    present: Optional[torch.Tensor] = None  # [train examples, levels] bool under --missing-rate, else None
     callbacks: tuple = ()
     tensorboard: Optional[Any] = None
     state: dict = field(
@@ -103,6 +104,11 @@ class SeedRun:
         }
     )
     steps_this_call: int = 0
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        """The names of the training terms this run logs (``kl<k>``, ``mse<k>`` for each ITHP level)."""
+        return train_terms(len(self.cfg.detector_names))
 
     @property
     def finished(self) -> bool:
@@ -133,9 +139,9 @@ class EpochSums:
     window: list = field(default_factory=list)
 
     @classmethod
-    def restore(cls, partial: Optional[dict], device: torch.device) -> "EpochSums":
+    def restore(cls, partial: Optional[dict], device: torch.device, terms: int) -> "EpochSums":
         """Sums of an epoch cut by --stop-after-steps carry over: a resumed epoch logs as an uninterrupted one."""
-        partial = partial or {"sum": [0.0] * len(TERMS), "steps": 0, "window": []}
+        partial = partial or {"sum": [0.0] * terms, "steps": 0, "window": []}
         return cls(
             torch.tensor(partial["sum"], device=device),
             partial["steps"],
@@ -147,18 +153,20 @@ class EpochSums:
         self.steps += 1
         self.window.append(terms)
 
-    def take_window(self) -> dict:
+    def take_window(self, names: tuple[str, ...]) -> dict:
         means = torch.stack(self.window).mean(0).tolist()
         self.window.clear()
-        return dict(zip(TERMS, means))
+        return dict(zip(names, means))
 
     def to_state(self) -> dict:
         return {"sum": self.total.tolist(), "steps": self.steps, "window": [w.tolist() for w in self.window]}
 
 
 def check_resume(saved: dict, cfg: TrainConfig, path: str) -> None:
-    """A clear error when ``--resume`` is asked with settings that change what is computed."""
+    """A clear error when ``--resume`` is asked with settings that change what is computed. A setting the saved
+    run does not list (written before the setting existed) counts as its default."""
     now = cfg.to_dict()
+    saved = {**TrainConfig().to_dict(), **saved}
     diff = [
         k
         for k in now
@@ -265,6 +273,7 @@ def start_seed(cfg: TrainConfig, seed: int, data: SentimentData, ctx: DistContex
         loader,
         steps_per_epoch,
         total_steps,
+        present_detectors(seed, len(train_split), len(cfg.detector_names), cfg.missing_rate),
     )
 
 
@@ -316,12 +325,15 @@ def tokenizer_saver(data: SentimentData):
 
 
 def train_step(run: SeedRun, batch: dict, epoch: int) -> Optional[torch.Tensor]:
-    """One optimiser step; returns the training terms (``TERMS``) of the batch, or None when the step
+    """One optimiser step; returns the training terms (``run.terms``) of the batch, or None when the step
     was skipped because its loss or gradient was not finite (``--skip-nonfinite-steps``)."""
     cfg, state = run.cfg, run.state
     torch.manual_seed(derive_seed(run.seed, TRAIN_TAG, state["global_step"], run.ctx.rank))
     noise_key = (run.seed, TRAIN_TAG, epoch) if cfg.noise == "per-example" else None
-    out, labels = run_batch(run.ddp, batch, cfg, run.model_config, run.ctx, noise_key, reduce_bounds=True)
+    detector_mask = None if run.present is None else run.present[batch["index"]]
+    out, labels = run_batch(
+        run.ddp, batch, cfg, run.model_config, run.ctx, noise_key, reduce_bounds=True, detector_mask=detector_mask
+    )
     loss = run.model.training_loss(out, labels)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -341,7 +353,8 @@ def train_step(run: SeedRun, batch: dict, epoch: int) -> Optional[torch.Tensor]:
     run.optimizer.step()
     run.scheduler.step()
     task_mse = F.mse_loss(out.logits.reshape(-1).float(), labels.float())
-    return torch.stack([loss, task_mse, out.IB_total, out.kl0, out.mse0, out.kl1, out.mse1]).detach().float()
+    per_level = [term for pair in zip(out.kl_terms, out.mse_terms) for term in pair]
+    return torch.stack([loss, task_mse, out.IB_total, *per_level]).detach().float()
 
 
 def gradient_norm(model: nn.Module, max_norm: Optional[float]) -> torch.Tensor:
@@ -360,7 +373,7 @@ def train_epoch(run: SeedRun) -> bool:
     epoch = state["epoch"]
     run.sampler.set_epoch(epoch)
     run.ddp.train()
-    sums = EpochSums.restore(state.pop("partial", None), run.ctx.device)
+    sums = EpochSums.restore(state.pop("partial", None), run.ctx.device, len(run.terms))
     bar = tqdm(
         total=min(run.steps_per_epoch, run.total_steps - state["global_step"] + state["step_in_epoch"]),
         initial=state["step_in_epoch"],
@@ -383,7 +396,7 @@ def train_epoch(run: SeedRun) -> bool:
         bar.update(1)
         logged = state["global_step"] % cfg.log_every == 0 or state["step_in_epoch"] == run.steps_per_epoch
         if logged and sums.window:
-            log_steps(run, {"step": state["global_step"], "epoch": epoch + 1, **sums.take_window()})
+            log_steps(run, {"step": state["global_step"], "epoch": epoch + 1, **sums.take_window(run.terms)})
             bar.set_postfix(loss=f"{(sums.total[0] / sums.steps).item():.4f}")
         if cfg.stop_after_steps is not None and run.steps_this_call >= cfg.stop_after_steps:
             stopped = True
@@ -395,7 +408,7 @@ def train_epoch(run: SeedRun) -> bool:
         save_last(run, False)
         return True
     if sums.window:
-        log_steps(run, {"step": state["global_step"], "epoch": epoch + 1, **sums.take_window()})
+        log_steps(run, {"step": state["global_step"], "epoch": epoch + 1, **sums.take_window(run.terms)})
     end_epoch(run, epoch, sums, time.perf_counter() - t0)
     if run.finished or stopped or (epoch + 1) % cfg.checkpoint_every == 0:
         save_last(run, run.finished)
@@ -417,7 +430,7 @@ def end_epoch(run: SeedRun, epoch: int, sums: EpochSums, seconds: float) -> None
         "step": state["global_step"],
         "seconds": seconds,
         "lr": run.scheduler.get_last_lr()[0],
-        "train": dict(zip(TERMS, (mean_across_ranks(sums.total, ctx) / max(sums.steps, 1)).tolist())),
+        "train": dict(zip(run.terms, (mean_across_ranks(sums.total, ctx) / max(sums.steps, 1)).tolist())),
     }
     for name in ("valid", "test"):
         record[name] = predict(run.model, run.data.splits[name], cfg, run.model_config, ctx, run.seed)["metrics"]

@@ -2,7 +2,8 @@
 
 Both read the ``history`` a run stores in its results JSON:
 ``history["steps"]``  one record per logging interval (training means over the interval):
-                      ``step``, ``epoch``, ``loss``, ``task_mse``, ``IB_total``, ``kl0``, ``mse0``, ``kl1``, ``mse1``;
+                      ``step``, ``epoch``, ``loss``, ``task_mse``, ``IB_total``, then ``kl<k>``, ``mse<k>`` of
+                      each ITHP level k (from 0);
 ``history["epochs"]`` one record per epoch: ``epoch``, ``train`` (the same terms, epoch means) and
                       ``valid`` / ``test`` metrics per convention.
 """
@@ -10,6 +11,7 @@ Both read the ``history`` a run stores in its results JSON:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Optional
 
 import matplotlib
@@ -33,7 +35,7 @@ def plot_training_curves(history: dict, path: str, convention: str = "authors") 
     ax = axes[1]
     if epochs:
         ep = [r["epoch"] for r in epochs]
-        for key in ("IB_total", "kl0", "mse0", "kl1", "mse1"):
+        for key in [k for k in epochs[0]["train"] if k not in ("loss", "task_mse")]:
             ax.plot(ep, [r["train"][key] for r in epochs], marker="o", ms=3, label=key)
         ax.set_yscale("log")
     ax.set(xlabel="epoch", ylabel="epoch mean (log scale)", title="ITHP terms (training)")
@@ -65,15 +67,18 @@ def plot_training_curves(history: dict, path: str, convention: str = "authors") 
     return path
 
 
-def plot_information_plane(history: dict, path: str) -> str:
+def plot_information_plane(history: dict, path: str, modalities: Sequence[str] = ("acoustic", "visual")) -> str:
     """Compression (KL of each level) against prediction error (reconstruction MSE of each level)
-    over training, one panel per level, coloured by optimiser step."""
+    over training, one panel per level (``modalities``: the detector of each, in level order), coloured by
+    optimiser step."""
     steps = history.get("steps", [])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), layout="constrained")
+    fig, axes = plt.subplots(
+        1, len(modalities), figsize=(5.5 * len(modalities), 4.5), layout="constrained", squeeze=False
+    )
+    axes = list(axes[0])
     scatter = None
-    for ax, (kl, mse, title) in zip(
-        axes, (("kl0", "mse0", "level 0: B0 (target: acoustic)"), ("kl1", "mse1", "level 1: B1 (target: visual)"))
-    ):
+    panels = [(f"kl{k}", f"mse{k}", f"level {k}: B{k} (target: {name})") for k, name in enumerate(modalities)]
+    for ax, (kl, mse, title) in zip(axes, panels):
         if steps:
             xs, ys, cs = [r[kl] for r in steps], [r[mse] for r in steps], [r["step"] for r in steps]
             ax.plot(xs, ys, color="0.7", lw=0.8, zorder=1)
@@ -86,16 +91,19 @@ def plot_information_plane(history: dict, path: str) -> str:
             title=title,
         )
     if scatter is not None:
-        fig.colorbar(scatter, ax=list(axes), label="optimiser step")
+        fig.colorbar(scatter, ax=axes, label="optimiser step")
     fig.suptitle("Information plane over training")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def plot_run(history: dict, directory: str, convention: str = "authors") -> dict[str, Optional[str]]:
-    """Both figures into ``directory``; returns their paths."""
+def plot_run(
+    history: dict, directory: str, convention: str = "authors", modalities: Sequence[str] = ("acoustic", "visual")
+) -> dict[str, Optional[str]]:
+    """Both figures into ``directory`` (``modalities``: the detector of each ITHP level); returns their paths."""
+    plane = os.path.join(directory, "information_plane.png")
     return {
         "training_curves": plot_training_curves(history, os.path.join(directory, "training_curves.png"), convention),
-        "information_plane": plot_information_plane(history, os.path.join(directory, "information_plane.png")),
+        "information_plane": plot_information_plane(history, plane, modalities),
     }

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..data import SentimentData, SyntheticSpec, synthetic_ceiling
 from . import checkpoints as ckpt
+from .batches import present_detectors
 from .config import TrainConfig
 from .distributed import DistContext, print_on_main
 from .evaluate import predict, write_predictions
@@ -53,6 +54,8 @@ def seed_results(
             "train_seconds": state["train_seconds"],
             "epoch_seconds": [r["seconds"] for r in state["history"]["epochs"]],
         },
+        "levels": {"modality_order": list(cfg.modality_order), "mask_padding": cfg.mask_padding},
+        "missing_detectors": missing_detectors(cfg, seed, data),
         "stopped": state.get("stopped"),
         "history": state["history"],
         "checkpoint": paths.best if cfg.selection == "best" else paths.last,
@@ -61,7 +64,7 @@ def seed_results(
         results["synthetic_text_only_ceiling"] = synthetic_ceiling(synthetic_spec(data))
     if ctx.is_main:
         write_predictions(os.path.join(paths.run, "predictions_test.csv"), data.splits["test"], scored["test"])
-        figures = write_figures(state["history"], paths.run, cfg.protocol) if cfg.plots else {}
+        figures = write_figures(state["history"], paths.run, cfg.protocol, cfg.detector_names) if cfg.plots else {}
         if figures:
             results["plots"] = figures
         ckpt.write_json(paths.results, results)
@@ -73,14 +76,25 @@ def seed_results(
     return results
 
 
-def write_figures(history: dict, directory: str, protocol: str) -> dict:
+def missing_detectors(cfg: TrainConfig, seed: int, data: SentimentData) -> dict:
+    """What --missing-rate dropped: the rate and, per detector, how many training examples went without it."""
+    present = present_detectors(seed, len(data.splits["train"]), len(cfg.detector_names), cfg.missing_rate)
+    dropped = [0] * len(cfg.detector_names) if present is None else (~present).sum(0).tolist()
+    return {
+        "rate": cfg.missing_rate,
+        "train_examples": len(data.splits["train"]),
+        "dropped": dict(zip(cfg.detector_names, dropped)),
+    }
+
+
+def write_figures(history: dict, directory: str, protocol: str, modalities: tuple[str, ...]) -> dict:
     """The run's PNG figures (skipped with a warning when matplotlib is missing)."""
     try:
         from .plots import plot_run
     except ImportError as exc:  # matplotlib is an optional dependency
         warnings.warn(f"no figures written ({exc}); install matplotlib or pass --no-plots", stacklevel=3)
         return {}
-    return plot_run(history, directory, protocol)
+    return plot_run(history, directory, protocol, modalities)
 
 
 def summarise(results: list[dict], protocol: str) -> dict:
