@@ -45,6 +45,7 @@ def seed_results(
         "headline": scored["test"]["metrics"][cfg.protocol],
         "test": scored["test"]["metrics"],
         "valid": scored["valid"]["metrics"],
+        "ib_terms": {name: scored[name]["ib_terms"] for name in ("valid", "test")},
         "data": data.describe(),
         "timing": {
             "device": str(ctx.device),
