@@ -3,7 +3,7 @@ modality order against the other one, padding masked or not, no detector missing
 seeds each, then every released-order checkpoint evaluated with each detector removed. Writes the results
 file the README quotes.
 
-    python examples/levels_synthetic.py     # about 16 minutes on 2 CPU cores
+    python examples/levels_synthetic.py     # twelve training runs of examples/synthetic.yaml's size, on the CPU
 
 Each variant is examples/synthetic.yaml (10 epochs at lr 1e-3, seeds 1, 2, 3, one thread) with one setting
 changed. The synthetic set is not CMU-MOSI/MOSEI (see ithp_fast/data/synthetic.py): its numbers say how the
