@@ -252,3 +252,24 @@ def test_dropping_a_detector_the_checkpoint_does_not_have_is_one_line(options_ru
         "(its detectors: visual, acoustic)"
     )
     assert "named more than once" in one_error_line(capsys, [*argv, "visual", "visual"])
+
+
+def test_a_checkpoint_written_before_these_options_resumes_and_loads_as_the_released_model(tmp_path):
+    from ithp_fast.training import checkpoints as ckpt
+
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), synthetic_sizes=(16, 8, 8), epochs=1, **TINY)
+    train(cfg, stop_after_steps=1)
+    last = tmp_path / "run" / "seed-1" / "checkpoint-last"
+    config = read_json(last / "config.json")
+    for key in ("modality_order", "mask_padding", "missing_rate"):
+        del config["run"][key]
+    for key in ("modality_order", "mask_ithp_padding"):
+        del config["model"][key]
+    ckpt.write_json(str(last / "config.json"), config)
+    (last / ckpt.MANIFEST_FILE).unlink()
+    ckpt.write_manifest(str(last))
+
+    model = ithp_fast.load_checkpoint(last)
+    assert model.modality_order == ("acoustic", "visual") and not model.mask_ithp_padding
+    summary = train(cfg, resume=True)  # the settings it does not list count as their defaults
+    assert summary["seeds"] == [1]
