@@ -109,7 +109,7 @@ class ITHP(ReferenceITHP):
 
     def _draws_noise(self, noise: Noise) -> bool:
         """Whether this forward needs a seed (a host-side fact: modes and probabilities only)."""
-        if self.samples and noise is None:
+        if self.samples_now and noise is None:
             return True
         levels = (self.level_modules(k) for k in range(self.config.levels))
         dropouts = (m for encoder, detector in levels for m in (encoder[2], detector[2], detector[5]))
@@ -135,7 +135,7 @@ class ITHP(ReferenceITHP):
         with stage(f"level{level}.reparam_kl"):
             width = h.shape[-1] // 2
             eps = eps.reshape(-1, width) if eps is not None else None
-            b, kl = ops.reparam_kl(h, eps, seed, streams.eps, self.samples, kl_weight)
+            b, kl = ops.reparam_kl(h, eps, seed, streams.eps, self.samples_now, kl_weight)
         with stage(f"level{level}.detector_loss"):
             z = self._fused_mlp(ops, detector, b, seed, streams.detector_hidden)
             mse = ops.detector_loss(z, target.reshape(-1, target.shape[-1]), seed, streams.detector_output,

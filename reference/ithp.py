@@ -133,7 +133,7 @@ class ITHP(nn.Module):
         return f"eval_sampling={self.eval_sampling!r}"
 
     @property
-    def samples(self) -> bool:
+    def samples_now(self) -> bool:
         """Whether ``forward`` draws ``b = mu + eps*sigma`` now (else ``b = mu``)."""
         return self.training or self.eval_sampling == "sample"
 
@@ -148,7 +148,7 @@ class ITHP(nn.Module):
         encoder, detector = self.level_modules(level)
         mu, logvar = encoder(inp).chunk(2, dim=-1)
         kl = kl_to_standard_normal(mu, logvar, token_rows)
-        if not self.samples:
+        if not self.samples_now:
             b = mu
         else:
             b = reparameterize(mu, logvar, torch.randn_like(mu) if eps is None else eps)

@@ -50,7 +50,7 @@ def deberta_logits(
 
 def _logits(model, input_ids, attention_mask, noise, precision, relative_pos):
     ithp = model.ithp
-    sample = ithp.samples
+    sample = ithp.samples_now
     noise = tuple(eps[:, :1] for eps in noise) if noise is not None and sample else None
 
     def encode_first(first: torch.Tensor) -> torch.Tensor:
@@ -135,7 +135,7 @@ class ServingDeberta:
         if backend not in BACKENDS:
             raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
         fits = (self.device.type == "cpu" and self.dtype == torch.float32 and compile_mode is None
-                and not cuda_graphs and not self.model.ithp.samples)
+                and not cuda_graphs and not self.model.ithp.samples_now)
         if backend == "auto":
             wanted = onnx_file is not None or ort_available()
             backend = "onnxruntime" if fits and not pad_to_buckets and wanted else "torch"
@@ -144,7 +144,7 @@ class ServingDeberta:
             if onnx_file is not None:
                 raise ValueError("onnx_file: only used with backend='onnxruntime'")
             return {}
-        if self.model.ithp.samples:
+        if self.model.ithp.samples_now:
             raise ValueError("backend: 'onnxruntime' serves the posterior mean, but this model samples in eval mode "
                              "(set eval_sampling='mean')")
         if not fits:
