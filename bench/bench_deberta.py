@@ -21,9 +21,10 @@ import os
 
 import pytest
 import torch
-
 from scale import CUDA, DEVICE, SCALE, TOKENS, pick
-from workloads import exported_file, load_exported, optional
+from workloads import eval_sampling, exported_file, load_exported
+
+from ithp_fast.serving import ServingDeberta, deberta_logits
 
 BATCHES = pick(cuda=[1, 32], cpu=[1, 8], tiny=[2])
 PROVIDERS = ["reference", "ithp_fast", "ithp_fast.deberta_logits"] + (
@@ -80,8 +81,8 @@ def deberta_pair():
     cfg = ITHPConfig.for_dataset("mosi", X0_dim=backbone.hidden_size)
     torch.manual_seed(0)
     with torch.device(DEVICE):  # initialise on the device: deberta-v3-base is 184M parameters
-        reference = ITHPDeberta(backbone, cfg).eval()
-        fast = ITHPDeberta(backbone, cfg, ithp_cls=ithp_fast.ITHP).eval()
+        reference = ITHPDeberta(backbone, cfg, eval_sampling=eval_sampling()).eval()
+        fast = ITHPDeberta(backbone, cfg, ithp_cls=ithp_fast.ITHP, eval_sampling=eval_sampling()).eval()
     fast.load_state_dict(reference.state_dict(), strict=True)
     return reference, fast
 
@@ -102,10 +103,9 @@ def onnxruntime_server():
     """``ServingDeberta(backend="onnxruntime")`` of a posterior-mean copy of the fast model."""
     import copy
 
-    serving = optional("ithp_fast.serving", "ServingDeberta")
     model = copy.deepcopy(deberta_pair()[1])
     model.ithp.eval_sampling = "mean"
-    return serving(model, tokens=TOKENS, backend="onnxruntime", onnx_file=exported_deberta_file("onnxruntime"))
+    return ServingDeberta(model, tokens=TOKENS, backend="onnxruntime", onnx_file=exported_deberta_file("onnxruntime"))
 
 
 def deberta_fn(provider: str, batch: int):
@@ -120,8 +120,7 @@ def deberta_fn(provider: str, batch: int):
         model = reference if provider == "reference" else fast
         return torch.no_grad()(lambda: model(input_ids, visual, acoustic, mask))
     if provider == "ithp_fast.deberta_logits":
-        logits = optional("ithp_fast.serving", "deberta_logits")
-        return torch.no_grad()(lambda: logits(fast, input_ids, mask))
+        return torch.no_grad()(lambda: deberta_logits(fast, input_ids, mask))
     if provider == "ithp_fast+onnxruntime":
         serve = onnxruntime_server()
         return lambda: serve(input_ids, mask)
@@ -132,7 +131,7 @@ def deberta_fn(provider: str, batch: int):
         feeds = {"input_ids": input_ids.numpy(), "attention_mask": mask.numpy()}
         return lambda: program(None, feeds)
     if provider == "ithp_fast+graphs":
-        serve = optional("ithp_fast.serving", "ServingDeberta")(fast, batch_sizes=[batch], tokens=TOKENS)
+        serve = ServingDeberta(fast, batch_sizes=[batch], tokens=TOKENS)
         return torch.no_grad()(lambda: serve(input_ids, mask))
     raise ValueError(f"provider: unknown {provider!r}")
 

@@ -155,4 +155,5 @@ def test_fused_op(measure, name, direction, rows, provider):
         provider=provider,
         nbytes=nbytes,
         extra={"dtype": "float32", "rows": rows},
+        compare=False,  # each provider draws its own noise and dropout mask (the unit tests fix them)
     )

@@ -31,10 +31,10 @@ import math
 
 import pytest
 import torch
-
 from scale import CUDA, DEVICE, pick
 
 from ithp_fast.losses import tcmax_loss
+from ithp_fast.serving.graphs import capture_graph
 
 SIZES = pick(
     cuda=[(b, c) for b in (256, 1024, 4096) for c in (10, 100, 1000)],
@@ -66,16 +66,8 @@ def loss_fn(provider: str):
 
 
 def graphed(fn):
-    """``fn`` captured in one CUDA graph (after a warm-up on a side stream); replays return its output."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
+    """``fn`` captured in one CUDA graph (after a warm-up); replays return its output."""
+    graph, out = capture_graph(fn)
 
     def replay():
         graph.replay()

@@ -37,6 +37,16 @@ when ``scale.COMPILE`` is false (``ITHP_BENCH_COMPILE=0``).
 
 ``ITHP_BENCH_THREADS=n`` sets torch's CPU threads for the run (recorded in the device name).
 
+Check mode (``ITHP_BENCH_CHECK=1``, what the CI smoke test runs, with ``ITHP_BENCH_TINY=1`` and
+``--benchmark-disable``): the workloads are deterministic (``workloads.py``) and ``measure``
+compares ``fn()``'s result with the result of its group's ``reference`` provider (which runs first
+in every group), tensor for tensor, within the tolerance of the dtype: every provider is checked
+against the reference at least once in the suite (the tensors both return, in order: a provider
+that returns only the logits is held against the reference's logits). ``compare=False`` marks a provider that does
+other work than its group's reference (a bound such as "first Linear alone", or a draw from a
+different random stream); ``compare=callable`` turns the result into the tensors to compare.
+With ``ITHP_BENCH_CHECK_LOG=FILE`` each benchmark appends ``group<TAB>provider<TAB>checked|unchecked|exempt``.
+
 This conftest never sets ``TRITON_INTERPRET``: on a CPU the fast path is the pure-PyTorch backend.
 """
 
@@ -51,8 +61,9 @@ from typing import Any, Callable, Optional
 
 import pytest
 import torch
+from scale import CHECK, CUDA, DEVICE, SCALE
 
-from scale import CUDA, DEVICE, SCALE
+from ithp_fast.tools.benchmarks import BASELINE
 
 if os.environ.get("ITHP_BENCH_THREADS"):  # CPU threads for the whole run (default: torch's choice)
     torch.set_num_threads(int(os.environ["ITHP_BENCH_THREADS"]))
@@ -159,9 +170,48 @@ def pytest_benchmark_update_machine_info(config, machine_info: dict) -> None:
     machine_info["ithp_fast"] = {**device_info(), "scale": SCALE, "torch_threads": torch.get_num_threads()}
 
 
+CHECK_TOLERANCES = {"float32": dict(rtol=1e-4, atol=1e-5), "float64": dict(rtol=1e-9, atol=1e-12),
+                    "bfloat16": dict(rtol=2e-2, atol=2e-2)}
+_reference_results: dict[str, list] = {}
+
+
+def _tensors(result: Any) -> list:
+    """The tensors of a result (a tensor, numpy array, sequence or named tuple of them), in order."""
+    if result is None:
+        return []
+    if isinstance(result, (list, tuple)):
+        return [t for item in result for t in _tensors(item)]
+    return [torch.as_tensor(result).detach().cpu().clone()]  # a copy: later calls may update it in place
+
+
+def _check_against_reference(group: str, provider: str, dtype: str, result: Any, compare: Any) -> None:
+    """Check mode: the reference's result is kept; every other provider's must equal it."""
+    if compare is False:
+        status = "exempt"
+    else:
+        got = _tensors(compare(result) if callable(compare) else result)
+        if provider == BASELINE:
+            _reference_results[group] = got
+            status = "checked"
+        elif group not in _reference_results:
+            status = "unchecked"  # the reference did not run (deselected or skipped)
+        else:
+            want = _reference_results[group]  # a provider may return a leading part (logits alone)
+            assert got and want, f"{group} / {provider}: nothing to compare ({len(got)} / {len(want)} tensors)"
+            for i, (a, b) in enumerate(zip(got, want)):
+                torch.testing.assert_close(a.to(b.dtype), b, **CHECK_TOLERANCES.get(dtype, CHECK_TOLERANCES["float32"]),
+                                           msg=lambda m: f"{group} / {provider}, result {i}: {m}")
+            status = "checked"
+    log = os.environ.get("ITHP_BENCH_CHECK_LOG")
+    if log:
+        with open(log, "a") as fh:
+            fh.write(f"{group}\t{provider}\t{status}\n")
+
+
 @pytest.fixture
 def measure(benchmark):
-    """``measure(fn, *, group, provider, nbytes=None, extra=None) -> median seconds`` (see module doc)."""
+    """``measure(fn, *, group, provider, nbytes=None, extra=None, compare=True) -> median seconds``
+    (see module doc)."""
     used = []
 
     def run(
@@ -171,12 +221,15 @@ def measure(benchmark):
         provider: str,
         nbytes: Optional[int] = None,
         extra: Optional[dict] = None,
+        compare: Any = True,
     ) -> float:
         if used:
             raise RuntimeError("measure: call it once per benchmark (pytest-benchmark times one function per test)")
         used.append(True)
         extra = dict(extra or {})
         dtype = _dtype_name(extra.pop("dtype", torch.get_default_dtype()))
+        if CHECK:
+            _check_against_reference(group, provider, dtype, fn(), compare)
         info = device_info()
         clock = event_clock() if CUDA else time.perf_counter
         benchmark.group = group

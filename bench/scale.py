@@ -46,6 +46,11 @@ SCALE: str = "tiny" if TINY else ("cuda" if CUDA else "cpu")
 COMPILE: bool = _flag("ITHP_BENCH_COMPILE", "1")
 """Whether the ``torch.compile`` providers run (``ITHP_BENCH_COMPILE=0`` drops them)."""
 
+CHECK: bool = _flag("ITHP_BENCH_CHECK")
+"""Check mode (``ITHP_BENCH_CHECK=1``, the CI smoke run): the workloads are made deterministic
+(no dropout, posterior means, injected noise) and every provider's result is compared with its
+group's ``reference`` (``measure(..., compare=...)`` in ``conftest.py``)."""
+
 TOKENS: int = 5 if TINY else 50
 """Tokens per example (the paper's 50; 5 in tiny mode)."""
 

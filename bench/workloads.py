@@ -6,24 +6,34 @@ Paper sizes: text 768 -> 256 -> B0 128 -> B1 64, acoustic 74 and visual 47 detec
 
 from __future__ import annotations
 
-import importlib
-from typing import Any, Optional
+import importlib.util
 
 import pytest
 import torch
+from scale import CHECK, DEVICE, TINY, TOKENS
 
 from ithp_fast import ITHPConfig
 from ithp_fast.reference import ITHP as ReferenceITHP
-from scale import DEVICE, TINY, TOKENS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def ithp_config() -> ITHPConfig:
-    """The paper's MOSI config, or small odd widths in tiny mode."""
+    """The paper's MOSI config, or small odd widths in tiny mode; no dropout in check mode."""
+    no_dropout = {"drop_prob": 0.0} if CHECK else {}
     if TINY:
-        return ITHPConfig(X0_dim=24, X1_dim=7, X2_dim=5, inter_dim=16, B0_dim=8, B1_dim=6)
-    return ITHPConfig.for_dataset("mosi")
+        return ITHPConfig(X0_dim=24, X1_dim=7, X2_dim=5, inter_dim=16, B0_dim=8, B1_dim=6, **no_dropout)
+    return ITHPConfig.for_dataset("mosi", **no_dropout)
+
+
+def check_noise(cfg: ITHPConfig, batch: int, dtype: torch.dtype = torch.float32):
+    """Check mode: the ``noise=(eps0, eps1)`` every provider's training step is given (so their
+    results can be compared); None otherwise (each provider draws its own)."""
+    if not CHECK:
+        return None
+    g = torch.Generator().manual_seed(batch + 1)
+    return tuple(torch.randn(batch, TOKENS, width, generator=g).to(device=DEVICE, dtype=dtype)
+                 for width in (cfg.B0_dim, cfg.B1_dim))
 
 
 def ithp_inputs(cfg: ITHPConfig, batch: int, dtype: torch.dtype = torch.float32, *, grad: bool = False):
@@ -36,35 +46,28 @@ def ithp_inputs(cfg: ITHPConfig, batch: int, dtype: torch.dtype = torch.float32,
     return x.requires_grad_(grad), visual, acoustic
 
 
+def eval_sampling() -> str:
+    """The released ``"sample"``, or the posterior ``"mean"`` in check mode (comparable results)."""
+    return "mean" if CHECK else "sample"
+
+
 def ithp_pair(cfg: ITHPConfig, dtype: torch.dtype = torch.float32, *, train: bool = False):
     """A reference ITHP and an ``ithp_fast.ITHP`` holding the same weights, on the bench device."""
     import ithp_fast
 
     torch.manual_seed(0)
-    reference = ReferenceITHP(cfg).to(device=DEVICE, dtype=dtype)
-    fast = ithp_fast.ITHP(cfg).to(device=DEVICE, dtype=dtype)
+    reference = ReferenceITHP(cfg, eval_sampling=eval_sampling()).to(device=DEVICE, dtype=dtype)
+    fast = ithp_fast.ITHP(cfg, eval_sampling=eval_sampling()).to(device=DEVICE, dtype=dtype)
     fast.load_state_dict(reference.state_dict(), strict=True)
     for m in (reference, fast):
         m.train(train)
     return reference, fast
 
 
-def optional(module: str, attr: Optional[str] = None) -> Any:
-    """``module`` (or ``module.attr``) if that part of the fast path exists yet, else skip the benchmark.
-
-    Only a missing module / attribute skips; any other import error fails the benchmark.
-    """
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        if err.name is not None and module.startswith(err.name):
-            pytest.skip(f"{module} is not available")
-        raise
-    if attr is None:
-        return mod
-    if not hasattr(mod, attr):
-        pytest.skip(f"{module}.{attr} is not available")
-    return getattr(mod, attr)
+def require(package: str) -> None:
+    """Skip the benchmark, naming the package, where an optional package is not installed."""
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"{package} is not installed (pip install 'ithp_fast[export]')")
 
 
 def exported_file(model: torch.nn.Module, fmt: str, tokens: int) -> str:
@@ -76,8 +79,8 @@ def exported_file(model: torch.nn.Module, fmt: str, tokens: int) -> str:
     import tempfile
 
     if fmt == "onnxruntime":
-        optional("onnxruntime")
-        optional("onnxscript")
+        require("onnxruntime")
+        require("onnxscript")
     elif TINY:
         pytest.skip("aoti: AOTInductor compiles C++ for tens of seconds; not in the tiny smoke run")
     import ithp_fast

@@ -17,22 +17,26 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 
 
-def _bench_env() -> dict:
+def _bench_env(**extra) -> dict:
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)
     env["ITHP_BENCH_TINY"] = "1"
+    env.update(extra)
     return env
 
 
-def _run(cmd, timeout=600):
-    proc = subprocess.run(cmd, cwd=ROOT, env=_bench_env(), capture_output=True, text=True, timeout=timeout)
+def _run(cmd, timeout=600, **env):
+    proc = subprocess.run(cmd, cwd=ROOT, env=_bench_env(**env), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
     return proc
 
 
-def test_every_benchmark_runs_once(tmp_path):
-    report = tmp_path / "bench.xml"
-    _run([sys.executable, "-m", "pytest", str(BENCH), "--benchmark-disable", "-q", "-p", "no:cacheprovider", f"--junitxml={report}"])
+def test_every_benchmark_runs_once_and_every_provider_equals_the_reference(tmp_path):
+    """Check mode (``ITHP_BENCH_CHECK=1``): deterministic workloads, and each provider's result
+    held against its group's reference; every provider that ran is checked at least once."""
+    report, log = tmp_path / "bench.xml", tmp_path / "checks.tsv"
+    _run([sys.executable, "-m", "pytest", str(BENCH), "--benchmark-disable", "-q", "-p", "no:cacheprovider",
+          f"--junitxml={report}"], ITHP_BENCH_CHECK="1", ITHP_BENCH_CHECK_LOG=str(log))
     cases = ET.parse(report).getroot().iter("testcase")
     by_module: dict[str, list[str]] = {}
     for case in cases:
@@ -43,6 +47,13 @@ def test_every_benchmark_runs_once(tmp_path):
     for module in modules:
         outcomes = next((v for k, v in by_module.items() if k.endswith(module)), [])
         assert "ran" in outcomes, f"bench/{module}.py: no benchmark ran ({outcomes})"
+    checks: dict[str, set] = {}
+    for line in log.read_text().splitlines():
+        _, provider, status = line.split("\t")
+        checks.setdefault(provider, set()).add(status)
+    unchecked = sorted(p for p, statuses in checks.items() if "checked" not in statuses and statuses != {"exempt"})
+    assert not unchecked, f"providers never compared with a reference: {unchecked}"
+    assert len(checks) >= 6, sorted(checks)
 
 
 def test_bench_command_writes_json_table_and_chart(tmp_path):
