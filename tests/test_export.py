@@ -129,9 +129,9 @@ def test_a_failed_check_leaves_nothing(tmp_path, monkeypatch):
 # --- The serving wrappers on ONNX Runtime -------------------------------------------------------
 
 
-def test_served_encoder_defaults_to_onnxruntime_on_the_cpu():
+def test_served_encoder_on_onnxruntime_on_the_cpu():
     model = ithp()
-    server = ServingEncoder(model)
+    server = ServingEncoder(model, backend="onnxruntime")
     assert server.path == "onnxruntime" and server.bucket_rows == ()
     g = torch.Generator().manual_seed(0)
     reqs = [(torch.randn(*lead, model.config.X0_dim, generator=g),) for lead in [(), (1,), (2, 3), (3, 2, 2), (50,)]]
@@ -178,7 +178,7 @@ def test_encoder_of_three_levels_on_onnxruntime():
     from helpers import level_config
 
     model = ithp(cfg=level_config(3))
-    server = ServingEncoder(model)
+    server = ServingEncoder(model, backend="onnxruntime")
     assert server.path == "onnxruntime"
     x = features(3, model.config.X0_dim)
     with torch.no_grad():
