@@ -69,6 +69,7 @@ class DetectorLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, t, seed, row_weight, stream: int, p: float, backend: str):
         ctx.backend, ctx.dtypes = backend, (z.dtype, t.dtype)
+        ctx.set_materialize_grads(False)  # no gradient arriving means none to hand back (not 0 * NaN)
         if backend == "triton":
             from .detector_loss_triton import detector_loss_forward
 
@@ -82,6 +83,8 @@ class DetectorLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_parts):
+        if grad_parts is None:
+            return None, None, None, None, None, None
         if ctx.backend == "triton":
             from .detector_loss_triton import detector_loss_backward
 

@@ -41,7 +41,7 @@ def _forward_lane(z_ptr, t_ptr, w_ptr, e, numel, width, u, p, scale, DROPOUT: tl
     t = tl.load(t_ptr + e, mask=inside, other=0.0).to(tl.float32)
     out = 1.0 / (1.0 + tl.exp(-z))
     if DROPOUT:
-        out = tl.where(u >= p, out * scale, 0.0)
+        out = out * tl.where(u >= p, scale, 0.0)  # a multiply, as PyTorch's dropout: a dropped NaN stays NaN
     square = (out - t) * (out - t)
     if HAS_WEIGHT:
         w = tl.load(w_ptr + e // width, mask=inside, other=0.0).to(tl.float32)
@@ -80,15 +80,21 @@ def _backward_lane(z_ptr, t_ptr, w_ptr, gz_ptr, gt_ptr, e, numel, width, u, p, s
     slope = s * (1.0 - s)
     out = s
     if DROPOUT:
-        keep = u >= p
-        out = tl.where(keep, s * scale, 0.0)
-        slope = tl.where(keep, slope * scale, 0.0)
+        keep_scale = tl.where(u >= p, scale, 0.0)  # multiplied in, as PyTorch's dropout and its backward
+        out = s * keep_scale
+        slope = slope * keep_scale
     if HAS_WEIGHT:
-        g = g * tl.load(w_ptr + e // width, mask=inside, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + e // width, mask=inside, other=0.0).to(tl.float32)
+        g = g * w
     residual = g * (out - t)
-    tl.store(gz_ptr + e, rounded_to(residual * slope, gz_ptr.dtype.element_ty), mask=inside)
+    grad_z = residual * slope
+    grad_t = -residual
+    if HAS_WEIGHT:  # a row left out gets no gradient at all (not 0 * NaN), as the reference's where
+        grad_z = tl.where(w != 0.0, grad_z, 0.0)
+        grad_t = tl.where(w != 0.0, grad_t, 0.0)
+    tl.store(gz_ptr + e, rounded_to(grad_z, gz_ptr.dtype.element_ty), mask=inside)
     if NEED_GRAD_T:
-        tl.store(gt_ptr + e, rounded_to(-residual, gt_ptr.dtype.element_ty), mask=inside)
+        tl.store(gt_ptr + e, rounded_to(grad_t, gt_ptr.dtype.element_ty), mask=inside)
 
 
 @triton.jit

@@ -52,7 +52,10 @@ class IBCombine(torch.autograd.Function):
         if device is None:
             return (None, None) + (None,) * len(ctx.sizes)
         level = ib_combine_backward(grads, ctx.weights, device)
-        return (None, None) + tuple(level[i:i + 1].expand(n) for i, n in enumerate(ctx.sizes))
+        # a level loss that reaches no differentiated output gets no gradient (None, not zeros:
+        # its own backward then adds no term, as autograd would, and 0 * Inf makes no NaN)
+        return (None, None) + tuple(level[i:i + 1].expand(n) if grads[0] is not None or grads[1 + i] is not None
+                                    else None for i, n in enumerate(ctx.sizes))
 
 
 def ib_combine(kl_parts: Sequence[torch.Tensor], mse_parts: Sequence[torch.Tensor], *,

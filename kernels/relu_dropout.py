@@ -1,10 +1,24 @@
 """ReLU + dropout between the two Linear layers of an MLP, the mask drawn from (seed, stream).
 
     d      = relu(a) * keep / (1 - p),   keep = noise(seed, stream, e) >= p   (e the element index)
-    grad_a = grad_d / (1 - p)  where d > 0,  else 0
+    grad_a = grad_d * keep / (1 - p)  where the ReLU passed (a > 0, or a NaN),  else 0
 
-The backward needs no mask: ``d`` is non-zero exactly where the ReLU passed and the mask kept,
-so it reads the output ``d`` (which the next Linear saves anyway) and nothing else.
+as PyTorch's ReLU and dropout compute them: NaN passes the ReLU, dropout multiplies by the mask
+(a dropped NaN or +Inf stays non-finite: NaN * 0, Inf * 0), and the dropout backward multiplies
+the incoming gradient by the mask too (a non-finite gradient at a dropped element whose ReLU
+passed stays non-finite; where the ReLU blocked, the gradient is 0 whatever arrives).
+
+The backward needs no mask: it reads the output ``d`` (which the next Linear saves anyway) and
+nothing else. ``d`` carries one extra bit in the sign of its zeros: ``-0.0`` where the ReLU
+blocked, ``+0.0`` where it passed and dropout dropped (``-0.0 == 0.0``, so no later computation
+sees a difference). So, from ``d`` alone::
+
+    grad_a = grad_d / (1 - p)  where d > 0 or d is NaN;   grad_d * 0  where d is +0.0;   0  where d is -0.0
+
+Same non-finite pattern as PyTorch everywhere; the finite value differs only at a dropped NaN /
++Inf input (``grad_d / (1 - p)`` instead of 0: ``d`` is NaN either way). The torch backend marks
+the ReLU with ``clamp_min(a, -0.0)``, which leaves an input of exactly ``+0.0`` unmarked: there a
+non-finite incoming gradient gives NaN where PyTorch gives 0 (the Triton kernels mark it).
 
 ``relu_dropout(a, seed, stream, p, *, backend, inplace=False)``: ``backend="torch"`` (seed a
 Python int, :func:`rng.new_seed`) or ``"triton"`` (seed an int64 device tensor,
@@ -12,6 +26,8 @@ Python int, :func:`rng.new_seed`) or ``"triton"`` (seed an int64 device tensor,
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -21,10 +37,17 @@ from .rng import dropout_scale
 
 def relu_dropout_torch(a: torch.Tensor, seed: int, stream: int, p: float, inplace: bool = False) -> torch.Tensor:
     """The plain-PyTorch forward (``inplace`` overwrites ``a``)."""
-    d = a.clamp_min_(0.0) if inplace else torch.relu(a)
+    d = a.clamp_min_(-0.0) if inplace else torch.clamp_min(a, -0.0)  # NaN passes; -0.0 marks a blocked ReLU
     if p > 0.0:
         d.mul_(dropout_scale(seed, stream, a.shape, a.device, p))
     return d
+
+
+def _relu_dropout_backward_torch(grad_d: torch.Tensor, d: torch.Tensor, p: float) -> torch.Tensor:
+    """``grad_a`` from ``d`` alone (see the module docstring)."""
+    kept = torch.mul(grad_d, d != 0).mul_(1.0 / (1.0 - p))  # grad_d * 0 where d is +-0.0
+    # 1 / d is -inf exactly where d is -0.0 (d is never negative): the ReLU blocked, so 0
+    return torch.ops.aten.threshold_backward(kept, torch.reciprocal(d), -math.inf)
 
 
 class ReluDropout(torch.autograd.Function):
@@ -42,17 +65,20 @@ class ReluDropout(torch.autograd.Function):
             d = relu_dropout_torch(a, seed, stream, p, inplace)
         ctx.p, ctx.backend = p, backend
         ctx.save_for_backward(d)
+        ctx.set_materialize_grads(False)
         return d
 
     @staticmethod
     def backward(ctx, grad_d):
+        if grad_d is None:
+            return None, None, None, None, None, None
         (d,) = ctx.saved_tensors
         if ctx.backend == "triton":
             from .relu_dropout_triton import relu_dropout_backward
 
             grad_a = relu_dropout_backward(grad_d, d, ctx.p)
         else:
-            grad_a = torch.ops.aten.threshold_backward(grad_d, d, 0).mul_(1.0 / (1.0 - ctx.p))
+            grad_a = _relu_dropout_backward_torch(grad_d, d, ctx.p)
         return grad_a, None, None, None, None, None
 
 

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from .rng import GROUP, LANE
-from .triton_helpers import check_p, check_seed, group_uniform_or_keep, rounded_to
+from .triton_helpers import check_p, check_seed, group_uniform_or_keep, is_negative_zero, relu_marked, rounded_to
 
 _BWD_BLOCK = 1024
 
@@ -22,9 +22,9 @@ _BWD_BLOCK = 1024
 def _forward_lane(a_ptr, d_ptr, offs, numel, u, p, scale, DROPOUT: tl.constexpr):
     inside = offs < numel
     a = tl.load(a_ptr + offs, mask=inside, other=0.0).to(tl.float32)
-    d = tl.maximum(a, 0.0)
+    d = relu_marked(a)
     if DROPOUT:
-        d = tl.where(u >= p, d * scale, 0.0)
+        d = d * tl.where(u >= p, scale, 0.0)  # a multiply, as PyTorch's dropout: a dropped NaN stays NaN
     tl.store(d_ptr + offs, rounded_to(d, d_ptr.dtype.element_ty), mask=inside)
 
 
@@ -49,7 +49,9 @@ def _relu_dropout_backward_kernel(gd_ptr, d_ptr, ga_ptr, numel, scale, BLOCK: tl
     inside = offs < numel
     gd = tl.load(gd_ptr + offs, mask=inside, other=0.0).to(tl.float32)
     d = tl.load(d_ptr + offs, mask=inside, other=0.0).to(tl.float32)
-    ga = tl.where(d > 0.0, gd * scale, 0.0)
+    # d is +0.0 where dropout dropped an element the ReLU passed (grad_d * 0: NaN stays NaN),
+    # -0.0 where the ReLU blocked (0 whatever arrives); positive or NaN where both passed
+    ga = tl.where(is_negative_zero(d), 0.0, gd * tl.where(d == 0.0, 0.0, scale))
     tl.store(ga_ptr + offs, rounded_to(ga, ga_ptr.dtype.element_ty), mask=inside)
 
 

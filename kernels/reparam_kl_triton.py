@@ -85,7 +85,7 @@ def _reparam_kl_forward_kernel(h_ptr, eps_ptr, seed_ptr, w_ptr, b_ptr, part_ptr,
 @triton.jit
 def _backward_lane(h_ptr, eps_ptr, w_ptr, gb_ptr, gh_ptr, geps_ptr, e, n_elem, row_stride, noise, g,
                    B: tl.constexpr, SAMPLE: tl.constexpr, HAS_EPS: tl.constexpr, HAS_GRAD_B: tl.constexpr,
-                   NEED_GRAD_EPS: tl.constexpr, HAS_WEIGHT: tl.constexpr):
+                   HAS_GRAD_PART: tl.constexpr, NEED_GRAD_EPS: tl.constexpr, HAS_WEIGHT: tl.constexpr):
     inside = e < n_elem
     row = e // B
     col = e % B
@@ -93,10 +93,18 @@ def _backward_lane(h_ptr, eps_ptr, w_ptr, gb_ptr, gh_ptr, geps_ptr, e, n_elem, r
     mu = tl.load(at, mask=inside, other=0.0).to(tl.float32)
     logvar = tl.load(at + B, mask=inside, other=0.0).to(tl.float32)
     std = tl.exp(0.5 * logvar)
-    if HAS_WEIGHT:
-        g = g * tl.load(w_ptr + row, mask=inside, other=0.0).to(tl.float32)
-    grad_mu = -2.0 * g * mu
-    grad_logvar = g * (1.0 - std * std)
+    if HAS_GRAD_PART:
+        if HAS_WEIGHT:
+            w = tl.load(w_ptr + row, mask=inside, other=0.0).to(tl.float32)
+            g = g * w
+        grad_mu = -2.0 * g * mu
+        grad_logvar = g * (1.0 - std * std)
+        if HAS_WEIGHT:  # a row left out gets no KL term (not 0 * NaN), as the reference's where
+            grad_mu = tl.where(w != 0.0, grad_mu, 0.0)
+            grad_logvar = tl.where(w != 0.0, grad_logvar, 0.0)
+    else:  # no KL term at all (not 0 * mu: an infinite mu would give NaN where PyTorch gives nothing)
+        grad_mu = tl.zeros_like(mu)
+        grad_logvar = tl.zeros_like(mu)
     if HAS_GRAD_B:
         gb = tl.load(gb_ptr + e, mask=inside, other=0.0).to(tl.float32)
         grad_mu += gb
@@ -129,13 +137,13 @@ def _reparam_kl_backward_kernel(h_ptr, eps_ptr, seed_ptr, w_ptr, gb_ptr, gpart_p
         g = 0.0
     n0, n1, n2, n3 = group_normal_or_zero(seed_ptr, STREAM, first, LANE, GENERATE)
     _backward_lane(h_ptr, eps_ptr, w_ptr, gb_ptr, gh_ptr, geps_ptr, first + j, n_elem, row_stride, n0, g,
-                   B, SAMPLE, HAS_EPS, HAS_GRAD_B, NEED_GRAD_EPS, HAS_WEIGHT)
+                   B, SAMPLE, HAS_EPS, HAS_GRAD_B, HAS_GRAD_PART, NEED_GRAD_EPS, HAS_WEIGHT)
     _backward_lane(h_ptr, eps_ptr, w_ptr, gb_ptr, gh_ptr, geps_ptr, first + LANE + j, n_elem, row_stride, n1, g,
-                   B, SAMPLE, HAS_EPS, HAS_GRAD_B, NEED_GRAD_EPS, HAS_WEIGHT)
+                   B, SAMPLE, HAS_EPS, HAS_GRAD_B, HAS_GRAD_PART, NEED_GRAD_EPS, HAS_WEIGHT)
     _backward_lane(h_ptr, eps_ptr, w_ptr, gb_ptr, gh_ptr, geps_ptr, first + 2 * LANE + j, n_elem, row_stride, n2, g,
-                   B, SAMPLE, HAS_EPS, HAS_GRAD_B, NEED_GRAD_EPS, HAS_WEIGHT)
+                   B, SAMPLE, HAS_EPS, HAS_GRAD_B, HAS_GRAD_PART, NEED_GRAD_EPS, HAS_WEIGHT)
     _backward_lane(h_ptr, eps_ptr, w_ptr, gb_ptr, gh_ptr, geps_ptr, first + 3 * LANE + j, n_elem, row_stride, n3, g,
-                   B, SAMPLE, HAS_EPS, HAS_GRAD_B, NEED_GRAD_EPS, HAS_WEIGHT)
+                   B, SAMPLE, HAS_EPS, HAS_GRAD_B, HAS_GRAD_PART, NEED_GRAD_EPS, HAS_WEIGHT)
 
 
 def _as_rows(h: torch.Tensor) -> torch.Tensor:

@@ -52,6 +52,29 @@ def rounded_to(value, dtype: tl.constexpr):
 
 
 # ---------------------------------------------------------------------------------------------
+# ReLU as PyTorch computes it
+
+
+@triton.jit
+def relu_nan(x):
+    """``relu(x)`` that keeps NaN, as ``torch.relu`` (``tl.maximum(x, 0)`` turns NaN into 0)."""
+    return tl.where(x < 0.0, 0.0, x)
+
+
+@triton.jit
+def relu_marked(x):
+    """``relu(x)`` keeping NaN, with ``-0.0`` where the ReLU blocks (``x <= 0``): a fused backward
+    that reads only the output can tell a blocked ReLU from a dropped element (``+0.0``)."""
+    return tl.where(x <= 0.0, -0.0, x)
+
+
+@triton.jit
+def is_negative_zero(x):
+    """Where float32 ``x`` is ``-0.0`` (its bits are the sign bit alone)."""
+    return x.to(tl.int32, bitcast=True) == -2147483648
+
+
+# ---------------------------------------------------------------------------------------------
 # Philox noise
 
 

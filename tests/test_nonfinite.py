@@ -1,0 +1,315 @@
+"""NaN and +-Inf stay non-finite exactly where the reference's computation makes them non-finite.
+
+Every fused op (both backends, forward and backward) and every public entry point is run on
+inputs with one NaN, +Inf or -Inf at several positions -- the first element, a middle one, the
+last one of a Philox lane, the first of the next group of lanes, the last element, and inside a
+weight -- and compared with the reference computed by plain PyTorch on the same inputs, noise
+and dropout masks. The comparison is of the *pattern*: an entry must be non-finite exactly where
+the reference's is (a finite number where the reference has NaN hides a fault; a NaN where the
+reference is finite invents one). Finite entries are compared by the ops' own test files.
+"""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from fused_helpers import (  # noqa: F401 (the fixture is used by name)
+    FUSED_BACKENDS,
+    keep_mask,
+    normals,
+    op,
+    op_seed,
+    skip_triton_on_cpu_without_interpreter,
+)
+from helpers import make_inputs, make_noise, small_config
+from ithp_fast.kernels.ib_combine import ib_combine
+from ithp_fast.kernels.reparam_kl import reparam_kl_partials
+from ithp_fast.kernels.rng import GROUP, LANE, Stream
+from ithp_fast.reference.ithp import combine_ib, kl_to_standard_normal, reparameterize
+from test_model import fix_masks, forward_seed, pair
+
+DEFAULT_BACKEND = "triton"
+VALUES = {"nan": math.nan, "+inf": math.inf, "-inf": -math.inf}
+
+
+def positions(numel: int) -> dict[str, int]:
+    """Flat indices worth poisoning in a tensor of ``numel`` elements (> GROUP)."""
+    assert numel > GROUP + 1
+    return {"first": 0, "middle": numel // 2 + 3, "lane_end": LANE - 1, "group_start": GROUP, "last": numel - 1}
+
+
+def poisoned(t: torch.Tensor, index: int, value: float) -> torch.Tensor:
+    """A copy of ``t`` with flat element ``index`` set to ``value``."""
+    out = t.detach().clone()
+    out.view(-1)[index] = value
+    return out
+
+
+def assert_same_pattern(got, want, what: str) -> None:
+    """``got`` is non-finite exactly where ``want`` is (None, no gradient, counts as zeros)."""
+    if want is None or got is None:
+        if want is None and got is None:
+            return
+        got, want = (t if t is not None else torch.zeros_like(got if want is None else want) for t in (got, want))
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} vs {tuple(want.shape)}"
+    differ = torch.isfinite(got) != torch.isfinite(want)
+    if differ.any():
+        i = int(differ.reshape(-1).nonzero()[0])
+        raise AssertionError(f"{what}: {int(differ.sum())} of {differ.numel()} entries differ in finiteness; "
+                             f"first at flat index {i}: got {got.reshape(-1)[i].item()}, "
+                             f"reference {want.reshape(-1)[i].item()}")
+
+
+def grads_of(outputs, upstream, inputs):
+    """Gradients of ``sum(upstream[k] * outputs[k])`` w.r.t. ``inputs`` (None where unused)."""
+    pairs = [(o, g) for o, g in zip(outputs, upstream) if g is not None]
+    return torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs], allow_unused=True)
+
+
+def leaves(*tensors):
+    return [t.detach().clone().requires_grad_(True) for t in tensors]
+
+
+# ---------------------------------------------------------------------------------------------
+# relu_dropout: relu(a) * mask / (1 - p)
+
+RELU_SHAPE = (9, 257)
+
+
+def relu_dropout_case(device, backend, p, a, grad_d):
+    seed = op_seed(backend, device)
+    mask = keep_mask(backend, seed, Stream.ENCODER1_HIDDEN, RELU_SHAPE, p, device)
+    (a_fast, a_ref) = leaves(a, a)
+    d = op(backend, "relu_dropout")(a_fast, seed, Stream.ENCODER1_HIDDEN, p)
+    d_ref = F.relu(a_ref) * mask / (1 - p)
+    assert_same_pattern(d, d_ref, "d")
+    assert_same_pattern(*(grads_of([out], [grad_d], [x])[0] for out, x in ((d, a_fast), (d_ref, a_ref))), "grad a")
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("p", [0.0, 0.3])
+@pytest.mark.parametrize("where", list(positions(math.prod(RELU_SHAPE))))
+@pytest.mark.parametrize("value", list(VALUES))
+def test_relu_dropout_input(device, backend, p, where, value):
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(RELU_SHAPE, generator=g)
+    a = poisoned(a, positions(a.numel())[where], VALUES[value]).to(device)
+    relu_dropout_case(device, backend, p, a, torch.randn(RELU_SHAPE, generator=g).to(device))
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("where", list(positions(math.prod(RELU_SHAPE))))
+@pytest.mark.parametrize("value", list(VALUES))
+def test_relu_dropout_upstream_gradient(device, backend, where, value):
+    """A non-finite gradient arriving at a dropped element whose ReLU passed stays non-finite
+    (dropout's backward multiplies by the mask: NaN * 0), at a ReLU that blocked it is 0."""
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(RELU_SHAPE, generator=g).to(device)
+    grad_d = torch.randn(RELU_SHAPE, generator=g)
+    for index in (positions(a.numel())[where], *range(64)):  # several dropped-and-passed entries among these
+        grad_d.view(-1)[index] = VALUES[value]
+    relu_dropout_case(device, backend, 0.3, a, grad_d.to(device))
+
+
+# ---------------------------------------------------------------------------------------------
+# reparam_kl: b = mu + eps * exp(logvar / 2), kl = kl_to_standard_normal(mu, logvar)
+
+ROWS, WIDTH = 40, 37  # 1480 elements of mu: more than one group of lanes
+
+
+def reparam_reference(h, eps, sample):
+    mu, logvar = h.chunk(2, dim=-1)
+    b = reparameterize(mu, logvar, eps) if sample else mu
+    return b, kl_to_standard_normal(mu, logvar)
+
+
+def reparam_case(device, backend, h, eps_given, sample, upstream):
+    seed = op_seed(backend, device)
+    eps = eps_given if eps_given is not None else normals(backend, seed, Stream.EPS0, (ROWS, WIDTH), device)
+    h_fast, h_ref = leaves(h, h)
+    b, parts = reparam_kl_partials(h_fast, seed, Stream.EPS0, eps=eps_given, sample=sample, backend=backend)
+    kl = parts.sum()
+    b_ref, kl_ref = reparam_reference(h_ref, eps, sample)
+    assert_same_pattern(b, b_ref, "b")
+    assert_same_pattern(kl, kl_ref, "kl")
+    got = grads_of([b, kl], upstream, [h_fast])[0]
+    want = grads_of([b_ref, kl_ref], upstream, [h_ref])[0]
+    assert_same_pattern(got, want, "grad h")
+
+
+def mu_logvar_positions():
+    """Flat indices into h [ROWS, 2*WIDTH] of mu / logvar elements at the positions of mu's layout."""
+    out = {}
+    for name, e in positions(ROWS * WIDTH).items():
+        row, col = divmod(e, WIDTH)
+        out[f"mu_{name}"] = row * 2 * WIDTH + col
+        out[f"logvar_{name}"] = row * 2 * WIDTH + WIDTH + col
+    return out
+
+
+UPSTREAM = {"both": (True, True), "b_only": (True, False), "kl_only": (False, True)}
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("where", list(mu_logvar_positions()))
+@pytest.mark.parametrize("value", list(VALUES))
+@pytest.mark.parametrize("mode", ["generated", "injected", "mean"])
+@pytest.mark.parametrize("upstream", list(UPSTREAM))
+def test_reparam_kl_input(device, backend, where, value, mode, upstream):
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(ROWS, 2 * WIDTH, generator=g)
+    h = poisoned(h, mu_logvar_positions()[where], VALUES[value]).to(device)
+    eps = torch.randn(ROWS, WIDTH, generator=g).to(device) if mode == "injected" else None
+    want_b, want_kl = UPSTREAM[upstream]
+    grads = (torch.randn(ROWS, WIDTH, generator=g).to(device) if want_b else None,
+             torch.tensor(1.3, device=device) if want_kl else None)
+    reparam_case(device, backend, h, eps, mode != "mean", grads)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("where", list(positions(ROWS * WIDTH)))
+@pytest.mark.parametrize("value", list(VALUES))
+def test_reparam_kl_injected_noise_and_upstream(device, backend, where, value):
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(ROWS, 2 * WIDTH, generator=g).to(device)
+    index = positions(ROWS * WIDTH)[where]
+    eps = poisoned(torch.randn(ROWS, WIDTH, generator=g), index, VALUES[value]).to(device)
+    reparam_case(device, backend, h, eps, True, (torch.randn(ROWS, WIDTH, generator=g).to(device),
+                                                 torch.tensor(0.7, device=device)))
+    grad_b = poisoned(torch.randn(ROWS, WIDTH, generator=g), index, VALUES[value]).to(device)
+    reparam_case(device, backend, h, None, True, (grad_b, torch.tensor(0.7, device=device)))
+    reparam_case(device, backend, h, None, True, (None, torch.tensor(VALUES[value], device=device)))
+
+
+# ---------------------------------------------------------------------------------------------
+# detector_loss: mse_loss(sigmoid(z) * mask / (1 - p), t)
+
+DET_SHAPE = (31, 74)
+
+
+def detector_case(device, backend, p, z, t, upstream):
+    seed = op_seed(backend, device)
+    mask = keep_mask(backend, seed, Stream.MLP1_OUTPUT, DET_SHAPE, p, device)
+    z_fast, t_fast, z_ref, t_ref = leaves(z, t, z, t)
+    mse = op(backend, "detector_loss")(z_fast, t_fast, seed, Stream.MLP1_OUTPUT, p)
+    mse_ref = F.mse_loss(torch.sigmoid(z_ref) * mask / (1 - p), t_ref)
+    assert_same_pattern(mse, mse_ref, "mse")
+    got = grads_of([mse], [upstream], [z_fast, t_fast])
+    want = grads_of([mse_ref], [upstream], [z_ref, t_ref])
+    assert_same_pattern(got[0], want[0], "grad z")
+    assert_same_pattern(got[1], want[1], "grad t")
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("p", [0.0, 0.3])
+@pytest.mark.parametrize("tensor", ["z", "t"])
+@pytest.mark.parametrize("where", list(positions(math.prod(DET_SHAPE))))
+@pytest.mark.parametrize("value", list(VALUES))
+def test_detector_loss_input(device, backend, p, tensor, where, value):
+    g = torch.Generator().manual_seed(4)
+    z, t = torch.randn(DET_SHAPE, generator=g) * 2, torch.rand(DET_SHAPE, generator=g)
+    index = positions(z.numel())[where]
+    if tensor == "z":
+        z = poisoned(z, index, VALUES[value])
+    else:
+        t = poisoned(t, index, VALUES[value])
+    detector_case(device, backend, p, z.to(device), t.to(device), torch.tensor(1.7, device=device))
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("value", list(VALUES))
+def test_detector_loss_upstream(device, backend, value):
+    g = torch.Generator().manual_seed(5)
+    z, t = torch.randn(DET_SHAPE, generator=g) * 2, torch.rand(DET_SHAPE, generator=g)
+    detector_case(device, backend, 0.3, z.to(device), t.to(device), torch.tensor(VALUES[value], device=device))
+
+
+# ---------------------------------------------------------------------------------------------
+# ib_combine: IB_total = combine_ib(kl0, mse0, kl1, mse1)
+
+WEIGHTS = dict(p_beta=8.0, p_gamma=32.0, p_lambda=0.3)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("level", range(4))
+@pytest.mark.parametrize("value", list(VALUES))
+@pytest.mark.parametrize("upstream", ["IB_total", "own", "other"])
+def test_ib_combine(device, backend, level, value, upstream):
+    g = torch.Generator().manual_seed(6)
+    parts = [torch.rand(n, generator=g).to(device) for n in (3, 1, 4, 2)]
+    parts[level] = poisoned(parts[level], parts[level].numel() - 1, VALUES[value])
+    fast, ref = leaves(*parts), leaves(*parts)
+    outs = ib_combine(*fast, **WEIGHTS, backend=backend)
+    sums = [t.sum() for t in ref]
+    outs_ref = (combine_ib(*sums, *WEIGHTS.values()), *sums)
+    for name, a, b in zip(("IB_total", "kl0", "mse0", "kl1", "mse1"), outs, outs_ref):
+        assert_same_pattern(a, b, name)
+    pick = {"IB_total": 0, "own": 1 + level, "other": 1 + (level + 1) % 4}[upstream]
+    upstream_grads = [torch.tensor(1.5, device=device) if k == pick else None for k in range(5)]
+    for k, (a, b) in enumerate(zip(grads_of(outs, upstream_grads, fast), grads_of(outs_ref, upstream_grads, ref))):
+        assert_same_pattern(a, b, f"grad of partials {k}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole model: ithp_fast.ITHP forward and backward against the reference
+
+LEAD = (4, 16)  # 64 rows: the hidden layers hold 64 * 16 = 1024 elements, the first group of lanes
+MODEL_TENSORS = ["x", "visual", "acoustic", "encoder1.0.weight", "encoder1.3.bias", "MLP1.3.weight",
+                 "encoder2.0.bias", "encoder2.3.weight", "MLP2.0.weight"]
+
+
+def poisoned_everywhere(t: torch.Tensor, value: float) -> torch.Tensor:
+    """``t`` with its first, a middle and its last element set to ``value`` (rows of the inputs
+    are independent, so one run checks all three)."""
+    for index in (0, t.numel() // 2 + 1, t.numel() - 1):
+        t = poisoned(t, index, value)
+    return t
+
+
+def run_model(model, inputs, noise, loss):
+    x, visual, acoustic = leaves(*inputs)
+    torch.manual_seed(123)
+    out = model(x, visual, acoustic, noise=noise)
+    params = dict(model.named_parameters())
+    upstream = {  # "all": every output, IB_total among them; "mse0": one level loss alone
+        "all": [torch.linspace(-1, 1, out[0].numel()).view_as(out[0]), *(torch.tensor(w) for w in (1, .5, 2, -1, 3))],
+        "mse0": [None, None, None, torch.tensor(1.0), None, None],
+    }[loss]
+    grads = grads_of(out, [None if u is None else u.to(out[0].device) for u in upstream],
+                     [x, visual, acoustic, *params.values()])
+    return [o.detach() for o in out], dict(zip(["x", "visual", "acoustic", *params], grads))
+
+
+def with_poisoned_parameter(model, name, value):
+    model = copy.deepcopy(model)
+    param = dict(model.named_parameters())[name]
+    with torch.no_grad():
+        param.copy_(poisoned_everywhere(param, value))
+    return model
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("tensor", MODEL_TENSORS)
+@pytest.mark.parametrize("value", list(VALUES))
+def test_model_forward_and_backward(device, backend, train, tensor, value):
+    cfg = small_config(drop_prob=0.3)
+    ref, fast = pair(cfg, device, backend, train=train)
+    inputs = list(make_inputs(cfg, LEAD, device=device))
+    noise = make_noise(cfg, LEAD, device=device)
+    if train:
+        fix_masks(ref, cfg, backend, forward_seed(backend, device, 123), LEAD, device)
+    models = (fast, ref)
+    if tensor in ("x", "visual", "acoustic"):
+        k = ("x", "visual", "acoustic").index(tensor)
+        inputs[k] = poisoned_everywhere(inputs[k], VALUES[value])
+    else:
+        models = tuple(with_poisoned_parameter(m, tensor, VALUES[value]) for m in models)
+    for loss in ("all", "mse0"):
+        got, want = (run_model(m, inputs, noise, loss) for m in models)
+        for i, (a, b) in enumerate(zip(got[0], want[0])):
+            assert_same_pattern(a, b, f"{loss}: output {i}")
+        for name in want[1]:
+            assert_same_pattern(got[1][name], want[1][name], f"{loss}: grad {name}")
