@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from . import sm_count
-from .triton_helpers import rounded_to
+from .triton_helpers import relu_nan, rounded_to
 
 MIN_DOT = 16
 """Smallest block side ``tl.dot`` accepts."""
@@ -97,7 +97,9 @@ def _encode_chain_kernel(
             w0t = tl.load(w0_ptr + cols[None, :] * X0 + ks[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
             acc += _dot(xt, w0t, PRECISION, UPCAST)
         bias0 = tl.load(c0_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-        h0 = rounded_to(tl.maximum(acc + bias0[None, :], 0.0), dt)  # ReLU commutes with rounding
+        # ReLU (keeping NaN, as torch.relu; it commutes with rounding); padded columns exactly 0,
+        # or an infinite x would make them 0 * inf = NaN and leak into mu0 through the next dot
+        h0 = rounded_to(tl.where(col_ok[None, :], relu_nan(acc + bias0[None, :]), 0.0), dt)
         w_mask = col_ok[:, None] & b0_ok[None, :]
         w1t = tl.load(w1_ptr + offs_b0[None, :] * H + cols[:, None], mask=w_mask, other=0.0)
         part_mu += _dot(h0, w1t, PRECISION, UPCAST)
@@ -153,6 +155,7 @@ def _second_encoder(
         eps0 = tl.load(eps0_ptr + rows[:, None] * stride_eps0 + offs_b0[None, :],
                        mask=row_ok[:, None] & b0_ok[None, :], other=0.0).to(tl.float32)
         b0 = rounded_to(mu0.to(tl.float32) + eps0 * tl.exp(lv0.to(tl.float32) * 0.5), dt)
+    b0 = tl.where(b0_ok[None, :], b0, 0.0).to(dt)  # padded columns exactly 0 (non-finite sums leave NaN there)
 
     offs_h = tl.arange(0, BLOCK_H)
     offs_b1 = tl.arange(0, B1_P)
@@ -164,7 +167,8 @@ def _second_encoder(
         col_ok = cols < H
         w2t = tl.load(w2_ptr + cols[None, :] * B0 + offs_b0[:, None], mask=b0_ok[:, None] & col_ok[None, :], other=0.0)
         bias2 = tl.load(c2_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-        h1 = rounded_to(tl.maximum(_dot(b0, w2t, PRECISION, UPCAST) + bias2[None, :], 0.0), dt)
+        h1 = rounded_to(tl.where(col_ok[None, :], relu_nan(_dot(b0, w2t, PRECISION, UPCAST) + bias2[None, :]), 0.0),
+                        dt)
         w_mask = col_ok[:, None] & b1_ok[None, :]
         w3t = tl.load(w3_ptr + offs_b1[None, :] * H + cols[:, None], mask=w_mask, other=0.0)
         acc_mu += _dot(h1, w3t, PRECISION, UPCAST)

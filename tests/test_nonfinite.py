@@ -313,3 +313,140 @@ def test_model_forward_and_backward(device, backend, train, tensor, value):
             assert_same_pattern(a, b, f"{loss}: output {i}")
         for name in want[1]:
             assert_same_pattern(got[1][name], want[1][name], f"{loss}: grad {name}")
+
+
+# ---------------------------------------------------------------------------------------------
+# encode: the fused kernel and every path of ITHP.encode against the reference's encode
+
+ENCODE_ROWS = 20  # two row blocks of 16, the second ragged
+ENCODE_DIMS = dict(X0_dim=24, inter_dim=40, B0_dim=10, B1_dim=6)  # a ragged hidden chunk, padded B0 / B1
+ENCODE_CONFIGS = {
+    "one-split": dict(block_m=16, block_h=16, splits=1),
+    "four-splits": dict(block_m=16, block_h=16, splits=4, block_k=16, tail_block_h=16),
+}
+# (parameter, flat index): the mu and logvar halves of the last layers are poisoned separately
+ENCODE_WEIGHTS = {
+    "w0": ("encoder1.0.weight", 0), "c0": ("encoder1.0.bias", 39),
+    "w1_mu": ("encoder1.3.weight", 5), "w1_logvar": ("encoder1.3.weight", 10 * 40 + 7),
+    "c1_mu": ("encoder1.3.bias", 9), "c1_logvar": ("encoder1.3.bias", 10),
+    "w2": ("encoder2.0.weight", 40 * 10 - 1), "c2": ("encoder2.0.bias", 20),
+    "w3_mu": ("encoder2.3.weight", 0), "w3_logvar": ("encoder2.3.weight", 12 * 40 - 1),
+    "c3_mu": ("encoder2.3.bias", 5), "c3_logvar": ("encoder2.3.bias", 6),
+}
+
+
+# Infinities that a ReLU blocks: the reference's b1 stays finite, so a padded column that turns
+# 0 * inf into NaN inside a fused kernel shows. Each sets up the weights that make it so.
+BLOCKED = {
+    "x_blocked": "x = -inf at an input whose encoder1.0 weights are all positive: h0 = relu(-inf) = 0",
+    "eps0_blocked": "eps0 = -inf at a latent whose encoder2.0 weights are all positive: h1 = relu(-inf) = 0",
+    "b0_infinite": "x = +inf reaching one hidden unit: b0 = +-inf in every column, all blocked by encoder2's ReLU",
+}
+
+
+def block_infinities(model, kind, x, eps0, value):
+    """Weights and inputs for the ``BLOCKED`` case ``kind`` (``value`` unused: the signs are fixed)."""
+    w0, w1, w2 = model.encoder1[0].weight, model.encoder1[3].weight, model.encoder2[0].weight
+    with torch.no_grad():
+        if kind == "x_blocked":
+            w0[:, 5] = w0[:, 5].abs() + 0.1
+            x[[2, 11, 19], 5] = -math.inf
+        elif kind == "eps0_blocked":
+            w2[:, 3] = w2[:, 3].abs() + 0.1
+            eps0[[0, 12, 19], 3] = -math.inf
+        else:  # x[:, 7] = +inf reaches hidden unit 4 only; every b0 column is +-inf; encoder2 blocks all
+            w0[:, 7] = -w0[:, 7].abs() - 0.1
+            w0[4, 7] = 1.0
+            b0_dim = w2.shape[1]
+            sign = torch.where(w1[:b0_dim, 4] < 0, -1.0, 1.0)
+            w1[:b0_dim, 4] = sign * (w1[:b0_dim, 4].abs() + 0.1)
+            w1[b0_dim:, 4] = -w1[b0_dim:, 4].abs() - 0.1  # logvar0 = -inf: sampling adds eps0 * 0
+            w2.copy_(-w2.abs().clamp_min(0.05) * sign[None, :])
+            x[[1, 16], 7] = math.inf
+
+
+def encode_setup(device, tensor, value):
+    """A reference model, ``x``, noise, with ``tensor`` poisoned: the input rows 0, 9 and 19, one
+    element of a weight, rows of a noise tensor, or a ``BLOCKED`` case."""
+    from ithp_fast.reference import ITHP as ReferenceITHP
+
+    torch.manual_seed(0)
+    cfg = small_config(**ENCODE_DIMS)
+    model = ReferenceITHP(cfg).eval().to(device)
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(ENCODE_ROWS, cfg.X0_dim, generator=g)
+    eps = [torch.randn(ENCODE_ROWS, w, generator=g) for w in (cfg.B0_dim, cfg.B1_dim)]
+    rows_of = {"x": (x, cfg.X0_dim), "eps0": (eps[0], cfg.B0_dim), "eps1": (eps[1], cfg.B1_dim)}
+    if tensor in BLOCKED:
+        block_infinities(model, tensor, x, eps[0], value)
+    elif tensor in rows_of:
+        t, width = rows_of[tensor]
+        for index in (3, 9 * width + width // 2, t.numel() - 1):
+            t.view(-1)[index] = value
+    else:
+        name, index = ENCODE_WEIGHTS[tensor]
+        with torch.no_grad():
+            dict(model.named_parameters())[name].view(-1)[index] = value
+    return model, x.to(device), tuple(e.to(device) for e in eps)
+
+
+def reference_encode(model, x, eps, sample):
+    from ithp_fast.reference import ITHP as ReferenceITHP
+
+    with torch.no_grad():
+        return ReferenceITHP.encode(model, x, sample=sample, noise=eps if sample else None)
+
+
+@pytest.mark.parametrize("sample", [False, True], ids=["mean", "sample"])
+@pytest.mark.parametrize("tensor", ["x", "eps0", "eps1", *ENCODE_WEIGHTS])
+@pytest.mark.parametrize("value", list(VALUES))
+def test_encode_chain_kernel(device, sample, tensor, value):
+    encode_chain_case(device, sample, tensor, VALUES[value])
+
+
+@pytest.mark.parametrize("sample", [False, True], ids=["mean", "sample"])
+@pytest.mark.parametrize("kind", list(BLOCKED))
+def test_encode_chain_kernel_blocked_infinity(device, sample, kind):
+    if kind == "eps0_blocked" and not sample:
+        pytest.skip("the posterior mean reads no noise")
+    model, x, eps = encode_setup(device, kind, None)
+    assert torch.isfinite(reference_encode(model, x, eps, sample)).all()  # the case is what it says
+    encode_chain_case(device, sample, kind, None)
+
+
+def encode_chain_case(device, sample, tensor, value):
+    from ithp_fast.kernels.encode_chain import encode_chain
+    from ithp_fast.kernels.encode_chain_triton import EncodeChainConfig
+
+    from ithp_fast.encode import layers
+
+    if tensor.startswith("eps") and not sample:
+        pytest.skip("the posterior mean reads no noise")
+    model, x, eps = encode_setup(device, tensor, value)
+    want = reference_encode(model, x, eps, sample)
+    # inputs and noise go through both work splits; a weight through one (each split once)
+    names = list(ENCODE_CONFIGS) if tensor not in ENCODE_WEIGHTS else [list(ENCODE_CONFIGS)[sample]]
+    for name in names:
+        noise = dict(eps0=eps[0], eps1=eps[1]) if sample else {}
+        with torch.no_grad():
+            got = encode_chain(x, *layers(model), config=EncodeChainConfig(**ENCODE_CONFIGS[name]), **noise)
+        assert_same_pattern(got, want, f"b1 ({name})")
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch", "reference"])
+@pytest.mark.parametrize("sample", [False, True], ids=["mean", "sample"])
+@pytest.mark.parametrize("tensor", ["x", "w0", "w1_logvar"])
+@pytest.mark.parametrize("value", list(VALUES))
+def test_model_encode(device, backend, sample, tensor, value):
+    """``ithp_fast.ITHP.encode`` on each path: fused kernel (triton), addmm chain (torch), reference."""
+    import ithp_fast
+    from ithp_fast.encode import choose_path
+
+    ref, x, eps = encode_setup(device, tensor, VALUES[value])
+    fast = ithp_fast.ITHP(ref.config, backend=backend).eval().to(device)
+    fast.load_state_dict(ref.state_dict())
+    expected_path = {"triton": "fused", "torch": "chain", "reference": "reference"}[backend]
+    assert choose_path(fast, ENCODE_ROWS, x.dtype, x.device) == expected_path
+    with torch.no_grad():
+        got = fast.encode(x, sample=sample, noise=eps if sample else None)
+    assert_same_pattern(got, reference_encode(ref, x, eps, sample), f"b1 ({expected_path})")
