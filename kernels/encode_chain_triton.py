@@ -8,8 +8,13 @@ that slice's contribution to ``mu0`` (layer 2 is linear in ``h0``, so its sum sp
 With several (small row counts: more programs to read the weights in parallel) each program
 writes its partial sums of ``mu0`` and counts itself in on an arrival counter per row block;
 the last to arrive adds the partials in a fixed order (deterministic) and runs the second
-encoder for the block, then resets the counter to zero, ready for the next launch. No program
-ever waits on another, so the kernel cannot deadlock (and runs under Triton's interpreter).
+encoder for the block. No program ever waits on another, so the kernel cannot deadlock (and
+runs under Triton's interpreter).
+
+The counters belong to one launch: the launcher allocates them zeroed for it (one small memset
+on the stream before the kernel). Nothing a launch leaves in them is read again, so a launch cut
+short after some programs counted in, or two launches at once (CUDA graphs replayed from several
+threads), cannot make another call finish a row block early or never.
 """
 
 from __future__ import annotations
@@ -131,7 +136,6 @@ def _encode_chain_kernel(
                 mu0 += tl.load(src + offs_b0[None, :], mask=part_mask, other=0.0, cache_modifier=".cg")
                 if SAMPLE:
                     lv0 += tl.load(src + B0 + offs_b0[None, :], mask=part_mask, other=0.0, cache_modifier=".cg")
-            tl.atomic_xchg(count_ptr + pid_m, 0)
             _second_encoder(mu0, lv0, rows, row_ok, offs_b0, b0_ok,
                             c1_ptr, w2_ptr, c2_ptr, w3_ptr, c3_ptr, eps0_ptr, eps1_ptr, out_ptr,
                             H, B0, B1, stride_eps0, stride_eps1, stride_out,
@@ -235,38 +239,6 @@ def choose_config(rows: int, hidden: int, sm_count: int) -> EncodeChainConfig:
     return EncodeChainConfig(block_m=block_m, block_h=block_h, splits=splits)
 
 
-# Arrival counters, one int32 per row block, zero between launches (each launch leaves them at
-# zero). Kept per (device, stream): two streams must not share one. Never replaced once
-# created, so CUDA graphs that captured them keep valid memory.
-COUNTER_SLOTS = 4096
-_counters: dict[tuple, torch.Tensor] = {}
-
-
-def _arrival_counters(device: torch.device, slots: int) -> torch.Tensor:
-    if slots > COUNTER_SLOTS:
-        raise ValueError(f"encode_chain: {slots} row blocks need a split-free configuration (at most {COUNTER_SLOTS})")
-    if device.type == "cuda":
-        stream = torch.cuda.current_stream(device)
-        key = (str(device), stream.cuda_stream)
-        if torch.cuda.is_current_stream_capturing() and key not in _counters:
-            # Allocated inside the capture: the zero fill becomes part of the graph; not kept.
-            return torch.zeros(slots, dtype=torch.int32, device=device)
-    else:
-        key = (str(device), 0)
-    counters = _counters.get(key)
-    if counters is None:
-        counters = _counters[key] = torch.zeros(COUNTER_SLOTS, dtype=torch.int32, device=device)
-    return counters
-
-
-def prepare_stream(device: torch.device) -> None:
-    """Create the arrival counters for the current stream now, outside any graph capture."""
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    _arrival_counters(device, 1)
-
-
 # ---------------------------------------------------------------------------------------------
 # Host launcher
 
@@ -291,7 +263,7 @@ def launch_encode_chain(x: torch.Tensor, weights: tuple[torch.Tensor, ...], eps0
     chunks_per_split = triton.cdiv(chunks, cfg.splits)
     if cfg.splits > 1:
         part = torch.empty(cfg.splits, rows, b0_dim * (2 if sample else 1), dtype=torch.float32, device=x.device)
-        counters = _arrival_counters(x.device, row_blocks)
+        counters = torch.zeros(row_blocks, dtype=torch.int32, device=x.device)  # this launch's alone
     else:
         part = counters = out  # unused by the kernel when there is no split
     dot_precision = precision if x.dtype == torch.float32 else "ieee"  # 16-bit inputs: plain tensor-core dots
