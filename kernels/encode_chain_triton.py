@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from . import sm_count
-from .triton_helpers import relu_nan, rounded_to
+from .triton_helpers import offsets_2d, relu_nan, rounded_to
 
 MIN_DOT = 16
 """Smallest block side ``tl.dot`` accepts."""
@@ -98,18 +98,18 @@ def _encode_chain_kernel(
         for k0 in range(0, X0, BLOCK_K):
             ks = k0 + offs_k
             k_ok = ks < X0
-            xt = tl.load(x_ptr + rows[:, None] * stride_x + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            w0t = tl.load(w0_ptr + cols[None, :] * X0 + ks[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+            xt = tl.load(x_ptr + offsets_2d(rows, ks, stride_x, 1), mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            w0t = tl.load(w0_ptr + offsets_2d(ks, cols, 1, X0), mask=k_ok[:, None] & col_ok[None, :], other=0.0)
             acc += _dot(xt, w0t, PRECISION, UPCAST)
         bias0 = tl.load(c0_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
         # ReLU (keeping NaN, as torch.relu; it commutes with rounding); padded columns exactly 0,
         # or an infinite x would make them 0 * inf = NaN and leak into mu0 through the next dot
         h0 = rounded_to(tl.where(col_ok[None, :], relu_nan(acc + bias0[None, :]), 0.0), dt)
         w_mask = col_ok[:, None] & b0_ok[None, :]
-        w1t = tl.load(w1_ptr + offs_b0[None, :] * H + cols[:, None], mask=w_mask, other=0.0)
+        w1t = tl.load(w1_ptr + offsets_2d(cols, offs_b0, 1, H), mask=w_mask, other=0.0)
         part_mu += _dot(h0, w1t, PRECISION, UPCAST)
         if SAMPLE:
-            w1t_lv = tl.load(w1_ptr + (B0 + offs_b0)[None, :] * H + cols[:, None], mask=w_mask, other=0.0)
+            w1t_lv = tl.load(w1_ptr + offsets_2d(cols, B0 + offs_b0, 1, H), mask=w_mask, other=0.0)
             part_lv += _dot(h0, w1t_lv, PRECISION, UPCAST)
 
     if SPLITS == 1:
@@ -119,8 +119,9 @@ def _encode_chain_kernel(
                         BLOCK_M, TAIL_BLOCK_H, B0_P, B1_P, SAMPLE, PRECISION, UPCAST)
     else:
         width = B0 * (2 if SAMPLE else 1)
+        split_elems = (tl.zeros([], tl.int64) + N) * width  # one split's [N, width] partials; int64 throughout
         part_mask = row_ok[:, None] & b0_ok[None, :]
-        part_rows = part_ptr + pid_s.to(tl.int64) * N * width + rows[:, None] * width
+        part_rows = part_ptr + pid_s * split_elems + rows[:, None] * width
         tl.store(part_rows + offs_b0[None, :], part_mu, mask=part_mask)
         if SAMPLE:
             tl.store(part_rows + B0 + offs_b0[None, :], part_lv, mask=part_mask)
@@ -132,7 +133,7 @@ def _encode_chain_kernel(
             mu0 = tl.zeros((BLOCK_M, B0_P), dtype=tl.float32)
             lv0 = tl.zeros((BLOCK_M, B0_P), dtype=tl.float32)
             for s in range(SPLITS):
-                src = part_ptr + s * N * width + rows[:, None] * width
+                src = part_ptr + s * split_elems + rows[:, None] * width
                 mu0 += tl.load(src + offs_b0[None, :], mask=part_mask, other=0.0, cache_modifier=".cg")
                 if SAMPLE:
                     lv0 += tl.load(src + B0 + offs_b0[None, :], mask=part_mask, other=0.0, cache_modifier=".cg")
@@ -156,7 +157,7 @@ def _second_encoder(
     b0 = mu0
     if SAMPLE:
         lv0 = rounded_to(sum_lv0 + tl.load(c1_ptr + B0 + offs_b0, mask=b0_ok, other=0.0).to(tl.float32)[None, :], dt)
-        eps0 = tl.load(eps0_ptr + rows[:, None] * stride_eps0 + offs_b0[None, :],
+        eps0 = tl.load(eps0_ptr + offsets_2d(rows, offs_b0, stride_eps0, 1),
                        mask=row_ok[:, None] & b0_ok[None, :], other=0.0).to(tl.float32)
         b0 = rounded_to(mu0.to(tl.float32) + eps0 * tl.exp(lv0.to(tl.float32) * 0.5), dt)
     b0 = tl.where(b0_ok[None, :], b0, 0.0).to(dt)  # padded columns exactly 0 (non-finite sums leave NaN there)
@@ -169,24 +170,24 @@ def _second_encoder(
     for h_start in range(0, H, BLOCK_H):
         cols = h_start + offs_h
         col_ok = cols < H
-        w2t = tl.load(w2_ptr + cols[None, :] * B0 + offs_b0[:, None], mask=b0_ok[:, None] & col_ok[None, :], other=0.0)
+        w2t = tl.load(w2_ptr + offsets_2d(offs_b0, cols, 1, B0), mask=b0_ok[:, None] & col_ok[None, :], other=0.0)
         bias2 = tl.load(c2_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
         h1 = rounded_to(tl.where(col_ok[None, :], relu_nan(_dot(b0, w2t, PRECISION, UPCAST) + bias2[None, :]), 0.0),
                         dt)
         w_mask = col_ok[:, None] & b1_ok[None, :]
-        w3t = tl.load(w3_ptr + offs_b1[None, :] * H + cols[:, None], mask=w_mask, other=0.0)
+        w3t = tl.load(w3_ptr + offsets_2d(cols, offs_b1, 1, H), mask=w_mask, other=0.0)
         acc_mu += _dot(h1, w3t, PRECISION, UPCAST)
         if SAMPLE:
-            w3t_lv = tl.load(w3_ptr + (B1 + offs_b1)[None, :] * H + cols[:, None], mask=w_mask, other=0.0)
+            w3t_lv = tl.load(w3_ptr + offsets_2d(cols, B1 + offs_b1, 1, H), mask=w_mask, other=0.0)
             acc_lv += _dot(h1, w3t_lv, PRECISION, UPCAST)
 
     out_mask = row_ok[:, None] & b1_ok[None, :]
     b1 = rounded_to(acc_mu + tl.load(c3_ptr + offs_b1, mask=b1_ok, other=0.0).to(tl.float32)[None, :], dt)
     if SAMPLE:
         lv1 = rounded_to(acc_lv + tl.load(c3_ptr + B1 + offs_b1, mask=b1_ok, other=0.0).to(tl.float32)[None, :], dt)
-        eps1 = tl.load(eps1_ptr + rows[:, None] * stride_eps1 + offs_b1[None, :], mask=out_mask, other=0.0).to(tl.float32)
+        eps1 = tl.load(eps1_ptr + offsets_2d(rows, offs_b1, stride_eps1, 1), mask=out_mask, other=0.0).to(tl.float32)
         b1 = rounded_to(b1.to(tl.float32) + eps1 * tl.exp(lv1.to(tl.float32) * 0.5), dt)
-    tl.store(out_ptr + rows[:, None] * stride_out + offs_b1[None, :], b1, mask=out_mask)
+    tl.store(out_ptr + offsets_2d(rows, offs_b1, stride_out, 1), b1, mask=out_mask)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from . import INTERPRETER_SM_COUNT, sm_count
-from .triton_helpers import rounded_to
+from .triton_helpers import offsets_2d, rounded_to
 
 
 @triton.jit
@@ -32,6 +32,9 @@ def _column_lse_partial_kernel(
     pid_s = tl.program_id(1)
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = cols < C
+    # every offset below is int64: rows * stride_b + cols * stride_c, and the [M, splits, C]
+    # partials, pass 2^31 with transposed logits or B * C (or M * splits * C) >= 2^31
+    split = (modality * n_split + pid_s).to(tl.int64)
     run_max = tl.full([BLOCK_C], float("-inf"), ACC)
     run_sum = tl.zeros([BLOCK_C], ACC)
     pick = tl.zeros([BLOCK_B], tl.float64)
@@ -41,8 +44,7 @@ def _column_lse_partial_kernel(
         rows = row0 + i + tl.arange(0, BLOCK_B)
         r_ok = rows < B
         ok = r_ok[:, None] & c_ok[None, :]
-        offs = rows.to(tl.int64)[:, None] * stride_b + cols[None, :] * stride_c
-        x = tl.load(logits_ptr + offs, mask=ok, other=float("-inf")).to(ACC)
+        x = tl.load(logits_ptr + offsets_2d(rows, cols, stride_b, stride_c), mask=ok, other=float("-inf")).to(ACC)
         y = tl.load(labels_ptr + rows, mask=r_ok, other=-1)
         hit = (y[:, None] == cols[None, :]) & ok
         # at most one hit per row, so the row sum is exact; rows then add up in float64
@@ -53,12 +55,12 @@ def _column_lse_partial_kernel(
         shift = tl.where(new_max == float("-inf"), 0.0, new_max)
         run_sum = run_sum * tl.exp(run_max - shift) + tl.sum(tl.exp(x - shift[None, :]), axis=0)
         run_max = new_max
-    ws = (modality * n_split + pid_s) * C + cols
+    ws = split * C + cols
     tl.store(pmax_ptr + ws, run_max, mask=c_ok)
     tl.store(psum_ptr + ws, run_sum, mask=c_ok)
-    tl.store(ppick_ptr + (modality * n_split + pid_s) * n_cblocks + pid_c, tl.sum(pick, axis=0))
+    tl.store(ppick_ptr + split * n_cblocks + pid_c, tl.sum(pick, axis=0))
     if WRITE_COUNT:
-        tl.store(pcount_ptr + pid_s * C + cols, count, mask=c_ok)
+        tl.store(pcount_ptr + pid_s.to(tl.int64) * C + cols, count, mask=c_ok)
 
 
 @triton.jit
@@ -85,7 +87,7 @@ def _class_block_merge_kernel(
         s_idx = s0 + tl.arange(0, BLOCK_S)
         s_ok = s_idx < n_split
         ok3 = (m3 < M) & s_ok[None, :, None] & c_ok[None, None, :]
-        offs3 = (m3 * n_split + s_idx[None, :, None]) * C + cols[None, None, :]
+        offs3 = (m3 * n_split + s_idx[None, :, None]).to(tl.int64) * C + cols[None, None, :]
         pmax = tl.load(pmax_ptr + offs3, mask=ok3, other=float("-inf"))
         psum = tl.load(psum_ptr + offs3, mask=ok3, other=0.0)
         new_max = tl.maximum(run_max, tl.max(pmax, axis=1))
@@ -93,13 +95,13 @@ def _class_block_merge_kernel(
         run_sum = run_sum * tl.exp(run_max - shift) + tl.sum(psum * tl.exp(pmax - shift[:, None, :]), axis=1)
         run_max = new_max
         cnt_ok = s_ok[:, None] & c_ok[None, :]
-        cnt += tl.sum(tl.load(pcount_ptr + s_idx[:, None] * C + cols[None, :], mask=cnt_ok, other=0), axis=0)
+        cnt += tl.sum(tl.load(pcount_ptr + offsets_2d(s_idx, cols, C, 1), mask=cnt_ok, other=0), axis=0)
         pick_ok = m_ok[:, None] & s_ok[None, :]
-        pick_offs = (m_idx[:, None] * n_split + s_idx[None, :]) * n_cblocks + pid
+        pick_offs = (m_idx[:, None] * n_split + s_idx[None, :]).to(tl.int64) * n_cblocks + pid
         pick += tl.sum(tl.load(ppick_ptr + pick_offs, mask=pick_ok, other=0.0), axis=1)
     ok2 = m_ok[:, None] & c_ok[None, :]
     ls = tl.log(tl.where(ok2, run_sum, 1.0))
-    offs2 = m_idx[:, None] * C + cols[None, :]
+    offs2 = offsets_2d(m_idx, cols, C, 1)
     tl.store(mx_ptr + offs2, run_max, mask=ok2)
     tl.store(ls_ptr + offs2, ls, mask=ok2)
     tl.store(count_ptr + cols, cnt.to(count_ptr.dtype.element_ty), mask=c_ok)
@@ -162,7 +164,7 @@ def _tcmax_grad_kernel(
     c_ok = cols < C
     m_idx = tl.arange(0, BLOCK_M)
     ok2 = (m_idx[:, None] < M) & c_ok[None, :]
-    offs2 = m_idx[:, None] * C + cols[None, :]
+    offs2 = offsets_2d(m_idx, cols, C, 1)
     s_all = tl.load(mx_ptr + offs2, mask=ok2, other=0.0).to(tl.float64) + tl.load(
         ls_ptr + offs2, mask=ok2, other=0.0
     ).to(tl.float64)
@@ -175,20 +177,20 @@ def _tcmax_grad_kernel(
     cnt = tl.load(count_ptr + cols, mask=c_ok, other=0.0).to(tl.float64)
     w = (q * (g + g_uni) - cnt / b * (g_uni - g_n)).to(ACC)
     coef = ((g + g_n) / b).to(ACC)
-    mx_n = tl.load(mx_ptr + modality * C + cols, mask=c_ok, other=0.0)
-    ls_n = tl.load(ls_ptr + modality * C + cols, mask=c_ok, other=0.0)
+    row_n = (tl.zeros([], tl.int64) + modality) * C + cols  # modality may arrive as a specialised constant
+    mx_n = tl.load(mx_ptr + row_n, mask=c_ok, other=0.0)
+    ls_n = tl.load(ls_ptr + row_n, mask=c_ok, other=0.0)
     row0 = pid_s * rows_per_split
     for i in range(0, rows_per_split, BLOCK_B):
         rows = row0 + i + tl.arange(0, BLOCK_B)
         r_ok = rows < B
         ok = r_ok[:, None] & c_ok[None, :]
-        r64 = rows.to(tl.int64)[:, None]
-        x = tl.load(logits_ptr + r64 * stride_b + cols[None, :] * stride_c, mask=ok, other=0.0).to(ACC)
+        x = tl.load(logits_ptr + offsets_2d(rows, cols, stride_b, stride_c), mask=ok, other=0.0).to(ACC)
         y = tl.load(labels_ptr + rows, mask=r_ok, other=-1)
         soft = tl.exp((x - mx_n[None, :]) - ls_n[None, :])
         grad = soft * w[None, :] - tl.where(y[:, None] == cols[None, :], coef, 0.0)
-        out = rounded_to(grad, grad_ptr.dtype.element_ty)
-        tl.store(grad_ptr + r64 * gstride_b + cols[None, :] * gstride_c, out, mask=ok)
+        tl.store(grad_ptr + offsets_2d(rows, cols, gstride_b, gstride_c), rounded_to(grad, grad_ptr.dtype.element_ty),
+                 mask=ok)
 
 
 # ---------------------------------------------------------------------------------------------

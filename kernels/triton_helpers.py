@@ -52,6 +52,20 @@ def rounded_to(value, dtype: tl.constexpr):
 
 
 # ---------------------------------------------------------------------------------------------
+# Addressing
+
+
+@triton.jit
+def offsets_2d(rows, cols, stride_rows, stride_cols):
+    """Element offsets ``rows[:, None] * stride_rows + cols[None, :] * stride_cols`` in int64.
+
+    A product of two int32 values passes 2^31 as soon as a tensor holds 2^31 elements (a
+    transposed [C, B] buffer read as [B, C] does at B*C >= 2^31): every factor is widened first.
+    """
+    return rows.to(tl.int64)[:, None] * stride_rows + cols.to(tl.int64)[None, :] * stride_cols
+
+
+# ---------------------------------------------------------------------------------------------
 # ReLU as PyTorch computes it
 
 

@@ -225,6 +225,35 @@ def test_triton_kernel_reads_strided_logits_and_skips_unneeded_grads():
     torch.testing.assert_close(g_got, g_want, **F64)
 
 
+@pytest.mark.skipif(not triton_interpreter_on(), reason="reads a sparse file through Triton's CPU interpreter")
+def test_triton_kernel_element_offsets_past_2_to_the_31(tmp_path):
+    """Transposed logits whose element offsets (column * column stride) pass 2^31, as with a
+    [C, N] buffer read as its transpose: the kernels must compute them in 64 bits. The logits
+    live in a sparse file (17 GB of address space, a few pages written), and the views start
+    2^31 elements in, so an offset that wrapped to 32 bits would read zeros, not crash."""
+    B, C, stride_c, start = 3, 130, 2**24, 2**31
+    assert (C - 1) * stride_c > 2**31
+    numel = start + (C - 1) * stride_c + 2 * B
+    path = tmp_path / "logits.f32"
+    with open(path, "wb") as f:
+        f.truncate(numel * 4)
+    storage = torch.from_file(str(path), shared=True, size=numel, dtype=torch.float32)
+    g = torch.Generator().manual_seed(8)
+    logits = []
+    for m in range(2):
+        view = storage.as_strided((B, C), (1, stride_c), start + m * B)
+        view.copy_(3 * torch.randn(B, C, generator=g))
+        logits.append(view.detach().requires_grad_())
+    labels = torch.tensor([0, 129, 64])
+    want = tcmax_factorised_torch(logits, labels)
+    got = tcmax_factorised(logits, labels, backend="triton")
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    weights = torch.tensor([1.0, 0.5, -2.0])
+    for g_got, g_want in zip(torch.autograd.grad((got * weights).sum(), logits),
+                             torch.autograd.grad((want * weights).sum(), logits)):
+        torch.testing.assert_close(g_got, g_want, rtol=1e-5, atol=1e-6)
+
+
 def test_backend_choice_reaches_the_kernel(monkeypatch):
     import ithp_fast.kernels.tcmax as kernel
 
