@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .backends import resolve_backend
-from .kernels.tcmax import tcmax_factorised, work_dtype
+from .kernels.tcmax import gradient_undefined, tcmax_factorised, work_dtype
 
 __all__ = ["tcmax_loss", "tcmax_loss_multi", "tcmax_loss_pairwise", "tcmax_loss_sampled", "TCMaxLoss"]
 
@@ -211,6 +211,17 @@ def _fuse(fusion: Fusion, za: torch.Tensor, zv: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``torch.logsumexp(x, dim)``, except where every entry along ``dim`` is ``-inf`` (nothing
+    possible: a chunk or a row of masked pairings): ``-inf`` with gradient 0 there, where torch's
+    gradient is NaN (0 * exp(-inf - -inf)) even when nothing differentiates that value."""
+    top = x.detach().amax(dim=dim, keepdim=True)
+    empty = top == -math.inf
+    shift = torch.where(torch.isfinite(top), top, 0.0)
+    total = torch.where(empty, 1.0, (x - shift).exp().sum(dim=dim, keepdim=True))
+    return torch.where(empty, -math.inf, shift + total.log()).squeeze(dim)
+
+
 def _pair_chunk(fusion: Fusion, za: torch.Tensor, feats_v: torch.Tensor, y_all: torch.Tensor, first_row: int):
     """Rows ``first_row + j`` of ``feats_a`` (``za``) against every ``k``: the chunk's share of
     each log-sum-exp. The first chunk checks the labels' range against the fusion's class count."""
@@ -226,9 +237,9 @@ def _pair_chunk(fusion: Fusion, za: torch.Tensor, feats_v: torch.Tensor, y_all: 
     at_col_label = scores.gather(2, y_all[None, :, None].expand(n, B, 1)).squeeze(2)  # S[j, k, y_k]
     rows = torch.arange(n, device=za.device)
     return (
-        torch.logsumexp(scores.reshape(-1), dim=0),  # share of logZ
-        torch.logsumexp(at_row_label, dim=1),  # log sum_k exp S[j, k, y_j], complete for these j
-        torch.logsumexp(at_col_label, dim=0),  # share of log sum_j exp S[j, k, y_k]
+        _logsumexp(scores.reshape(-1), dim=0),  # share of logZ
+        _logsumexp(at_row_label, dim=1),  # log sum_k exp S[j, k, y_j], complete for these j
+        _logsumexp(at_col_label, dim=0),  # share of log sum_j exp S[j, k, y_k]
         at_row_label[rows, first_row + rows],  # S[j, j, y_j]
         scores.shape[2],
     )
@@ -277,12 +288,30 @@ def tcmax_loss_pairwise(
         parts.append(checkpoint(_pair_chunk, *args, use_reentrant=False) if track else _pair_chunk(*args))
     if any(p[4] != parts[0][4] for p in parts):
         raise ValueError("fusion: returned a different number of classes for different chunks")
-    log_z = torch.logsumexp(torch.stack([p[0] for p in parts]), dim=0)
+    log_z = _logsumexp(torch.stack([p[0] for p in parts]), dim=0)
     row_lse = torch.cat([p[1] for p in parts])
-    col_lse = torch.logsumexp(torch.stack([p[2] for p in parts]), dim=0)
+    col_lse = _logsumexp(torch.stack([p[2] for p in parts]), dim=0)
     diag = torch.cat([p[3] for p in parts])
     const = log_z - math.log(B)
-    return -diag.mean() + const, -row_lse.mean() + const, -col_lse.mean() + const
+    out = _NaNGradientWhereUndefined.apply(torch.stack([-diag.mean(), -row_lse.mean(), -col_lse.mean()]) + const,
+                                           log_z.detach())
+    return out[0], out[1], out[2]
+
+
+class _NaNGradientWhereUndefined(torch.autograd.Function):
+    """The losses unchanged; a NaN upstream gradient where they have no derivative (a
+    differentiated unimodal loss or logZ not finite, as in the factorised form), which autograd
+    then carries to every score through logZ's log-sum-exp."""
+
+    @staticmethod
+    def forward(ctx, out, log_z):
+        ctx.save_for_backward(out, log_z)
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        out, log_z = ctx.saved_tensors
+        return torch.where(gradient_undefined(out, log_z, grad_out), math.nan, grad_out), None
 
 
 def tcmax_loss_sampled(

@@ -17,6 +17,19 @@ modalities, j rows of the batch, c classes; n_c = #{i : y_i = c})::
     dL_n[j, c] = exp(L_n[j, c] - mx_n[c] - ls_n[c]) * w_n[c] - [y_j == c] * (g + g_n) / B
     w_n[c]     = q[c] * (g + G) - n_c / B * (G - g_n)
 
+Non-finite logits, as the direct definition treats them:
+
+* ``-inf`` is an impossible class (or pairing): probability exactly 0. A class that is ``-inf`` in
+  every row of a modality has ``s_m[c] = -inf``, ``q[c] = 0`` and no gradient; it adds nothing to
+  ``cross_m`` unless a label points at it (``n_c * s_m[c]`` is taken as 0 when ``n_c = 0``). A label
+  on an impossible class makes the losses that pick it ``+inf``, as the definition does.
+* Where no derivative exists, every gradient is NaN: when a unimodal loss that receives a
+  non-zero gradient is not finite (its log-sum-exp runs over nothing possible), and when ``logZ``
+  is not finite (a NaN or ``+inf`` logit, or every class impossible). A joint loss made ``+inf``
+  by an impossible label keeps its finite gradient, as the definition's does. The one difference
+  from the direct definition's autograd: with a ``+inf`` logit and only the joint loss
+  differentiated, the direct form leaves some gradient entries finite; here all are NaN.
+
 The O(B*C) sweeps accumulate in float32 (float64 for float64 logits); everything of size C or
 less, and the label picks, is summed in float64, so logits of magnitude 1e4 keep the small loss
 that is their difference accurate. Keeping mx and ls apart keeps exp(L - s) accurate too.
@@ -62,8 +75,11 @@ def tcmax_factorised_torch(logits: Sequence[torch.Tensor], labels: torch.Tensor)
     for L in logits:
         L = L.to(work)
         col_max = L.detach().amax(dim=0)  # gradient-free shift: d s / d L is softmax either way
-        log_sum = (L - col_max).exp().sum(dim=0).log()
-        s_rows.append(col_max.double() + log_sum.double())
+        impossible = col_max == -math.inf  # a class -inf in every row: s = -inf, and no gradient
+        shift = torch.where(impossible, 0.0, col_max)
+        sums = (L - shift).exp().sum(dim=0)
+        log_sum = torch.where(impossible, 1.0, sums).log()
+        s_rows.append(torch.where(impossible, -math.inf, shift.double() + log_sum.double()))
         picks.append(L.gather(1, index[:, None]).squeeze(1).double().mean())
     s = torch.stack(s_rows)  # [M, C]
     log_z = torch.logsumexp(s.sum(dim=0), dim=0)
@@ -71,8 +87,36 @@ def tcmax_factorised_torch(logits: Sequence[torch.Tensor], labels: torch.Tensor)
     pick = torch.stack(picks)  # [M]
     cross = s[:, index].mean(dim=1)  # [M]
     loss = -pick.sum() + const
-    loss_m = -(pick + cross.sum() - cross) + const
-    return torch.cat([loss[None], loss_m]).to(work)
+    others = torch.where(torch.eye(len(logits), dtype=torch.bool, device=cross.device), 0.0, cross).sum(dim=1)
+    loss_m = -(pick + others) + const  # others[m] = sum of cross over m' != m (not sum - cross: -inf - -inf)
+    out = torch.cat([loss[None], loss_m]).to(work)
+    return _NaNWhereUndefined.apply(out, log_z.detach(), *logits)
+
+
+def gradient_undefined(out: torch.Tensor, log_z: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    """0-dim bool (on the device, no sync): whether the losses ``out`` have no derivative for the
+    upstream gradients ``grad_out`` -- a unimodal loss with a non-zero gradient is not finite, or
+    ``logZ`` is not finite (see the module docstring)."""
+    unimodal = (~torch.isfinite(out[1:]) & (grad_out[1:] != 0)).any()
+    return unimodal | ~torch.isfinite(log_z)
+
+
+class _NaNWhereUndefined(torch.autograd.Function):
+    """``out`` unchanged; its backward adds NaN to every logit's gradient where
+    :func:`gradient_undefined` (0 otherwise, as a stride-0 tensor: no memory)."""
+
+    @staticmethod
+    def forward(ctx, out, log_z, *logits):
+        ctx.save_for_backward(out, log_z)
+        ctx.shapes = [(L.shape, L.dtype) for L in logits]
+        return out.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        out, log_z = ctx.saved_tensors
+        extra = torch.where(gradient_undefined(out, log_z, grad_out), math.nan, 0.0)
+        return (grad_out, None, *(extra.to(dtype).expand(shape) for shape, dtype in ctx.shapes))
 
 
 class TCMaxFactorised(torch.autograd.Function):
@@ -83,7 +127,7 @@ class TCMaxFactorised(torch.autograd.Function):
         from .tcmax_triton import tcmax_forward
 
         out, (mx, ls, count, logz, ctx.launch) = tcmax_forward(logits, labels, **launch)
-        ctx.save_for_backward(labels, mx, ls, count, logz, *logits)
+        ctx.save_for_backward(labels, mx, ls, count, logz, out, *logits)
         return out
 
     @staticmethod
@@ -91,7 +135,9 @@ class TCMaxFactorised(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         from .tcmax_triton import tcmax_backward
 
-        labels, mx, ls, count, logz, *logits = ctx.saved_tensors
+        labels, mx, ls, count, logz, out, *logits = ctx.saved_tensors
+        # no derivative: a NaN upstream gradient makes every entry NaN in the kernel
+        grad_out = torch.where(gradient_undefined(out, logz, grad_out), math.nan, grad_out)
         grads = tcmax_backward(grad_out, labels, logits, (mx, ls, count, logz, ctx.launch), ctx.needs_input_grad[2:])
         return (None, None, *grads)
 

@@ -111,7 +111,9 @@ def _class_block_merge_kernel(
     t_shift = tl.where(t_max == float("-inf"), 0.0, t_max)
     tl.store(bmax_ptr + pid, t_max)
     tl.store(bsum_ptr + pid, tl.sum(tl.exp(t - t_shift), axis=0))
-    tl.store(bcross_ptr + m_idx * n_cblocks + pid, tl.sum(cnt.to(tl.float64)[None, :] * s, axis=1), mask=m_ok)
+    # n_c * s_m[c] is 0 for a class no label picks, also when the class is impossible (s = -inf)
+    cross = tl.where(cnt[None, :] > 0, cnt.to(tl.float64)[None, :] * s, 0.0)
+    tl.store(bcross_ptr + m_idx * n_cblocks + pid, tl.sum(cross, axis=1), mask=m_ok)
     tl.store(bpick_ptr + m_idx * n_cblocks + pid, pick, mask=m_ok)
 
 
@@ -145,7 +147,9 @@ def _tcmax_losses_kernel(
     b = tl.zeros([], tl.float64) + B  # B may arrive as a specialised constant
     const = logz - tl.log(b)
     loss = -tl.sum(pick, axis=0) / b + const
-    loss_m = -(pick + tl.sum(cross, axis=0) - cross) / b + const
+    # the other modalities' cross sums, added up directly (sum - cross would make -inf - -inf = NaN)
+    others = tl.sum(tl.where(m_idx[:, None] == m_idx[None, :], 0.0, cross[None, :]), axis=1)
+    loss_m = -(pick + others) / b + const
     tl.store(logz_ptr, logz)
     tl.store(out_ptr, loss.to(out_ptr.dtype.element_ty))
     tl.store(out_ptr + 1 + m_idx, loss_m.to(out_ptr.dtype.element_ty), mask=m_ok)
@@ -187,7 +191,8 @@ def _tcmax_grad_kernel(
         ok = r_ok[:, None] & c_ok[None, :]
         x = tl.load(logits_ptr + offsets_2d(rows, cols, stride_b, stride_c), mask=ok, other=0.0).to(ACC)
         y = tl.load(labels_ptr + rows, mask=r_ok, other=-1)
-        soft = tl.exp((x - mx_n[None, :]) - ls_n[None, :])
+        # a -inf logit has probability 0 (also in a column of -inf, where mx = ls = -inf)
+        soft = tl.where(x == float("-inf"), 0.0, tl.exp((x - mx_n[None, :]) - ls_n[None, :]))
         grad = soft * w[None, :] - tl.where(y[:, None] == cols[None, :], coef, 0.0)
         tl.store(grad_ptr + offsets_2d(rows, cols, gstride_b, gstride_c), rounded_to(grad, grad_ptr.dtype.element_ty),
                  mask=ok)

@@ -450,3 +450,57 @@ def test_model_encode(device, backend, sample, tensor, value):
     with torch.no_grad():
         got = fast.encode(x, sample=sample, noise=eps if sample else None)
     assert_same_pattern(got, reference_encode(ref, x, eps, sample), f"b1 ({expected_path})")
+
+
+# ---------------------------------------------------------------------------------------------
+# TCMax: every entry point against the direct definition over all B * B * C pairings
+
+TC_B, TC_C = 6, 9
+TC_LAUNCH = dict(block_b=4, block_c=4, splits=2)  # several class blocks and row splits
+TC_POSITIONS = {"first": 0, "middle": 2 * TC_C + 5, "block_edge": 3 * TC_C + 4, "last": TC_B * TC_C - 1}
+
+
+def tcmax_entry_points(backend):
+    """name -> function of (la, lv, labels) returning (loss, loss_a, loss_v) (the sampled form: (loss,))."""
+    from ithp_fast import TCMaxLoss, losses, tcmax_loss, tcmax_loss_multi, tcmax_loss_pairwise
+    from ithp_fast.kernels.tcmax import tcmax_factorised
+
+    every_pair = (torch.arange(TC_B).repeat_interleave(TC_B), torch.arange(TC_B).repeat(TC_B))
+    return {
+        "tcmax_loss": lambda la, lv, y: tcmax_loss(la, lv, y, backend=backend),
+        "tcmax_loss_multi": lambda la, lv, y: (lambda out: (out[0], *out[1]))(
+            tcmax_loss_multi([la, lv], y, backend=backend)),
+        "TCMaxLoss": lambda la, lv, y: TCMaxLoss(backend=backend)(la, lv, y),
+        "kernel_launch": lambda la, lv, y: tuple(tcmax_factorised(
+            [la, lv], y, backend=backend, **(TC_LAUNCH if backend == "triton" else {}))),
+        "tcmax_loss_pairwise": lambda la, lv, y: tcmax_loss_pairwise(torch.add, la, lv, y, chunk_size=4),
+        "sampled_every_pair": lambda la, lv, y: (losses._sampled_loss(torch.add, la, lv, y, *every_pair),),
+    }
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("entry", ["tcmax_loss", "tcmax_loss_multi", "TCMaxLoss", "kernel_launch",
+                                   "tcmax_loss_pairwise", "sampled_every_pair"])
+@pytest.mark.parametrize("modality", ["a", "v"])
+@pytest.mark.parametrize("where", list(TC_POSITIONS))
+@pytest.mark.parametrize("value", list(VALUES))
+def test_tcmax(backend, entry, modality, where, value):
+    """Values of every loss and the gradient of a weighted sum of them (every weight non-zero)."""
+    from test_tcmax import direct_tcmax
+
+    if entry in ("tcmax_loss_pairwise", "sampled_every_pair") and backend == "triton":
+        pytest.skip("plain PyTorch whatever the backend")
+    device = "cuda" if torch.cuda.is_available() and backend == "triton" else "cpu"
+    g = torch.Generator().manual_seed(9)
+    logits = [torch.randn(TC_B, TC_C, generator=g, dtype=torch.float64) * 2 for _ in range(2)]
+    k = "av".index(modality)
+    logits[k] = poisoned(logits[k], TC_POSITIONS[where], VALUES[value])
+    labels = (torch.arange(TC_B) % 4).to(device)
+    fast, ref = leaves(*(t.to(device) for t in logits)), leaves(*(t.to(device) for t in logits))
+    got, want = tcmax_entry_points(backend)[entry](*fast, labels), direct_tcmax(ref, labels)
+    weights = (1.0, 0.5, -2.0)[:len(got)]
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert_same_pattern(a, b, f"loss {i}")
+    upstream = [torch.tensor(w, dtype=torch.float64, device=device) for w in weights]
+    for m, (a, b) in enumerate(zip(grads_of(got, upstream, fast), grads_of(want[:len(got)], upstream, ref))):
+        assert_same_pattern(a, b, f"grad of modality {'av'[m]}")

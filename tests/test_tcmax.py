@@ -51,9 +51,10 @@ def direct_pairwise(fusion, feats_a, feats_v, labels):
 
 
 def values_and_grads(fn, inputs, weights):
-    """Outputs of ``fn()`` and the gradient of ``sum_k weights[k] * out[k]`` w.r.t. ``inputs``."""
+    """Outputs of ``fn()`` and the gradient of ``sum_k weights[k] * out[k]`` w.r.t. ``inputs``
+    (a term of weight 0 is left out, as by a user who differentiates only some of the losses)."""
     out = fn()
-    total = sum(w * o for w, o in zip(weights, out))
+    total = sum(w * o for w, o in zip(weights, out) if w != 0)
     grads = torch.autograd.grad(total, inputs)
     return [o.detach() for o in out], grads
 
@@ -223,6 +224,65 @@ def test_triton_kernel_reads_strided_logits_and_skips_unneeded_grads():
     (g_want,) = torch.autograd.grad(want.sum(), la)
     (g_got,) = torch.autograd.grad(got.sum(), la)
     torch.testing.assert_close(g_got, g_want, **F64)
+
+
+# --------------------------------------------------------------------------------------------
+# Classes masked with -inf logits: probability 0, exactly as in the direct definition
+
+
+def masked_logits(case, B=9, C=6, seed=11):
+    """Two modalities' float64 logits with -inf entries, and labels, for one masking ``case``."""
+    (la, lv), labels = random_logits(2, B, C, seed=seed)
+    la, lv = la.detach(), lv.detach()
+    labels = torch.arange(B) % 3  # classes 0, 1, 2 carry labels; 3, 4, 5 none
+    if case == "class_in_one_modality":
+        la[:, 4] = -math.inf
+    elif case == "class_in_every_modality":
+        la[:, 4] = lv[:, 4] = -math.inf
+        la[:, 5] = -math.inf
+    elif case == "scattered":  # entries masked here and there, never a row's own label
+        g = torch.Generator().manual_seed(seed)
+        for L in (la, lv):
+            hide = torch.rand(B, C, generator=g) < 0.3
+            hide[torch.arange(B), labels] = False
+            L[hide] = -math.inf
+    elif case == "own_label_entry":  # example 4's own class is impossible for modality a: loss = +inf
+        la[4, labels[4]] = -math.inf
+    elif case == "impossible_label":  # class 1 is impossible for modality a, and three examples carry it
+        la[:, 1] = -math.inf
+    return [la.requires_grad_(), lv.requires_grad_()], labels
+
+
+MASKED_CASES = ["class_in_one_modality", "class_in_every_modality", "scattered", "own_label_entry",
+                "impossible_label"]
+
+
+@pytest.mark.parametrize("case", MASKED_CASES)
+@pytest.mark.parametrize("weights", [(1.0, 0.5, -2.0), (1.0, 0.0, 0.0)], ids=["all", "joint_only"])
+@pytest.mark.parametrize("backend", ["torch", "triton", "pairwise"])
+def test_masked_classes_equal_direct(case, weights, backend):
+    """-inf logits are impossible classes (or pairings): values and gradients are the direct
+    definition's, infinities and NaNs included -- +inf where a label is impossible; a NaN
+    gradient where a differentiated unimodal loss is infinite (its log-sum-exp runs over nothing
+    possible), a finite one where only the joint loss is differentiated."""
+    if backend == "triton" and not (torch.cuda.is_available() or triton_interpreter_on()):
+        pytest.skip("Triton needs CUDA or its interpreter")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    logits, labels = masked_logits(case)
+    logits = [L.detach().to(device).requires_grad_() for L in logits]
+    labels = labels.to(device)
+    launch = dict(block_b=4, block_c=4, splits=2) if backend == "triton" else {}
+    want_v, want_g = values_and_grads(lambda: direct_tcmax(logits, labels), logits, weights)
+    if backend == "pairwise":  # the chunked form for any fusion, here the sum
+        got_v, got_g = values_and_grads(lambda: tcmax_loss_pairwise(torch.add, *logits, labels, chunk_size=4),
+                                        logits, weights)
+    else:
+        got_v, got_g = values_and_grads(lambda: tuple(tcmax_factorised(logits, labels, backend=backend, **launch)),
+                                        logits, weights)
+    for got, want in zip(got_v + list(got_g), want_v + list(want_g)):
+        torch.testing.assert_close(got, want, equal_nan=True, **F64)
+    if case in ("class_in_one_modality", "class_in_every_modality", "scattered"):
+        assert all(torch.isfinite(v) for v in got_v) and all(torch.isfinite(g).all() for g in got_g)
 
 
 @pytest.mark.skipif(not triton_interpreter_on(), reason="reads a sparse file through Triton's CPU interpreter")
