@@ -58,7 +58,8 @@ def _check_labels(labels: object, batch: int, num_classes: Optional[int], device
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels: expected an integer torch.Tensor of shape [B], got {type(labels).__name__}")
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise TypeError(f"labels: expected an integer tensor (e.g. torch.long) of class indices, got dtype {labels.dtype}")
+        raise TypeError(f"labels: expected an integer tensor (e.g. torch.long) of class indices, "
+                        f"got dtype {labels.dtype}")
     if tuple(labels.shape) != (batch,):
         raise ValueError(f"labels: expected shape [B] = ({batch},), got {tuple(labels.shape)}")
     if labels.device != device:
@@ -66,7 +67,8 @@ def _check_labels(labels: object, batch: int, num_classes: Optional[int], device
     if num_classes is not None and check_range and not _capturing(device):
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= num_classes:
-            raise ValueError(f"labels: class indices must lie in [0, C) = [0, {num_classes}), got values in [{low}, {high}]")
+            raise ValueError(f"labels: class indices must lie in [0, C) = [0, {num_classes}), "
+                             f"got values in [{low}, {high}]")
     return labels
 
 
@@ -129,8 +131,11 @@ def tcmax_loss_multi(
         backend: ``"triton"`` (fused kernel; the CUDA default), ``"torch"`` (the CPU default) or
             ``"reference"`` (same as ``"torch"``); ``None`` chooses per device, see
             :func:`ithp_fast.backends.resolve_backend`.
-        check_labels: check that labels lie in ``[0, C)``. On CUDA this costs one device-to-host
-            sync; it is skipped while a CUDA graph is being captured.
+        check_labels: check that labels lie in ``[0, C)`` (a ``ValueError`` naming the range
+            found). On CUDA this costs one device-to-host sync; it is skipped while a CUDA graph
+            is being captured. Without the check (``False``, or during capture) a label outside
+            ``[0, C)`` makes every loss and every gradient NaN, found on the device without a
+            sync; nothing is read out of bounds.
 
     Returns:
         ``(loss, unimodal)``: the scalar joint loss and a ``[M]`` tensor of unimodal losses,
@@ -348,9 +353,11 @@ def tcmax_loss_sampled(
         code monitors plain cross-entropy of each modality's own head instead.
     """
     if not callable(fusion):
-        raise TypeError(f"fusion: expected a callable fusion(za, zv) -> logits [N, C], got {type(fusion).__name__}")
+        raise TypeError(f"fusion: expected a callable fusion(za, zv) -> logits [N, C], "
+                        f"got {type(fusion).__name__}")
     B = _check_pair_inputs(feats_a, feats_v, labels)
-    if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1):
+    if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int)
+                                    or num_samples < 1):
         raise ValueError(f"num_samples: expected None or a positive int, got {num_samples!r}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")

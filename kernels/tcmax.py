@@ -23,6 +23,8 @@ Non-finite logits, as the direct definition treats them:
   every row of a modality has ``s_m[c] = -inf``, ``q[c] = 0`` and no gradient; it adds nothing to
   ``cross_m`` unless a label points at it (``n_c * s_m[c]`` is taken as 0 when ``n_c = 0``). A label
   on an impossible class makes the losses that pick it ``+inf``, as the definition does.
+* A label outside ``[0, C)`` (possible with ``check_labels=False``) makes ``logZ``, every loss
+  and every gradient NaN: found on the device, no host sync, nothing read out of bounds.
 * Where no derivative exists, every gradient is NaN: when a unimodal loss that receives a
   non-zero gradient is not finite (its log-sum-exp runs over nothing possible), and when ``logZ``
   is not finite (a NaN or ``+inf`` logit, or every class impossible). A joint loss made ``+inf``
@@ -68,9 +70,11 @@ def tcmax_factorised_torch(logits: Sequence[torch.Tensor], labels: torch.Tensor)
     The column sweeps run in float32 and keep the max apart from the log-sum; the size-C and
     size-B remainder runs in float64, so large logits (1e4) do not swamp a small loss.
     """
-    B = labels.shape[0]
+    B, C = logits[0].shape
     work = work_dtype(logits[0].dtype)
     index = labels.long()
+    in_range = (index >= 0) & (index < C)
+    index = torch.where(in_range, index, 0)  # read in bounds; an out-of-range label makes logZ NaN below
     s_rows, picks = [], []
     for L in logits:
         L = L.to(work)
@@ -82,7 +86,7 @@ def tcmax_factorised_torch(logits: Sequence[torch.Tensor], labels: torch.Tensor)
         s_rows.append(torch.where(impossible, -math.inf, shift.double() + log_sum.double()))
         picks.append(L.gather(1, index[:, None]).squeeze(1).double().mean())
     s = torch.stack(s_rows)  # [M, C]
-    log_z = torch.logsumexp(s.sum(dim=0), dim=0)
+    log_z = torch.logsumexp(s.sum(dim=0), dim=0) + torch.where(in_range.all(), 0.0, math.nan)
     const = log_z - math.log(B)
     pick = torch.stack(picks)  # [M]
     cross = s[:, index].mean(dim=1)  # [M]

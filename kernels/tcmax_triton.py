@@ -66,13 +66,13 @@ def _column_lse_partial_kernel(
 @triton.jit
 def _class_block_merge_kernel(
     pmax_ptr, psum_ptr, ppick_ptr, pcount_ptr, mx_ptr, ls_ptr, count_ptr,
-    bmax_ptr, bsum_ptr, bcross_ptr, bpick_ptr,
+    bmax_ptr, bsum_ptr, bcross_ptr, bpick_ptr, bcount_ptr,
     C, n_split, n_cblocks,
     M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """One class block (the partial kernel's): merge its row splits into mx, ls and the label
-    counts; reduce its classes to one partial of logZ (max and sum of exp of T) and of each
-    modality's cross and pick sums."""
+    counts; reduce its classes to one partial of logZ (max and sum of exp of T), of each
+    modality's cross and pick sums, and of the label count (labels in this block's classes)."""
     pid = tl.program_id(0)
     cols = pid * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = cols < C
@@ -115,20 +115,23 @@ def _class_block_merge_kernel(
     cross = tl.where(cnt[None, :] > 0, cnt.to(tl.float64)[None, :] * s, 0.0)
     tl.store(bcross_ptr + m_idx * n_cblocks + pid, tl.sum(cross, axis=1), mask=m_ok)
     tl.store(bpick_ptr + m_idx * n_cblocks + pid, pick, mask=m_ok)
+    tl.store(bcount_ptr + pid, tl.sum(cnt, axis=0).to(tl.float64))
 
 
 @triton.jit
 def _tcmax_losses_kernel(
-    bmax_ptr, bsum_ptr, bcross_ptr, bpick_ptr, logz_ptr, out_ptr, B, n_cblocks,
+    bmax_ptr, bsum_ptr, bcross_ptr, bpick_ptr, bcount_ptr, logz_ptr, out_ptr, B, n_cblocks,
     M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """Single program over the class-block partials: logZ and the M + 1 losses."""
+    """Single program over the class-block partials: logZ and the M + 1 losses. Labels outside
+    [0, C) fall in no class block: then fewer than B labels are counted, and logZ is NaN."""
     m_idx = tl.arange(0, BLOCK_M)
     m_ok = m_idx < M
     lane_max = tl.full([BLOCK_N], float("-inf"), tl.float64)
     lane_sum = tl.zeros([BLOCK_N], tl.float64)
     cross = tl.zeros([BLOCK_M], tl.float64)
     pick = tl.zeros([BLOCK_M], tl.float64)
+    labelled = tl.zeros([BLOCK_N], tl.float64)
     for n0 in range(0, n_cblocks, BLOCK_N):
         n_idx = n0 + tl.arange(0, BLOCK_N)
         n_ok = n_idx < n_cblocks
@@ -142,9 +145,11 @@ def _tcmax_losses_kernel(
         ok = m_ok[:, None] & n_ok[None, :]
         cross += tl.sum(tl.load(bcross_ptr + offs, mask=ok, other=0.0), axis=1)
         pick += tl.sum(tl.load(bpick_ptr + offs, mask=ok, other=0.0), axis=1)
+        labelled += tl.load(bcount_ptr + n_idx, mask=n_ok, other=0.0)
     g_max = tl.max(lane_max, axis=0)
     logz = g_max + tl.log(tl.sum(lane_sum * tl.exp(lane_max - g_max), axis=0))
     b = tl.zeros([], tl.float64) + B  # B may arrive as a specialised constant
+    logz = tl.where(tl.sum(labelled, axis=0) == b, logz, float("nan"))
     const = logz - tl.log(b)
     loss = -tl.sum(pick, axis=0) / b + const
     # the other modalities' cross sums, added up directly (sum - cross would make -inf - -inf = NaN)
@@ -244,18 +249,18 @@ def tcmax_forward(logits: Sequence[torch.Tensor], labels: torch.Tensor, block_b=
     mx = torch.empty((M, C), device=device, dtype=work)
     ls = torch.empty_like(mx)
     count = torch.empty((C,), device=device, dtype=work)
-    blocks = torch.empty((2 + 2 * M, n_cblocks), device=device, dtype=torch.float64)
-    bmax, bsum, bcross, bpick = blocks[0], blocks[1], blocks[2 : 2 + M], blocks[2 + M :]
+    blocks = torch.empty((3 + 2 * M, n_cblocks), device=device, dtype=torch.float64)
+    bmax, bsum, bcount, bcross, bpick = blocks[0], blocks[1], blocks[2], blocks[3 : 3 + M], blocks[3 + M :]
     block_m = triton.next_power_of_2(M)
     _class_block_merge_kernel[(n_cblocks,)](
-        pmax, psum, ppick, pcount, mx, ls, count, bmax, bsum, bcross, bpick,
+        pmax, psum, ppick, pcount, mx, ls, count, bmax, bsum, bcross, bpick, bcount,
         C, n_split, n_cblocks,
         M=M, BLOCK_M=block_m, BLOCK_S=min(16, max(2, triton.next_power_of_2(n_split))), BLOCK_C=block_c,
     )
     logz = torch.empty((), device=device, dtype=torch.float64)
     out = torch.empty((M + 1,), device=device, dtype=work)
     _tcmax_losses_kernel[(1,)](
-        bmax, bsum, bcross, bpick, logz, out, B, n_cblocks,
+        bmax, bsum, bcross, bpick, bcount, logz, out, B, n_cblocks,
         M=M, BLOCK_M=block_m, BLOCK_N=max(2, min(256, triton.next_power_of_2(n_cblocks))),
     )
     launch = (block_b, block_c, n_cblocks, n_split, rows_per_split)

@@ -84,11 +84,11 @@ def tcmax_variants(dt):
     out.append((f"tcmax class-block merge {dt}", tcmax._class_block_merge_kernel,
                 dict(pmax_ptr=work, psum_ptr=work, ppick_ptr="*fp64", pcount_ptr="*i32", mx_ptr=work, ls_ptr=work,
                      count_ptr=work, bmax_ptr="*fp64", bsum_ptr="*fp64", bcross_ptr="*fp64", bpick_ptr="*fp64",
-                     C="i32", n_split="i32", n_cblocks="i32"),
+                     bcount_ptr="*fp64", C="i32", n_split="i32", n_cblocks="i32"),
                 dict(M=2, BLOCK_M=2, BLOCK_S=16, BLOCK_C=64)))
     out.append((f"tcmax losses {dt}", tcmax._tcmax_losses_kernel,
-                dict(bmax_ptr="*fp64", bsum_ptr="*fp64", bcross_ptr="*fp64", bpick_ptr="*fp64", logz_ptr="*fp64",
-                     out_ptr=work, B="i32", n_cblocks="i32"),
+                dict(bmax_ptr="*fp64", bsum_ptr="*fp64", bcross_ptr="*fp64", bpick_ptr="*fp64", bcount_ptr="*fp64",
+                     logz_ptr="*fp64", out_ptr=work, B="i32", n_cblocks="i32"),
                 dict(M=3, BLOCK_M=4, BLOCK_N=16)))
     out.append((f"tcmax gradient {dt}", tcmax._tcmax_grad_kernel,
                 dict(logits_ptr=p, labels_ptr="*i64", grad_ptr=p, mx_ptr=work, ls_ptr=work, count_ptr=work,

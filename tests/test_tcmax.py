@@ -226,6 +226,26 @@ def test_triton_kernel_reads_strided_logits_and_skips_unneeded_grads():
     torch.testing.assert_close(g_got, g_want, **F64)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("bad", [-1, 6, 2**31 - 1], ids=["negative", "C", "huge"])
+def test_unchecked_out_of_range_labels_give_nan(backend, bad):
+    """check_labels=False skips the host-side range check; a label outside [0, C) then makes
+    every loss and every gradient NaN, found on the device (no sync, no out-of-bounds read)."""
+    if backend == "triton" and not (torch.cuda.is_available() or triton_interpreter_on()):
+        pytest.skip("Triton needs CUDA or its interpreter")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    (la, lv), labels = random_logits(2, 9, 6, seed=12)
+    la, lv = (t.detach().to(device).requires_grad_() for t in (la, lv))
+    labels = labels.to(device)
+    labels[4] = bad
+    out = tcmax_loss(la, lv, labels, backend=backend, check_labels=False)
+    assert all(torch.isnan(o) for o in out)
+    grads = torch.autograd.grad(out[0], (la, lv))
+    assert all(torch.isnan(g).all() for g in grads)
+    with pytest.raises(ValueError, match=r"labels: class indices must lie in \[0, C\)"):
+        tcmax_loss(la, lv, labels, backend=backend)
+
+
 # --------------------------------------------------------------------------------------------
 # Classes masked with -inf logits: probability 0, exactly as in the direct definition
 
