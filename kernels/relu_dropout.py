@@ -45,9 +45,13 @@ def relu_dropout_torch(a: torch.Tensor, seed: int, stream: int, p: float, inplac
 
 def _relu_dropout_backward_torch(grad_d: torch.Tensor, d: torch.Tensor, p: float) -> torch.Tensor:
     """``grad_a`` from ``d`` alone (see the module docstring)."""
-    kept = torch.mul(grad_d, d != 0).mul_(1.0 / (1.0 - p))  # grad_d * 0 where d is +-0.0
+    # float ops only (bool masks are many times slower on the CPU); threshold_backward(x, s, t)
+    # is "0 where s <= t, else x"
+    scale = torch.full((), 1.0 / (1.0 - p), dtype=d.dtype, device=d.device).expand_as(d)
+    factor = torch.ops.aten.threshold_backward(scale, d.abs(), 0)  # 0 where d is +-0.0 (NaN too: kept)
+    grad_a = factor.mul_(grad_d)  # grad_d * 0 where dropout dropped: a NaN gradient stays NaN
     # 1 / d is -inf exactly where d is -0.0 (d is never negative): the ReLU blocked, so 0
-    return torch.ops.aten.threshold_backward(kept, torch.reciprocal(d), -math.inf)
+    return torch.ops.aten.threshold_backward(grad_a, torch.reciprocal(d), -math.inf)
 
 
 class ReluDropout(torch.autograd.Function):

@@ -45,7 +45,8 @@ def variants(dt):
                     dict(h_ptr=p, eps_ptr=p, seed_ptr="*i64", w_ptr="*fp32", gb_ptr=p, gpart_ptr="*fp32",
                          gpart_stride="i32", gh_ptr=p, geps_ptr=p, n_elem="i32", row_stride="i32", kl_scale="fp32"),
                     dict(STREAM=2, B=128, SAMPLE=sample, HAS_EPS=has_eps, GENERATE=generate, HAS_GRAD_B=True,
-                         HAS_GRAD_PART=True, NEED_GRAD_EPS=has_eps, HAS_WEIGHT=weighted, LANE=LANE)))
+                         HAS_GRAD_PART=not has_eps, NEED_GRAD_EPS=has_eps, HAS_WEIGHT=weighted,
+                         LANE=LANE)))  # with and without a KL gradient
     for dropout, weighted in ((True, False), (False, True), (True, True)):
         name = f"dropout={dropout} weighted={weighted}"
         out.append((f"detector_loss forward {name}", detector_loss._detector_loss_forward_kernel,
