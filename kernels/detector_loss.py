@@ -84,7 +84,7 @@ class DetectorLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_parts):
         if grad_parts is None:
-            return None, None, None, None, None, None
+            return (None,) * 7
         if ctx.backend == "triton":
             from .detector_loss_triton import detector_loss_backward
 

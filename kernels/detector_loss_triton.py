@@ -84,17 +84,11 @@ def _backward_lane(z_ptr, t_ptr, w_ptr, gz_ptr, gt_ptr, e, numel, width, u, p, s
         out = s * keep_scale
         slope = slope * keep_scale
     if HAS_WEIGHT:
-        w = tl.load(w_ptr + e // width, mask=inside, other=0.0).to(tl.float32)
-        g = g * w
+        g = g * tl.load(w_ptr + e // width, mask=inside, other=0.0).to(tl.float32)
     residual = g * (out - t)
-    grad_z = residual * slope
-    grad_t = -residual
-    if HAS_WEIGHT:  # a row left out gets no gradient at all (not 0 * NaN), as the reference's where
-        grad_z = tl.where(w != 0.0, grad_z, 0.0)
-        grad_t = tl.where(w != 0.0, grad_t, 0.0)
-    tl.store(gz_ptr + e, rounded_to(grad_z, gz_ptr.dtype.element_ty), mask=inside)
+    tl.store(gz_ptr + e, rounded_to(residual * slope, gz_ptr.dtype.element_ty), mask=inside)
     if NEED_GRAD_T:
-        tl.store(gt_ptr + e, rounded_to(grad_t, gt_ptr.dtype.element_ty), mask=inside)
+        tl.store(gt_ptr + e, rounded_to(-residual, gt_ptr.dtype.element_ty), mask=inside)
 
 
 @triton.jit

@@ -47,11 +47,12 @@ def _relu_dropout_backward_torch(grad_d: torch.Tensor, d: torch.Tensor, p: float
     """``grad_a`` from ``d`` alone (see the module docstring)."""
     # float ops only (bool masks are many times slower on the CPU); threshold_backward(x, s, t)
     # is "0 where s <= t, else x"
-    scale = torch.full((), 1.0 / (1.0 - p), dtype=d.dtype, device=d.device).expand_as(d)
-    factor = torch.ops.aten.threshold_backward(scale, d.abs(), 0)  # 0 where d is +-0.0 (NaN too: kept)
-    grad_a = factor.mul_(grad_d)  # grad_d * 0 where dropout dropped: a NaN gradient stays NaN
+    one = torch.ones((), dtype=d.dtype, device=d.device).expand_as(d)
+    kept = torch.ops.aten.threshold_backward(one, d.abs(), 0)  # 0 where d is +-0.0, else 1 (NaN too: kept)
+    grad_a = kept.mul_(grad_d)  # grad_d * 0 where dropout dropped: a NaN gradient stays NaN
     # 1 / d is -inf exactly where d is -0.0 (d is never negative): the ReLU blocked, so 0
-    return torch.ops.aten.threshold_backward(grad_a, torch.reciprocal(d), -math.inf)
+    grad_a = torch.ops.aten.threshold_backward(grad_a, torch.reciprocal(d), -math.inf)
+    return grad_a.mul_(1.0 / (1.0 - p))  # a Python float: 16-bit gradients are rounded once
 
 
 class ReluDropout(torch.autograd.Function):

@@ -91,10 +91,6 @@ def _reparam_kl_backward_torch(h, eps, seed: int, stream: int, sample: bool, gra
         torch.mul(mu, g, out=grad_mu)
         torch.mul(std, std, out=grad_logvar)
         grad_logvar.sub_(1.0).mul_(g)
-        if row_weight is not None:  # a row left out gets no KL term (not 0 * NaN), as the reference's where
-            left_out = (row_weight == 0).unsqueeze(-1)
-            grad_mu.masked_fill_(left_out, 0.0)
-            grad_logvar.masked_fill_(left_out, 0.0)
     grad_eps = None
     if grad_b is not None:
         gb = widened(grad_b, mu.dtype)
@@ -129,7 +125,7 @@ class ReparamKL(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_b, grad_parts):
         if grad_b is None and grad_parts is None:
-            return None, None, None, None, None, None
+            return (None,) * 7
         need_grad_eps = ctx.needs_input_grad[1]
         if ctx.backend == "triton":
             from .reparam_kl_triton import reparam_kl_backward

@@ -95,13 +95,9 @@ def _backward_lane(h_ptr, eps_ptr, w_ptr, gb_ptr, gh_ptr, geps_ptr, e, n_elem, r
     std = tl.exp(0.5 * logvar)
     if HAS_GRAD_PART:
         if HAS_WEIGHT:
-            w = tl.load(w_ptr + row, mask=inside, other=0.0).to(tl.float32)
-            g = g * w
+            g = g * tl.load(w_ptr + row, mask=inside, other=0.0).to(tl.float32)
         grad_mu = -2.0 * g * mu
         grad_logvar = g * (1.0 - std * std)
-        if HAS_WEIGHT:  # a row left out gets no KL term (not 0 * NaN), as the reference's where
-            grad_mu = tl.where(w != 0.0, grad_mu, 0.0)
-            grad_logvar = tl.where(w != 0.0, grad_logvar, 0.0)
     else:  # no KL term at all (not 0 * mu: an infinite mu would give NaN where PyTorch gives nothing)
         grad_mu = tl.zeros_like(mu)
         grad_logvar = tl.zeros_like(mu)

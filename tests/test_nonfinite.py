@@ -227,26 +227,29 @@ def test_detector_loss_upstream(device, backend, value):
 
 
 # ---------------------------------------------------------------------------------------------
-# ib_combine: IB_total = combine_ib(kl0, mse0, kl1, mse1)
+# ib_combine: IB_total = combine_ib(kl terms, mse terms, detector weights, level weights)
 
-WEIGHTS = dict(p_beta=8.0, p_gamma=32.0, p_lambda=0.3)
+WEIGHTS = dict(detector_weights=(8.0, 32.0), level_weights=(1.0, 0.3))
 
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
-@pytest.mark.parametrize("level", range(4))
+@pytest.mark.parametrize("term", range(4))
 @pytest.mark.parametrize("value", list(VALUES))
 @pytest.mark.parametrize("upstream", ["IB_total", "own", "other"])
-def test_ib_combine(device, backend, level, value, upstream):
+def test_ib_combine(device, backend, term, value, upstream):
+    """Terms in order (kl_1, mse_1, kl_2, mse_2); a non-finite partial in one, the gradient of
+    IB_total, of that term alone, or of another term alone."""
     g = torch.Generator().manual_seed(6)
     parts = [torch.rand(n, generator=g).to(device) for n in (3, 1, 4, 2)]
-    parts[level] = poisoned(parts[level], parts[level].numel() - 1, VALUES[value])
+    parts[term] = poisoned(parts[term], parts[term].numel() - 1, VALUES[value])
     fast, ref = leaves(*parts), leaves(*parts)
-    outs = ib_combine(*fast, **WEIGHTS, backend=backend)
+    total, kl_terms, mse_terms = ib_combine(fast[0::2], fast[1::2], **WEIGHTS, backend=backend)
+    outs = (total, kl_terms[0], mse_terms[0], kl_terms[1], mse_terms[1])
     sums = [t.sum() for t in ref]
-    outs_ref = (combine_ib(*sums, *WEIGHTS.values()), *sums)
-    for name, a, b in zip(("IB_total", "kl0", "mse0", "kl1", "mse1"), outs, outs_ref):
+    outs_ref = (combine_ib(sums[0::2], sums[1::2], *WEIGHTS.values()), *sums)
+    for name, a, b in zip(("IB_total", "kl_1", "mse_1", "kl_2", "mse_2"), outs, outs_ref):
         assert_same_pattern(a, b, name)
-    pick = {"IB_total": 0, "own": 1 + level, "other": 1 + (level + 1) % 4}[upstream]
+    pick = {"IB_total": 0, "own": 1 + term, "other": 1 + (term + 1) % 4}[upstream]
     upstream_grads = [torch.tensor(1.5, device=device) if k == pick else None for k in range(5)]
     for k, (a, b) in enumerate(zip(grads_of(outs, upstream_grads, fast), grads_of(outs_ref, upstream_grads, ref))):
         assert_same_pattern(a, b, f"grad of partials {k}")
@@ -271,10 +274,10 @@ def poisoned_everywhere(t: torch.Tensor, value: float) -> torch.Tensor:
     return t
 
 
-def run_model(model, inputs, noise, loss):
+def run_model(model, inputs, noise, loss, **masks):
     x, visual, acoustic = leaves(*inputs)
     torch.manual_seed(123)
-    out = model(x, visual, acoustic, noise=noise)
+    out = model(x, visual, acoustic, noise=noise, **masks)
     params = dict(model.named_parameters())
     upstream = {  # "all": every output, IB_total among them; "mse0": one level loss alone
         "all": [torch.linspace(-1, 1, out[0].numel()).view_as(out[0]), *(torch.tensor(w) for w in (1, .5, 2, -1, 3))],
@@ -312,6 +315,36 @@ def test_model_forward_and_backward(device, backend, mode, tensor, value):
         models = tuple(with_poisoned_parameter(m, tensor, VALUES[value]) for m in models)
     for loss in ("all", "mse0"):
         got, want = (run_model(m, inputs, noise, loss) for m in models)
+        for i, (a, b) in enumerate(zip(got[0], want[0])):
+            assert_same_pattern(a, b, f"{loss}: output {i}")
+        for name in want[1]:
+            assert_same_pattern(got[1][name], want[1][name], f"{loss}: grad {name}")
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("tensor", ["x", "visual", "acoustic"])
+@pytest.mark.parametrize("value", list(VALUES))
+def test_model_rows_left_out_by_masks(device, backend, tensor, value):
+    """Non-finite values only in rows the masks leave out of the losses (padding tokens, a missing
+    detector): the losses stay finite; gradients follow the reference, whose masked means
+    (``torch.where``) send 0 * NaN = NaN back through a left-out row that holds NaN."""
+    cfg = small_config(drop_prob=0.3)
+    ref, fast = pair(cfg, device, backend, train=True)
+    inputs = list(make_inputs(cfg, LEAD, device=device))
+    noise = make_noise(cfg, LEAD, device=device)
+    fix_masks(ref, cfg, backend, forward_seed(backend, device, 123), LEAD, device)
+    token_mask = torch.ones(LEAD, dtype=torch.bool, device=device)
+    token_mask[0, 0] = token_mask[2, 7] = token_mask[3, 15] = False
+    detector_mask = torch.ones(LEAD[0], 2, dtype=torch.bool, device=device)
+    detector_mask[1, 0] = detector_mask[3, 1] = False  # example 1 has no acoustic, example 3 no visual
+    k = ("x", "visual", "acoustic").index(tensor)
+    rows = {"x": [(0, 0), (2, 7), (3, 15)], "visual": [(3, 0), (3, 9)], "acoustic": [(1, 4), (1, 15)]}[tensor]
+    for row in rows:
+        inputs[k][row] = VALUES[value]
+    masks = dict(token_mask=token_mask, detector_mask=detector_mask)
+    for loss in ("all", "mse0"):
+        got, want = (run_model(m, inputs, noise, loss, **masks) for m in (fast, ref))
+        assert all(torch.isfinite(o) for o in want[0][1:])  # the case is what it says: finite losses
         for i, (a, b) in enumerate(zip(got[0], want[0])):
             assert_same_pattern(a, b, f"{loss}: output {i}")
         for name in want[1]:
