@@ -24,11 +24,12 @@ from fused_helpers import (  # noqa: F401 (the fixture is used by name)
     skip_triton_on_cpu_without_interpreter,
 )
 from helpers import make_inputs, make_noise, small_config
+from test_model import fix_masks, forward_seed, pair
+
 from ithp_fast.kernels.ib_combine import ib_combine
 from ithp_fast.kernels.reparam_kl import reparam_kl_partials
 from ithp_fast.kernels.rng import GROUP, LANE, Stream
 from ithp_fast.reference.ithp import combine_ib, kl_to_standard_normal, reparameterize
-from test_model import fix_masks, forward_seed, pair
 
 DEFAULT_BACKEND = "triton"
 VALUES = {"nan": math.nan, "+inf": math.inf, "-inf": -math.inf}
@@ -451,10 +452,9 @@ def test_encode_chain_kernel_blocked_infinity(device, sample, kind):
 
 
 def encode_chain_case(device, sample, tensor, value):
+    from ithp_fast.encode import layers
     from ithp_fast.kernels.encode_chain import encode_chain
     from ithp_fast.kernels.encode_chain_triton import EncodeChainConfig
-
-    from ithp_fast.encode import layers
 
     if tensor.startswith("eps") and not sample:
         pytest.skip("the posterior mean reads no noise")
@@ -498,9 +498,8 @@ TC_POSITIONS = {"first": 0, "middle": 2 * TC_C + 5, "block_edge": 3 * TC_C + 4, 
 
 def tcmax_entry_points(backend):
     """name -> function of (la, lv, labels) returning (loss, loss_a, loss_v) (the sampled form: (loss,))."""
-    from ithp_fast.kernels.tcmax import tcmax_factorised
-
     from ithp_fast import TCMaxLoss, losses, tcmax_loss, tcmax_loss_multi, tcmax_loss_pairwise
+    from ithp_fast.kernels.tcmax import tcmax_factorised
 
     every_pair = (torch.arange(TC_B).repeat_interleave(TC_B), torch.arange(TC_B).repeat(TC_B))
     return {

@@ -4,9 +4,9 @@ import pytest
 import torch
 import triton
 import triton.language as tl
-from ithp_fast.kernels.triton_helpers import offsets_2d
 
 from ithp_fast.backends import triton_interpreter_on
+from ithp_fast.kernels.triton_helpers import offsets_2d
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available() and not triton_interpreter_on(),
                                 reason="Triton needs CUDA or its interpreter")
