@@ -95,9 +95,8 @@ def capture_graph(fn: Callable[[], T], *, warmup: int = 3, warmup_fn: Optional[C
     the last captured call returned (the graph's static output).
 
     First ``warmup_fn()`` (default ``fn``) runs ``warmup`` times on the capture stream (``stream``,
-    default a new side stream): Triton compiles its kernels, cuBLAS and the caching allocator size
-    their workspaces, and per-stream state (the fused encode kernel's arrival counters) exists
-    before the capture starts.
+    default a new side stream): Triton compiles its kernels, and cuBLAS and the caching allocator
+    size their workspaces, before the capture starts.
     """
     stream = stream if stream is not None else torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
