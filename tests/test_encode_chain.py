@@ -7,13 +7,13 @@ with CUDA the same tests run on the GPU, plus the paper sizes.
 import pytest
 import torch
 from helpers import TOLERANCES, small_config
-from ithp_fast.kernels import encode_chain_triton as ect
-from ithp_fast.kernels.encode_chain import encode_chain
-from ithp_fast.reference import ITHP as ReferenceITHP
 
 from ithp_fast import ITHPConfig
 from ithp_fast.backends import triton_interpreter_on
 from ithp_fast.encode import layers
+from ithp_fast.kernels import encode_chain_triton as ect
+from ithp_fast.kernels.encode_chain import encode_chain
+from ithp_fast.reference import ITHP as ReferenceITHP
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -199,7 +199,8 @@ def test_cuda_paper_sizes_bfloat16_and_tf32(rows):
     with torch.no_grad():
         want = model.encode(x)
         # three TF32 products per float32 product: float32's tolerance, not TF32's
-        torch.testing.assert_close(encode_chain(x, *layers(model), precision="tf32x3"), want, **TOLERANCES[torch.float32])
+        torch.testing.assert_close(encode_chain(x, *layers(model), precision="tf32x3"), want,
+                                   **TOLERANCES[torch.float32])
         torch.testing.assert_close(encode_chain(x, *layers(model), precision="tf32"), want, rtol=1e-2, atol=1e-2)
         model.bfloat16()
         got = encode_chain(x.bfloat16(), *layers(model))

@@ -8,13 +8,13 @@ import math
 
 import pytest
 import torch
-from ithp_fast.kernels.tcmax import tcmax_factorised, tcmax_factorised_torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from ithp_fast import losses
 from ithp_fast.backends import triton_interpreter_on
+from ithp_fast.kernels.tcmax import tcmax_factorised, tcmax_factorised_torch
 from ithp_fast.losses import TCMaxLoss, tcmax_loss, tcmax_loss_multi, tcmax_loss_pairwise, tcmax_loss_sampled
 
 F64 = dict(rtol=0.0, atol=1e-10)
@@ -61,7 +61,8 @@ def values_and_grads(fn, inputs, weights):
 
 def random_logits(M, B, C, dtype=torch.float64, scale=1.0, seed=0):
     g = torch.Generator().manual_seed(seed)
-    logits = [(scale * torch.randn(B, C, generator=g, dtype=torch.float64)).to(dtype).requires_grad_() for _ in range(M)]
+    logits = [(scale * torch.randn(B, C, generator=g, dtype=torch.float64)).to(dtype).requires_grad_()
+              for _ in range(M)]
     labels = torch.randint(0, C, (B,), generator=g)
     return logits, labels
 
@@ -184,7 +185,8 @@ def test_triton_kernel_equals_torch_form(M, B, C, launch, dtype):
     labels = labels.to(device=device, dtype=torch.int32)
     weights = torch.randn(M + 1, dtype=torch.float64)
     want_v, want_g = values_and_grads(lambda: tuple(tcmax_factorised_torch(logits, labels)), logits, weights)
-    got_v, got_g = values_and_grads(lambda: tuple(tcmax_factorised(logits, labels, backend="triton", **launch)), logits, weights)
+    got_v, got_g = values_and_grads(lambda: tuple(tcmax_factorised(logits, labels, backend="triton", **launch)),
+                                    logits, weights)
     tol = F64 if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
     for got, want in zip(got_v, want_v):
         torch.testing.assert_close(got, want, **tol)
@@ -204,7 +206,8 @@ def test_triton_kernel_float32_large_logits_match_float64():
     for dtype in (torch.float32, torch.float64):
         logits = [t.to(dtype).requires_grad_() for t in x]
         launch = dict(block_b=16, block_c=8, splits=2)
-        results.append(values_and_grads(lambda: tuple(tcmax_factorised(logits, labels, backend="triton", **launch)), logits, weights))
+        results.append(values_and_grads(lambda: tuple(tcmax_factorised(logits, labels, backend="triton", **launch)),
+                                        logits, weights))
     (v32, g32), (v64, g64) = results
     for got, want in zip(v32, v64):
         assert abs(float(got) - float(want)) <= 1e-5, (float(got), float(want))
@@ -523,11 +526,14 @@ def test_validation_messages():
         (lambda: tcmax_loss_pairwise(fusion, la, lv, y, chunk_size=0), ValueError, r"chunk_size: expected a positive"),
         (lambda: tcmax_loss_pairwise(fusion, la, lv[:2], y), ValueError, r"feats_v: batch size 2 differs"),
         (lambda: tcmax_loss_pairwise("head", la, lv, y), TypeError, r"fusion: expected a callable"),
-        (lambda: tcmax_loss_pairwise(lambda a, b: a.sum(-1), la, lv, y), ValueError, r"fusion: expected .*\[16, C\] for 16 pairs, got \(16,\)"),
+        (lambda: tcmax_loss_pairwise(lambda a, b: a.sum(-1), la, lv, y), ValueError,
+         r"fusion: expected .*\[16, C\] for 16 pairs, got \(16,\)"),
         (lambda: tcmax_loss_pairwise(fusion, la, lv, torch.tensor([0, 1, 2, 3])), ValueError, r"labels: .*\[0, 3\)"),
         (lambda: tcmax_loss_pairwise(fusion, la[:0], lv[:0], y[:0]), ValueError, r"feats_a: empty batch"),
-        (lambda: tcmax_loss_sampled(fusion, la, lv, y, num_samples=0), ValueError, r"num_samples: expected None or a positive int"),
-        (lambda: tcmax_loss_sampled(fusion, la, lv, y, generator=3), TypeError, r"generator: expected a torch.Generator"),
+        (lambda: tcmax_loss_sampled(fusion, la, lv, y, num_samples=0), ValueError,
+         r"num_samples: expected None or a positive int"),
+        (lambda: tcmax_loss_sampled(fusion, la, lv, y, generator=3), TypeError,
+         r"generator: expected a torch.Generator"),
         (lambda: tcmax_loss_sampled(fusion, la, lv, torch.tensor([0, 1, 2, 5])), ValueError, r"labels: .*\[0, 3\)"),
     ]
     for call, error, pattern in cases:
