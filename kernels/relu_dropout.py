@@ -31,7 +31,7 @@ import math
 
 import torch
 
-from . import check_backend, tracked
+from . import check_backend, compute_dtype, tracked
 from .rng import dropout_scale
 
 
@@ -39,7 +39,7 @@ def relu_dropout_torch(a: torch.Tensor, seed: int, stream: int, p: float, inplac
     """The plain-PyTorch forward (``inplace`` overwrites ``a``)."""
     d = a.clamp_min_(-0.0) if inplace else torch.clamp_min(a, -0.0)  # NaN passes; -0.0 marks a blocked ReLU
     if p > 0.0:
-        d.mul_(dropout_scale(seed, stream, a.shape, a.device, p))
+        d.mul_(dropout_scale(seed, stream, a.shape, a.device, p, compute_dtype(a.dtype)))
     return d
 
 

@@ -180,10 +180,10 @@ def test_forward_is_forward_levels_in_the_released_order(device, backend):
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-@pytest.mark.parametrize("p", [0.0, 0.5])
+@pytest.mark.parametrize("p", [0.0, 0.3])
 def test_float64_model_computes_in_float64(device, backend, p):
     """A float64 model's forward and gradients agree with the float64 reference to ~1e-12
-    (p = 0.5: a dropout scale 1/(1-p) exact in float32 as well, see relu_dropout)."""
+    (p = 0.3: the dropout scale 1/(1-p) is not exact in float32, so it must be float64 too)."""
     cfg = level_config(2, drop_prob=p)
     ref, fast = pair(cfg, device, backend, dtype=torch.float64)
     x, detectors = make_level_inputs(cfg, LEAD, dtype=torch.float64, device=device)
