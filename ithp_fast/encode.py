@@ -7,7 +7,7 @@ unless sampling needs the logvar rows too; no detectors, no losses):
            Triton imported at the first launch). Used on the ``"triton"`` backend for inference
            calls (no gradient wanted, no active dropout, no autocast) of a two-level model up to
            :data:`FUSED_KERNEL_MAX_ROWS` rows.
-``chain``  two ``addmm`` calls per level (cuBLAS on CUDA, ReLU in its epilogue; MKL / oneDNN on the
+``chain``  two ``addmm`` calls per level (cuBLAS on CUDA, then an in-place ReLU; MKL / oneDNN on the
            CPU), the mu halves as views of the weights. Every other call: the CPU default, large
            batches on CUDA, models of other than two levels, and anything that needs autograd,
            dropout (training mode) or autocast.
@@ -90,11 +90,11 @@ def encoder_parameters(model: torch.nn.Module) -> list[torch.Tensor]:
 
 
 def linear_relu(layer: torch.nn.Linear, b: torch.Tensor) -> torch.Tensor:
-    """``relu(b @ W.T + c)`` for 2-D ``b``; on CUDA without autograd or autocast, ReLU runs in
-    cuBLAS's GEMM epilogue (one launch instead of two)."""
-    needs_grad = torch.is_grad_enabled() and (b.requires_grad or layer.weight.requires_grad)
-    if b.is_cuda and not needs_grad and not torch.is_autocast_enabled("cuda"):
-        return torch._addmm_activation(layer.bias, b, layer.weight.t())
+    """``relu(b @ W.T + c)`` for 2-D ``b``, NaN passing the ReLU as in PyTorch's ``relu``.
+
+    Not cuBLASLt's ReLU epilogue (``torch._addmm_activation``): whether it keeps NaN is not
+    documented, and a NaN turned into 0 would be a finite answer to a non-finite input.
+    """
     return torch.addmm(layer.bias, b, layer.weight.t()).relu_()
 
 

@@ -10,8 +10,8 @@ level k (``inp`` = x, then the previous level's b)::
 
 Masks enter the fused ops as one weight per row (``1/count`` on the rows kept, 0 elsewhere:
 :func:`ithp_fast.kernels.mean_weights`), read inside the kernels; no extra pass over the activations.
-Without dropout (eval mode, or ``drop_prob`` 0) ``relu_dropout`` is a plain ReLU and joins the
-Linear before it instead (``ithp_fast.encode.linear_relu``: cuBLAS's ReLU epilogue on CUDA).
+Without dropout (eval mode, or ``drop_prob`` 0) ``relu_dropout`` is a plain in-place ReLU on the
+Linear's output (``ithp_fast.encode.linear_relu``).
 One int64 seed per forward (drawn from torch's generator on the input's device) addresses
 every random number; nothing is read back to the host.
 """
@@ -117,7 +117,7 @@ class ITHP(ReferenceITHP):
 
     def _fused_mlp(self, ops: FusedOps, mlp: torch.nn.Sequential, inp: torch.Tensor, seed, stream: int) -> torch.Tensor:
         """``Linear -> ReLU -> Dropout -> Linear`` with the middle fused; without dropout (eval
-        mode, ``drop_prob`` 0) the ReLU joins the first Linear (cuBLAS's epilogue where it can)."""
+        mode, ``drop_prob`` 0) it is a plain in-place ReLU on the first Linear's output."""
         p = _dropout_p(mlp[2])
         if p == 0.0:
             hidden = linear_relu(mlp[0], inp)
