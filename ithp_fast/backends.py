@@ -17,7 +17,7 @@ from typing import Optional, Union
 
 import torch
 
-from .kernels import rng
+from .kernels import rng, triton_interpreter_on
 from .kernels.detector_loss import detector_loss_partials
 from .kernels.ib_combine import ib_combine
 from .kernels.relu_dropout import relu_dropout
@@ -25,10 +25,6 @@ from .kernels.reparam_kl import reparam_kl_partials
 
 BACKENDS = ("triton", "torch", "reference")
 ENV_VAR = "ITHP_FAST_BACKEND"
-
-
-def triton_interpreter_on() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 @functools.lru_cache(maxsize=None)

@@ -66,10 +66,11 @@ class ITHP(ReferenceITHP):
         ``noise=(eps0, eps1)`` injects the Gaussian draws (shapes of ``mu0`` and ``mu1``); the
         dropout masks still come from the forward's seed. Masks as in :meth:`forward_levels`.
 
-        Under ``torch.compile`` the forward traces the reference formula instead of the fused
-        ops (one graph, no breaks; the compiler fuses the elementwise work itself, and the noise
-        comes from torch's generator as in the reference). For the fastest CUDA training step
-        use :class:`ithp_fast.serving.GraphedTrainStep` rather than compiling.
+        Under ``torch.compile`` (and ``torch.export``) on CUDA with the ``triton`` backend the fused
+        kernels stay in the traced graph as registered ops (``torch.library.triton_op``); elsewhere
+        the forward traces the reference formula (one graph, no breaks; the compiler fuses the
+        elementwise work itself, and the noise comes from torch's generator as in the reference).
+        For the fastest CUDA training step use :class:`ithp_fast.serving.GraphedTrainStep`.
         """
         noise = check_forward_inputs(self.config, x, visual, acoustic, noise, self._first_param(), token_mask,
                                      detector_mask)
@@ -87,7 +88,7 @@ class ITHP(ReferenceITHP):
 
     def _fast_levels(self, x, detectors, noise, token_mask, detector_mask):
         name = resolve_backend(self.backend, x.device)
-        if name == "reference" or torch.compiler.is_compiling():
+        if name == "reference" or (torch.compiler.is_compiling() and not (name == "triton" and x.is_cuda)):
             return self._levels(x, detectors, noise, token_mask, detector_mask)
         ops = fused_ops("torch" if x.dtype == torch.float64 else name)
         lead = tuple(x.shape[:-1])

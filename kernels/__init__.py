@@ -8,8 +8,14 @@ launched, so that everything here except the ``triton`` backend works where Trit
 """
 
 import functools
+import os
 
 import torch
+
+def triton_interpreter_on() -> bool:
+    """Whether Triton runs its kernels in its CPU interpreter (``TRITON_INTERPRET=1``, for tests)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
 
 INTERPRETER_SM_COUNT = 4
 """Stand-in multiprocessor count under Triton's interpreter: small, so CPU tests exercise splits."""

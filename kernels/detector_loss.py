@@ -75,6 +75,8 @@ class DetectorLoss(torch.autograd.Function):
 
             ctx.stream, ctx.p = stream, p
             ctx.save_for_backward(z, t, seed, row_weight)
+            if torch.compiler.is_compiling():  # the registered op: the kernel stays in the traced graph
+                return torch.ops.ithp_fast.detector_loss_forward(z, t, seed, row_weight, stream, p)
             return detector_loss_forward(z, t, seed, stream, p, row_weight=row_weight)
         mse, grad_z, grad_t = detector_loss_torch(z, t, seed, stream, p, ctx.needs_input_grad[0],
                                                   ctx.needs_input_grad[1], row_weight)
@@ -89,8 +91,13 @@ class DetectorLoss(torch.autograd.Function):
             from .detector_loss_triton import detector_loss_backward
 
             z, t, seed, row_weight = ctx.saved_tensors
-            grad_z, grad_t = detector_loss_backward(z, t, grad_parts, seed, ctx.stream, ctx.p,
-                                                    need_grad_t=ctx.needs_input_grad[1], row_weight=row_weight)
+            if torch.compiler.is_compiling():
+                grad_z, grad_t = torch.ops.ithp_fast.detector_loss_backward(
+                    z, t, grad_parts, seed, row_weight, ctx.stream, ctx.p, ctx.needs_input_grad[1])
+                grad_t = grad_t if grad_t.numel() else None
+            else:
+                grad_z, grad_t = detector_loss_backward(z, t, grad_parts, seed, ctx.stream, ctx.p,
+                                                        need_grad_t=ctx.needs_input_grad[1], row_weight=row_weight)
             return (grad_z.view_as(z), (grad_t.view_as(t) if grad_t is not None else None),
                     None, None, None, None, None)
         grad_z, grad_t = ctx.saved_tensors

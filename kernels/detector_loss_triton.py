@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+from torch.library import triton_op, wrap_triton
 
 from . import inverse
 from .rng import GROUP, LANE
@@ -152,7 +153,7 @@ def detector_loss_forward(z: torch.Tensor, t: torch.Tensor, seed: Optional[torch
     numel = z.numel()
     weighted = row_weight is not None
     parts = torch.empty(num_partials(numel), dtype=torch.float32, device=z.device)
-    _detector_loss_forward_kernel[(parts.numel(),)](
+    wrap_triton(_detector_loss_forward_kernel)[(parts.numel(),)](
         z, t, seed if dropout else z, row_weight if weighted else z, parts, numel, width, p, 1.0 / (1.0 - p),
         _inverse_count(numel, width, weighted), STREAM=int(stream), DROPOUT=dropout, HAS_WEIGHT=weighted, LANE=LANE)
     return parts
@@ -173,9 +174,29 @@ def detector_loss_backward(z: torch.Tensor, t: torch.Tensor, grad_partials: torc
     weighted = row_weight is not None
     grad_z = torch.empty_like(z)
     grad_t = torch.empty_like(t) if need_grad_t else None
-    _detector_loss_backward_kernel[(num_partials(numel),)](
+    wrap_triton(_detector_loss_backward_kernel)[(num_partials(numel),)](
         z, t, seed if dropout else z, row_weight if weighted else z, grad_partials, grad_partials.stride(0), grad_z,
         grad_t if grad_t is not None else z, numel, width, p, 1.0 / (1.0 - p),
         2.0 * _inverse_count(numel, width, weighted), STREAM=int(stream), DROPOUT=dropout, NEED_GRAD_T=need_grad_t,
         HAS_WEIGHT=weighted, LANE=LANE)
     return grad_z, grad_t
+
+
+# The launchers as custom ops: while torch.compile or torch.export traces, the autograd Function calls
+# these, so the Triton kernels stay in the graph as themselves (eager calls skip the dispatcher).
+
+
+@triton_op("ithp_fast::detector_loss_forward", mutates_args=())
+def detector_loss_forward_op(z: torch.Tensor, t: torch.Tensor, seed: Optional[torch.Tensor],
+                             row_weight: Optional[torch.Tensor], stream: int, p: float) -> torch.Tensor:
+    return detector_loss_forward(z, t, seed, stream, p, row_weight=row_weight)
+
+
+@triton_op("ithp_fast::detector_loss_backward", mutates_args=())
+def detector_loss_backward_op(z: torch.Tensor, t: torch.Tensor, grad_partials: torch.Tensor,
+                              seed: Optional[torch.Tensor], row_weight: Optional[torch.Tensor], stream: int, p: float,
+                              need_grad_t: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(grad_z, grad_t)``; ``grad_t`` is empty when not wanted (an op returns no None)."""
+    grad_z, grad_t = detector_loss_backward(z, t, grad_partials, seed, stream, p, need_grad_t=need_grad_t,
+                                            row_weight=row_weight)
+    return grad_z, grad_t if grad_t is not None else z.new_empty(0)

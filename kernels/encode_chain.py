@@ -24,6 +24,8 @@ from typing import Optional
 
 import torch
 
+from . import triton_interpreter_on
+
 PRECISIONS = ("ieee", "tf32", "tf32x3")
 """Float32 matmul precision: ``"ieee"`` exact float32 (no tensor cores), ``"tf32"`` TensorFloat-32,
 ``"tf32x3"`` three TF32 products per float32 product (tensor cores, close to float32 accuracy)."""
@@ -87,10 +89,21 @@ def encode_chain(
 
 
 # ---------------------------------------------------------------------------------------------
-# The same entry point as a PyTorch custom op, so that torch.compile keeps it in one graph.
+# The same entry point as a custom op of Triton kernels (torch.library.triton_op): torch.compile
+# and torch.export keep the kernel in the graph as itself. Under Triton's interpreter, whose kernels
+# cannot run on the fake tensors of a trace, it is an opaque custom op with its output's shape.
 
 
-@torch.library.custom_op("ithp_fast::encode_chain", mutates_args=())
+def _register_op(fn):
+    name = "ithp_fast::encode_chain"
+    if not triton_interpreter_on():
+        return torch.library.triton_op(name, mutates_args=())(fn)
+    op = torch.library.custom_op(name, mutates_args=())(fn)
+    op.register_fake(lambda x, w0, c0, w1, c1, w2, c2, w3, c3, *rest: x.new_empty(x.shape[0], w3.shape[0] // 2))
+    return op
+
+
+@_register_op
 def encode_chain_op(
     x: torch.Tensor,
     w0: torch.Tensor, c0: torch.Tensor, w1: torch.Tensor, c1: torch.Tensor,
@@ -99,8 +112,3 @@ def encode_chain_op(
 ) -> torch.Tensor:
     """``torch.ops.ithp_fast.encode_chain``: :func:`encode_chain` for graphs traced by torch.compile."""
     return encode_chain(x, w0, c0, w1, c1, w2, c2, w3, c3, eps0=eps0, eps1=eps1, precision=precision)
-
-
-@encode_chain_op.register_fake
-def _encode_chain_fake(x, w0, c0, w1, c1, w2, c2, w3, c3, eps0, eps1, precision):
-    return x.new_empty(x.shape[0], w3.shape[0] // 2)

@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from . import sm_count
 from .triton_helpers import offsets_2d, relu_nan, rounded_to
@@ -268,7 +269,7 @@ def launch_encode_chain(x: torch.Tensor, weights: tuple[torch.Tensor, ...], eps0
     else:
         part = counters = out  # unused by the kernel when there is no split
     dot_precision = precision if x.dtype == torch.float32 else "ieee"  # 16-bit inputs: plain tensor-core dots
-    _encode_chain_kernel[(row_blocks, cfg.splits)](
+    wrap_triton(_encode_chain_kernel)[(row_blocks, cfg.splits)](
         x, w0, c0, w1, c1, w2, c2, w3, c3,
         eps0 if sample else x, eps1 if sample else x, out, part, counters,
         rows, x0, hidden, b0_dim, b1_dim,

@@ -68,7 +68,7 @@ def ib_combine(kl_parts: Sequence[torch.Tensor], mse_parts: Sequence[torch.Tenso
         raise ValueError(f"ib_combine: expected one KL, one MSE and two weights per level, got {len(kl_parts)} KL, "
                          f"{len(mse_parts)} MSE, {len(detector_weights)} detector and {len(level_weights)} level "
                          f"weights")
-    if backend == "triton":
+    if backend == "triton" and not torch.compiler.is_compiling():  # a traced graph: torch's ops, fused by the compiler
         parts = [p for pair in zip(kl_parts, mse_parts) for p in pair]
         total, *terms = IBCombine.apply(combine_weights(detector_weights, level_weights), dtype, *parts)
         return total, tuple(terms[0::2]), tuple(terms[1::2])

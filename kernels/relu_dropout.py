@@ -63,7 +63,10 @@ class ReluDropout(torch.autograd.Function):
         if backend == "triton":
             from .relu_dropout_triton import relu_dropout_forward
 
-            d = relu_dropout_forward(a, seed, stream, p)
+            if torch.compiler.is_compiling():  # the registered op: the kernel stays in the traced graph
+                d = torch.ops.ithp_fast.relu_dropout_forward(a, seed, stream, p)
+            else:
+                d = relu_dropout_forward(a, seed, stream, p)
         else:
             if inplace:
                 ctx.mark_dirty(a)
@@ -81,7 +84,10 @@ class ReluDropout(torch.autograd.Function):
         if ctx.backend == "triton":
             from .relu_dropout_triton import relu_dropout_backward
 
-            grad_a = relu_dropout_backward(grad_d, d, ctx.p)
+            if torch.compiler.is_compiling():
+                grad_a = torch.ops.ithp_fast.relu_dropout_backward(grad_d, d, ctx.p)
+            else:
+                grad_a = relu_dropout_backward(grad_d, d, ctx.p)
         else:
             grad_a = _relu_dropout_backward_torch(grad_d, d, ctx.p)
         return grad_a, None, None, None, None, None

@@ -8,9 +8,12 @@ Launchers (any float dtype; ``a`` is read in row-major element order):
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
+from torch.library import triton_op, wrap_triton
 
 from .rng import GROUP, LANE
 from .triton_helpers import check_p, check_seed, group_uniform_or_keep, is_negative_zero, relu_marked, rounded_to
@@ -71,8 +74,8 @@ def relu_dropout_forward(a: torch.Tensor, seed: torch.Tensor, stream: int, p: fl
     numel = a.numel()
     if numel:
         grid = (triton.cdiv(numel, GROUP),)
-        _relu_dropout_forward_kernel[grid](a, d, seed if dropout else a, numel, start, p, 1.0 / (1.0 - p),
-                                           STREAM=int(stream), DROPOUT=dropout, LANE=LANE)
+        wrap_triton(_relu_dropout_forward_kernel)[grid](a, d, seed if dropout else a, numel, start, p,
+                                                        1.0 / (1.0 - p), STREAM=int(stream), DROPOUT=dropout, LANE=LANE)
     return d
 
 
@@ -86,6 +89,20 @@ def relu_dropout_backward(grad_d: torch.Tensor, d: torch.Tensor, p: float) -> to
     grad_a = torch.empty_like(d)
     numel = d.numel()
     if numel:
-        _relu_dropout_backward_kernel[(triton.cdiv(numel, _BWD_BLOCK),)](grad_d, d, grad_a, numel, 1.0 / (1.0 - p),
-                                                                         BLOCK=_BWD_BLOCK)
+        grid = (triton.cdiv(numel, _BWD_BLOCK),)
+        wrap_triton(_relu_dropout_backward_kernel)[grid](grad_d, d, grad_a, numel, 1.0 / (1.0 - p), BLOCK=_BWD_BLOCK)
     return grad_a
+
+
+# The launchers as custom ops: while torch.compile or torch.export traces, the autograd Function calls
+# these, so the Triton kernels stay in the graph as themselves (eager calls skip the dispatcher).
+
+
+@triton_op("ithp_fast::relu_dropout_forward", mutates_args=())
+def relu_dropout_forward_op(a: torch.Tensor, seed: Optional[torch.Tensor], stream: int, p: float) -> torch.Tensor:
+    return relu_dropout_forward(a, seed, stream, p)
+
+
+@triton_op("ithp_fast::relu_dropout_backward", mutates_args=())
+def relu_dropout_backward_op(grad_d: torch.Tensor, d: torch.Tensor, p: float) -> torch.Tensor:
+    return relu_dropout_backward(grad_d, d, p)

@@ -116,6 +116,8 @@ class ReparamKL(torch.autograd.Function):
             from .reparam_kl_triton import reparam_kl_forward
 
             ctx.save_for_backward(h, eps, seed, row_weight)
+            if torch.compiler.is_compiling():  # the registered op: the kernel stays in the traced graph
+                return torch.ops.ithp_fast.reparam_kl_forward(h, seed, eps, row_weight, stream, sample)
             return reparam_kl_forward(h, seed, stream, eps=eps, sample=sample, row_weight=row_weight)
         ctx.seed = seed
         ctx.save_for_backward(h, eps, row_weight)
@@ -131,9 +133,14 @@ class ReparamKL(torch.autograd.Function):
             from .reparam_kl_triton import reparam_kl_backward
 
             h, eps, seed, row_weight = ctx.saved_tensors
-            grad_h, grad_eps = reparam_kl_backward(h, grad_b, grad_parts, seed, ctx.stream, eps=eps,
-                                                   sample=ctx.sample, need_grad_eps=need_grad_eps,
-                                                   row_weight=row_weight)
+            if torch.compiler.is_compiling():
+                grad_h, grad_eps = torch.ops.ithp_fast.reparam_kl_backward(
+                    h, grad_b, grad_parts, seed, eps, row_weight, ctx.stream, ctx.sample, need_grad_eps)
+                grad_eps = grad_eps if grad_eps.numel() else None
+            else:
+                grad_h, grad_eps = reparam_kl_backward(h, grad_b, grad_parts, seed, ctx.stream, eps=eps,
+                                                       sample=ctx.sample, need_grad_eps=need_grad_eps,
+                                                       row_weight=row_weight)
         else:
             h, eps, row_weight = ctx.saved_tensors
             grad_h, grad_eps = _reparam_kl_backward_torch(h, eps, ctx.seed, ctx.stream, ctx.sample, grad_b, grad_parts,

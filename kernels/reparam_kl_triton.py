@@ -20,6 +20,7 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+from torch.library import triton_op, wrap_triton
 
 from . import inverse
 from .rng import GROUP, LANE
@@ -193,7 +194,7 @@ def reparam_kl_forward(h: torch.Tensor, seed: Optional[torch.Tensor], stream: in
     b = torch.empty((n, width), dtype=h.dtype, device=h.device)
     parts = torch.empty(num_partials(n, width), dtype=torch.float32, device=h.device)
     weighted = row_weight is not None
-    _reparam_kl_forward_kernel[(parts.numel(),)](
+    wrap_triton(_reparam_kl_forward_kernel)[(parts.numel(),)](
         h, eps if eps is not None else h, seed if generate else h, row_weight if weighted else h, b, parts,
         n * width, h.stride(0), _kl_scale(n, width, weighted), STREAM=int(stream), B=width, SAMPLE=bool(sample),
         HAS_EPS=eps is not None, GENERATE=generate, HAS_WEIGHT=weighted, LANE=LANE)
@@ -220,7 +221,7 @@ def reparam_kl_backward(h: torch.Tensor, grad_b: Optional[torch.Tensor], grad_pa
     grad_eps = torch.empty((n, width), dtype=eps.dtype if eps is not None else h.dtype, device=h.device) \
         if need_grad_eps else None
     weighted = row_weight is not None
-    _reparam_kl_backward_kernel[(num_partials(n, width),)](
+    wrap_triton(_reparam_kl_backward_kernel)[(num_partials(n, width),)](
         h, eps if eps is not None else h, seed if generate else h, row_weight if weighted else h,
         grad_b if grad_b is not None else h, grad_partials if grad_partials is not None else h,
         grad_partials.stride(0) if grad_partials is not None else 0, grad_h,
@@ -229,3 +230,23 @@ def reparam_kl_backward(h: torch.Tensor, grad_b: Optional[torch.Tensor], grad_pa
         HAS_GRAD_B=grad_b is not None, HAS_GRAD_PART=grad_partials is not None, NEED_GRAD_EPS=need_grad_eps,
         HAS_WEIGHT=weighted, LANE=LANE)
     return grad_h, grad_eps
+
+
+# The launchers as custom ops: while torch.compile or torch.export traces, the autograd Function calls
+# these, so the Triton kernels stay in the graph as themselves (eager calls skip the dispatcher).
+
+
+@triton_op("ithp_fast::reparam_kl_forward", mutates_args=())
+def reparam_kl_forward_op(h: torch.Tensor, seed: Optional[torch.Tensor], eps: Optional[torch.Tensor],
+                          row_weight: Optional[torch.Tensor], stream: int, sample: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return reparam_kl_forward(h, seed, stream, eps=eps, sample=sample, row_weight=row_weight)
+
+
+@triton_op("ithp_fast::reparam_kl_backward", mutates_args=())
+def reparam_kl_backward_op(h: torch.Tensor, grad_b: Optional[torch.Tensor], grad_partials: Optional[torch.Tensor],
+                           seed: Optional[torch.Tensor], eps: Optional[torch.Tensor], row_weight: Optional[torch.Tensor],
+                           stream: int, sample: bool, need_grad_eps: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(grad_h, grad_eps)``; ``grad_eps`` is empty when not wanted (an op returns no None)."""
+    grad_h, grad_eps = reparam_kl_backward(h, grad_b, grad_partials, seed, stream, eps=eps, sample=sample,
+                                           need_grad_eps=need_grad_eps, row_weight=row_weight)
+    return grad_h, grad_eps if grad_eps is not None else h.new_empty(0)

@@ -296,6 +296,21 @@ def test_cuda_sampling_statistics():
 
 
 @cuda
+def test_cuda_compile_keeps_the_encode_kernel():
+    """The fused encode is a registered Triton op: inductor keeps its kernel in the generated code."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    fast, ref = pair("cuda", cfg=ITHPConfig())
+    x = torch.randn(1, 50, 768, device="cuda")
+    compiled = torch.compile(lambda x: encode(fast, x), fullgraph=True)
+    with torch.no_grad():
+        got, code = run_and_get_code(compiled, x)
+        torch.testing.assert_close(got, ref.encode(x), **TOLERANCES[torch.float32])
+    assert "_encode_chain_kernel" in "\n".join(code)
+
+
+@cuda
 def test_cuda_autocast_and_gradients_take_the_chain():
     fast, ref = pair("cuda", cfg=ITHPConfig())
     x = torch.randn(3, 50, 768, device="cuda")

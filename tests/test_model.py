@@ -326,3 +326,24 @@ def test_no_host_sync_on_cuda(train):
         loss_of(out).backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused kernels are compiled on CUDA only")
+def test_cuda_compile_keeps_the_fused_kernels():
+    """On CUDA, torch.compile (inductor) keeps the registered Triton ops in the graph (their kernels
+    appear in the generated code by name) and computes the eager fused path's numbers."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    cfg = small_config(drop_prob=0.0)
+    _, fast = pair(cfg, "cuda", "triton", train=True)
+    inputs = make_inputs(cfg, (3, 5), device="cuda")
+    noise = make_noise(cfg, (3, 5), device="cuda")
+    compiled = torch.compile(fast, fullgraph=True)
+    (got, code) = run_and_get_code(lambda: run(compiled, inputs, noise))
+    got[1].update({n: p.grad.clone() for n, p in fast.named_parameters()})
+    fast.zero_grad(set_to_none=True)
+    assert_same(got, run(fast, inputs, noise))
+    generated = "\n".join(code)
+    for kernel in ("_reparam_kl_forward_kernel", "_detector_loss_forward_kernel"):
+        assert kernel in generated, kernel
