@@ -13,8 +13,8 @@ Providers: ``onnxruntime`` (the program written by ``ithp_fast.export``, run in 
 ``onnxruntime (threads not spinning)`` (the same with ``session.intra_op.allow_spinning=0``),
 ``ithp_fast`` (the serving wrappers' CPU defaults: ``ServingEncoder(model)``, the prepacked
 oneDNN chain, and ``ServingDeberta(model)``, ONNX Runtime with idle threads sleeping),
-``ithp_fast (backend='onnxruntime')`` (``ServingEncoder`` on ONNX Runtime), ``aoti`` (the AOTInductor package of the same export)
-and ``torch eager`` (``encode`` / ``deberta_logits``, for scale). Writes
+``ithp_fast (backend='onnxruntime')`` (``ServingEncoder`` on ONNX Runtime), ``aoti`` (the
+AOTInductor package of the same export) and ``torch eager`` (``encode`` / ``deberta_logits``, for scale). Writes
 ``bench/results/cpu-serving-vs-onnxruntime-<date>.json`` (``--out`` to change the folder).
 """
 

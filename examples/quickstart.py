@@ -18,7 +18,8 @@ acoustic = torch.rand(8, 50, cfg.X1_dim)
 b1, IB_total, kl0, mse0, kl1, mse1 = model(x, visual, acoustic)
 IB_total.backward()
 print(f"{type(model).__module__}.{type(model).__name__}: b1 {tuple(b1.shape)}")
-print(f"IB_total {IB_total.item():.4f}  kl0 {kl0.item():.4f}  mse0 {mse0.item():.4f}  kl1 {kl1.item():.4f}  mse1 {mse1.item():.4f}")
+terms = dict(IB_total=IB_total, kl0=kl0, mse0=mse0, kl1=kl1, mse1=mse1)
+print("  ".join(f"{name} {value.item():.4f}" for name, value in terms.items()))
 
 model.eval()
 with torch.no_grad():

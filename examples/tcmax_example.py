@@ -54,7 +54,8 @@ for step in range(200):
     loss.backward()
     optimiser.step()
     if step % 100 == 0 or step == 199:
-        print(f"[encoders] step {step:3d}  loss {loss.item():.3f}  loss_a {loss_a.item():.3f}  loss_v {loss_v.item():.3f}")
+        print(f"[encoders] step {step:3d}  loss {loss.item():.3f}  loss_a {loss_a.item():.3f}  "
+              f"loss_v {loss_v.item():.3f}")
 with torch.no_grad():
     logits_a, logits_v = head_a(xa[test]), head_v(xv[test])
     print(f"[encoders] test accuracy: fused {accuracy(logits_a + logits_v, y[test]):.3f}  "

@@ -50,13 +50,13 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what static tools and IDEs see
-    from .config import ITHPConfig
-    from .losses import TCMaxLoss, tcmax_loss, tcmax_loss_multi, tcmax_loss_pairwise, tcmax_loss_sampled
-    from .model import ITHP
-    from .reference.deberta import ITHPDeberta, ITHPDebertaLevelsOutput, ITHPDebertaOutput
-    from .serving.deberta import ServingDeberta, deberta_logits
-    from .serving.encoder import ServingEncoder
-    from .training.api import evaluate, train
-    from .training.config import TrainConfig
-    from .training.load import load_checkpoint
-    from .serving.export import export
+    from .config import ITHPConfig  # noqa: F401
+    from .losses import TCMaxLoss, tcmax_loss, tcmax_loss_multi, tcmax_loss_pairwise, tcmax_loss_sampled  # noqa: F401
+    from .model import ITHP  # noqa: F401
+    from .reference.deberta import ITHPDeberta, ITHPDebertaLevelsOutput, ITHPDebertaOutput  # noqa: F401
+    from .serving.deberta import ServingDeberta, deberta_logits  # noqa: F401
+    from .serving.encoder import ServingEncoder  # noqa: F401
+    from .serving.export import export  # noqa: F401
+    from .training.api import evaluate, train  # noqa: F401
+    from .training.config import TrainConfig  # noqa: F401
+    from .training.load import load_checkpoint  # noqa: F401

@@ -12,6 +12,7 @@ import os
 
 import torch
 
+
 def triton_interpreter_on() -> bool:
     """Whether Triton runs its kernels in its CPU interpreter (``TRITON_INTERPRET=1``, for tests)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")

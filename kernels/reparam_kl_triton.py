@@ -238,14 +238,16 @@ def reparam_kl_backward(h: torch.Tensor, grad_b: Optional[torch.Tensor], grad_pa
 
 @triton_op("ithp_fast::reparam_kl_forward", mutates_args=())
 def reparam_kl_forward_op(h: torch.Tensor, seed: Optional[torch.Tensor], eps: Optional[torch.Tensor],
-                          row_weight: Optional[torch.Tensor], stream: int, sample: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                          row_weight: Optional[torch.Tensor], stream: int,
+                          sample: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return reparam_kl_forward(h, seed, stream, eps=eps, sample=sample, row_weight=row_weight)
 
 
 @triton_op("ithp_fast::reparam_kl_backward", mutates_args=())
 def reparam_kl_backward_op(h: torch.Tensor, grad_b: Optional[torch.Tensor], grad_partials: Optional[torch.Tensor],
-                           seed: Optional[torch.Tensor], eps: Optional[torch.Tensor], row_weight: Optional[torch.Tensor],
-                           stream: int, sample: bool, need_grad_eps: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                           seed: Optional[torch.Tensor], eps: Optional[torch.Tensor],
+                           row_weight: Optional[torch.Tensor], stream: int, sample: bool,
+                           need_grad_eps: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``(grad_h, grad_eps)``; ``grad_eps`` is empty when not wanted (an op returns no None)."""
     grad_h, grad_eps = reparam_kl_backward(h, grad_b, grad_partials, seed, stream, eps=eps, sample=sample,
                                            need_grad_eps=need_grad_eps, row_weight=row_weight)

@@ -19,7 +19,8 @@ from ithp_fast import encode as enc
 
 torch.manual_seed(0)
 base = ithp_fast.ITHP(ithp_fast.ITHPConfig()).cuda().eval()
-for dtype, precision in ((torch.float32, "ieee"), (torch.float32, "tf32"), (torch.float32, "tf32x3"), (torch.bfloat16, "ieee")):
+CASES = ((torch.float32, "ieee"), (torch.float32, "tf32"), (torch.float32, "tf32x3"), (torch.bfloat16, "ieee"))
+for dtype, precision in CASES:
     model = base.to(dtype)
     for rows in (50, 200, 1600, 6400):
         x = torch.randn(rows, 768, device="cuda", dtype=dtype)

@@ -13,9 +13,10 @@ size is what its launch heuristic should pick.
 import json
 
 import torch
+from triton.testing import do_bench_cudagraph
+
 from ithp_fast.kernels.tcmax import tcmax_factorised
 from ithp_fast.kernels.tcmax_triton import _launch_config
-from triton.testing import do_bench_cudagraph
 
 SIZES = ((4096, 1000), (1024, 100), (256, 10))
 BLOCKS = ((None, None), (32, 64), (64, 64), (128, 32), (16, 128))
@@ -42,7 +43,8 @@ def main() -> None:
                         return tcmax_factorised(logits, labels, backend="triton", **launch)
 
                 def both():
-                    return torch.autograd.grad(tcmax_factorised(logits, labels, backend="triton", **launch).sum(), logits)
+                    losses = tcmax_factorised(logits, labels, backend="triton", **launch)
+                    return torch.autograd.grad(losses.sum(), logits)
 
                 try:
                     rec["forward_us"] = 1e3 * do_bench_cudagraph(forward, rep=20)

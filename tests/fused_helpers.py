@@ -5,13 +5,13 @@ import math
 
 import pytest
 import torch
+from torch import nn
+
+from ithp_fast.backends import triton_interpreter_on
 from ithp_fast.kernels import rng
 from ithp_fast.kernels.detector_loss import detector_loss
 from ithp_fast.kernels.relu_dropout import relu_dropout
 from ithp_fast.kernels.reparam_kl import reparam_kl
-from torch import nn
-
-from ithp_fast.backends import triton_interpreter_on
 
 # The fused backends every device runs in the tests (Triton on the CPU through the interpreter).
 FUSED_BACKENDS = ("torch", "triton")

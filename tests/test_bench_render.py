@@ -17,8 +17,8 @@ from ithp_fast.tools.benchmarks import (
     format_time,
     load_results,
     render_chart,
-    render_markdown,
     render_files,
+    render_markdown,
     results_from_benchmarks,
 )
 
@@ -31,8 +31,8 @@ def raw():
 
 
 def _table_rows(markdown: str) -> list[list[str]]:
-    lines = [l for l in markdown.splitlines() if l.startswith("|")][2:]  # past header and rule
-    return [[c.strip() for c in l.strip("|").split("|")] for l in lines]
+    lines = [line for line in markdown.splitlines() if line.startswith("|")][2:]  # past header and rule
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines]
 
 
 def test_every_benchmark_becomes_one_row_in_run_order(raw):

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from helpers import make_inputs, make_noise, small_config
+
 import ithp_fast
 from ithp_fast.reference import ITHP as ReferenceITHP
 
@@ -30,7 +30,8 @@ def test_wrong_width_names_argument_and_widths(model, arg, key):
     inputs = dict(zip(["x", "visual", "acoustic"], make_inputs(cfg)))
     inputs[arg] = inputs[arg][..., :-1]
     width = getattr(cfg, key)
-    with pytest.raises(ValueError, match=rf"{arg}: expected last dimension {key}={width}, got shape .*\(last dimension {width - 1}\)"):
+    message = rf"{arg}: expected last dimension {key}={width}, got shape .*\(last dimension {width - 1}\)"
+    with pytest.raises(ValueError, match=message):
         model(**inputs)
 
 
@@ -59,7 +60,8 @@ def test_not_a_tensor(model):
 
 def test_dtype_differs_from_parameters(model):
     x, v, a = make_inputs(model.config)
-    with pytest.raises(TypeError, match=r"x: dtype torch.float64 differs from the model's parameters \(torch.float32\)"):
+    message = r"x: dtype torch.float64 differs from the model's parameters \(torch.float32\)"
+    with pytest.raises(TypeError, match=message):
         model(x.double(), v, a)
 
 
@@ -73,7 +75,9 @@ def test_wrong_noise_shapes(model):
     cfg = model.config
     x, v, a = make_inputs(cfg)
     e0, e1 = make_noise(cfg)
-    with pytest.raises(ValueError, match=rf"noise\[1\] \(eps1\): expected shape \(3, 5, {cfg.B1_dim}\) \(the shape of mu1\), got \(3, 5, {cfg.B0_dim}\)"):
+    message = (rf"noise\[1\] \(eps1\): expected shape \(3, 5, {cfg.B1_dim}\) \(the shape of mu1\), "
+               rf"got \(3, 5, {cfg.B0_dim}\)")
+    with pytest.raises(ValueError, match=message):
         model(x, v, a, noise=(e0, e0))
     with pytest.raises(TypeError, match=r"noise: expected a tuple of 2 tensors \(eps0, eps1\), got Tensor"):
         model(x, v, a, noise=e0)

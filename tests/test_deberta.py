@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from helpers import make_noise
 from transformers import DebertaV2Config
 
 import ithp_fast
-from helpers import make_noise
 from ithp_fast import ITHPConfig, ITHPDeberta
 
 HIDDEN = 32

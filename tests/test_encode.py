@@ -3,12 +3,12 @@
 import pytest
 import torch
 from helpers import TOLERANCES, small_config
-from ithp_fast.reference import ITHP as ReferenceITHP
 
 import ithp_fast
 from ithp_fast import ITHPConfig
 from ithp_fast.backends import triton_interpreter_on
 from ithp_fast.encode import FUSED_KERNEL_MAX_ROWS, choose_path, encode, float32_precision
+from ithp_fast.reference import ITHP as ReferenceITHP
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 BACKENDS = ["torch", "triton", "reference"]
@@ -72,7 +72,8 @@ def test_path_choice_at_the_row_threshold(precision):
     limit, cpu = FUSED_KERNEL_MAX_ROWS[precision], torch.device("cpu")
     assert choose_path(fast, limit, torch.float32, cpu, precision) == "fused"
     assert choose_path(fast, limit + 1, torch.float32, cpu, precision) == "chain"
-    assert choose_path(fast, 1, torch.bfloat16, cpu, precision) == ("fused" if FUSED_KERNEL_MAX_ROWS["bf16"] else "chain")
+    bf16_path = "fused" if FUSED_KERNEL_MAX_ROWS["bf16"] else "chain"
+    assert choose_path(fast, 1, torch.bfloat16, cpu, precision) == bf16_path
 
 
 def test_path_choice():

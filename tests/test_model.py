@@ -17,11 +17,11 @@ from fused_helpers import (  # noqa: F401 (the fixture is used by name)
     skip_triton_on_cpu_without_interpreter,
 )
 from helpers import TOLERANCES, make_inputs, make_noise, small_config
+
+import ithp_fast
 from ithp_fast.kernels import rng
 from ithp_fast.kernels.rng import Stream
 from ithp_fast.reference import ITHP as ReferenceITHP
-
-import ithp_fast
 
 ODD = dict(X0_dim=35, X1_dim=74, X2_dim=47, inter_dim=257, B0_dim=35, B1_dim=1)
 DROPOUTS = [  # (module path, index, stream, width key)

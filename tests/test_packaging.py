@@ -18,7 +18,8 @@ def test_mapped_subpackages_import_from_their_folders():
 
 def test_wheel_holds_the_mapped_subpackages(tmp_path):
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)],
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path)],
         check=True,
     )
     (wheel,) = tmp_path.glob("ithp_fast-*.whl")

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from helpers import make_inputs, make_noise, small_config
+
 from ithp_fast.reference import ITHP
 
 STATE_KEYS = [

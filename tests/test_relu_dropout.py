@@ -11,6 +11,7 @@ from fused_helpers import (  # noqa: F401 (the fixture is used by name)
     op_seed,
     skip_triton_on_cpu_without_interpreter,
 )
+
 from ithp_fast.kernels.rng import Stream
 
 DEFAULT_BACKEND = "triton"  # the ops tested without a backend parameter

@@ -10,6 +10,7 @@ from fused_helpers import (  # noqa: F401 (the fixture is used by name)
     op_seed,
     skip_triton_on_cpu_without_interpreter,
 )
+
 from ithp_fast.kernels.reparam_kl_triton import reparam_kl_backward, reparam_kl_forward
 from ithp_fast.kernels.rng import Stream
 from ithp_fast.reference.ithp import kl_to_standard_normal, reparameterize

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from fused_helpers import skip_triton_on_cpu_without_interpreter  # noqa: F401
+
 from ithp_fast.kernels import rng
 from ithp_fast.kernels.relu_dropout_triton import relu_dropout_forward
 from ithp_fast.kernels.rng import GROUP, Stream

@@ -11,8 +11,8 @@ from fused_helpers import FUSED_BACKENDS, skip_triton_on_cpu_without_interpreter
 
 import ithp_fast
 from ithp_fast import ITHPConfig
-from ithp_fast.tools.profile import saved_for_backward
 from ithp_fast.reference import ITHP as ReferenceITHP
+from ithp_fast.tools.profile import saved_for_backward
 
 
 def saved_bytes(model, inputs):

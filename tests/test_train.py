@@ -184,9 +184,8 @@ def test_weight_decay_skips_biases_and_layernorm():
 
 @pytest.mark.parametrize("impl", ["reference", "fast"])
 def test_impl_picks_the_ithp_class(impl):
-    from ithp_fast.reference import ITHP as ReferenceITHP
-
     import ithp_fast
+    from ithp_fast.reference import ITHP as ReferenceITHP
 
     data = load_sentiment_data(synthetic=SyntheticSpec(sizes=(4, 2, 2)))
     model, _ = new_model(TrainConfig(impl=impl, **TINY), data)

@@ -240,7 +240,7 @@ def device_slug() -> str:
         name = "cpu"
         try:
             with open("/proc/cpuinfo") as fh:
-                model = next((l.split(":", 1)[1] for l in fh if l.startswith("model name")), "")
+                model = next((line.split(":", 1)[1] for line in fh if line.startswith("model name")), "")
             name = f"cpu {model} {torch.get_num_threads()}t"
         except OSError:
             pass

@@ -23,7 +23,8 @@ from ..serving.encoder import ServingEncoder
 from ..serving.graphs import capture_graph
 
 
-def graphed_seconds(fn: Callable[[], object], device: torch.device, calls_per_graph: int = 20, replays: int = 10) -> float:
+def graphed_seconds(fn: Callable[[], object], device: torch.device, calls_per_graph: int = 20,
+                    replays: int = 10) -> float:
     """Seconds per call of ``fn()`` captured ``calls_per_graph`` times in one CUDA graph (median)."""
     graph, _ = capture_graph(fn, warmup=WARMUP_CALLS, stream=torch.cuda.Stream(device), calls=calls_per_graph)
     graph.replay()
@@ -40,8 +41,8 @@ def _sweep_configs(rows: int, hidden: int, sm_count: int):
             for splits in (1, 4, 8, 16):
                 seen.add(EncodeChainConfig(block_m=block_m, block_h=max(16, min(64, hidden // splits)), splits=splits))
     else:
-        for block_m, block_h, num_warps, num_stages in [(32, 64, 4, 2), (64, 64, 4, 3), (64, 128, 8, 3), (64, 256, 8, 3),
-                                                        (128, 64, 8, 3), (128, 128, 8, 3)]:
+        large = [(32, 64, 4, 2), (64, 64, 4, 3), (64, 128, 8, 3), (64, 256, 8, 3), (128, 64, 8, 3), (128, 128, 8, 3)]
+        for block_m, block_h, num_warps, num_stages in large:
             seen.add(EncodeChainConfig(block_m=block_m, block_h=block_h, splits=1, num_warps=num_warps,
                                        num_stages=num_stages))
     return sorted(seen, key=str)
@@ -86,7 +87,8 @@ def measure_cuda(rows_list: Sequence[int] = (50, 1600, 6400, 51200), *, sweep: b
         sections.append(("encoder compile modes", functools.partial(_measure_modes, base, device, card)))
     if deberta:
         for dtype in (torch.float32, torch.bfloat16):
-            sections.append((f"deberta {dtype}", functools.partial(_measure_deberta, dtype, deberta_compile, device, card)))
+            measure = functools.partial(_measure_deberta, dtype, deberta_compile, device, card)
+            sections.append((f"deberta {dtype}", measure))
     for name, run in sections:
         try:
             with torch.no_grad():

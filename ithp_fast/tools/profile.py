@@ -104,7 +104,8 @@ def _launch_counts(prof, steps: int, device: str) -> str:
     events = prof.events()
     if device == "cuda":
         kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
-        launches = [e for e in events if e.name in ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC")]
+        launch_calls = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC")
+        launches = [e for e in events if e.name in launch_calls]
         graphs = [e for e in events if e.name == "cudaGraphLaunch"]
         return (
             f"per step: {len(kernels) / steps:.1f} GPU kernels executed, {len(launches) / steps:.1f} kernel launches "
@@ -192,14 +193,16 @@ def register(sub) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workload", choices=sorted(WORKLOAD_RANGES), default="train", help="what one step does (default: train)")
+    p.add_argument("--workload", choices=sorted(WORKLOAD_RANGES), default="train",
+                   help="what one step does (default: train)")
     p.add_argument("--batch", type=int, default=32, help="examples per step (default: 32)")
     p.add_argument("--tokens", type=int, default=50, help="tokens per example (default: 50)")
     p.add_argument("--steps", type=int, default=5, help="profiled steps (default: 5)")
     p.add_argument("--warmup", type=int, default=3, help="unprofiled warm-up steps first (default: 3)")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    p.add_argument("--backend", choices=("triton", "torch", "reference"), default=None, help="fast-path backend (default: per device)")
+    p.add_argument("--backend", choices=("triton", "torch", "reference"), default=None,
+                   help="fast-path backend (default: per device)")
     p.add_argument(
         "--profiler",
         choices=("auto", "nsight", "torch"),
