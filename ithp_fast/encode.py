@@ -130,8 +130,6 @@ def fused(model: torch.nn.Module, x2d: torch.Tensor, eps0: Optional[torch.Tensor
     prec = float32_precision(precision)
     if not sample:
         eps0 = eps1 = None
-    if torch.compiler.is_compiling():
-        return torch.ops.ithp_fast.encode_chain(*args, eps0, eps1, prec)
     return encode_chain(*args, eps0=eps0, eps1=eps1, precision=prec)
 
 

@@ -15,7 +15,8 @@ Inference only (no backward). The plain-PyTorch form of the same chain is
 ``ithp_fast.encode.chain`` (four ``addmm`` calls, the modules' dropout in between), which
 ``ithp_fast.encode`` takes for calls that need gradients, dropout or autocast, and on the CPU.
 :func:`encode_chain` checks the operands and launches the kernel of ``encode_chain_triton.py``;
-``torch.ops.ithp_fast.encode_chain`` is the same as a custom op, so torch.compile keeps it whole.
+while torch.compile or torch.export traces, it calls ``torch.ops.ithp_fast.encode_chain`` instead,
+the launcher registered as a Triton op (there), so the kernel stays in the graph as itself.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-
-from . import triton_interpreter_on
 
 PRECISIONS = ("ieee", "tf32", "tf32x3")
 """Float32 matmul precision: ``"ieee"`` exact float32 (no tensor cores), ``"tf32"`` TensorFloat-32,
@@ -83,32 +82,8 @@ def encode_chain(
                 f"{name}: expected shape ({rows}, {width}) on {x.device} with unit stride in the last "
                 f"dimension, got {tuple(eps.shape)} on {eps.device}"
             )
-    from .encode_chain_triton import launch_encode_chain
+    from .encode_chain_triton import launch_encode_chain  # Triton (and the op below) load at the first call
 
+    if torch.compiler.is_compiling():  # the registered op: the kernel stays in the traced graph
+        return torch.ops.ithp_fast.encode_chain(x, *weights, eps0, eps1, precision)
     return launch_encode_chain(x, weights, eps0, eps1, precision, config)
-
-
-# ---------------------------------------------------------------------------------------------
-# The same entry point as a custom op of Triton kernels (torch.library.triton_op): torch.compile
-# and torch.export keep the kernel in the graph as itself. Under Triton's interpreter, whose kernels
-# cannot run on the fake tensors of a trace, it is an opaque custom op with its output's shape.
-
-
-def _register_op(fn):
-    name = "ithp_fast::encode_chain"
-    if not triton_interpreter_on():
-        return torch.library.triton_op(name, mutates_args=())(fn)
-    op = torch.library.custom_op(name, mutates_args=())(fn)
-    op.register_fake(lambda x, w0, c0, w1, c1, w2, c2, w3, c3, *rest: x.new_empty(x.shape[0], w3.shape[0] // 2))
-    return op
-
-
-@_register_op
-def encode_chain_op(
-    x: torch.Tensor,
-    w0: torch.Tensor, c0: torch.Tensor, w1: torch.Tensor, c1: torch.Tensor,
-    w2: torch.Tensor, c2: torch.Tensor, w3: torch.Tensor, c3: torch.Tensor,
-    eps0: Optional[torch.Tensor], eps1: Optional[torch.Tensor], precision: str,
-) -> torch.Tensor:
-    """``torch.ops.ithp_fast.encode_chain``: :func:`encode_chain` for graphs traced by torch.compile."""
-    return encode_chain(x, w0, c0, w1, c1, w2, c2, w3, c3, eps0=eps0, eps1=eps1, precision=precision)

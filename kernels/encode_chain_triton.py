@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from . import sm_count
+from . import sm_count, triton_interpreter_on
 from .triton_helpers import offsets_2d, relu_nan, rounded_to
 
 MIN_DOT = 16
@@ -282,3 +282,29 @@ def launch_encode_chain(x: torch.Tensor, weights: tuple[torch.Tensor, ...], eps0
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The launcher as a custom op of Triton kernels (torch.library.triton_op): torch.compile and
+# torch.export keep the kernel in the graph as itself. Under Triton's interpreter, whose kernels
+# cannot run on the fake tensors of a trace, it is an opaque custom op with its output's shape.
+
+
+def _register_op(fn):
+    name = "ithp_fast::encode_chain"
+    if not triton_interpreter_on():
+        return torch.library.triton_op(name, mutates_args=())(fn)
+    op = torch.library.custom_op(name, mutates_args=())(fn)
+    op.register_fake(lambda x, w0, c0, w1, c1, w2, c2, w3, c3, *rest: x.new_empty(x.shape[0], w3.shape[0] // 2))
+    return op
+
+
+@_register_op
+def encode_chain_op(
+    x: torch.Tensor,
+    w0: torch.Tensor, c0: torch.Tensor, w1: torch.Tensor, c1: torch.Tensor,
+    w2: torch.Tensor, c2: torch.Tensor, w3: torch.Tensor, c3: torch.Tensor,
+    eps0: Optional[torch.Tensor], eps1: Optional[torch.Tensor], precision: str,
+) -> torch.Tensor:
+    """``torch.ops.ithp_fast.encode_chain``: the launch, for graphs traced by torch.compile / torch.export."""
+    return launch_encode_chain(x, (w0, c0, w1, c1, w2, c2, w3, c3), eps0, eps1, precision)

@@ -1,0 +1,56 @@
+"""``import ithp_fast`` and every CPU path work where Triton cannot be imported, and loading the
+public names pulls in none of the heavy optional packages (each case in a fresh interpreter)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+BLOCK_TRITON = """
+import importlib.abc, sys
+class RefuseTriton(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "triton" or name.startswith("triton."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, RefuseTriton())
+"""
+
+
+def run_python(code: str) -> str:
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_cpu_paths_without_triton():
+    out = run_python(BLOCK_TRITON + textwrap.dedent("""
+        import torch, ithp_fast
+        cfg = ithp_fast.ITHPConfig(X0_dim=16, X1_dim=5, X2_dim=3, inter_dim=8, B0_dim=4, B1_dim=3)
+        model = ithp_fast.ITHP(cfg)
+        x, visual, acoustic = torch.randn(2, 3, 16), torch.rand(2, 3, 3), torch.rand(2, 3, 5)
+        model(x, visual, acoustic)[1].backward()
+        assert model.encoder1[0].weight.grad is not None
+        model.eval()
+        assert model.encode(x).shape == (2, 3, 3)
+        loss, _, _ = ithp_fast.tcmax_loss(torch.randn(4, 3), torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))
+        assert torch.isfinite(loss)
+        try:
+            ithp_fast.ITHP(cfg, backend="triton")(x, visual, acoustic)
+        except RuntimeError as err:
+            print(err)
+        assert "triton" not in sys.modules
+    """))
+    assert "backend 'triton' needs the triton package" in out
+
+
+def test_public_names_load_no_heavy_optional_package():
+    out = run_python("""
+        import sys, ithp_fast
+        for name in ithp_fast.__all__:
+            getattr(ithp_fast, name)
+        print(sorted(m for m in ("triton", "torch._inductor", "onnx", "onnxruntime", "matplotlib", "tensorboard")
+                     if m in sys.modules))
+    """)
+    assert out.strip() == "[]", out
