@@ -153,7 +153,7 @@ class ServingDeberta:
             raise ValueError(f"onnx_file: one file serves one token count, got tokens={self.tokens}")
         from .ort_backend import OnnxRuntimeProgram
 
-        return {t: OnnxRuntimeProgram(self.model, t, onnx_file) for t in self.tokens}
+        return {t: OnnxRuntimeProgram(self.model, t, onnx_file, spin_max_batch=None) for t in self.tokens}
 
     @property
     def chosen_modes(self) -> dict:

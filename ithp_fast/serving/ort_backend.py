@@ -1,15 +1,15 @@
 """ONNX Runtime as the CPU backend of the serving wrappers (``backend="onnxruntime"``).
 
-On the CPU ONNX Runtime runs the exported programs faster than torch does (``bench/results/``;
-the README's "Deployment" section gives the ratios): for ITHP-DeBERTa the backbone is almost all
-of a call and torch's eager backbone is several times slower; for ``b1`` the four GEMMs of the
-chain are close between the two, and ONNX Runtime's thread pool copes better with a busy
-machine. This backend exports the model once (:func:`ithp_fast.export`, posterior mean, dynamic
-batch) into a temporary folder, or reads an ONNX file exported before, and runs it in an
-``onnxruntime.InferenceSession`` with torch's intra-op thread count, its idle threads sleeping
-rather than spinning (they would take the cores from the rest of the process); ``b1`` keeps a
-second, spinning session for small requests (:data:`SPIN_MAX_BATCH`). Needs the
-``export`` extra (``pip install 'ithp_fast[export]'``).
+On the CPU ONNX Runtime runs the exported ITHP-DeBERTa several times faster than torch's eager
+model (the backbone is almost all of a call; ``bench/results/`` and the README's "Deployment"
+section give the ratios): it is ``ServingDeberta``'s CPU default. For ``b1`` the four GEMMs of the
+chain are close between the two, and ``ServingEncoder`` keeps this backend on request. It exports
+the model once (:func:`ithp_fast.export`, posterior mean, dynamic batch) into a temporary folder,
+or reads an ONNX file exported before, and runs it in an ``onnxruntime.InferenceSession`` with
+torch's intra-op thread count: ``ServingDeberta`` with ONNX Runtime's default options (idle
+threads spin: the fastest on cores the process has to itself), ``ServingEncoder`` with a
+spinning session for small requests and a sleeping one for large (:data:`SPIN_MAX_BATCH`).
+Needs the ``export`` extra (``pip install 'ithp_fast[export]'``).
 
 Weight updates made in place are seen: every call compares each parameter's version counter and
 storage with those exported (replacing parameter tensors needs a new wrapper), and a change
@@ -75,12 +75,13 @@ class OnnxRuntimeProgram:
         watched: the parameters whose updates trigger a new export (default: all the model's).
         spin_max_batch: requests of up to this many examples (first dimension) run on a session
             whose idle threads spin, larger ones on one whose threads sleep (see
-            :data:`SPIN_MAX_BATCH`); 0: threads always sleep.
+            :data:`SPIN_MAX_BATCH`); 0: threads always sleep; None: one session with ONNX
+            Runtime's default options (threads spin), for every request.
     """
 
     def __init__(self, model: nn.Module, tokens: int, onnx_file: Optional[str] = None,
                  threads: Optional[int] = None, watched: Optional[Sequence[torch.Tensor]] = None,
-                 spin_max_batch: int = 0) -> None:
+                 spin_max_batch: Optional[int] = 0) -> None:
         self.model, self.tokens = model, tokens
         self.threads = threads or torch.get_num_threads()
         self.spin_max_batch = spin_max_batch
@@ -97,7 +98,9 @@ class OnnxRuntimeProgram:
                              f"expected [batch, {tokens}, ...]")
 
     def _load(self, path: str) -> tuple:
-        """``(sleeping session, spinning session or None)``."""
+        """``(session for large requests, spinning session for small ones or None)``."""
+        if self.spin_max_batch is None:
+            return _session(path, self.threads, spinning=True), None
         spinning = _session(path, self.threads, spinning=True) if self.spin_max_batch else None
         return _session(path, self.threads), spinning
 
