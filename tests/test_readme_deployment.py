@@ -1,24 +1,17 @@
-"""Every number the README's "CPU serving against ONNX Runtime" part quotes comes from the
-committed results file it names, written by the command it names."""
+"""The README's "CPU serving against ONNX Runtime" part names its results file and the command that
+wrote it (the numbers themselves are checked by ``test_readme_numbers.py``)."""
 
 import json
-import re
 
-from test_readme_training import BLOCK, ROOT, numbers_in
+from test_readme_numbers import BLOCK, ROOT
 
 
-def test_serving_ratios_come_from_the_results_file():
+def test_serving_results_come_from_the_comparison_script():
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("### CPU serving against ONNX Runtime"): readme.index("## Command line")]
     blocks = BLOCK.findall(section)
     assert blocks, "the section names no results file"
-    for path, text in blocks:
-        record = json.loads((ROOT / path).read_text())
-        measured = list(numbers_in(record))
-        quoted = re.findall(r"(?<![\w.-])\d+\.\d+", text)
-        assert len(quoted) >= 8, text
-        for number in quoted:
-            places = len(number.split(".")[1])
-            assert any(round(v, places) == float(number) for v in measured), f"{number} is not in {path}"
-        assert record["command"].startswith("python bench/serving_vs_onnxruntime.py")
+    for paths, _ in blocks:
+        for path in paths.split():
+            assert json.loads((ROOT / path).read_text())["command"].startswith("python bench/serving_vs_onnxruntime.py")
     assert "python bench/serving_vs_onnxruntime.py" in section
