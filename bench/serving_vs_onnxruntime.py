@@ -34,9 +34,6 @@ from typing import Callable
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# bench_deberta's config is imported from here, but bench/ goes last on the path: its profile.py
-# must not shadow the standard library's (which torch imports).
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE] + [HERE]
 
 
 def _median_ms(fn: Callable[[], object], calls: int) -> float:

@@ -25,8 +25,9 @@ Masks (``forward_levels``, and ``forward`` as keywords) choose the rows of each 
 * ``detector_mask`` (``[batch, N]``, bool, True = present): level k's MSE also leaves out the
   examples whose detector k is absent (its KL does not).
 
-A masked mean over no row is 0 (the level then adds nothing, and no NaN); the rows left out get no
-gradient from the losses. Without masks the means are torch's: an empty batch gives NaN.
+A masked mean over no row is 0 (the level then adds nothing, and no NaN); the rows left out get a
+zero gradient from the losses while their values are finite (a left-out row holding NaN or Inf
+still sends NaN back, as ``0 * NaN``). Without masks the means are torch's: an empty batch gives NaN.
 """
 
 from __future__ import annotations

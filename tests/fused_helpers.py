@@ -13,6 +13,12 @@ from ithp_fast.kernels.detector_loss import detector_loss
 from ithp_fast.kernels.relu_dropout import relu_dropout
 from ithp_fast.kernels.reparam_kl import reparam_kl
 
+ROW_MASKS = {  # rows of a [12, width] input: none masked, all masked, ragged
+    "none-masked": [True] * 12,
+    "all-masked": [False] * 12,
+    "ragged": [True, True, False, True, False, False, True, False, True, True, False, False],
+}
+
 # The fused backends every device runs in the tests (Triton on the CPU through the interpreter).
 FUSED_BACKENDS = ("torch", "triton")
 

@@ -71,3 +71,20 @@ def token_mask(lengths, tokens: int, device="cpu") -> torch.Tensor:
 
 # Masks of every shape for [3, 5] inputs: none masked, all masked, ragged lengths.
 TOKEN_MASKS = {"none-masked": [5, 5, 5], "all-masked": [0, 0, 0], "ragged": [5, 2, 0]}
+
+
+TINY_TRAINING = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=32, inter_dim=32, b0_dim=16, b1_dim=8,
+                     progress=False, plots=False, device="cpu", threads=1)
+"""A tiny training run: keyword arguments of ``TrainConfig`` / ``ithp_fast.train`` (CPU seconds)."""
+
+
+def as_flags(settings: dict) -> list:
+    """``settings`` as ``ithp-fast train`` flags (``True`` -> ``--name``, ``False`` -> ``--no-name``)."""
+    flags = []
+    for key, value in settings.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + key.replace("_", "-"))
+        else:
+            flags += [flag, str(value)]
+    return flags

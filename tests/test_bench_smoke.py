@@ -84,7 +84,7 @@ def test_bench_command_rejects_a_missing_suite(tmp_path):
 def test_profile_command_writes_a_chrome_trace(tmp_path, workload):
     trace = tmp_path / "trace.json"
     proc = _run(
-        [sys.executable, str(BENCH / "profile.py"), "--workload", workload, "--batch", "2", "--tokens", "3",
+        [sys.executable, str(BENCH / "profile_workload.py"), "--workload", workload, "--batch", "2", "--tokens", "3",
          "--steps", "1", "--warmup", "1", "--device", "cpu", "--trace", str(trace)]
     )
     assert "per step:" in proc.stdout and "torch.profiler" in proc.stdout

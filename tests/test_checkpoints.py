@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import torch
+from helpers import TINY_TRAINING, as_flags
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -17,39 +18,8 @@ from ithp_fast.training import checkpoints as ckpt
 from ithp_fast.training.api import train
 from ithp_fast.training.config import TrainConfig
 
-TINY = dict(
-    hidden_size=32,
-    num_layers=1,
-    num_heads=2,
-    intermediate_size=32,
-    inter_dim=32,
-    b0_dim=16,
-    b1_dim=8,
-    progress=False,
-    plots=False,
-    device="cpu",
-    threads=1,
-)
-TINY_FLAGS = [
-    "--hidden-size",
-    "32",
-    "--num-layers",
-    "1",
-    "--intermediate-size",
-    "32",
-    "--inter-dim",
-    "32",
-    "--b0-dim",
-    "16",
-    "--b1-dim",
-    "8",
-    "--no-progress",
-    "--no-plots",
-    "--device",
-    "cpu",
-    "--threads",
-    "1",
-]
+TINY = TINY_TRAINING
+TINY_FLAGS = as_flags(TINY_TRAINING)
 
 
 class Crash(Exception):

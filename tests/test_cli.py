@@ -7,34 +7,12 @@ import shutil
 import subprocess
 
 import pytest
+from helpers import TINY_TRAINING, as_flags
 from test_data import D_A, D_V, array_data, dump, word_data
 
 from ithp_fast.tools.cli import main
 
-TINY = [
-    "--hidden-size",
-    "32",
-    "--num-layers",
-    "1",
-    "--intermediate-size",
-    "32",
-    "--inter-dim",
-    "32",
-    "--b0-dim",
-    "16",
-    "--b1-dim",
-    "8",
-    "--max-steps",
-    "1",
-    "--epochs",
-    "1",
-    "--no-progress",
-    "--no-plots",
-    "--device",
-    "cpu",
-    "--threads",
-    "1",
-]
+TINY = as_flags({**TINY_TRAINING, "max_steps": 1, "epochs": 1})
 
 
 def test_console_script_help():

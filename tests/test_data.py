@@ -17,8 +17,8 @@ from ithp_fast.data import (
     load_sentiment_data,
     make_synthetic,
     minmax_normalise,
-    synthetic_ceiling,
 )
+from ithp_fast.training.results import synthetic_ceiling
 
 D_V, D_A = 5, 4  # fixture widths (visual, acoustic)
 
@@ -383,7 +383,7 @@ def test_synthetic_labels_relate_to_text_and_to_each_detector():
     assert np.corrcoef(prosody, labels)[0, 1] > 0.15
     assert np.corrcoef(face, labels)[0, 1] > 0.1
     assert abs(np.corrcoef(prosody, face)[0, 1]) < 0.15  # independent sources
-    ceiling = synthetic_ceiling(SyntheticSpec(seed=0, sizes=(1, 1, 300)))
+    ceiling = synthetic_ceiling(SyntheticSpec(seed=0, sizes=(1, 1, 300)))  # the text-only oracle's scores
     assert 0.5 < ceiling["authors"]["Corr"] < 0.99  # text explains much, not all
 
 

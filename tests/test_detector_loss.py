@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from fused_helpers import (  # noqa: F401 (the fixture is used by name)
     FUSED_BACKENDS,
+    ROW_MASKS,
     FixedMaskDropout,
     assert_close_dtype,
     keep_mask,
@@ -121,12 +122,6 @@ def test_bad_inputs(device):
     with pytest.raises(ValueError, match="p: dropout probability"):
         detector_loss_forward(torch.ones(4, 3, device=device), torch.ones(4, 3, device=device), seed, 1, -0.1)
 
-
-ROW_MASKS = {  # rows of a [12, width] z: none masked, all masked, ragged
-    "none-masked": [True] * 12,
-    "all-masked": [False] * 12,
-    "ragged": [True, True, False, True, False, False, True, False, True, True, False, False],
-}
 
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)

@@ -4,6 +4,7 @@ import pytest
 import torch
 from fused_helpers import (  # noqa: F401 (the fixture is used by name)
     FUSED_BACKENDS,
+    ROW_MASKS,
     assert_close_dtype,
     normals,
     op,
@@ -160,12 +161,6 @@ def test_bad_inputs(device):
     with pytest.raises(TypeError, match="seed"):
         reparam_kl_forward(torch.ones(4, 6, device=device), None, Stream.EPS0)
 
-
-ROW_MASKS = {  # rows of a [12, width] h: none masked, all masked, ragged
-    "none-masked": [True] * 12,
-    "all-masked": [False] * 12,
-    "ragged": [True, True, False, True, False, False, True, False, True, True, False, False],
-}
 
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)

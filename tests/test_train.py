@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_TRAINING, as_flags
 from safetensors.torch import load_file
 
 from ithp_fast.data import SyntheticSpec, load_sentiment_data
@@ -19,19 +20,7 @@ from ithp_fast.training.evaluate import evaluate_checkpoint, predict
 from ithp_fast.training.load import load_checkpoint_model
 from ithp_fast.training.metrics import mean_std
 
-TINY = dict(
-    hidden_size=32,
-    num_layers=1,
-    num_heads=2,
-    intermediate_size=32,
-    inter_dim=32,
-    b0_dim=16,
-    b1_dim=8,
-    progress=False,
-    plots=False,
-    device="cpu",
-    threads=1,
-)
+TINY = TINY_TRAINING
 
 
 @pytest.fixture(scope="module")
@@ -310,24 +299,7 @@ def test_diverging_run_stops_naming_seed_epoch_and_step_and_keeps_what_was_saved
         "50",
         "--output-dir",
         str(tmp_path),
-        "--hidden-size",
-        "32",
-        "--num-layers",
-        "1",
-        "--intermediate-size",
-        "32",
-        "--inter-dim",
-        "32",
-        "--b0-dim",
-        "16",
-        "--b1-dim",
-        "8",
-        "--no-progress",
-        "--no-plots",
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
+        *as_flags(TINY_TRAINING),
     ]
     assert main(["train", *flags]) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ithp-fast")]

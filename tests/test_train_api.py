@@ -7,25 +7,13 @@ import sys
 
 import pytest
 import torch
+from helpers import TINY_TRAINING
 from test_data import array_data, dump
 
 import ithp_fast
 from ithp_fast.data import SyntheticSpec, load_sentiment_data
 
-TINY = dict(
-    hidden_size=32,
-    num_layers=1,
-    num_heads=2,
-    intermediate_size=32,
-    inter_dim=32,
-    b0_dim=16,
-    b1_dim=8,
-    progress=False,
-    plots=False,
-    device="cpu",
-    threads=1,
-    lr=1e-3,
-)
+TINY = dict(TINY_TRAINING, lr=1e-3)
 
 
 def test_train_on_a_path_arrays_or_splits_in_memory_then_evaluate(tmp_path):

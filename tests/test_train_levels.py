@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_TRAINING
 from safetensors.torch import load_file
 from test_cli import TINY as TINY_FLAGS
 from test_cli import one_error_line
@@ -22,19 +23,7 @@ from ithp_fast.training.config import TrainConfig
 from ithp_fast.training.distributed import DistContext
 from ithp_fast.training.evaluate import evaluate_checkpoint
 
-TINY = dict(
-    hidden_size=32,
-    num_layers=1,
-    num_heads=2,
-    intermediate_size=32,
-    inter_dim=32,
-    b0_dim=16,
-    b1_dim=8,
-    progress=False,
-    plots=False,
-    device="cpu",
-    threads=1,
-)
+TINY = TINY_TRAINING
 OPTIONS = ["--modality-order", "text,visual,acoustic", "--mask-padding", "--missing-rate", "0.25"]
 
 

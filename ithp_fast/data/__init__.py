@@ -12,7 +12,7 @@ from .dataset import (
     minmax_normalise,
 )
 from .formats import LABEL_RANGE, SPLITS, DataFormatError, read_pickle
-from .synthetic import SyntheticSpec, make_synthetic, synthetic_ceiling
+from .synthetic import SyntheticSpec, make_synthetic, text_only_oracle
 from .tokenize import PretrainedWordTokenizer, WordVocabulary, align_words
 
 __all__ = [
@@ -31,5 +31,5 @@ __all__ = [
     "make_synthetic",
     "minmax_normalise",
     "read_pickle",
-    "synthetic_ceiling",
+    "text_only_oracle",
 ]

@@ -216,7 +216,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m ithp_fast.tools.profile`` / ``python bench/profile.py``: the same as ``ithp-fast profile``."""
+    """``python -m ithp_fast.tools.profile`` / ``python bench/profile_workload.py``: as ``ithp-fast profile``."""
     parser = argparse.ArgumentParser(
         prog="profile", description=__doc__, epilog=NSIGHT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter
     )
