@@ -78,9 +78,9 @@ class ServingEncoder:
             Runtime (:mod:`ithp_fast.serving.ort_backend`; re-exported after a weight update);
             ``"torch"`` the chain on oneDNN with prepacked weights
             (:mod:`ithp_fast.serving.onednn`), or :func:`ithp_fast.encode.encode` for other dtypes
-            and for sampling; ``"auto"`` (default): ``"torch"``, which measured as fast as ONNX
-            Runtime's own session at batch 32 and faster than this wrapper's ONNX Runtime path at
-            batch 1 and 32 (the README's "Deployment" section gives the ratios).
+            and for sampling; ``"auto"`` (default): ``"torch"``, which measured faster than ONNX
+            Runtime's own session and than this wrapper's ONNX Runtime path at batch 32, about even
+            with the latter at batch 1 (the README's "Deployment" section gives the ratios).
 
     Threads: a wrapper may be called from several threads at once. Calls that use one bucket
     run one at a time (a lock per bucket: its buffers and graph are shared); calls on different
