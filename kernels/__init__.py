@@ -34,19 +34,9 @@ def sm_count(device: torch.device) -> int:
     return INTERPRETER_SM_COUNT
 
 
-def cdiv(a: int, b: int) -> int:
-    """``ceil(a / b)`` for non-negative ints."""
-    return -(-a // b)
-
-
 def tracked(*tensors) -> bool:
     """Whether autograd records an op on ``tensors`` now (else the ops run as plain functions)."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-def float32(t: torch.Tensor) -> torch.Tensor:
-    """``t`` in float32 (no copy when it already is)."""
-    return t if t.dtype == torch.float32 else t.float()
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
