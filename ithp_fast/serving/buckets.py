@@ -122,6 +122,13 @@ class _BucketRunner:
         return output.clone() if self.clone_output else output
 
 
+def weights_version(tensors: Sequence[torch.Tensor]) -> tuple:
+    """What changes when any of ``tensors`` is updated in place (``load_state_dict``, an optimiser
+    step: each bumps the version counter) or its storage is replaced: the CPU paths that keep a
+    derived copy of the weights (packed, exported) compare it before every call."""
+    return tuple((t._version, t.data_ptr()) for t in tensors)
+
+
 def _check_batch_sizes(batch_sizes: Sequence[int], tokens: Union[int, Sequence[int]]) -> tuple[tuple, tuple]:
     sizes = tuple(sorted(set(int(b) for b in batch_sizes)))
     toks = (tokens,) if isinstance(tokens, int) else tuple(sorted(set(int(t) for t in tokens)))

@@ -22,6 +22,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .buckets import weights_version
+
 
 def available(model: nn.Module, dtype: torch.dtype, device: torch.device) -> bool:
     """Whether this path serves ``model``: float32 on the CPU, with torch built with oneDNN."""
@@ -37,10 +39,6 @@ def encoder_linears(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor, 
         encoder = model.level_modules(k)[0]
         out += [(encoder[0].weight, encoder[0].bias, None), (encoder[3].weight, encoder[3].bias, width)]
     return out
-
-
-def _signature(tensors) -> tuple:
-    return tuple((t._version, t.data_ptr()) for t in tensors)
 
 
 class PrepackedChain:
@@ -67,7 +65,7 @@ class PrepackedChain:
 
     def packed(self) -> tuple:
         """The packed ``(weight, bias)`` of each Linear, rebuilt if a weight changed since."""
-        seen = _signature(self._tensors)
+        seen = weights_version(self._tensors)
         if seen != self._seen:
             with self._lock:
                 if seen != self._seen:

@@ -29,6 +29,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from .buckets import weights_version
+
 REQUIRED = ("onnxruntime", "onnxscript", "onnx")
 
 
@@ -59,10 +61,6 @@ once; a long call on a machine whose cores are busy loses more to workers spinni
 cores' time than it gains (``bench/serving_vs_onnxruntime.py``: ``b1`` at batch 1 and 32)."""
 
 
-def _signature(params: tuple) -> tuple:
-    return tuple((p._version, p.data_ptr()) for p in params)
-
-
 class OnnxRuntimeProgram:
     """``model`` exported to ONNX (``tokens`` tokens, dynamic batch) and run in ONNX Runtime.
 
@@ -89,7 +87,7 @@ class OnnxRuntimeProgram:
         self._follows_weights = onnx_file is None
         # Listed once: walking the modules on every call would cost 0.1 ms.
         self._params = tuple(model.parameters() if watched is None else watched)
-        self._seen = _signature(self._params)
+        self._seen = weights_version(self._params)
         self._sessions = self._export() if onnx_file is None else self._load(os.fspath(onnx_file))
         self.input_names = tuple(i.name for i in self._sessions[0].get_inputs())
         first = self._sessions[0].get_inputs()[0].shape
@@ -113,7 +111,7 @@ class OnnxRuntimeProgram:
 
     def _current_sessions(self) -> tuple:
         if self._follows_weights:
-            seen = _signature(self._params)
+            seen = weights_version(self._params)
             if seen != self._seen:
                 with self._lock:
                     if seen != self._seen:
