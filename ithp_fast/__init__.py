@@ -33,10 +33,15 @@ _PUBLIC = {
     "export": ".serving.export",
 }
 
+# sub-packages reachable as attributes (``ithp_fast.reference.ITHP``) after a bare ``import ithp_fast``
+_SUBPACKAGES = ("data", "kernels", "reference", "serving", "tools", "training")
+
 __all__ = list(_PUBLIC)
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f".{name}", __name__)  # the import binds it in this namespace
     module = _PUBLIC.get(name)
     if module is None:
         raise AttributeError(f"module 'ithp_fast' has no attribute {name!r}")
@@ -46,7 +51,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC))
+    return sorted(set(globals()) | set(_PUBLIC) | set(_SUBPACKAGES))
 
 
 if TYPE_CHECKING:  # what static tools and IDEs see

@@ -29,7 +29,7 @@ echo "bench rc=$?"; tail -5 "$OUT/bench.log"; cat "$OUT"/bench/*.md 2>/dev/null 
 step encode && { timeout "${PROBE_TIMEOUT:-60}" python3 scripts/encode_probe.py > "$OUT/encode_probe.jsonl" 2>&1
 echo "encode probe rc=$?"; }
 
-# 4. TCMax: GPU time of the fused kernels per launch configuration (tunes kernels/tcmax.py).
+# 4. TCMax: GPU time of the fused kernels per launch configuration (tunes ithp_fast/kernels/tcmax.py).
 step tcmax && { timeout "${TCMAX_PROBE_TIMEOUT:-90}" python3 scripts/tcmax_probe.py > "$OUT/tcmax_probe.jsonl" 2>&1
 echo "tcmax probe rc=$?"; }
 

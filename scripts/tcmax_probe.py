@@ -6,7 +6,7 @@ Prints one JSON line per (B, C, block_b, block_c, splits): the forward alone and
 backward (gradients of the three losses' sum w.r.t. both logits), each captured in a CUDA graph and
 timed with ``triton.testing.do_bench_cudagraph``, with the bandwidth those times mean against
 reading the logits once (forward) or reading them and writing their gradients once (both).
-``"default"`` marks the configuration ``kernels/tcmax.py`` picks on its own; the fastest line per
+``"default"`` marks the configuration ``ithp_fast/kernels/tcmax.py`` picks on its own; the fastest line per
 size is what its launch heuristic should pick.
 """
 

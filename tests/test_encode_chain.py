@@ -1,4 +1,4 @@
-"""The fused encode kernel (kernels/encode_chain.py) against the reference ``encode``.
+"""The fused encode kernel (ithp_fast/kernels/encode_chain.py) against the reference ``encode``.
 
 On the CPU it runs in Triton's interpreter (conftest sets TRITON_INTERPRET=1), small shapes;
 with CUDA the same tests run on the GPU, plus the paper sizes.

@@ -136,7 +136,7 @@ def philox4x32_10(counter, key):
 
 
 def oracle_word(seed: int, stream: int, element: int) -> int:
-    """The 32-bit word of element ``element``, from the mapping documented in ``kernels/rng.py``."""
+    """The 32-bit word of element ``element``, from the mapping documented in ``ithp_fast/kernels/rng.py``."""
     group, within = divmod(element, GROUP)
     lane, column = divmod(within, GROUP // 4)
     counter = group * (GROUP // 4) + column

@@ -1,4 +1,4 @@
-"""The shared Triton helpers (kernels/triton_helpers.py) that are not noise (see test_rng.py)."""
+"""The shared Triton helpers (ithp_fast/kernels/triton_helpers.py) that are not noise (see test_rng.py)."""
 
 import pytest
 import torch
