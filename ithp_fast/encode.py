@@ -117,20 +117,19 @@ def chain(model: torch.nn.Module, x2d: torch.Tensor, noise: Optional[Sequence[to
     return b
 
 
-def fused(model: torch.nn.Module, x2d: torch.Tensor, eps0: Optional[torch.Tensor] = None,
-          eps1: Optional[torch.Tensor] = None, *, sample: bool = False,
-          precision: Optional[str] = None) -> torch.Tensor:
-    """The one-launch Triton path on ``[rows, X0]`` (inference only). Sampling without injected
-    noise draws it with ``torch.randn`` (one launch, fresh on every CUDA-graph replay)."""
+def fused(model: torch.nn.Module, x2d: torch.Tensor, noise: Optional[Sequence[torch.Tensor]] = None, *,
+          sample: bool = False, precision: Optional[str] = None) -> torch.Tensor:
+    """The one-launch Triton path on ``[rows, X0]`` (inference only; two-level models); ``noise`` as
+    for :func:`chain`. Sampling without injected noise draws it with ``torch.randn`` (one launch,
+    fresh on every CUDA-graph replay)."""
     cfg = model.config
-    if sample and eps0 is None:
-        noise = torch.randn(x2d.shape[0], cfg.B0_dim + cfg.B1_dim, dtype=x2d.dtype, device=x2d.device)
-        eps0, eps1 = noise[:, : cfg.B0_dim], noise[:, cfg.B0_dim :]
-    args = (x2d, *layers(model))
-    prec = float32_precision(precision)
-    if not sample:
-        eps0 = eps1 = None
-    return encode_chain(*args, eps0=eps0, eps1=eps1, precision=prec)
+    eps0 = eps1 = None
+    if sample and noise is None:
+        drawn = torch.randn(x2d.shape[0], cfg.B0_dim + cfg.B1_dim, dtype=x2d.dtype, device=x2d.device)
+        eps0, eps1 = drawn[:, : cfg.B0_dim], drawn[:, cfg.B0_dim :]
+    elif sample:
+        eps0, eps1 = (e.to(x2d.dtype).contiguous() for e in noise)
+    return encode_chain(x2d, *layers(model), eps0=eps0, eps1=eps1, precision=float32_precision(precision))
 
 
 def encode(model: torch.nn.Module, x: torch.Tensor, *, sample: bool = False, noise: Noise = None,
@@ -157,9 +156,7 @@ def encode(model: torch.nn.Module, x: torch.Tensor, *, sample: bool = False, noi
     x2d = x.reshape(rows, cfg.X0_dim)
     eps = None if noise is None else [n.reshape(rows, w) for n, w in zip(noise, cfg.bottleneck_dims)]
     if path == "fused":
-        if eps is not None:
-            eps = [e.to(x.dtype).contiguous() for e in eps]
-        b = fused(model, x2d, *(eps or (None, None)), sample=sample, precision=precision)
+        b = fused(model, x2d, eps, sample=sample, precision=precision)
     else:
         b = chain(model, x2d, eps, sample=sample)
     return b.reshape(*lead, cfg.bottleneck_dims[-1])
