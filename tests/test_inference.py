@@ -9,8 +9,9 @@ from transformers import DebertaV2Config
 import ithp_fast
 from ithp_fast import ITHPConfig, ITHPDeberta
 from ithp_fast.encode import encode
-from ithp_fast.serving.deberta import ServingDeberta, _backbone_states, _prebuilt_relative_positions, deberta_logits
+from ithp_fast.serving.deberta import ServingDeberta, deberta_logits
 from ithp_fast.serving.encoder import ServingEncoder
+from ithp_fast.serving.logits import backbone_states, prebuilt_relative_positions
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -207,11 +208,11 @@ def test_fast_logits_equal_the_forward_logits(ithp_cls, eval_sampling, dtype):
 def test_prebuilt_relative_positions_give_the_backbone_output():
     backbone = tiny_deberta().dberta.model
     ids, mask = requests(2, 11, pad_from=7)
-    relative_pos = _prebuilt_relative_positions(backbone, 11, torch.device("cpu"))
+    relative_pos = prebuilt_relative_positions(backbone, 11, torch.device("cpu"))
     assert relative_pos is not None
     with torch.no_grad():
         want = backbone(ids, attention_mask=mask).last_hidden_state
-        torch.testing.assert_close(_backbone_states(backbone, ids, mask, relative_pos), want, rtol=0, atol=0)
+        torch.testing.assert_close(backbone_states(backbone, ids, mask, relative_pos), want, rtol=0, atol=0)
 
 
 def test_served_deberta_pads_tokens_and_batch_exactly():

@@ -18,14 +18,14 @@ from ..checks import Noise, check_token_inputs
 from ..encode import encode, float32_precision
 from .buckets import (
     DEFAULT_TOKENS,
-    _Bucket,
-    _BucketRunner,
-    _check_batch_sizes,
-    _model_device_dtype,
-    _pads,
-    _require_eval,
+    Bucket,
+    BucketRunner,
+    bucketed,
+    check_batch_sizes,
+    model_device_dtype,
+    require_eval,
 )
-from .logits import _backbone_states, _prebuilt_relative_positions, first_token_logits  # noqa: F401 (re-exported)
+from .logits import first_token_logits, prebuilt_relative_positions
 from .ort_backend import available as ort_available
 
 
@@ -110,19 +110,19 @@ class ServingDeberta:
         backend: str = "auto",
         onnx_file: Optional[str] = None,
     ) -> None:
-        _require_eval(model, "ServingDeberta")
-        self.batch_sizes, self.tokens = _check_batch_sizes(batch_sizes, tokens)
+        require_eval(model, "ServingDeberta")
+        self.batch_sizes, self.tokens = check_batch_sizes(batch_sizes, tokens)
         self.model = model
         self.precision = float32_precision(precision)
-        self.device, self.dtype = _model_device_dtype(model)
-        self._runner = _BucketRunner(self.device, compile_mode, cuda_graphs, clone_output)
-        self._buckets: dict[tuple[int, int], _Bucket] = {}
+        self.device, self.dtype = model_device_dtype(model)
+        self._runner = BucketRunner(self.device, compile_mode, cuda_graphs, clone_output)
+        self._buckets: dict[tuple[int, int], Bucket] = {}
         self._onnx = self._onnx_programs(backend, onnx_file, compile_mode, cuda_graphs, pad_to_buckets)
-        if self._onnx or not _pads(pad_to_buckets, self.device, compile_mode):
+        if self._onnx or not bucketed(pad_to_buckets, self.device, compile_mode):
             self.batch_sizes = ()
         with torch.no_grad():
             for t in self.tokens:
-                relative_pos = _prebuilt_relative_positions(model.dberta.model, t, self.device)
+                relative_pos = prebuilt_relative_positions(model.dberta.model, t, self.device)
                 fn = functools.partial(_bucket_logits, model, self.precision, relative_pos)
                 for b in self.batch_sizes:
                     ids = torch.zeros(b, t, dtype=torch.long, device=self.device)

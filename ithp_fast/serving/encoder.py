@@ -29,12 +29,12 @@ from ..reference.ithp import ITHP as ReferenceITHP
 from .buckets import (
     DEFAULT_BATCH_SIZES,
     DEFAULT_TOKENS,
-    _Bucket,
-    _BucketRunner,
-    _check_batch_sizes,
-    _model_device_dtype,
-    _pads,
-    _require_eval,
+    Bucket,
+    BucketRunner,
+    bucketed,
+    check_batch_sizes,
+    model_device_dtype,
+    require_eval,
 )
 from .onednn import PrepackedChain, encoder_linears
 from .onednn import available as onednn_available
@@ -101,16 +101,16 @@ class ServingEncoder:
         pad_to_buckets: Optional[bool] = None,
         backend: str = "auto",
     ) -> None:
-        _require_eval(model, "ServingEncoder")
-        sizes, toks = _check_batch_sizes(batch_sizes, tokens)
+        require_eval(model, "ServingEncoder")
+        sizes, toks = check_batch_sizes(batch_sizes, tokens)
         self.model = model
         self.sample = bool(sample)
         self.precision = float32_precision(precision)
-        self.device, self.dtype = _model_device_dtype(model)
+        self.device, self.dtype = model_device_dtype(model)
         self._first_param = next(model.parameters())
-        self._runner = _BucketRunner(self.device, compile_mode, cuda_graphs, clone_output)
+        self._runner = BucketRunner(self.device, compile_mode, cuda_graphs, clone_output)
         self.bucket_rows = tuple(sorted({b * t for b in sizes for t in toks}))
-        self._buckets: dict[int, _Bucket] = {}
+        self._buckets: dict[int, Bucket] = {}
         self._unpadded, self.path = self._unpadded_path(backend, pad_to_buckets, compile_mode)
         if self.path != "buckets":
             self.bucket_rows = ()
@@ -126,7 +126,7 @@ class ServingEncoder:
         """``(b1 of [rows, X0_dim], path name)``; path ``"buckets"`` or ``"encode"`` take no callable."""
         if backend not in BACKENDS:
             raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
-        padded = _pads(pad_to_buckets, self.device, compile_mode)
+        padded = bucketed(pad_to_buckets, self.device, compile_mode)
         plain_cpu = not padded and self.device.type == "cpu" and self.dtype == torch.float32 and not self.sample
         if backend == "onnxruntime" and not plain_cpu:
             raise ValueError("backend: 'onnxruntime' serves the float32 posterior mean on the CPU, without "
