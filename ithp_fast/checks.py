@@ -1,8 +1,19 @@
-"""Validation of forward / encode inputs, shared by every implementation.
+"""Validation of forward / encode inputs, shared by every backend, and the words for the choice of one.
 
 Each check runs before any work so that a bad input gets a message naming the argument, the
 expected width / shape / dtype and what was received, never a silent broadcast or a crash deep
 inside a kernel.
+
+One vocabulary names what computes a result, everywhere (arguments, flags, settings, the
+environment), and :func:`check_choice` validates every such choice:
+
+``backend``   what computes ITHP and TCMax: :data:`BACKENDS` -- ``"triton"`` (fused Triton
+              kernels), ``"torch"`` (fused PyTorch autograd Functions) or ``"reference"`` (the
+              plain-PyTorch spec, :mod:`ithp_fast.reference`) -- or ``"auto"`` (per device).
+              A fused op (:mod:`ithp_fast.kernels`) takes one of :data:`FUSED_BACKENDS`.
+``runtime``   what runs a serving wrapper's CPU program: :data:`RUNTIMES` -- ``"torch"`` or
+              ``"onnxruntime"`` -- or ``"auto"``.
+``reference`` always the plain-PyTorch spec: the ``reference`` backend runs its code.
 """
 
 from __future__ import annotations
@@ -15,6 +26,23 @@ import torch
 from .config import ITHPConfig
 
 Noise = Optional[Sequence[torch.Tensor]]
+
+AUTO = "auto"
+"""Choose per device (or, for a serving runtime, per model)."""
+BACKENDS = ("triton", "torch", "reference")
+"""What computes ITHP and TCMax (see the module docstring)."""
+FUSED_BACKENDS = ("triton", "torch")
+"""The backends of a fused op."""
+RUNTIMES = ("torch", "onnxruntime")
+"""What runs a serving wrapper's CPU program."""
+
+
+def check_choice(value: object, choices: Sequence[str], source: str) -> str:
+    """``value`` when it is one of ``choices``; else one error naming ``source`` (the argument, flag,
+    setting or environment variable it came from), the choices and the value."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{source}: expected one of {tuple(choices)}, got {value!r}")
+    return value
 
 
 def _check_tensor(name: str, t: object) -> torch.Tensor:

@@ -12,6 +12,8 @@ import os
 
 import torch
 
+from ..checks import FUSED_BACKENDS, check_choice
+
 
 def triton_interpreter_on() -> bool:
     """Whether Triton runs its kernels in its CPU interpreter (``TRITON_INTERPRET=1``, for tests)."""
@@ -91,11 +93,6 @@ def mean_weights(rows: torch.Tensor, dtype: torch.dtype = torch.float32) -> torc
     return rows.to(dtype) / rows.sum().clamp_min(1).to(dtype)
 
 
-BACKENDS = ("triton", "torch")
-"""The backends a fused op computes with."""
-
-
 def check_backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
-    return backend
+    """The backend of a fused op: one of :data:`ithp_fast.checks.FUSED_BACKENDS`."""
+    return check_choice(backend, FUSED_BACKENDS, "backend")

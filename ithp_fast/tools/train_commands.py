@@ -12,7 +12,7 @@ import dataclasses
 import sys
 
 from ..data import DataFormatError
-from ..training.config import IMPLS, TrainConfig
+from ..training.config import BACKEND_CHOICES, OLD_IMPL, TrainConfig
 
 TRAIN_DESCRIPTION = """\
 Train ITHP-DeBERTa for sentiment regression.
@@ -39,6 +39,8 @@ FIELD_DEFAULTS = {
     f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
     for f in dataclasses.fields(TrainConfig)
 }
+
+OLD_IMPL_HELP = "the old name of --backend: fast is auto, reference is reference"
 
 # Errors that come from what the user gave (paths, files, options): one line, no traceback.
 USER_ERRORS = (DataFormatError, FileNotFoundError, ValueError, KeyError)
@@ -95,7 +97,7 @@ def report_error(command: str, exc: BaseException) -> None:
 def train_command(args: argparse.Namespace) -> int:
     from ..training import api, loop
 
-    given = {k: v for k, v in vars(args).items() if k in FIELD_DEFAULTS}
+    given = {k: v for k, v in vars(args).items() if k in FIELD_DEFAULTS or k == "impl"}  # impl: old --backend
     try:
         api.train(args.config, **given)
     except USER_ERRORS as exc:
@@ -117,6 +119,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
             split=args.split,
             protocol=args.protocol,
             batch_size=args.batch_size,
+            backend=args.backend,
             impl=args.impl,
             device=args.device,
             output_dir=args.output_dir,
@@ -144,6 +147,7 @@ def register(sub) -> None:
         metavar="FILE",
         help="JSON or YAML file of settings (keys: flag names); flags given here override it",
     )
+    p.add_argument("--impl", choices=tuple(OLD_IMPL), default=argparse.SUPPRESS, help=OLD_IMPL_HELP)
     p.set_defaults(func=train_command)
 
     e = sub.add_parser(
@@ -171,7 +175,14 @@ def register(sub) -> None:
         help="convention of the printed headline (both are written)",
     )
     e.add_argument("--batch-size", type=int, default=None, help="evaluation batch. Default: the training run's")
-    e.add_argument("--impl", default=None, choices=IMPLS, help="ITHP implementation. Default: the training run's")
+    e.add_argument(
+        "--backend",
+        default=None,
+        choices=BACKEND_CHOICES,
+        help="what computes ITHP: auto, triton, torch or reference (the plain-PyTorch spec). Default: the training "
+        "run's",
+    )
+    e.add_argument("--impl", default=None, choices=tuple(OLD_IMPL), help=OLD_IMPL_HELP)
     e.add_argument(
         "--eval-sampling",
         default=None,

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
 
 from ..data import SentimentData, SentimentSplit
-from .config import TrainConfig
+from .config import TrainConfig, backend_argument, renamed_settings
 from .evaluate import evaluate_checkpoint
 from .loop import EpochEnd, run_training
 
@@ -50,9 +50,10 @@ def read_config_file(path: Union[str, os.PathLike]) -> dict:
 
 
 def normalise_keys(values: Mapping, where: str) -> dict:
-    """Keys as TrainConfig's field names; a clear error listing unknown ones."""
+    """Keys as TrainConfig's field names (an old name, such as ``impl``, as today's); a clear error
+    listing unknown ones."""
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    out = {str(k).lstrip("-").replace("-", "_"): v for k, v in values.items()}
+    out = renamed_settings({str(k).lstrip("-").replace("-", "_"): v for k, v in values.items()}, where)
     unknown = sorted(k for k in out if k not in known)
     if unknown:
         raise ValueError(f"{where}: unknown settings {', '.join(unknown)} (see ithp-fast train --help)")
@@ -129,11 +130,12 @@ def evaluate(
     split: str = "test",
     protocol: str = "authors",
     batch_size: Optional[int] = None,
-    impl: Optional[str] = None,
+    backend: Optional[str] = None,
     device: str = "auto",
     output_dir: Optional[str] = None,
     eval_sampling: Optional[str] = None,
     drop_detectors: Sequence[str] = (),
+    impl: Optional[str] = None,
 ) -> dict:
     """Score a checkpoint directory on one split; returns the report (also written to ``output_dir``).
 
@@ -142,6 +144,7 @@ def evaluate(
     ``eval_sampling`` to the training run's (``"mean"`` gives the same predictions every time).
     ``drop_detectors`` (e.g. ``["acoustic"]``) removes those detectors from every example: the report's
     ``ib_terms`` show their levels' reconstruction terms at 0; the predictions do not use detectors.
+    ``backend`` (what computes ITHP) defaults to the training run's; ``impl`` is its old name.
     """
     return evaluate_checkpoint(
         os.fspath(checkpoint),
@@ -149,7 +152,7 @@ def evaluate(
         split=split,
         protocol=protocol,
         batch_size=batch_size,
-        impl=impl,
+        backend=backend_argument(backend, impl),
         device=device,
         output_dir=output_dir,
         eval_sampling=eval_sampling,

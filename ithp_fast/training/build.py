@@ -3,16 +3,18 @@ and the tokenizer entry a checkpoint records."""
 
 from __future__ import annotations
 
-from typing import Optional
+import functools
+from typing import Callable, Optional
 
 from torch import nn
 
+from ..checks import AUTO, check_choice
 from ..config import ITHPConfig
 from ..data import DataFormatError, PretrainedWordTokenizer, SentimentData, WordVocabulary
 from ..data.tokenize import VOCAB_FILE
 from ..reference.deberta import RELEASED_ORDER, ITHPDeberta, load_backbone
 from .checkpoints import verify_tokenizer_files
-from .config import IMPLS, TrainConfig
+from .config import BACKEND_CHOICES, TrainConfig
 
 
 def small_backbone_config(vocab_size: int, cfg: TrainConfig):
@@ -39,15 +41,17 @@ def small_backbone_config(vocab_size: int, cfg: TrainConfig):
     )
 
 
-def ithp_class(impl: str) -> type:
-    """The ITHP implementation named by ``--impl``."""
-    if impl == "fast":
-        from ..model import ITHP
-    elif impl == "reference":
-        from ..reference.ithp import ITHP
-    else:
-        raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
-    return ITHP
+def ithp_class(backend: str) -> Callable:
+    """What builds ITHP for ``--backend``: the reference class for ``"reference"``, else the fast
+    class (with that backend unless ``"auto"``)."""
+    check_choice(backend, BACKEND_CHOICES, "backend")
+    if backend == "reference":
+        from ..reference.ithp import ITHP as ReferenceITHP
+
+        return ReferenceITHP
+    from ..model import ITHP
+
+    return ITHP if backend == AUTO else functools.partial(ITHP, backend=backend)
 
 
 def model_modalities(model_config: dict) -> tuple[str, ...]:
@@ -55,7 +59,7 @@ def model_modalities(model_config: dict) -> tuple[str, ...]:
     return tuple(model_config.get("modality_order", RELEASED_ORDER))
 
 
-def build_model(model_config: dict, impl: str, backbone: Optional[nn.Module] = None) -> ITHPDeberta:
+def build_model(model_config: dict, backend: str, backbone: Optional[nn.Module] = None) -> ITHPDeberta:
     """ITHP-DeBERTa from a checkpoint's ``model`` config (random backbone weights unless ``backbone`` is given)."""
     from transformers import DebertaV2Config
 
@@ -67,7 +71,7 @@ def build_model(model_config: dict, impl: str, backbone: Optional[nn.Module] = N
         beta_shift=model_config["beta_shift"],
         dropout_prob=model_config["dropout_prob"],
         pass_attention_mask=model_config["pass_attention_mask"],
-        ithp_cls=ithp_class(impl),
+        ithp_cls=ithp_class(backend),
         eval_sampling=model_config["eval_sampling"],
         modality_order=model_modalities(model_config),
         mask_ithp_padding=model_config.get("mask_ithp_padding", False),
@@ -94,7 +98,7 @@ def new_model(cfg: TrainConfig, data: SentimentData) -> tuple[ITHPDeberta, dict]
         "modality_order": list(cfg.detector_names),
         "mask_ithp_padding": cfg.mask_padding,
     }
-    return build_model(model_config, cfg.impl, backbone), model_config
+    return build_model(model_config, cfg.backend, backbone), model_config
 
 
 def ithp_config(cfg: TrainConfig, hidden_size: int, data: SentimentData) -> ITHPConfig:

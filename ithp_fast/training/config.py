@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, get_args, get_origin, get_type_hints
 
+from ..checks import AUTO, BACKENDS, check_choice
 from ..data import DETECTOR_NAMES
 
-IMPLS = ("fast", "reference")
+BACKEND_CHOICES = (AUTO, *BACKENDS)
+OLD_IMPL = {"fast": AUTO, "reference": "reference"}
+"""``impl``, the old name of the ``backend`` setting (``--impl``, config files and checkpoints
+written before): each of its values as a backend."""
 PRIME = "text"
 RELEASED_MODALITY_ORDER = (PRIME, "acoustic", "visual")
 
@@ -118,7 +123,11 @@ class TrainConfig:
         "seed, the same every epoch): a dropped detector's features are not used, and its level's "
         "reconstruction term leaves that example out",
     )
-    impl: Literal["fast", "reference"] = setting("fast", "ITHP implementation")
+    backend: Literal["auto", "triton", "torch", "reference"] = setting(
+        "auto",
+        "what computes ITHP: auto (triton on CUDA, torch elsewhere), triton (fused Triton kernels), torch "
+        "(fused PyTorch), or reference (the plain-PyTorch spec). --impl fast|reference is its old name",
+    )
     eval_sampling: Literal["sample", "mean"] = setting(
         "sample", "latent in eval mode: sample b = mu + eps * sigma (the released behaviour) or mean b = mu"
     )
@@ -228,6 +237,7 @@ class TrainConfig:
     def validate(self, world_size: int = 1) -> None:
         """One clear error naming the flag for any setting out of range."""
         check_types(self)
+        check_backend_runs(self.backend, self.device)
         for name in (
             "max_seq_length",
             "hidden_size",
@@ -279,6 +289,45 @@ class TrainConfig:
                 f"--backbone: {self.backbone!r} is not a local directory. Nothing is downloaded: save the model "
                 f"(config, weights and tokenizer) to a directory first and pass that directory"
             )
+
+
+def renamed_settings(values: Mapping, where: str) -> dict:
+    """``values`` with a setting written under its old name moved to today's: ``impl`` (fast |
+    reference) is ``backend`` (auto | reference). One error naming ``where`` for an unknown old
+    value, or an old and a new value that disagree."""
+    out = dict(values)
+    if "impl" not in out:
+        return out
+    impl = out.pop("impl")
+    if impl not in OLD_IMPL:
+        raise ValueError(f"{where}: impl (the old name of backend): expected fast or reference, got {impl!r}")
+    if out.get("backend", OLD_IMPL[impl]) != OLD_IMPL[impl]:
+        raise ValueError(f"{where}: impl={impl!r} (the old name of backend) and backend={out['backend']!r} disagree")
+    out["backend"] = OLD_IMPL[impl]
+    return out
+
+
+def check_backend_runs(backend: str, device: str) -> None:
+    """One line naming --backend when the backend cannot run on the run's device (triton without CUDA)."""
+    if backend != "triton":
+        return
+    import torch
+
+    from ..backends import resolve_backend
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolve_backend(backend, device)
+    except RuntimeError as err:
+        raise ValueError(f"--backend: {err}") from None
+
+
+def backend_argument(backend: Optional[str], impl: Optional[str] = None) -> Optional[str]:
+    """A ``backend=`` argument, or ``impl=`` (its old name) as one; None when neither is given."""
+    given = {k: v for k, v in (("backend", backend), ("impl", impl)) if v is not None}
+    backend = renamed_settings(given, "backend").get("backend")
+    return None if backend is None else check_choice(backend, BACKEND_CHOICES, "backend")
 
 
 def split_names(value: Any) -> Any:

@@ -24,7 +24,7 @@ from ..data import (
 from . import checkpoints as ckpt
 from .batches import EVAL_TAG, derive_seed, detector_mask_without, run_batch
 from .build import load_tokenizer, model_modalities
-from .config import TrainConfig, train_terms
+from .config import TrainConfig, renamed_settings, train_terms
 from .distributed import DistContext, gather_objects, init_distributed, shutdown
 from .load import load_checkpoint_model
 from .metrics import CONVENTIONS, all_conventions, format_metrics
@@ -127,7 +127,7 @@ def evaluate_checkpoint(
     split: str = "test",
     protocol: str = "authors",
     batch_size: Optional[int] = None,
-    impl: Optional[str] = None,
+    backend: Optional[str] = None,
     device: str = "auto",
     output_dir: Optional[str] = None,
     eval_sampling: Optional[str] = None,
@@ -151,7 +151,8 @@ def evaluate_checkpoint(
     check_output_dir(output_dir, directory)
     ctx = init_distributed(device)
     try:
-        model, config = load_checkpoint_model(directory, impl=impl, device=ctx.device, eval_sampling=eval_sampling)
+        model, config = load_checkpoint_model(directory, backend=backend, device=ctx.device,
+                                              eval_sampling=eval_sampling)
         drop = check_drop_detectors(drop_detectors, model_modalities(config["model"]))
         cfg = run_config(config, batch_size)
         data = checkpoint_data(directory, config, data)
@@ -211,7 +212,7 @@ def write_report(output_dir: str, report: dict, split: SentimentSplit, result: d
 
 def run_config(config: dict, batch_size: Optional[int]) -> TrainConfig:
     """The training run's settings from a checkpoint's config, with the evaluation's batch and sampling."""
-    run = config["run"]
+    run = renamed_settings(config["run"], "config.json")
     cfg = TrainConfig(**{f.name: run[f.name] for f in dataclasses.fields(TrainConfig) if f.name in run})
     cfg.eval_sampling = config["model"]["eval_sampling"]
     if batch_size is not None:

@@ -11,30 +11,30 @@ from ..reference.deberta import ITHPDeberta
 from ..reference.ithp import EVAL_SAMPLING
 from . import checkpoints as ckpt
 from .build import build_model
-from .config import IMPLS
+from .config import backend_argument, renamed_settings
 
 
 def load_checkpoint_model(
     directory: Union[str, os.PathLike],
     *,
-    impl: Optional[str] = None,
+    backend: Optional[str] = None,
     device: Union[str, torch.device] = "cpu",
     eval_sampling: Optional[str] = None,
 ) -> tuple[ITHPDeberta, dict]:
     """The model of a checkpoint directory and its ``config.json``, in eval mode on ``device``.
 
-    ``impl`` and ``eval_sampling`` default to the training run's.
+    ``backend`` and ``eval_sampling`` default to the training run's (a checkpoint written before
+    ``backend`` names it ``impl``).
     """
     directory = os.fspath(directory)
-    if impl is not None and impl not in IMPLS:
-        raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
+    backend = backend_argument(backend)
     if eval_sampling is not None and eval_sampling not in EVAL_SAMPLING:
         raise ValueError(f"eval_sampling: expected one of {EVAL_SAMPLING}, got {eval_sampling!r}")
     config = ckpt.load_config(directory)
     model_config = dict(config["model"])
     if eval_sampling is not None:
         model_config["eval_sampling"] = eval_sampling
-    model = build_model(model_config, impl or config.get("impl", "fast"))
+    model = build_model(model_config, backend or renamed_settings(config, directory).get("backend", "auto"))
     ckpt.load_weights(model, directory)
     return model.to(device).eval(), {**config, "model": model_config}
 
@@ -44,6 +44,7 @@ def load_checkpoint(
     *,
     device: Union[str, torch.device] = "cpu",
     eval_sampling: str = "mean",
+    backend: Optional[str] = None,
     impl: Optional[str] = None,
 ) -> ITHPDeberta:
     """The ``ITHPDeberta`` saved in a checkpoint directory, in eval mode on ``device``, ready for inference.
@@ -54,10 +55,13 @@ def load_checkpoint(
         eval_sampling: ``"mean"`` (default): the latent is the posterior mean, so the same input
             always gives the same logits. ``"sample"``: the latent is drawn as in training, which
             is how the released evaluation scored its models (reproducing it needs this).
-        impl: ITHP implementation, ``"fast"`` or ``"reference"`` (default: the training run's).
+        backend: what computes ITHP, ``"auto"``, ``"triton"``, ``"torch"`` or ``"reference"``
+            (default: the training run's). ``impl`` (``"fast"`` = ``"auto"``, ``"reference"``) is
+            its old name.
 
     Every file is checked against the SHA-256 recorded when it was saved; a damaged file, or
     weights whose shapes do not fit the saved config, stop with one line naming the problem.
     """
-    model, _ = load_checkpoint_model(path, impl=impl, device=device, eval_sampling=eval_sampling)
+    model, _ = load_checkpoint_model(path, backend=backend_argument(backend, impl), device=device,
+                                     eval_sampling=eval_sampling)
     return model

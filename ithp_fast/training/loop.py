@@ -26,7 +26,7 @@ from ..data import PretrainedWordTokenizer, SentimentData, SyntheticSpec, load_s
 from . import checkpoints as ckpt
 from .batches import TRAIN_TAG, derive_seed, present_detectors, run_batch
 from .build import new_model, optimizer_groups, tokenizer_entry
-from .config import RESUME_FREE, TrainConfig, train_terms
+from .config import RESUME_FREE, TrainConfig, renamed_settings, train_terms
 from .distributed import (
     DistContext,
     all_true,
@@ -166,7 +166,7 @@ def check_resume(saved: dict, cfg: TrainConfig, path: str) -> None:
     """A clear error when ``--resume`` is asked with settings that change what is computed. A setting the saved
     run does not list (written before the setting existed) counts as its default."""
     now = cfg.to_dict()
-    saved = {**TrainConfig().to_dict(), **saved}
+    saved = {**TrainConfig().to_dict(), **renamed_settings(saved, path)}
     diff = [
         k
         for k in now
@@ -250,7 +250,7 @@ def start_seed(cfg: TrainConfig, seed: int, data: SentimentData, ctx: DistContex
         "model": model_config,
         "run": {**cfg.to_dict(), "seed": seed},
         "data": data.describe(),
-        "impl": cfg.impl,
+        "backend": cfg.backend,
         "world_size": ctx.world_size,
         "tokenizer": tokenizer_entry(data),
     }
@@ -579,7 +579,7 @@ def add_results_row(cfg: TrainConfig, data: SentimentData, summary: dict) -> Non
         summary,
         name=os.path.basename(output_dir),
         dataset=data.source,
-        model=f"ITHP-DeBERTa ({cfg.impl}; {backbone})",
+        model=f"ITHP-DeBERTa (backend {cfg.backend}; {backbone})",
         output_dir=output_dir,
     ):
         print(f"results.csv: a row for {os.path.basename(output_dir)} added to {path}")
