@@ -32,7 +32,7 @@ def ithp(device="cpu", backend=None, cfg=None, dtype=torch.float32):
 @pytest.mark.parametrize("lead", [(), (1,), (2, 3), (3, 2, 2), (0, 4)])
 def test_cpu_torch_backend_runs_the_prepacked_onednn_chain(lead):
     model = ithp()
-    server = ServingEncoder(model, backend="torch")
+    server = ServingEncoder(model, runtime="torch")
     assert server.bucket_rows == () and server.path == "onednn"
     x = torch.randn(*lead, model.config.X0_dim)
     with torch.no_grad():
@@ -53,7 +53,7 @@ def test_cpu_default_without_the_prepacked_chain_calls_encode():
 
 def test_prepacked_chain_sees_weight_updates_and_keeps_non_finite_values():
     model = ithp()
-    server = ServingEncoder(model, backend="torch")
+    server = ServingEncoder(model, runtime="torch")
     assert server.path == "onednn"
     x = torch.randn(5, model.config.X0_dim)
     server(x)  # packs
@@ -150,11 +150,21 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="eval mode"):
         ServingEncoder(model.train())
     with pytest.raises(ValueError, match="x: expected last dimension"):
-        ServingEncoder(model.eval(), backend="torch")(torch.randn(2, 3))
-    with pytest.raises(ValueError, match="backend: expected one of"):
-        ServingEncoder(model, backend="ort")
-    with pytest.raises(ValueError, match="backend: 'onnxruntime' serves the float32 posterior mean on the CPU"):
-        ServingEncoder(model, backend="onnxruntime", sample=True)
+        ServingEncoder(model.eval(), runtime="torch")(torch.randn(2, 3))
+    with pytest.raises(ValueError, match=r"^runtime: expected one of \('auto', 'torch', 'onnxruntime'\), got 'ort'$"):
+        ServingEncoder(model, runtime="ort")
+    with pytest.raises(ValueError, match=r"^backend: expected one of \('auto', 'torch', 'onnxruntime'\), got 'ort'$"):
+        ServingEncoder(model, backend="ort")  # the old name of runtime=
+    with pytest.raises(ValueError, match="runtime: backend= is its old name; give one of the two"):
+        ServingEncoder(model, runtime="torch", backend="onnxruntime")
+    with pytest.raises(ValueError, match="runtime: 'onnxruntime' serves the float32 posterior mean on the CPU"):
+        ServingEncoder(model, runtime="onnxruntime", sample=True)
+
+
+def test_the_old_name_of_runtime_still_works():
+    model = ithp()
+    for server in (ServingEncoder(model, backend="torch"), ServingEncoder(model, runtime="torch", backend="torch")):
+        assert server.path == "onednn" and server.runtime == "torch"
 
 
 # --- ITHP-DeBERTa ----------------------------------------------------------------------------
@@ -323,7 +333,7 @@ def answers_from_threads(serve, requests_, threads=4, rounds=5):
         return list(pool.map(lambda r: serve(*r), work)), work
 
 
-@pytest.mark.parametrize("how", [dict(pad_to_buckets=True), dict(backend="torch")])  # buckets; the oneDNN chain
+@pytest.mark.parametrize("how", [dict(pad_to_buckets=True), dict(runtime="torch")])  # buckets; the oneDNN chain
 def test_served_encoder_answers_each_thread_its_own_request(how):
     model = ithp()
     server = ServingEncoder(model, batch_sizes=(1, 4), tokens=3, **how)
@@ -354,5 +364,5 @@ def test_cpu_paths_serve_any_level_count(levels):
     x = torch.randn(2, 5, model.config.X0_dim)
     with torch.no_grad():
         want = encode(model, x)
-        for server in (ServingEncoder(model, backend="torch"), ServingEncoder(model, pad_to_buckets=True, tokens=5)):
+        for server in (ServingEncoder(model, runtime="torch"), ServingEncoder(model, pad_to_buckets=True, tokens=5)):
             torch.testing.assert_close(server(x), want, **TOLERANCES[torch.float32])

@@ -8,7 +8,7 @@ compiles or captures after the warm-up.
 
 Shared by ``ServingEncoder`` and ``ServingDeberta`` (and the serving measurements): the
 :class:`Bucket` and its :class:`BucketRunner`, the argument checks :func:`check_batch_sizes`,
-:func:`require_eval`, :func:`model_device_dtype`, the routing rule :func:`bucketed`,
+:func:`require_eval`, :func:`model_device_dtype`, :func:`runtime_choice`, the routing rule :func:`bucketed`,
 :func:`weights_version` and :func:`median_seconds`.
 """
 
@@ -23,6 +23,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from ..checks import AUTO, RUNTIMES, check_choice
 from .graphs import capture_graph
 
 DEFAULT_BATCH_SIZES = (1, 8, 32, 128)
@@ -128,9 +129,11 @@ class BucketRunner:
 
 
 def weights_version(tensors: Sequence[torch.Tensor]) -> tuple:
-    """What changes when any of ``tensors`` is updated in place (``load_state_dict``, an optimiser
-    step: each bumps the version counter) or its storage is replaced: the CPU paths that keep a
-    derived copy of the weights (packed, exported) compare it before every call."""
+    """What changes when any of ``tensors`` is updated through autograd's version counter
+    (``load_state_dict``, an optimiser step, an in-place op on the tensor or on a ``detach()`` of it)
+    or gets new data (``p.data = t``): the CPU paths that keep a derived copy of the weights
+    (packed, exported) compare it before every call. A write through ``p.data`` or a NumPy / DLPack
+    view leaves it unchanged (such writes bump no counter): the wrappers' ``refresh()`` covers them."""
     return tuple((t._version, t.data_ptr()) for t in tensors)
 
 
@@ -158,6 +161,17 @@ def bucketed(pad_to_buckets: Optional[bool], device: torch.device, compile_mode:
     if pad_to_buckets is None:
         return device.type == "cuda" or compile_mode is not None
     return bool(pad_to_buckets)
+
+
+def runtime_choice(runtime: str, backend: Optional[str] = None) -> str:
+    """The runtime asked for (:data:`ithp_fast.checks.RUNTIMES` or ``"auto"``): ``runtime=``, or
+    ``backend=``, its old name, which keeps working."""
+    if backend is None:
+        return check_choice(runtime, (AUTO, *RUNTIMES), "runtime")
+    if runtime not in (AUTO, backend):
+        raise ValueError(f"runtime: backend= is its old name; give one of the two, got runtime={runtime!r} and "
+                         f"backend={backend!r}")
+    return check_choice(backend, (AUTO, *RUNTIMES), "backend")
 
 
 def require_eval(model: nn.Module, what: str) -> None:
