@@ -14,6 +14,7 @@ Levels are numbered from 1, as in the docs, and named by their detector (``level
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Optional
 
@@ -124,7 +125,8 @@ def loss_weight(epochs: list[dict]) -> Optional[float]:
     train = epochs[0]["train"] if epochs else {}
     if not train.get("IB_total"):
         return None
-    return (train["loss"] - train["task_mse"]) / train["IB_total"]
+    weight = (train["loss"] - train["task_mse"]) / train["IB_total"]
+    return weight if math.isfinite(weight) else None
 
 
 def draw_objective(row: SubFigure, results: dict) -> None:
