@@ -186,11 +186,11 @@ def test_seed_comparison_figure_is_written_and_holds_every_seed(run):
     assert_legends_clear_of_axes(fig)
 
 
-def test_mean_and_spread_over_seeds_that_stopped_at_different_epochs():
-    epochs, mean, std = mean_and_spread([{1: 1.0, 2: 3.0}, {1: 3.0}])
-    assert epochs == [1, 2]
-    np.testing.assert_allclose(mean, [2.0, 3.0])
-    assert std[0] == pytest.approx(np.sqrt(2.0)) and np.isnan(std[1])
+def test_mean_and_spread_cover_the_epochs_every_seed_reached():
+    epochs, mean, std = mean_and_spread([{1: 1.0, 2: 3.0, 3: 5.0}, {1: 3.0, 2: 4.0}, {1: 2.0, 2: 8.0}])
+    assert epochs == [1, 2]  # the first seed's epoch 3 alone is no mean over the seeds
+    np.testing.assert_allclose(mean, [2.0, 5.0])
+    np.testing.assert_allclose(std, [1.0, np.sqrt(7.0)])  # ddof=1, as summary.json
 
 
 def test_console_names_the_data_and_where_every_file_went(run):

@@ -38,13 +38,11 @@ def curve(results: dict, split: str, key: str) -> dict[int, float]:
 
 
 def mean_and_spread(curves: Sequence[dict[int, float]]) -> tuple[list[int], np.ndarray, np.ndarray]:
-    """Per epoch (every epoch any seed reached): the mean over the seeds that reached it and their sample
-    standard deviation (NaN where fewer than two did)."""
-    epochs = sorted(set().union(*curves))
-    values = [[c[e] for c in curves if e in c] for e in epochs]
-    mean = np.array([np.mean(v) for v in values])
-    std = np.array([np.std(v, ddof=1) if len(v) > 1 else math.nan for v in values])
-    return epochs, mean, std
+    """Over the epochs every seed reached (seeds stopped early reach fewer), the mean of the seeds and their
+    sample standard deviation (ddof=1) per epoch: a mean over the same seeds throughout."""
+    epochs = sorted(set.intersection(*(set(c) for c in curves)))
+    values = np.array([[c[e] for c in curves] for e in epochs]).reshape(len(epochs), len(curves))
+    return epochs, values.mean(1), values.std(1, ddof=1)
 
 
 def seed_comparison_figure(seed_results: Sequence[dict], run_name: str) -> Figure:
@@ -103,7 +101,7 @@ def draw_metric(ax, seed_results: Sequence[dict], split: str, key: str) -> None:
     if len(curves) < 2:
         return  # one seed: its curve is the mean, and there is no spread
     epochs, mean, std = mean_and_spread(curves)
-    ax.plot(epochs, mean, color="black", lw=2, label="mean over seeds", gid="mean")
+    ax.plot(epochs, mean, color="black", lw=2, label="mean over seeds (epochs all reached)", gid="mean")
     ax.fill_between(
         epochs, mean - std, mean + std, color="black", alpha=0.15, lw=0, label="mean ± std (ddof=1)", gid="spread"
     )
