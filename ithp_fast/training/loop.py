@@ -27,6 +27,7 @@ from . import checkpoints as ckpt
 from .batches import TRAIN_TAG, derive_seed, present_detectors, run_batch
 from .build import new_model, optimizer_groups, tokenizer_entry
 from .config import RESUME_FREE, TrainConfig, renamed_settings, train_terms
+from .console import data_line, wrote_line
 from .distributed import (
     DistContext,
     all_true,
@@ -40,7 +41,7 @@ from .distributed import (
 from .evaluate import predict
 from .logs import append_results_row, open_tensorboard, write_metrics_csv
 from .metrics import better, format_metrics
-from .results import print_summary, seed_results, summarise
+from .results import print_summary, seed_results, summarise, write_seed_comparison
 
 
 class NonFiniteLossError(ArithmeticError):
@@ -549,7 +550,7 @@ def run_training(cfg: TrainConfig, data: Union[SentimentData, Mapping, None] = N
             os.makedirs(cfg.output_dir, exist_ok=True)
             ckpt.write_json(os.path.join(cfg.output_dir, "train_config.json"), cfg.to_dict())
         data = load_run_data(cfg, data)
-        print_on_main(ctx, f"data: {data.describe()}")
+        print_on_main(ctx, data_line(data.describe()))
         if not cfg.backbone and cfg.lr <= 1e-5:
             print_on_main(
                 ctx,
@@ -561,6 +562,9 @@ def run_training(cfg: TrainConfig, data: Union[SentimentData, Mapping, None] = N
         if ctx.is_main and summary["seeds"]:
             ckpt.write_json(os.path.join(cfg.output_dir, "summary.json"), summary)
             print_summary(summary, cfg.protocol)
+            if cfg.plots:
+                write_seed_comparison([results for results, _ in outcomes], cfg.output_dir)
+            print(wrote_line("run", cfg.output_dir))
             if any(trained for _, trained in outcomes) and len(summary["seeds"]) == len(cfg.seeds):
                 add_results_row(cfg, data, summary)
         return summary
