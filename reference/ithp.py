@@ -32,6 +32,7 @@ still sends NaN back, as ``0 * NaN``). Without masks the means are torch's: an e
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import NamedTuple, Optional
 
@@ -50,15 +51,14 @@ def mlp(d_in: int, d_hidden: int, d_out: int, p: float) -> list[nn.Module]:
     return [nn.Linear(d_in, d_hidden), nn.ReLU(), nn.Dropout(p), nn.Linear(d_hidden, d_out)]
 
 
-class Encoder(nn.Sequential):
-    """Level k's encoder ``encoder{k}``: ``Linear -> ReLU -> Dropout -> Linear`` to ``[mu | logvar]``.
+class _NamedLayers(nn.Sequential):
+    """A ``Sequential`` (same constructor, children ``0``, ``1``, ...: the released state_dict keys)
+    whose layers also have names; a slice is a plain ``Sequential``, as the released module's."""
 
-    A ``Sequential``, as released (state_dict keys ``0.weight`` ... ``3.bias``), whose layers are
-    also reached by name: :attr:`first`, :attr:`dropout`, :attr:`last`.
-    """
-
-    def __init__(self, d_in: int, d_hidden: int, latent: int, p: float) -> None:
-        super().__init__(*mlp(d_in, d_hidden, 2 * latent, p))
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            return nn.Sequential(OrderedDict(list(self._modules.items())[idx]))
+        return super().__getitem__(idx)
 
     @property
     def first(self) -> nn.Linear:
@@ -70,36 +70,32 @@ class Encoder(nn.Sequential):
 
     @property
     def last(self) -> nn.Linear:
-        """Its rows: ``mu`` first (``latent`` of them), then ``logvar``."""
         return self[3]
 
+
+class Encoder(_NamedLayers):
+    """Level k's encoder ``encoder{k}``: ``Linear -> ReLU -> Dropout -> Linear`` to ``[mu | logvar]``
+    (:meth:`of` builds one), its layers also named :attr:`first`, :attr:`dropout`, :attr:`last`."""
+
+    @classmethod
+    def of(cls, d_in: int, d_hidden: int, latent: int, p: float) -> "Encoder":
+        return cls(*mlp(d_in, d_hidden, 2 * latent, p))
+
     def mean_layer(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(weight, bias)`` of the last Linear's ``mu`` rows (views): all the posterior mean reads."""
+        """``(weight, bias)`` of the last Linear's ``mu`` rows (views; the ``logvar`` rows follow
+        them): all that the posterior mean reads."""
         width = self.last.out_features // 2
         return self.last.weight[:width], self.last.bias[:width]
 
 
-class Detector(nn.Sequential):
-    """Level k's detector ``MLP{k}``: ``Linear -> ReLU -> Dropout -> Linear -> Sigmoid -> Dropout``.
+class Detector(_NamedLayers):
+    """Level k's detector ``MLP{k}``: ``Linear -> ReLU -> Dropout -> Linear -> Sigmoid -> Dropout``
+    (:meth:`of` builds one), its layers also named :attr:`first`, :attr:`dropout`, :attr:`last`,
+    :attr:`output_dropout`."""
 
-    A ``Sequential``, as released (state_dict keys ``0.weight`` ... ``3.bias``), whose layers are
-    also reached by name: :attr:`first`, :attr:`dropout`, :attr:`last`, :attr:`output_dropout`.
-    """
-
-    def __init__(self, latent: int, d_hidden: int, d_out: int, p: float) -> None:
-        super().__init__(*mlp(latent, d_hidden, d_out, p), nn.Sigmoid(), nn.Dropout(p))
-
-    @property
-    def first(self) -> nn.Linear:
-        return self[0]
-
-    @property
-    def dropout(self) -> nn.Dropout:
-        return self[2]
-
-    @property
-    def last(self) -> nn.Linear:
-        return self[3]
+    @classmethod
+    def of(cls, latent: int, d_hidden: int, d_out: int, p: float) -> "Detector":
+        return cls(*mlp(latent, d_hidden, d_out, p), nn.Sigmoid(), nn.Dropout(p))
 
     @property
     def output_dropout(self) -> nn.Dropout:
@@ -190,8 +186,8 @@ class ITHP(nn.Module):
             setattr(self, key, value)
         p, width = cfg.drop_prob, cfg.X0_dim
         for k, (latent, detector) in enumerate(zip(cfg.bottleneck_dims, cfg.detector_dims), start=1):
-            self.add_module(f"encoder{k}", Encoder(width, cfg.inter_dim, latent, p))
-            self.add_module(f"MLP{k}", Detector(latent, cfg.inter_dim, detector, p))
+            self.add_module(f"encoder{k}", Encoder.of(width, cfg.inter_dim, latent, p))
+            self.add_module(f"MLP{k}", Detector.of(latent, cfg.inter_dim, detector, p))
             width = latent
 
     def extra_repr(self) -> str:

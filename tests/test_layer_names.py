@@ -26,6 +26,7 @@ def test_layers_by_name_are_the_released_layers():
             assert (encoder.first, encoder.dropout, encoder.last) == (encoder[0], encoder[2], encoder[3])
             assert (detector.first, detector.dropout, detector.last, detector.output_dropout) == \
                 (detector[0], detector[2], detector[3], detector[5])
+            assert type(detector[4:]) is torch.nn.Sequential and len(detector[4:]) == 2  # a slice, as released
             weight, bias = encoder.mean_layer()
             width = model.config.bottleneck_dims[k]
             assert weight.data_ptr() == encoder.last.weight.data_ptr() and weight.shape[0] == bias.shape[0] == width
