@@ -124,7 +124,8 @@ def _as_rows(z: torch.Tensor, t: torch.Tensor, row_weight: Optional[torch.Tensor
     width = z.shape[-1]
     rows = z.numel() // width if width else 0
     check_row_weight(row_weight, rows, z.device, "z")
-    return z.contiguous().view(rows, width), t.contiguous().view(rows, width)
+    z, t = z.contiguous(), t.contiguous()
+    return (z, t) if z.dim() == 2 else (z.view(rows, width), t.view(rows, width))
 
 
 def detector_loss_partials(z: torch.Tensor, t: torch.Tensor, seed, stream: int, p: float, *,
