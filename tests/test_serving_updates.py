@@ -110,7 +110,8 @@ def test_deberta_on_onnxruntime_follows_updates_and_refreshes(tmp_path):
 
 # A model holding NaN or Inf weights: (weight of test_nonfinite.ENCODE_WEIGHTS or a blocked case, value)
 POISONED = [("w0", math.nan), ("c0", math.inf), ("w1_mu", -math.inf), ("w1_logvar", math.nan),
-            ("w2", math.inf), ("c3_mu", math.nan), ("x_blocked", None), ("b0_infinite", None)]
+            ("w2", math.inf), ("c3_mu", math.nan), ("x_blocked", None), ("b0_infinite", None),
+            ("x", math.nan), ("x", -math.inf)]
 
 
 @pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
@@ -135,4 +136,4 @@ def test_non_finite_weights_are_served_as_the_reference_computes_them(runtime):
         finite_somewhere += bool(finite.any())
         non_finite_somewhere += bool((~finite).any())
     assert finite_somewhere and non_finite_somewhere  # the cases are what they say: both kinds of entries
-    assert set(t for t, _ in POISONED) - {"x_blocked", "b0_infinite"} <= set(ENCODE_WEIGHTS)
+    assert set(t for t, _ in POISONED) - {"x", "x_blocked", "b0_infinite"} <= set(ENCODE_WEIGHTS)
