@@ -2,6 +2,7 @@
 every file is checked against its SHA-256, damaged or foreign files give one line naming them,
 and a loaded checkpoint answers the same way twice."""
 
+import itertools
 import json
 import os
 import shutil
@@ -124,6 +125,67 @@ def test_recover_never_deletes_a_damaged_checkpoint_or_guesses(tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="model.safetensors: its SHA-256 differs"):
         ckpt.recover(str(directory))
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-last", "checkpoint-last.old"]  # both kept
+
+
+COPIES = {".tmp": 3.0, "": 2.0, ".old": 1.0}  # the copies a save can leave, newest first, with their values
+STATES = list(itertools.product(("absent", "incomplete", "complete"), repeat=3))  # of DIR.tmp, DIR, DIR.old
+
+
+def expected_recovery(state):
+    """What recovery must do from ``state``: "error" (nothing guessed, nothing touched), None (nothing to resume) or the
+    value of the newest complete copy, then the only copy left, at DIR."""
+    kinds = dict(zip(COPIES, state))
+    complete = [value for suffix, value in COPIES.items() if kinds[suffix] == "complete"]
+    if not complete:
+        return "error" if "incomplete" in (kinds[""], kinds[".old"]) else None
+    if complete[0] == COPIES[".old"] and kinds[""] != "absent":
+        return "error"  # a damaged DIR and only an older copy: which one to continue from is not guessed
+    return complete[0]
+
+
+def make_copies(directory, state, scratch):
+    for (suffix, value), kind in zip(COPIES.items(), state):
+        path = str(directory) + suffix
+        if kind == "absent":
+            continue
+        save(scratch / suffix.lstrip(".") / "copy", value)  # saved apart: a save next to the others recovers them
+        os.replace(scratch / suffix.lstrip(".") / "copy", path)
+        if kind == "incomplete":  # a save cut short (no manifest yet, half a file), or a copy damaged since
+            model = os.path.join(path, ckpt.MODEL_FILE)
+            os.truncate(model, os.path.getsize(model) // 2)
+            if suffix == ".tmp":
+                os.remove(os.path.join(path, ckpt.MANIFEST_FILE))
+
+
+def contents(folder):
+    return {
+        os.path.relpath(os.path.join(root, name), folder): open(os.path.join(root, name), "rb").read()
+        for root, _, names in os.walk(folder)
+        for name in names
+    }
+
+
+@pytest.mark.parametrize("state", STATES, ids=["tmp-{}_dir-{}_old-{}".format(*s) for s in STATES])
+def test_recovery_puts_back_the_newest_complete_copy_from_every_state(tmp_path, state):
+    """Every combination of DIR.tmp, DIR and DIR.old, each absent, incomplete or complete: the newest complete copy
+    ends up at DIR (a lone complete DIR.old included), and a complete copy is never deleted unless a newer one
+    replaces it."""
+    directory = tmp_path / "run" / "checkpoint-last"
+    directory.parent.mkdir()
+    make_copies(directory, state, tmp_path / "scratch")
+    tmp_path = directory.parent
+    before, expected = contents(tmp_path), expected_recovery(state)
+    if expected == "error":
+        with pytest.raises(ckpt.CheckpointError, match=str(tmp_path)):
+            ckpt.recover(str(directory))
+        assert contents(tmp_path) == before  # nothing moved, nothing deleted
+    elif expected is None:
+        assert ckpt.recover(str(directory)) is None and os.listdir(tmp_path) == []
+    else:
+        assert ckpt.recover(str(directory)) == str(directory)
+        assert os.listdir(tmp_path) == ["checkpoint-last"] and ckpt.checkpoint_problem(str(directory)) is None
+        assert saved_value(directory) == expected
+        assert ckpt.recover(str(directory)) == str(directory) and saved_value(directory) == expected  # and stays
 
 
 def test_leftovers_of_an_earlier_version_are_not_guessed_at(tmp_path):
@@ -277,3 +339,20 @@ def test_load_checkpoint_names_the_first_mismatching_shape(checkpoint):
     os.remove(checkpoint / ckpt.MANIFEST_FILE)
     with pytest.raises(ckpt.CheckpointError, match=rf"{first} has shape \(3, 3\) in the checkpoint but \("):
         ithp_fast.load_checkpoint(checkpoint)
+
+
+def resume_argv(run, epochs=2):
+    return ["train", "--resume", "--output-dir", str(run), "--synthetic-sizes", "16", "8", "8", "--epochs", str(epochs),
+            "--lr", "1e-3", *TINY_FLAGS]
+
+
+def test_resume_continues_from_a_lone_complete_old_copy(trained, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained.parent.parent, run)
+    checkpoint = run / "seed-1" / "checkpoint-last"
+    os.replace(checkpoint, str(checkpoint) + ".old")  # as a crash between the renames, its DIR.tmp lost
+    capsys.readouterr()
+    assert main(resume_argv(run)) == 0
+    assert f"resuming from {checkpoint} at step" in capsys.readouterr().err
+    assert sorted(os.listdir(checkpoint.parent))[:1] == ["checkpoint-last"] and not os.path.exists(f"{checkpoint}.old")
+    assert json.loads((checkpoint / ckpt.STATE_FILE).read_text())["epoch"] == 2
