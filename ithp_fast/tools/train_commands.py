@@ -89,7 +89,9 @@ def config_arguments() -> argparse.ArgumentParser:
 
 
 def report_error(command: str, exc: BaseException) -> None:
-    print(f"ithp-fast {command}: error: {exc}", file=sys.stderr)
+    """One line on stderr, whatever the message (a message of several lines is joined)."""
+    message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    print(f"ithp-fast {command}: error: {message}", file=sys.stderr)
 
 
 def train_command(args: argparse.Namespace) -> int:
