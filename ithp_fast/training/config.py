@@ -71,8 +71,8 @@ class TrainConfig:
     data: Optional[str] = setting(
         None,
         "pickle in either layout (word-level train/dev/test or MMSA train/valid/test); "
-        "unpickling runs code stored in the file: pass only files you trust. "
-        "Default: the built-in synthetic set",
+        "unpickling runs code stored in the file: pass only files you trust (a path found only in a --config "
+        "file is not read). Default: the built-in synthetic set",
     )
     synthetic_seed: int = setting(0, "seed of the synthetic set (used without --data)")
     synthetic_sizes: list[int] = setting([512, 128, 128], "train, valid and test sizes of the synthetic set")
