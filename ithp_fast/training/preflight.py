@@ -24,15 +24,15 @@ def check_output_dir(output_dir: str) -> None:
     if not os.path.isdir(existing):
         where = "is a file" if existing == path else f"lies under {existing}, which is a file"
         raise ValueError(f"--output-dir: {output_dir} {where}; expected a directory")
-    check_writable(existing)
-    if existing == path:
-        check_writable(os.path.dirname(path))  # where results.csv goes
+    check_writable(existing, "")
     table = results_table(output_dir)
+    if existing == path:
+        check_writable(os.path.dirname(path), f"{os.path.basename(table)} goes in its parent: ")
     if os.path.lexists(table) and not os.path.isfile(table):
         raise ValueError(f"--output-dir: {table}, where the run's row goes, is not a file")
 
 
-def check_writable(directory: str) -> None:
+def check_writable(directory: str, why: str) -> None:
     """Create (and at once remove) a file in ``directory``: the one test of writability that also holds
     for read-only file systems, access control lists and the super-user."""
     try:
@@ -40,7 +40,7 @@ def check_writable(directory: str) -> None:
             pass
     except OSError as exc:
         raise ValueError(
-            f"--output-dir: no file can be created in {directory} ({exc.strerror or type(exc).__name__})"
+            f"--output-dir: {why}no file can be created in {directory} ({exc.strerror or type(exc).__name__})"
         ) from None
 
 
