@@ -27,6 +27,7 @@ from . import checkpoints as ckpt
 from .batches import TRAIN_TAG, derive_seed, present_detectors, run_batch
 from .build import new_model, optimizer_groups, tokenizer_entry
 from .config import RESUME_FREE, TrainConfig, train_terms
+from .console import data_line, wrote_line
 from .distributed import (
     DistContext,
     all_true,
@@ -41,7 +42,7 @@ from .evaluate import predict
 from .logs import append_results_row, open_tensorboard, results_table, write_metrics_csv
 from .metrics import better, format_metrics
 from .preflight import check_output_dir, new_paths, undo_unstarted
-from .results import print_summary, seed_results, summarise
+from .results import print_summary, seed_results, summarise, write_seed_comparison
 
 
 class NonFiniteLossError(ArithmeticError):
@@ -557,7 +558,7 @@ def run_training(cfg: TrainConfig, data: Union[SentimentData, Mapping, None] = N
     """Run every seed of ``cfg``; returns (and writes, on rank 0) the summary over seeds.
 
     Writes ``train_config.json`` (every setting, resolved) and ``summary.json`` in --output-dir, and appends
-    one row to ``results.csv`` in its parent when a seed trained.
+    one row to ``results.csv`` in its parent when a seed trained or the table does not hold the run's row yet.
     """
     ctx = init_distributed(cfg.device)
     threads = torch.get_num_threads()
@@ -578,7 +579,7 @@ def run_training(cfg: TrainConfig, data: Union[SentimentData, Mapping, None] = N
             os.makedirs(cfg.output_dir, exist_ok=True)
             ckpt.write_json(config_file, cfg.to_dict())
         barrier(ctx)
-        print_on_main(ctx, f"data: {data.describe()}")
+        print_on_main(ctx, data_line(data.describe()))
         if not cfg.backbone and cfg.lr <= 1e-5:
             print_on_main(
                 ctx,
@@ -595,6 +596,9 @@ def run_training(cfg: TrainConfig, data: Union[SentimentData, Mapping, None] = N
         if ctx.is_main and summary["seeds"]:
             ckpt.write_json(os.path.join(cfg.output_dir, "summary.json"), summary)
             print_summary(summary, cfg.protocol)
+            if cfg.plots:
+                write_seed_comparison([results for results, _ in outcomes], cfg.output_dir)
+            print(wrote_line("run", cfg.output_dir))
             if len(summary["seeds"]) == len(cfg.seeds):  # resuming a finished run adds its row if it is missing
                 add_results_row(cfg, data, summary, unless_present=not any(trained for _, trained in outcomes))
         return summary
