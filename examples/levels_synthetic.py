@@ -74,7 +74,7 @@ def describe(seeds: list[dict], baseline: list[dict]) -> dict:
 def removal(checkpoint: Path, drop: tuple, out: Path) -> dict:
     """One evaluation of a checkpoint without the ``drop`` detectors."""
     report = ithp_fast.evaluate(checkpoint, device="cpu", output_dir=str(out), drop_detectors=drop)
-    stem = "test" + ("-without-" + "-".join(drop) if drop else "")
+    stem = f"test-{report['eval_sampling']}" + ("-without-" + "-".join(drop) if drop else "")
     predictions = (out / f"{stem}-predictions.csv").read_text()
     return {
         "metrics": {m: report["metrics"]["authors"][m] for m in METRICS},

@@ -132,7 +132,7 @@ def test_leftovers_of_an_earlier_version_are_not_guessed_at(tmp_path):
         save(str(directory) + suffix, value)
         os.remove(os.path.join(str(directory) + suffix, ckpt.MANIFEST_FILE))
         config = os.path.join(str(directory) + suffix, ckpt.CONFIG_FILE)
-        json.dump({**json.load(open(config)), "format": ckpt.LEGACY_FORMAT}, open(config, "w"))
+        json.dump({"format": ckpt.LEGACY_FORMAT, "value": value}, open(config, "w"))  # as format 1 wrote it
     with pytest.raises(ckpt.CheckpointError, match="interrupted save of an earlier version"):
         ckpt.recover(str(directory))
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-last.old", "checkpoint-last.tmp"]
@@ -167,7 +167,7 @@ def one_line_error(capsys, argv, code=2):
     return errors[0]
 
 
-@pytest.mark.parametrize("name", [ckpt.MODEL_FILE, ckpt.CONFIG_FILE, "vocab.json"])
+@pytest.mark.parametrize("name", [ckpt.MODEL_FILE, ckpt.CONFIG_FILE, ckpt.RUN_FILE, "tokenizer.json"])
 def test_a_flipped_byte_is_one_line_naming_the_file(checkpoint, capsys, name):
     flip_a_byte(checkpoint / name, offset=len(open(checkpoint / name, "rb").read()) // 2)
     err = one_line_error(capsys, ["evaluate", "--checkpoint", str(checkpoint)])
@@ -234,7 +234,7 @@ def test_evaluate_writes_beside_the_checkpoint_or_where_asked(checkpoint, capsys
     assert main(["evaluate", "--checkpoint", str(checkpoint)]) == 0
     out = capsys.readouterr().out
     assert "eval_sampling=sample" in out  # the training run's, said
-    assert (checkpoint.parent / "eval-checkpoint-last" / "test.json").is_file()
+    assert (checkpoint.parent / "eval-checkpoint-last" / "test-sample.json").is_file()
     assert (
         main(
             [
@@ -249,7 +249,7 @@ def test_evaluate_writes_beside_the_checkpoint_or_where_asked(checkpoint, capsys
         )
         == 0
     )
-    assert json.loads((tmp_path / "mine" / "test.json").read_text())["eval_sampling"] == "mean"
+    assert json.loads((tmp_path / "mine" / "test-mean.json").read_text())["eval_sampling"] == "mean"
     err = one_line_error(capsys, ["evaluate", "--checkpoint", str(checkpoint), "--output-dir", str(checkpoint / "x")])
     assert "--output-dir" in err and "inside a checkpoint" in err
     assert not (checkpoint / "x").exists()

@@ -13,9 +13,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, get_args, get_origin, get_type_hints
 
+from ..config import IMPLS  # noqa: F401 (the implementations --impl names)
 from ..data import DETECTOR_NAMES
 
-IMPLS = ("fast", "reference")
 PRIME = "text"
 RELEASED_MODALITY_ORDER = (PRIME, "acoustic", "visual")
 
