@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 # sets ``func`` (called with the parsed arguments, returns an exit code).
 _COMMAND_MODULES = (
     "ithp_fast.tools.train_commands",  # train, evaluate
+    "ithp_fast.tools.predict_command",  # predict
     "ithp_fast.tools.benchmarks",      # bench
     "ithp_fast.tools.profile",         # profile
     "ithp_fast.tools.export_command",  # export
