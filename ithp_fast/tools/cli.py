@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 _COMMAND_MODULES = (
     "ithp_fast.tools.train_commands",  # train, evaluate
     "ithp_fast.tools.predict_command",  # predict
+    "ithp_fast.tools.package_command",  # package
     "ithp_fast.tools.benchmarks",      # bench
     "ithp_fast.tools.profile",         # profile
     "ithp_fast.tools.export_command",  # export
