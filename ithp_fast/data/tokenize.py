@@ -158,7 +158,8 @@ class PretrainedWordTokenizer:
         try:
             tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
         except (OSError, ValueError) as exc:
-            raise FileNotFoundError(f"tokenizer: no usable tokenizer files in {path!r} ({exc})") from exc
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise FileNotFoundError(f"tokenizer: no usable tokenizer files in {path!r} ({first})") from exc
         return cls(tok)
 
     def encode_word(self, word: str) -> list[int]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import re
 import sys
+import warnings
 from typing import Optional, Sequence
 
 # sub-command -> module exposing ``register(subparsers)``; each module adds its parser(s) and
@@ -57,7 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    with warnings.catch_warnings():
+        warnings.showwarning = one_line_warning(args.command)
+        return int(args.func(args) or 0)
+
+
+def one_line_warning(command: str):
+    """ithp_fast's own warnings as one line on stderr, ``ithp-fast COMMAND: warning: ...`` (not Python's file and
+    source line); other packages' warnings as Python shows them."""
+    package, python_show = os.path.dirname(os.path.dirname(os.path.abspath(__file__))), warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if not os.path.abspath(filename).startswith(package + os.sep):
+            return python_show(message, category, filename, lineno, file, line)
+        print(f"ithp-fast {command}: warning: {message}", file=file or sys.stderr)
+
+    return show
 
 
 if __name__ == "__main__":

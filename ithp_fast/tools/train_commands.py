@@ -24,7 +24,8 @@ normalisation of the acoustic and visual features. Every one of them is an optio
 
 Settings come from --config FILE (JSON or YAML; keys are the flag names, with - or _), then from
 the flags given here, which override the file. Every run writes train_config.json with every
-setting resolved: --config runs/NAME/train_config.json --output-dir OTHER trains the same run again.
+setting resolved: --config runs/NAME/train_config.json --output-dir OTHER trains the same run again
+(add --data PATH for a run on a pickle: a pickle named only in a config file is not read).
 
 Without --data the built-in synthetic set is used (see ithp_fast/data/synthetic.py); without
 --backbone a small randomly initialised DeBERTa-v2 is built (nothing is downloaded).
@@ -97,7 +98,9 @@ def config_arguments() -> argparse.ArgumentParser:
 
 
 def report_error(command: str, exc: BaseException) -> None:
-    print(f"ithp-fast {command}: error: {exc}", file=sys.stderr)
+    """One line on stderr, whatever the message (a message of several lines is joined)."""
+    message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    print(f"ithp-fast {command}: error: {message}", file=sys.stderr)
 
 
 def train_command(args: argparse.Namespace) -> int:
