@@ -55,7 +55,7 @@ def test_the_released_recipe_is_a_preset_beneath_the_settings_given(tmp_path):
     assert released.attention_mask is False and released.eval_sampling == "sample" and released.lr == 1e-5
     assert make_config(recipe="released", attention_mask=True).attention_mask is True  # a flag wins
     assert make_config().attention_mask is True  # the default passes the mask
-    with pytest.raises(ValueError, match="--recipe: expected one of default, released, got 'mine'"):
+    with pytest.raises(ValueError, match="--recipe: expected one of released, got 'mine'"):
         make_config(recipe="mine")
     out = tmp_path / "run"
     argv = ["train", "--recipe", "released", "--output-dir", str(out), "--synthetic-sizes", "8", "4", "4",

@@ -83,7 +83,7 @@ def make_config(config: ConfigSource = None, **settings: Any) -> TrainConfig:
     else:
         base = {}
     merged = {**base, **normalise_keys(settings, "settings")}
-    merged = {**recipe_settings(merged.get("recipe", "default")), **merged}
+    merged = {**recipe_settings(merged.get("recipe")), **merged}
     (cfg,) = HfArgumentParser(TrainConfig).parse_dict(merged)
     return cfg
 

@@ -3,18 +3,20 @@ and the tokenizer entry a checkpoint records."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from torch import nn
 
 from ..config import ITHPConfig
 from ..data import DataFormatError, PretrainedWordTokenizer, SentimentData, WordVocabulary
 from ..data.tokenize import TOKENIZER_FILE
-from ..deberta import ITHPDeberta, load_saved_tokenizer
 from ..deberta_config import ITHPDebertaConfig
 from ..reference.deberta import RELEASED_ORDER, load_backbone
 from .checkpoints import verify_tokenizer_files
 from .config import IMPLS, TrainConfig
+
+if TYPE_CHECKING:  # the Hugging Face model loads transformers' modeling code (seconds): imported when built
+    from ..deberta import ITHPDeberta
 
 
 def small_backbone_config(vocab_size: int, cfg: TrainConfig):
@@ -71,6 +73,8 @@ def build_model(settings: ITHPDebertaConfig, impl: Optional[str] = None,
                 backbone: Optional[nn.Module] = None) -> ITHPDeberta:
     """ITHP-DeBERTa from its settings (random backbone weights unless ``backbone`` is given); ``impl``
     replaces the settings' ITHP implementation."""
+    from ..deberta import ITHPDeberta
+
     if impl is not None:
         if impl not in IMPLS:
             raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
@@ -156,6 +160,8 @@ def load_tokenizer(entry: dict, directory: str):
 def text_tokenizer(config: dict, directory: str):
     """The tokenizer a checkpoint directory carries, as a ``transformers`` tokenizer that reads raw text
     (None when the model was trained on token ids and carries none)."""
+    from ..deberta import load_saved_tokenizer
+
     verify_tokenizer_files(directory)
     entry = config.get("tokenizer", {})
     if entry.get("kind") == "ids-in-data":

@@ -28,7 +28,6 @@ RELEASED_MODALITY_ORDER = (PRIME, "acoustic", "visual")
 
 
 RECIPES = {
-    "default": {},
     "released": {  # the authors' train.py, as published
         "attention_mask": False,  # it passes no attention mask to DeBERTa: padding is attended to
         "eval_sampling": "sample",  # its evaluation draws the latent
@@ -51,7 +50,9 @@ RECIPES = {
 
 
 def recipe_settings(name: object) -> dict:
-    """The settings of ``--recipe NAME``."""
+    """The settings of ``--recipe NAME`` (none without one)."""
+    if name is None:
+        return {}
     if name not in RECIPES:
         raise ValueError(f"--recipe: expected one of {', '.join(RECIPES)}, got {name!r}")
     return dict(RECIPES[name])
@@ -102,10 +103,10 @@ class TrainConfig:
     """Everything a training run depends on; each field is a flag of ``ithp-fast train`` (``lr`` is ``--lr``,
     ``max_seq_length`` is ``--max-seq-length``) and a key of a ``--config`` file."""
 
-    recipe: Literal["default", "released"] = setting(
-        "default",
-        "a preset under the settings given here and in --config: default, or released (the authors' script: no "
-        "attention mask to the backbone, the latent drawn at evaluation, the published optimisation)",
+    recipe: Optional[Literal["released"]] = setting(
+        None,
+        "a preset of settings: released is the authors' script (no attention mask to the backbone, the latent drawn "
+        "at evaluation, the published optimisation); settings given here and in --config override it. Default: none",
     )
     # data
     data: Optional[str] = setting(

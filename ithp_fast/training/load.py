@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import torch
 
-from ..deberta import ITHPDeberta
 from ..reference.ithp import EVAL_SAMPLING
 from . import checkpoints as ckpt
 from .build import build_model, model_settings, text_tokenizer
 from .config import IMPLS
+
+if TYPE_CHECKING:
+    from ..deberta import ITHPDeberta
 
 
 def trained_eval_sampling(config: dict) -> str:
