@@ -11,8 +11,8 @@ import os
 
 
 def follow_umask(*paths: str) -> None:
-    """Give each of ``paths`` the mode ``open()`` gives a new file: 0666 less the umask."""
+    """Give each of ``paths`` the mode a new file (0666) or directory (0777) gets: less the umask."""
     mask = os.umask(0)
     os.umask(mask)
     for path in paths:
-        os.chmod(path, 0o666 & ~mask)
+        os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~mask)

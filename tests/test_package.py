@@ -23,6 +23,12 @@ def trained(tmp_path_factory):
     return out / "seed-1" / "checkpoint-last"
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_every_checkpoint_file_follows_the_umask(tmp_path):
     model = nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters())
@@ -46,9 +52,11 @@ def test_package_writes_a_slim_copy_with_a_model_card(trained, tmp_path, capsys)
     assert files == {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "training.json",
                      "README.md", "manifest.json"}, files
     assert ckpt.checkpoint_problem(str(out)) is None  # every file listed with its SHA-256
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o777 & ~current_umask()  # a colleague may read it
     card = (out / "README.md").read_text()
     for part in ("pipeline_tag: text-classification", "## Data", "synthetic", "## Metrics",
                  "| metric | authors | mmsa |", "zero labels dropped for every metric", "Over the run's seeds [1, 2]",
+                 "examples scored: authors ",
                  "## Settings", "recipe default",
                  "## Load and score", 'ITHPDeberta.from_pretrained("ithp-synthetic")', "ithp-fast predict"):
         assert part in card, part

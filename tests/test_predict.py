@@ -229,3 +229,31 @@ def test_a_directory_that_is_not_a_checkpoint_is_one_line(trained, tmp_path, cap
     assert "has no config.json, so it is not a checkpoint; checkpoints inside it: checkpoint-last" in line
     line = one_line_error(capsys, ["predict", "--checkpoint", str(trained), TEXT, "--input", "x.txt"])
     assert line.endswith("give texts as arguments or with --input FILE, not both")
+
+
+def test_a_checkpoint_with_a_pretrained_backbone_scores_text_with_that_backbone_s_tokenizer(tmp_path, capsys):
+    from transformers import BertTokenizer, DebertaV2Config, DebertaV2Model
+
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "movie", "was", "good", "bad", "##s"]
+    (tmp_path / "vocab.txt").write_text("\n".join(pieces))
+    backbone = tmp_path / "backbone"
+    BertTokenizer(str(tmp_path / "vocab.txt")).save_pretrained(backbone)
+    DebertaV2Model(DebertaV2Config(vocab_size=len(pieces), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=16, relative_attention=True, position_buckets=8,
+                                   pos_att_type=["p2c", "c2p"], position_biased_input=False,
+                                   type_vocab_size=0)).save_pretrained(backbone)
+    out = tmp_path / "run"
+    argv = ["train", "--backbone", str(backbone), "--output-dir", str(out), "--synthetic-sizes", "8", "4", "4",
+            "--max-steps", "1", "--epochs", "1", "--no-progress", "--no-plots", "--device", "cpu", "--threads", "1",
+            "--max-seq-length", "12"]
+    assert main(argv) == 0
+    checkpoint = out / "seed-1" / "checkpoint-last"
+    text = "the movies was good"
+    model = ithp_fast.load_checkpoint(checkpoint)
+    scored = TextScorer(model).score([text, "the movie was great"], warn=False)
+    assert scored.word_level is False and scored.unknown == 1  # "great" is no piece of this vocabulary
+    assert ithp_fast.ITHPDeberta.from_pretrained(checkpoint).predict([text]) == pytest.approx(scored.scores[:1],
+                                                                                             abs=1e-6)
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(checkpoint), text]) == 0
+    assert "1 of" not in capsys.readouterr().err

@@ -20,6 +20,7 @@ import shutil
 import tempfile
 from typing import Optional
 
+from ..files import follow_umask
 from .errors import CommandError, one_line_errors
 
 CONVENTION_TEXT = {
@@ -50,6 +51,7 @@ def package(checkpoint: str, output_dir: str) -> str:
         with open(os.path.join(staging, "README.md"), "w", encoding="utf-8") as f:
             f.write(model_card(config, seed_results(checkpoint), run_summary(checkpoint), os.path.basename(output_dir)))
         ckpt.write_manifest(staging)
+        follow_umask(staging)  # made 0700 by mkdtemp
         if os.path.isdir(output_dir):
             os.rmdir(output_dir)  # empty, checked above
         os.replace(staging, output_dir)
@@ -106,12 +108,14 @@ def metrics_section(results: Optional[dict], summary: Optional[dict]) -> str:
     if results is None:
         return "## Metrics\n\nNo results.json beside the checkpoint: not recorded.\n"
     rows = ["| metric | authors | mmsa |", "|---|---:|---:|"]
-    keys = sorted(set(results["test"]["authors"]) | set(results["test"]["mmsa"]) - {"count"})
+    keys = sorted((set(results["test"]["authors"]) | set(results["test"]["mmsa"])) - {"count"})
     for key in keys:
         cells = [results["test"][c].get(key) for c in ("authors", "mmsa")]
         rows.append(f"| {key} | " + " | ".join("" if v is None else f"{v:.3f}" for v in cells) + " |")
+    counts = ", ".join(f"{c} {results['test'][c].get('count')}" for c in ("authors", "mmsa"))
     text = (f"## Metrics\n\nTest split, seed {results['seed']}, epoch {results['selection']['epoch']} "
-            f"({results['selection']['rule']}); accuracies and F1 as fractions. Two conventions:\n\n"
+            f"({results['selection']['rule']}); accuracies and F1 as fractions; examples scored: {counts}. "
+            f"Two conventions:\n\n"
             + "".join(f"- `{c}`: {t}.\n" for c, t in CONVENTION_TEXT.items()) + "\n" + "\n".join(rows) + "\n")
     if summary and len(summary.get("seeds", [])) > 1:
         protocol = summary.get("protocol", "authors")
@@ -133,7 +137,7 @@ def settings_section(config: dict) -> str:
              f"- {model['max_seq_length']} tokens per text; attention mask passed to the backbone: "
              f"{model['pass_attention_mask']}"]
     if run:
-        lines.append(f"- recipe {run.get('recipe', 'default')}: lr {run['lr']}, {run['epochs']} epochs, batch "
+        lines.append(f"- recipe {run.get('recipe') or 'default'}: lr {run['lr']}, {run['epochs']} epochs, batch "
                      f"{run['batch_size']}, seed {run['seed']}, evaluated with eval_sampling {run['eval_sampling']}")
     return "## Settings\n\n" + "\n".join(lines) + "\n"
 
@@ -152,7 +156,7 @@ pipeline("text-classification", model="{name}")("I really love this movie")   # 
 
 ```bash
 ithp-fast predict --checkpoint {name} "I really love this movie"
-ithp-fast export --checkpoint {name} --format onnx --output {name}-onnx/model.onnx   # ONNX Runtime + tokenizers
+mkdir -p {name}-onnx && ithp-fast export --checkpoint {name} --format onnx --output {name}-onnx/model.onnx
 ```
 """
 
