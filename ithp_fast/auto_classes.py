@@ -16,7 +16,6 @@ torch._dynamo and Triton) cost, so ``import ithp_fast`` registers nothing itself
 from __future__ import annotations
 
 import importlib
-import importlib.abc
 import sys
 from typing import Callable
 
@@ -34,10 +33,11 @@ def register_config() -> None:
         ON_FIRST_CONFIG.append(lambda: importlib.import_module(MODEL_MODULE))
 
 
-class RunAfterLoading(importlib.abc.Loader):
-    """A module's own loader, then a function once the module has run."""
+class RunAfterLoading:
+    """A module's own loader, then a function once the module has run (an import loader: ``create_module`` and
+    ``exec_module``; not derived from ``importlib.abc``, whose import costs more than this whole module)."""
 
-    def __init__(self, loader: importlib.abc.Loader, then: Callable[[], None]) -> None:
+    def __init__(self, loader, then: Callable[[], None]) -> None:
         self.loader, self.then = loader, then
 
     def create_module(self, spec):
@@ -51,9 +51,9 @@ class RunAfterLoading(importlib.abc.Loader):
         return getattr(self.loader, name)
 
 
-class RegisterOnImport(importlib.abc.MetaPathFinder):
-    """Finds transformers' ``configuration_auto`` as the other finders do, with a loader that then registers
-    the config."""
+class RegisterOnImport:
+    """A meta path finder: finds transformers' ``configuration_auto`` as the other finders do, with a loader that
+    then registers the config."""
 
     def find_spec(self, name: str, path=None, target=None):
         if name != CONFIG_MODULE:
