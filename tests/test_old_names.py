@@ -39,13 +39,15 @@ def test_old_and_new_names_that_disagree_are_one_error():
 
 
 def old_checkpoint(directory: str) -> None:
-    """Rewrite a checkpoint's config.json as written before ``backend`` (``impl``), with its manifest."""
-    path = os.path.join(directory, "config.json")
-    config = json.loads(open(path).read())
-    config["impl"] = "reference" if config.pop("backend") == "reference" else "fast"
-    config["run"]["impl"] = config["impl"]
-    del config["run"]["backend"]
-    ckpt.write_json(path, config)
+    """Rewrite a checkpoint as written before ``backend`` (``impl`` in config.json and training.json),
+    with its manifest."""
+    for name in (ckpt.CONFIG_FILE, ckpt.RUN_FILE):
+        path = os.path.join(directory, name)
+        values = json.loads(open(path).read())
+        for entry in (values, values.get("run", {})):
+            if "backend" in entry:
+                entry["impl"] = "reference" if entry.pop("backend") == "reference" else "fast"
+        ckpt.write_json(path, values)
     os.remove(os.path.join(directory, ckpt.MANIFEST_FILE))
     ckpt.write_manifest(directory)
 
@@ -59,7 +61,7 @@ def test_flag_and_checkpoints_written_before(tmp_path, capsys):
     directory = str(out / "seed-1" / "checkpoint-last")
     saved_run = {k: v for k, v in ckpt.load_config(directory)["run"].items() if k != "seed"}
     old_checkpoint(directory)
-    assert ckpt.load_config(directory)["impl"] == "reference"
+    assert ckpt.load_config(directory)["impl"] == ckpt.load_config(directory)["model"]["impl"] == "reference"
     assert type(ithp_fast.load_checkpoint(directory).ithp) is ReferenceITHP  # the run's own, read from "impl"
     assert type(ithp_fast.load_checkpoint(directory, impl="fast").ithp) is ithp_fast.ITHP
     assert ithp_fast.load_checkpoint(directory, backend="torch").ithp.backend == "torch"
@@ -73,3 +75,15 @@ def test_flag_and_checkpoints_written_before(tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", directory, "--impl", "fast", "--output-dir", str(tmp_path / "e")]) == 0
     report = ithp_fast.evaluate(directory, impl="reference", output_dir=str(tmp_path / "e2"))
     assert report["split"] == "test"
+
+
+def test_model_config_reads_impl_and_writes_backend():
+    from ithp_fast import ITHPDebertaConfig
+
+    for old, new in (("fast", "auto"), ("reference", "reference")):
+        config = ITHPDebertaConfig(impl=old)  # config.json files written before backend hold impl
+        assert config.backend == new and "impl" not in config.to_dict()
+        assert ITHPDebertaConfig.from_dict({**config.to_dict(), "backend": None, "impl": old}).backend == new
+    assert ITHPDebertaConfig(backend="torch").backend == "torch"
+    with pytest.raises(ValueError, match="impl='fast' \\(the old name of backend\\) and backend='torch' disagree"):
+        ITHPDebertaConfig(backend="torch", impl="fast")

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..checks import AUTO, Noise, check_token_inputs
 from ..encode import encode, float32_precision
+from ..reference.deberta import backbone_tokens
 from .buckets import (
     DEFAULT_TOKENS,
     Bucket,
@@ -135,7 +136,8 @@ class ServingDeberta:
         buckets = {}
         with torch.no_grad():
             for t in self.tokens if self.batch_sizes else ():
-                relative_pos = prebuilt_relative_positions(self.model.dberta.model, t, self.device)
+                relative_pos = prebuilt_relative_positions(self.model.dberta.model, backbone_tokens(self.model, t),
+                                                           self.device)
                 fn = functools.partial(_bucket_logits, self.model, self.precision, relative_pos)
                 for b in self.batch_sizes:
                     ids = torch.zeros(b, t, dtype=torch.long, device=self.device)

@@ -11,8 +11,9 @@ import copy
 import dataclasses
 import sys
 
+from ..checks import BACKEND_CHOICES, OLD_IMPL
 from ..data import DataFormatError
-from ..training.config import BACKEND_CHOICES, OLD_IMPL, TrainConfig
+from ..training.config import TrainConfig
 
 TRAIN_DESCRIPTION = """\
 Train ITHP-DeBERTa for sentiment regression.
@@ -34,6 +35,14 @@ Multi-process: torchrun --nproc_per_node N -m ithp_fast train ... --batch-size i
 batch, split evenly over the processes; the min-max bounds are reduced over them, so a sharded
 batch is normalised like the whole batch; evaluation covers every example once; rank 0 alone
 writes files.
+"""
+
+EVALUATE_DESCRIPTION = """\
+Score a checkpoint on a split (test by default) under both metric conventions, as the training run did:
+its data (the checkpoint's synthetic set, or --data), its tokenizer, and by default its eval_sampling (the
+released evaluation draws the latent; --eval-sampling mean gives the posterior mean, what predict, export
+and load_checkpoint use). Writes <split>-<eval_sampling>.json and <split>-<eval_sampling>-predictions.csv,
+so a report of one mode never replaces one of the other. To score texts of your own, use predict.
 """
 
 FIELD_DEFAULTS = {
@@ -156,6 +165,7 @@ def register(sub) -> None:
     e = sub.add_parser(
         "evaluate",
         help="score a checkpoint on a split under both metric conventions",
+        description=EVALUATE_DESCRIPTION,
         formatter_class=PlainHelpFormatter,
     )
     e.add_argument(
@@ -199,14 +209,14 @@ def register(sub) -> None:
         default=[],
         metavar="NAME",
         help="remove these detectors (acoustic, visual; comma- or space-separated) from every example: their "
-        "levels' reconstruction terms become 0 and <split>-without-NAME.json is written. The predictions do "
-        "not change: ITHP predicts from the text alone. Default: none",
+        "levels' reconstruction terms become 0 and <split>-<eval_sampling>-without-NAME.json is written. The "
+        "predictions do not change: ITHP predicts from the text alone. Default: none",
     )
     e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     e.add_argument(
         "--output-dir",
         default=None,
-        help="where <split>.json and <split>-predictions.csv are written. "
+        help="where <split>-<eval_sampling>.json and its predictions CSV are written. "
         "Default: eval-<checkpoint name> beside the checkpoint",
     )
     e.set_defaults(func=evaluate_command)

@@ -15,8 +15,9 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
 
+from ..checks import backend_argument, renamed_settings
 from ..data import SentimentData, SentimentSplit
-from .config import TrainConfig, backend_argument, renamed_settings
+from .config import TrainConfig, recipe_settings
 from .evaluate import evaluate_checkpoint
 from .loop import EpochEnd, run_training
 
@@ -84,6 +85,7 @@ def make_config(config: ConfigSource = None, **settings: Any) -> TrainConfig:
     else:
         base = {}
     merged = {**base, **normalise_keys(settings, "settings")}
+    merged = {**recipe_settings(merged.get("recipe")), **merged}
     (cfg,) = HfArgumentParser(TrainConfig).parse_dict(merged)
     return cfg
 

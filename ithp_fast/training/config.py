@@ -4,6 +4,11 @@ The defaults are the published recipe: AdamW, learning rate 1e-5, weight decay 0
 biases and LayerNorm weights, linear warm-up over 10 % of the steps then linear decay, batch 8,
 30 epochs, 50 tokens, loss MSE + 2 / (p_beta + p_gamma) * IB_total and per-batch global min-max
 normalisation of the acoustic and visual features. Every one of them is an option.
+
+One default differs from the authors' released script: the attention mask goes to the backbone, so
+that padding is not attended to and a text's score does not depend on how much padding it has
+(scoring pads each batch to its longest text). ``--recipe released`` is the released script:
+``RECIPES["released"]``, beneath a --config file and the flags given.
 """
 
 from __future__ import annotations
@@ -11,20 +16,45 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, get_args, get_origin, get_type_hints
 
-from ..checks import AUTO, BACKENDS, check_choice
 from ..data import DETECTOR_NAMES
 from .metrics import metric_names
 
-BACKEND_CHOICES = (AUTO, *BACKENDS)
-OLD_IMPL = {"fast": AUTO, "reference": "reference"}
-"""``impl``, the old name of the ``backend`` setting (``--impl``, config files and checkpoints
-written before): each of its values as a backend."""
 PRIME = "text"
 RELEASED_MODALITY_ORDER = (PRIME, "acoustic", "visual")
+
+
+RECIPES = {
+    "released": {  # the authors' train.py, as published
+        "attention_mask": False,  # it passes no attention mask to DeBERTa: padding is attended to
+        "eval_sampling": "sample",  # its evaluation draws the latent
+        "mask_padding": False,
+        "missing_rate": 0.0,
+        "modality_order": list(RELEASED_MODALITY_ORDER),
+        "normalise": "batch",
+        "protocol": "authors",
+        "select": "last",
+        "lr": 1e-5,
+        "weight_decay": 0.01,
+        "warmup_ratio": 0.1,
+        "batch_size": 8,
+        "epochs": 30,
+        "max_seq_length": 50,
+        "max_grad_norm": None,
+    },
+}
+"""Presets of settings (``--recipe``); the settings a --config file or a flag gives replace a preset's."""
+
+
+def recipe_settings(name: object) -> dict:
+    """The settings of ``--recipe NAME`` (none without one)."""
+    if name is None:
+        return {}
+    if name not in RECIPES:
+        raise ValueError(f"--recipe: expected one of {', '.join(RECIPES)}, got {name!r}")
+    return dict(RECIPES[name])
 
 
 def train_terms(levels: int) -> tuple[str, ...]:
@@ -72,6 +102,11 @@ class TrainConfig:
     """Everything a training run depends on; each field is a flag of ``ithp-fast train`` (``lr`` is ``--lr``,
     ``max_seq_length`` is ``--max-seq-length``) and a key of a ``--config`` file."""
 
+    recipe: Optional[Literal["released"]] = setting(
+        None,
+        "a preset of settings: released is the authors' script (no attention mask to the backbone, the latent drawn "
+        "at evaluation, the published optimisation); settings given here and in --config override it. Default: none",
+    )
     # data
     data: Optional[str] = setting(
         None,
@@ -315,22 +350,6 @@ class TrainConfig:
             )
 
 
-def renamed_settings(values: Mapping, where: str) -> dict:
-    """``values`` with a setting written under its old name moved to today's: ``impl`` (fast |
-    reference) is ``backend`` (auto | reference). One error naming ``where`` for an unknown old
-    value, or an old and a new value that disagree."""
-    out = dict(values)
-    if "impl" not in out:
-        return out
-    impl = out.pop("impl")
-    if impl not in OLD_IMPL:
-        raise ValueError(f"{where}: impl (the old name of backend): expected fast or reference, got {impl!r}")
-    if out.get("backend", OLD_IMPL[impl]) != OLD_IMPL[impl]:
-        raise ValueError(f"{where}: impl={impl!r} (the old name of backend) and backend={out['backend']!r} disagree")
-    out["backend"] = OLD_IMPL[impl]
-    return out
-
-
 def check_backend_runs(backend: str, device: str) -> None:
     """One line naming --backend when the backend cannot run on the run's device (triton without CUDA)."""
     if backend != "triton":
@@ -345,13 +364,6 @@ def check_backend_runs(backend: str, device: str) -> None:
         resolve_backend(backend, device)
     except RuntimeError as err:
         raise ValueError(f"--backend: {err}") from None
-
-
-def backend_argument(backend: Optional[str], impl: Optional[str] = None) -> Optional[str]:
-    """A ``backend=`` argument, or ``impl=`` (its old name) as one; None when neither is given."""
-    given = {k: v for k, v in (("backend", backend), ("impl", impl)) if v is not None}
-    backend = renamed_settings(given, "backend").get("backend")
-    return None if backend is None else check_choice(backend, BACKEND_CHOICES, "backend")
 
 
 def check_seeds(seeds: list[int]) -> None:
