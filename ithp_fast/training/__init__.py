@@ -7,6 +7,7 @@ One job per module:
     build.py        the backbone, the model, the optimiser's parameter groups
     batches.py      seeds, per-example noise, one batch through the model
     loop.py         the run: seeds, resume, epochs, steps, early stop, callbacks, saving
+    state.py        TrainState: a seed's progress, saved as trainer_state.json, what --resume continues from
     evaluate.py     predictions of a split, the predictions CSV, scoring a checkpoint
     load.py         ``ithp_fast.load_checkpoint``: a checkpoint as a model ready for inference
     results.py      a seed's results, the summary over seeds, printed metric lines

@@ -16,6 +16,7 @@ from .console import wrote_line
 from .distributed import DistContext, print_on_main
 from .evaluate import predict, write_predictions
 from .metrics import CONVENTIONS, all_conventions, format_metrics, mean_std
+from .state import TrainState
 
 
 def synthetic_ceiling(spec: SyntheticSpec) -> dict:
@@ -33,11 +34,18 @@ def synthetic_spec(data: SentimentData) -> SyntheticSpec:
 
 
 def seed_results(
-    cfg: TrainConfig, seed: int, data: SentimentData, ctx: DistContext, model, model_config: dict, state: dict, paths
+    cfg: TrainConfig,
+    seed: int,
+    data: SentimentData,
+    ctx: DistContext,
+    model,
+    model_config: dict,
+    state: TrainState,
+    paths,
 ) -> dict:
     """Score the selected epoch's weights on valid and test; write results.json, predictions and figures."""
-    selected = state["epoch"] if cfg.selection == "last" else state["best_epoch"]
-    if cfg.selection == "best" and state["best_epoch"] is not None:
+    selected = state.epoch if cfg.selection == "last" else state.best_epoch
+    if cfg.selection == "best" and state.best_epoch is not None:
         ckpt.load_weights(model, paths.best)
     scored = {name: predict(model, data.splits[name], cfg, model_config, ctx, seed) for name in ("valid", "test")}
     results = {
@@ -57,15 +65,15 @@ def seed_results(
         "timing": {
             "device": str(ctx.device),
             "world_size": ctx.world_size,
-            "steps": state["global_step"],
-            "skipped_steps": state.get("skipped_steps", 0),
-            "train_seconds": state["train_seconds"],
-            "epoch_seconds": [r["seconds"] for r in state["history"]["epochs"]],
+            "steps": state.global_step,
+            "skipped_steps": state.skipped_steps,
+            "train_seconds": state.train_seconds,
+            "epoch_seconds": [r["seconds"] for r in state.history["epochs"]],
         },
         "levels": {"modality_order": list(cfg.modality_order), "mask_padding": cfg.mask_padding},
         "missing_detectors": missing_detectors(cfg, seed, data),
-        "stopped": state.get("stopped"),
-        "history": state["history"],
+        "stopped": state.stopped,
+        "history": state.history,
         "checkpoint": paths.best if cfg.selection == "best" else paths.last,
     }
     if data.layout == "synthetic":
