@@ -20,6 +20,7 @@ from ..data import (
     SyntheticSpec,
     check_feature_widths,
     load_sentiment_data,
+    text_only_oracle,
 )
 from . import checkpoints as ckpt
 from .batches import EVAL_TAG, derive_seed, detector_mask_without, run_batch
@@ -91,6 +92,15 @@ def predict(
         "metrics": all_conventions(predictions, labels),
         "ib_terms": dict(zip(names, terms.tolist())),
     }
+
+
+def synthetic_ceiling(spec: Optional[SyntheticSpec]) -> Optional[dict]:
+    """The text-only oracle's metrics, under both conventions, on the test split of the synthetic set ``spec``
+    generates: what no text-only model can expect to beat (None without a spec: data that was not generated)."""
+    if spec is None:
+        return None
+    predictions, labels = text_only_oracle(spec)
+    return all_conventions(predictions, labels)
 
 
 def write_predictions(path: str, split: SentimentSplit, result: dict) -> None:

@@ -38,11 +38,11 @@ from .distributed import (
     print_on_main,
     shutdown,
 )
-from .evaluate import predict
+from .evaluate import predict, synthetic_ceiling, write_predictions
 from .logs import append_results_row, open_tensorboard, results_table, write_metrics_csv
 from .metrics import better, format_metrics
 from .preflight import check_output_dir, new_paths, undo_unstarted
-from .results import print_summary, seed_results, summarise, write_seed_comparison
+from .results import RESULTS_FILE, print_summary, report_seed, summarise, write_seed_comparison
 from .state import TrainState
 
 
@@ -66,7 +66,7 @@ class SeedPaths:
             run,
             os.path.join(run, "checkpoint-last"),
             os.path.join(run, "checkpoint-best"),
-            os.path.join(run, "results.json"),
+            os.path.join(run, RESULTS_FILE),
         )
 
 
@@ -521,7 +521,34 @@ def train_seed(
             ctx, f"seed {seed}: stopped at step {run.state.global_step} of {run.total_steps}; continue with --resume"
         )
         return {"seed": seed, "finished": False, "global_step": run.state.global_step}, True
-    return seed_results(cfg, seed, data, ctx, run.model, run.model_config, run.state, paths), True
+    return finish_seed(run), True
+
+
+def finish_seed(run: SeedRun) -> dict:
+    """Score the selected epoch's weights on valid and test (with the text-only ceiling of a synthetic set); on
+    rank 0 write the test predictions, then report the seed (figures, results.json); returns its results."""
+    cfg, ctx, paths = run.cfg, run.ctx, run.paths
+    if cfg.selection == "best" and run.state.best_epoch is not None:
+        ckpt.load_weights(run.model, paths.best)
+    scored = {
+        name: predict(run.model, run.data.splits[name], cfg, run.model_config, ctx, run.seed)
+        for name in ("valid", "test")
+    }
+    ceiling = synthetic_ceiling(run.data.synthetic_spec)
+    if ctx.is_main:
+        write_predictions(os.path.join(paths.run, "predictions_test.csv"), run.data.splits["test"], scored["test"])
+    return report_seed(
+        cfg,
+        run.seed,
+        run.state,
+        scored,
+        run.data,
+        ctx=ctx,
+        present=run.present,
+        ceiling=ceiling,
+        directory=paths.run,
+        checkpoint=paths.best if cfg.selection == "best" else paths.last,
+    )
 
 
 def load_run_data(cfg: TrainConfig, data: Union[SentimentData, Mapping, None] = None) -> SentimentData:
