@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -27,8 +27,9 @@ from .batches import EVAL_TAG, derive_seed, detector_mask_without, run_batch
 from .build import load_tokenizer, model_modalities
 from .config import TrainConfig, train_terms
 from .distributed import DistContext, gather_objects, init_distributed, shutdown
+from .eval_config import EvalConfig, make_eval_config
 from .load import load_checkpoint_model
-from .metrics import CONVENTIONS, all_conventions, format_metrics
+from .metrics import all_conventions, format_metrics
 
 
 @torch.no_grad()
@@ -131,17 +132,9 @@ def check_output_dir(output_dir: str, checkpoint: str) -> None:
 
 
 def evaluate_checkpoint(
-    directory: str,
+    settings: Union[EvalConfig, str],
     data: Union[str, SentimentData, Mapping, None] = None,
-    *,
-    split: str = "test",
-    protocol: str = "authors",
-    batch_size: Optional[int] = None,
-    impl: Optional[str] = None,
-    device: str = "auto",
-    output_dir: Optional[str] = None,
-    eval_sampling: Optional[str] = None,
-    drop_detectors: Sequence[str] = (),
+    **options: Any,
 ) -> dict:
     """Score a checkpoint on one split; writes ``<split>.json`` and ``<split>-predictions.csv`` to ``output_dir``.
 
@@ -150,21 +143,23 @@ def evaluate_checkpoint(
     remove from every example (the files are then ``<split>-without-<names>.json`` / ``.csv``): the
     predictions, which ITHP computes from the text alone, stay the same; the reconstruction terms of
     the removed detectors' levels become 0 (``ib_terms`` in the report).
+
+    ``settings``: an :class:`~ithp_fast.training.eval_config.EvalConfig`, or the checkpoint directory with
+    EvalConfig's other fields as keywords; ``data``, when given, replaces ``settings.data`` (loaded data or a
+    pickle's object).
     """
-    if split not in ("train", "valid", "test"):
-        raise ValueError(f"--split: expected train, valid or test, got {split!r}")
-    if protocol not in CONVENTIONS:
-        raise ValueError(f"--protocol: expected one of {CONVENTIONS}, got {protocol!r}")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"--batch-size: expected a positive number of examples, got {batch_size}")
-    output_dir = output_dir or default_output_dir(directory)
+    settings = settings_of(settings, options)
+    settings.validate()
+    directory, split, protocol = settings.checkpoint, settings.split, settings.protocol
+    impl, eval_sampling, drop_detectors = settings.impl, settings.eval_sampling, settings.drop_detectors
+    output_dir = settings.output_dir or default_output_dir(directory)
     check_output_dir(output_dir, directory)
-    ctx = init_distributed(device)
+    ctx = init_distributed(settings.device)
     try:
         model, config = load_checkpoint_model(directory, impl=impl, device=ctx.device, eval_sampling=eval_sampling)
         drop = check_drop_detectors(drop_detectors, model_modalities(config["model"]))
-        cfg = run_config(config, batch_size)
-        data = checkpoint_data(directory, config, data)
+        cfg = run_config(config, settings.batch_size)
+        data = checkpoint_data(directory, config, settings.data if data is None else data)
         result = predict(model, data.splits[split], cfg, config["model"], ctx, config["run"]["seed"], drop)
         report = {
             "checkpoint": directory,
@@ -183,6 +178,16 @@ def evaluate_checkpoint(
         return report
     finally:
         shutdown(ctx)
+
+
+def settings_of(settings: Union[EvalConfig, str], options: dict) -> EvalConfig:
+    """``settings`` as an EvalConfig: one given, or built from a checkpoint directory and ``options``."""
+    if isinstance(settings, EvalConfig):
+        if options:
+            given = ", ".join(options)
+            raise TypeError(f"evaluate_checkpoint: {given} given beside an EvalConfig; set them in the EvalConfig")
+        return settings
+    return make_eval_config(settings, **options)
 
 
 def check_drop_detectors(names: Sequence[str], modalities: Sequence[str]) -> tuple[str, ...]:
