@@ -46,13 +46,23 @@ def test_the_flags_the_keywords_and_the_fields_are_one_set(monkeypatch):
     flags = {a.dest: a for a in parser._actions if a.dest != "help"}
     assert set(flags) == FIELDS
     assert all(f"--{name.replace('_', '-')}" == flags[name].option_strings[0] for name in FIELDS)
-    calls = []
-    monkeypatch.setattr(api, "evaluate_checkpoint", lambda settings, data: calls.append(settings))
-    for name in FIELDS - {"checkpoint"}:
+    calls = scored(monkeypatch)
+    for name in FIELDS - {"checkpoint", "data"}:
         api.evaluate("ckpt", **{name: GIVEN[name]})
-        assert getattr(calls[-1], name) == GIVEN[name], name
+        assert getattr(calls[-1][0], name) == GIVEN[name], name
     api.evaluate(**GIVEN)
-    assert calls[-1] == EvalConfig(**GIVEN)
+    assert calls[-1] == (EvalConfig(**{**GIVEN, "data": None}), "mosi.pkl")  # data: a path, or data in memory
+
+
+def scored(monkeypatch) -> list:
+    """Where ``ithp_fast.evaluate`` records the (EvalConfig, data) it would score a checkpoint with."""
+    calls = []
+
+    def record(checkpoint, data, **options):
+        calls.append((evaluate_module.settings_of(checkpoint, options), data))
+
+    monkeypatch.setattr(api, "evaluate_checkpoint", record)
+    return calls
 
 
 def test_the_flags_written_before_parse_to_the_same_settings(monkeypatch):
@@ -60,9 +70,8 @@ def test_the_flags_written_before_parse_to_the_same_settings(monkeypatch):
     assert {name: getattr(args, name) for name in FIELDS} == GIVEN
     defaults = build_parser().parse_args(["evaluate", "--checkpoint", "c"])
     assert EvalConfig(**{name: getattr(defaults, name) for name in FIELDS}) == EvalConfig(checkpoint="c")
-    calls = []
-    monkeypatch.setattr(api, "evaluate_checkpoint", lambda settings, data: calls.append(settings))
-    assert args.func(args) == 0 and calls == [EvalConfig(**GIVEN)]
+    calls = scored(monkeypatch)
+    assert args.func(args) == 0 and calls == [(EvalConfig(**{**GIVEN, "data": None}), "mosi.pkl")]
 
 
 class Seen(Exception):

@@ -4,6 +4,8 @@ One job per module:
 
     api.py          ithp_fast.train / ithp_fast.evaluate: settings from dicts or files, data from paths or memory
     config.py       TrainConfig: every setting of a run (each one a flag of ``ithp-fast train``)
+    eval_config.py  EvalConfig: every setting of scoring a checkpoint (a flag of ``ithp-fast evaluate``, a keyword
+                    of ``ithp_fast.evaluate``)
     build.py        the backbone, the model, the optimiser's parameter groups
     batches.py      seeds, per-example noise, one batch through the model
     loop.py         the run: seeds, resume, epochs, steps, early stop, callbacks, saving; it has evaluate.py

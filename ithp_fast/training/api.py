@@ -17,7 +17,6 @@ from typing import Any, Union
 
 from ..data import SentimentData, SentimentSplit
 from .config import TrainConfig
-from .eval_config import make_eval_config
 from .evaluate import evaluate_checkpoint
 from .loop import EpochEnd, run_training
 
@@ -152,10 +151,7 @@ def evaluate(checkpoint: Union[str, os.PathLike], data: DataSource = None, **set
             at 0; the predictions do not use detectors), ``device`` (``"auto"``) and ``output_dir``
             (``eval-<checkpoint name>`` beside the checkpoint).
     """
-    loaded = as_sentiment_data(data)
-    path = loaded if isinstance(loaded, str) else None  # a pickle path, read with the checkpoint's tokenizer
-    config = make_eval_config(os.fspath(checkpoint), data=path, **settings)
-    return evaluate_checkpoint(config, None if path else loaded)
+    return evaluate_checkpoint(os.fspath(checkpoint), as_sentiment_data(data), **settings)
 
 
 __all__ = ["EpochEnd", "evaluate", "make_config", "read_config_file", "train"]

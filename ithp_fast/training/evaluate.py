@@ -145,8 +145,8 @@ def evaluate_checkpoint(
     the removed detectors' levels become 0 (``ib_terms`` in the report).
 
     ``settings``: an :class:`~ithp_fast.training.eval_config.EvalConfig`, or the checkpoint directory with
-    EvalConfig's other fields as keywords; ``data``, when given, replaces ``settings.data`` (loaded data or a
-    pickle's object).
+    EvalConfig's other fields as keywords; ``data``, when given, replaces ``settings.data`` (a pickle path,
+    loaded data or a pickle's object).
     """
     settings = settings_of(settings, options)
     settings.validate()
