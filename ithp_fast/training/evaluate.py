@@ -1,4 +1,5 @@
-"""Predictions of a whole split, the predictions CSV, and scoring a saved checkpoint."""
+"""Predictions of a whole split, the text-only ceiling of a synthetic set, the predictions CSV, and scoring a
+saved checkpoint."""
 
 from __future__ import annotations
 
