@@ -70,7 +70,7 @@ def save(directory, value):
     ckpt.save_checkpoint(
         str(directory),
         model,
-        {"value": value},
+        {"model": {"value": value}},
         optimizer=optimizer,
         state={"value": value},
         save_tokenizer=lambda d: open(os.path.join(d, "vocab.json"), "w").write("{}"),
@@ -195,7 +195,7 @@ def test_leftovers_of_an_earlier_version_are_not_guessed_at(tmp_path):
         save(str(directory) + suffix, value)
         os.remove(os.path.join(str(directory) + suffix, ckpt.MANIFEST_FILE))
         config = os.path.join(str(directory) + suffix, ckpt.CONFIG_FILE)
-        json.dump({**json.load(open(config)), "format": ckpt.LEGACY_FORMAT}, open(config, "w"))
+        json.dump({"format": ckpt.LEGACY_FORMAT, "value": value}, open(config, "w"))  # as format 1 wrote it
     with pytest.raises(ckpt.CheckpointError, match="interrupted save of an earlier version"):
         ckpt.recover(str(directory))
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-last.old", "checkpoint-last.tmp"]
@@ -235,7 +235,7 @@ def resume_argv(run, epochs=2):
             "--lr", "1e-3", *TINY_FLAGS]
 
 
-@pytest.mark.parametrize("name", [ckpt.MODEL_FILE, ckpt.CONFIG_FILE, "vocab.json"])
+@pytest.mark.parametrize("name", [ckpt.MODEL_FILE, ckpt.CONFIG_FILE, ckpt.RUN_FILE, "tokenizer.json"])
 def test_a_flipped_byte_is_one_line_naming_the_file(checkpoint, capsys, name):
     flip_a_byte(checkpoint / name, offset=len(open(checkpoint / name, "rb").read()) // 2)
     err = one_line_error(capsys, ["evaluate", "--checkpoint", str(checkpoint)])
@@ -318,7 +318,7 @@ MANIFESTS = {
     "model not listed": lambda m, c: {**m, "files": {k: v for k, v in m["files"].items() if k != ckpt.MODEL_FILE}},
     "../x": lambda m, c: {**m, "files": {**m["files"], "../../outside.txt": entry(c.parent.parent / "outside.txt")}},
     "/etc/hostname": lambda m, c: {**m, "files": {**m["files"], "/etc/hostname": entry("/etc/hostname")}},
-    "a link out": lambda m, c: {**m, "files": {**m["files"], "vocab.json": entry(c.parent.parent / "outside.txt")}},
+    "a link out": lambda m, c: {**m, "files": {**m["files"], "tokenizer.json": entry(c.parent.parent / "outside.txt")}},
 }
 
 
@@ -333,8 +333,8 @@ def test_a_manifest_of_the_wrong_shape_is_one_line_naming_it_and_nothing_outside
     checkpoint = run / "seed-1" / "checkpoint-last"
     (run / "outside.txt").write_text("not part of the checkpoint")
     if variant == "a link out":
-        os.remove(checkpoint / "vocab.json")
-        os.symlink(run / "outside.txt", checkpoint / "vocab.json")
+        os.remove(checkpoint / "tokenizer.json")
+        os.symlink(run / "outside.txt", checkpoint / "tokenizer.json")
     manifest = checkpoint / ckpt.MANIFEST_FILE
     manifest.write_text(json.dumps(MANIFESTS[variant](good_manifest(checkpoint), checkpoint)))
     hashed, sha256_of = [], ckpt.sha256_of
@@ -412,7 +412,7 @@ def test_evaluate_writes_beside_the_checkpoint_or_where_asked(checkpoint, capsys
     assert main(["evaluate", "--checkpoint", str(checkpoint)]) == 0
     out = capsys.readouterr().out
     assert "eval_sampling=sample" in out  # the training run's, said
-    assert (checkpoint.parent / "eval-checkpoint-last" / "test.json").is_file()
+    assert (checkpoint.parent / "eval-checkpoint-last" / "test-sample.json").is_file()
     assert (
         main(
             [
@@ -427,7 +427,7 @@ def test_evaluate_writes_beside_the_checkpoint_or_where_asked(checkpoint, capsys
         )
         == 0
     )
-    assert json.loads((tmp_path / "mine" / "test.json").read_text())["eval_sampling"] == "mean"
+    assert json.loads((tmp_path / "mine" / "test-mean.json").read_text())["eval_sampling"] == "mean"
     err = one_line_error(capsys, ["evaluate", "--checkpoint", str(checkpoint), "--output-dir", str(checkpoint / "x")])
     assert "--output-dir" in err and "inside a checkpoint" in err
     assert not (checkpoint / "x").exists()

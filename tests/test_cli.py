@@ -54,9 +54,9 @@ def test_train_then_evaluate_a_pickle(tmp_path, capsys, layout):
     out = tmp_path / "run"
     assert main(["train", "--data", data, "--output-dir", str(out), "--batch-size", "2", *TINY]) == 0
     ckpt = out / "seed-1" / "checkpoint-last"
-    config = json.loads((ckpt / "config.json").read_text())
-    assert (config["model"]["ithp"]["X1_dim"], config["model"]["ithp"]["X2_dim"]) == (D_A, D_V)  # widths from the data
-    assert config["data"]["layout"] == layout and config["tokenizer"]["kind"] == (
+    config, training = (json.loads((ckpt / name).read_text()) for name in ("config.json", "training.json"))
+    assert (config["ithp"]["X1_dim"], config["ithp"]["X2_dim"]) == (D_A, D_V)  # widths from the data
+    assert training["data"]["layout"] == layout and training["tokenizer"]["kind"] == (
         "word-vocabulary" if layout == "words" else "ids-in-data"
     )
     capsys.readouterr()
@@ -66,15 +66,15 @@ def test_train_then_evaluate_a_pickle(tmp_path, capsys, layout):
     assert err.startswith("ithp-fast evaluate: error: --data: this checkpoint was trained on") and data in err
     assert main(["evaluate", "--checkpoint", str(ckpt), "--data", data, "--split", "valid", "--protocol", "mmsa"]) == 0
     evaluated = out / "seed-1" / "eval-checkpoint-last"  # beside the checkpoint, never inside it
-    report = json.loads((evaluated / "valid.json").read_text())
+    report = json.loads((evaluated / "valid-sample.json").read_text())
     assert (
         report["split"] == "valid"
         and "Has0_acc_2" in report["headline"]
         and set(report["metrics"]) == {"authors", "mmsa"}
     )
-    assert (evaluated / "valid-predictions.csv").is_file() and sorted(p.name for p in ckpt.iterdir()) == sorted(
-        ["config.json", "manifest.json", "model.safetensors", "optimizer.safetensors", "trainer_state.json"]
-        + (["vocab.json"] if layout == "words" else [])
+    assert (evaluated / "valid-sample-predictions.csv").is_file() and sorted(p.name for p in ckpt.iterdir()) == sorted(
+        ["config.json", "manifest.json", "model.safetensors", "optimizer.safetensors", "trainer_state.json",
+         "training.json"] + (["tokenizer.json", "tokenizer_config.json"] if layout == "words" else [])
     )
 
 
@@ -145,9 +145,9 @@ def test_local_backbone_directory_with_its_tokenizer(tmp_path):
     ]
     assert main(args + TINY) == 0
     ckpt = out / "seed-1" / "checkpoint-last"
-    config = json.loads((ckpt / "config.json").read_text())
-    assert config["model"]["backbone"]["hidden_size"] == 16 and config["model"]["ithp"]["X0_dim"] == 16
-    assert config["model"]["backbone"]["hidden_dropout_prob"] == 0 and config["tokenizer"]["kind"] == "pretrained"
+    config, training = (json.loads((ckpt / name).read_text()) for name in ("config.json", "training.json"))
+    assert config["backbone"]["hidden_size"] == 16 and config["ithp"]["X0_dim"] == 16
+    assert config["backbone"]["hidden_dropout_prob"] == 0 and training["tokenizer"]["kind"] == "pretrained"
     assert (ckpt / "tokenizer_config.json").is_file()  # the checkpoint carries its tokenizer
     assert main(["evaluate", "--checkpoint", str(ckpt), "--data", data]) == 0
 

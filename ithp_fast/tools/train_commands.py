@@ -38,6 +38,14 @@ batch is normalised like the whole batch; evaluation covers every example once; 
 writes files.
 """
 
+EVALUATE_DESCRIPTION = """\
+Score a checkpoint on a split (test by default) under both metric conventions, as the training run did:
+its data (the checkpoint's synthetic set, or --data), its tokenizer, and by default its eval_sampling (the
+released evaluation draws the latent; --eval-sampling mean gives the posterior mean, what predict, export
+and load_checkpoint use). Writes <split>-<eval_sampling>.json and <split>-<eval_sampling>-predictions.csv,
+so a report of one mode never replaces one of the other. To score texts of your own, use predict.
+"""
+
 FIELD_DEFAULTS = {
     f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
     for f in dataclasses.fields(TrainConfig)
@@ -152,6 +160,7 @@ def register(sub) -> None:
     e = sub.add_parser(
         "evaluate",
         help="score a checkpoint on a split under both metric conventions",
+        description=EVALUATE_DESCRIPTION,
         parents=[dataclass_arguments(EvalConfig)],
         formatter_class=PlainHelpFormatter,
     )

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
 from ..data import SentimentData, SentimentSplit
-from .config import TrainConfig
+from .config import TrainConfig, recipe_settings
 from .evaluate import evaluate_checkpoint
 from .loop import EpochEnd, run_training
 
@@ -83,6 +83,7 @@ def make_config(config: ConfigSource = None, **settings: Any) -> TrainConfig:
     else:
         base = {}
     merged = {**base, **normalise_keys(settings, "settings")}
+    merged = {**recipe_settings(merged.get("recipe")), **merged}
     (cfg,) = HfArgumentParser(TrainConfig).parse_dict(merged)
     return cfg
 

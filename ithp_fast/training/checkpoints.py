@@ -1,14 +1,21 @@
 """Checkpoints: weights in safetensors, the full configuration in JSON beside them, the optimiser /
 scheduler / progress state needed to resume, and a manifest with the SHA-256 of every file.
 
-A checkpoint directory holds::
+A checkpoint directory is a Hugging Face model directory (``ITHPDeberta.from_pretrained``,
+``AutoModelForSequenceClassification``, ``pipeline``) plus what training needs::
 
+    config.json             the model's ITHPDebertaConfig (model_type "ithp_deberta"), posterior mean
     model.safetensors       the model's state_dict (backbone included)
-    config.json             {"format", "model": {...}, "run": {...}, "data": {...}, "tokenizer": {...}}
-    vocab.json | tokenizer files    what turns words into token ids
+    tokenizer.json, tokenizer_config.json, ...   the tokenizer, in Hugging Face's format
+    training.json           {"format", "run": {...}, "data": {...}, "tokenizer": {...}, "impl", "world_size"}:
+                            how the model was trained (the run's settings, eval_sampling included)
     optimizer.safetensors   optimiser tensors (resumable checkpoints only)
     trainer_state.json      optimiser hyper-parameters, scheduler state, progress, history
     manifest.json           size and SHA-256 of each file above; written last
+
+Checkpoints of earlier versions keep loading: format 2 held everything in ``config.json`` (``{"format",
+"model", "run", "data", "tokenizer", ...}``) and the vocabulary in ``vocab.json``; format 1 had no
+manifest. Every file is written with the mode the umask gives (0644 under the usual 022).
 
 Saving ``DIR`` is crash-safe: everything is written to ``DIR.tmp`` (files flushed to disk, the
 manifest last), then ``DIR`` is renamed ``DIR.old``, ``DIR.tmp`` renamed ``DIR`` and ``DIR.old``
@@ -35,9 +42,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-FORMAT = "ithp_fast-checkpoint-2"  # 2: with manifest.json
-LEGACY_FORMAT = "ithp_fast-checkpoint-1"
+from ..files import follow_umask
+
+FORMAT = "ithp_fast-checkpoint-3"  # 3: a Hugging Face config.json, the run in training.json
+EARLIER_FORMAT = "ithp_fast-checkpoint-2"  # everything in config.json, with manifest.json
+LEGACY_FORMAT = "ithp_fast-checkpoint-1"  # no manifest
+MODEL_TYPE = "ithp_deberta"
 CONFIG_FILE = "config.json"
+RUN_FILE = "training.json"
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
@@ -145,7 +157,7 @@ def read_manifest(directory: str) -> dict[str, dict]:
 
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise refuse('expected {"format": ..., "files": {name: {"bytes", "sha256"}}}')
-    if manifest.get("format") != FORMAT:
+    if manifest.get("format") not in (FORMAT, EARLIER_FORMAT):
         raise refuse(f"format {manifest.get('format')!r}, expected {FORMAT!r}")
     files = manifest["files"]
     for name, entry in files.items():
@@ -238,7 +250,7 @@ def verify_tokenizer_files(directory: str) -> None:
     """Check the tokenizer files of a checkpoint (every listed file but weights, config and training state)."""
     if unverified_reason(directory) is not None:
         return
-    own = {MODEL_FILE, CONFIG_FILE, OPTIMIZER_FILE, STATE_FILE}
+    own = {MODEL_FILE, CONFIG_FILE, RUN_FILE, OPTIMIZER_FILE, STATE_FILE}
     for name, entry in read_manifest(directory).items():
         problem = None if name in own else file_problem(directory, name, entry)
         if problem:
@@ -316,17 +328,28 @@ def save_checkpoint(
     scheduler: Optional[Any] = None,
     state: Optional[dict] = None,
 ) -> None:
-    """Write a checkpoint; whatever step a crash interrupts, :func:`recover` restores a complete one."""
+    """Write a checkpoint; whatever step a crash interrupts, :func:`recover` restores a complete one.
+
+    ``config["model"]`` (the model's Hugging Face config) becomes ``config.json``, set to the posterior
+    mean (what a served model computes; the run's own ``eval_sampling`` stays in ``config["run"]``),
+    and the rest of ``config`` ``training.json``.
+    """
     recover(directory)
     tmp, old = sibling(directory, ".tmp"), sibling(directory, ".old")
     os.makedirs(tmp)
-    write_json(os.path.join(tmp, CONFIG_FILE), {"format": FORMAT, **config})
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, os.path.join(tmp, MODEL_FILE))
+    if "model" in config:
+        write_json(os.path.join(tmp, CONFIG_FILE), {**config["model"], "eval_sampling": "mean"})
+    write_json(os.path.join(tmp, RUN_FILE), {"format": FORMAT, **{k: v for k, v in config.items() if k != "model"}})
+    weights = os.path.join(tmp, MODEL_FILE)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, weights, metadata={"format": "pt"})  # "pt": what transformers' from_pretrained expects
+    follow_umask(weights)
     if save_tokenizer is not None:
         save_tokenizer(tmp)
     if optimizer is not None:
         tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
         save_file(tensors, os.path.join(tmp, OPTIMIZER_FILE))
+        follow_umask(os.path.join(tmp, OPTIMIZER_FILE))
         sched = scheduler.state_dict() if scheduler is not None else None
         write_json(os.path.join(tmp, STATE_FILE), {"optimizer": opt_meta, "scheduler": sched, **(state or {})})
     write_manifest(tmp)
@@ -339,8 +362,11 @@ def save_checkpoint(
 
 
 def load_config(directory: str) -> dict:
-    """A checkpoint's config.json (checked against its manifest; without one, an
-    :class:`UnverifiedCheckpointWarning` says that nothing in the checkpoint can be checked)."""
+    """A checkpoint's settings (checked against its manifest) as ``{"model": <config.json>, "run", "data",
+    "tokenizer", "impl", "world_size", "format"}``: this version's ``config.json`` and ``training.json``
+    together (a directory written by ``save_pretrained`` has no ``training.json``: then only ``"model"``),
+    or an earlier version's ``config.json``, which held all of it (its ``"model"`` in that version's form).
+    Without a manifest, an :class:`UnverifiedCheckpointWarning` says that nothing in it can be checked."""
     if not os.path.isdir(directory):
         raise FileNotFoundError(
             f"checkpoint: {directory} is not a directory; expected one written by `ithp-fast train`"
@@ -351,9 +377,18 @@ def load_config(directory: str) -> dict:
         hint = f"; checkpoints inside it: {', '.join(inside)}" if inside else ""
         raise FileNotFoundError(f"checkpoint: {directory} has no {CONFIG_FILE}, so it is not a checkpoint{hint}")
     config = read_json(verify_file(directory, CONFIG_FILE))
-    if not isinstance(config, dict) or config.get("format") not in (FORMAT, LEGACY_FORMAT):
+    if isinstance(config, dict) and "model_type" in config:
+        if config["model_type"] != MODEL_TYPE:
+            raise CheckpointError(f"{path}: model_type {config['model_type']!r}, expected {MODEL_TYPE!r}")
+        run_path = os.path.join(directory, RUN_FILE)
+        run = read_json(verify_file(directory, RUN_FILE)) if os.path.isfile(run_path) else {"format": FORMAT}
+        if not isinstance(run, dict) or run.get("format") != FORMAT:
+            found = run.get("format") if isinstance(run, dict) else type(run).__name__
+            raise CheckpointError(f"{run_path}: format {found!r}, expected {FORMAT!r}")
+        config = {**run, "model": config}
+    elif not isinstance(config, dict) or config.get("format") not in (EARLIER_FORMAT, LEGACY_FORMAT):
         found = config.get("format") if isinstance(config, dict) else type(config).__name__
-        raise CheckpointError(f"{path}: format {found!r}, expected {FORMAT!r}")
+        raise CheckpointError(f"{path}: format {found!r}, expected {FORMAT!r} (a Hugging Face config.json)")
     unverified = unverified_reason(directory)
     if unverified:
         warnings.warn(unverified, UnverifiedCheckpointWarning)  # attributed here: one line however often read

@@ -4,6 +4,11 @@ The defaults are the published recipe: AdamW, learning rate 1e-5, weight decay 0
 biases and LayerNorm weights, linear warm-up over 10 % of the steps then linear decay, batch 8,
 30 epochs, 50 tokens, loss MSE + 2 / (p_beta + p_gamma) * IB_total and per-batch global min-max
 normalisation of the acoustic and visual features. Every one of them is an option.
+
+One default differs from the authors' released script: the attention mask goes to the backbone, so
+that padding is not attended to and a text's score does not depend on how much padding it has
+(scoring pads each batch to its longest text). ``--recipe released`` is the released script:
+``RECIPES["released"]``, beneath a --config file and the flags given.
 """
 
 from __future__ import annotations
@@ -14,12 +19,43 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, get_args, get_origin, get_type_hints
 
+from ..config import IMPLS  # noqa: F401 (the implementations --impl names)
 from ..data import DETECTOR_NAMES
 from .metrics import metric_names
 
-IMPLS = ("fast", "reference")
 PRIME = "text"
 RELEASED_MODALITY_ORDER = (PRIME, "acoustic", "visual")
+
+
+RECIPES = {
+    "released": {  # the authors' train.py, as published
+        "attention_mask": False,  # it passes no attention mask to DeBERTa: padding is attended to
+        "eval_sampling": "sample",  # its evaluation draws the latent
+        "mask_padding": False,
+        "missing_rate": 0.0,
+        "modality_order": list(RELEASED_MODALITY_ORDER),
+        "normalise": "batch",
+        "protocol": "authors",
+        "select": "last",
+        "lr": 1e-5,
+        "weight_decay": 0.01,
+        "warmup_ratio": 0.1,
+        "batch_size": 8,
+        "epochs": 30,
+        "max_seq_length": 50,
+        "max_grad_norm": None,
+    },
+}
+"""Presets of settings (``--recipe``); the settings a --config file or a flag gives replace a preset's."""
+
+
+def recipe_settings(name: object) -> dict:
+    """The settings of ``--recipe NAME`` (none without one)."""
+    if name is None:
+        return {}
+    if name not in RECIPES:
+        raise ValueError(f"--recipe: expected one of {', '.join(RECIPES)}, got {name!r}")
+    return dict(RECIPES[name])
 
 
 def train_terms(levels: int) -> tuple[str, ...]:
@@ -67,6 +103,11 @@ class TrainConfig:
     """Everything a training run depends on; each field is a flag of ``ithp-fast train`` (``lr`` is ``--lr``,
     ``max_seq_length`` is ``--max-seq-length``) and a key of a ``--config`` file."""
 
+    recipe: Optional[Literal["released"]] = setting(
+        None,
+        "a preset of settings: released is the authors' script (no attention mask to the backbone, the latent drawn "
+        "at evaluation, the published optimisation); settings given here and in --config override it. Default: none",
+    )
     # data
     data: Optional[str] = setting(
         None,

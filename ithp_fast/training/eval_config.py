@@ -43,16 +43,16 @@ class EvalConfig:
         default_factory=list,
         metadata={
             "help": "remove these detectors (acoustic, visual; comma- or space-separated) from every example: their "
-            "levels' reconstruction terms become 0 and <split>-without-NAME.json is written. The predictions do "
-            "not change: ITHP predicts from the text alone. Default: none",
+            "levels' reconstruction terms become 0 and <split>-<eval_sampling>-without-NAME.json is written. The "
+            "predictions do not change: ITHP predicts from the text alone. Default: none",
             "metavar": "NAME",
         },
     )
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     output_dir: Optional[str] = setting(
         None,
-        "where <split>.json and <split>-predictions.csv are written. Default: eval-<checkpoint name> beside the "
-        "checkpoint",
+        "where <split>-<eval_sampling>.json and its predictions CSV are written. Default: eval-<checkpoint name> "
+        "beside the checkpoint",
     )
 
     def validate(self) -> None:

@@ -331,15 +331,18 @@ def save_last(run: SeedRun, finished: bool) -> None:
             run.paths.last,
             run.model,
             run.config,
-            save_tokenizer=tokenizer_saver(run.data),
+            save_tokenizer=tokenizer_saver(run.data, run.cfg.max_seq_length),
             optimizer=run.optimizer,
             scheduler=run.scheduler,
             state=run.state.to_dict(),
         )
 
 
-def tokenizer_saver(data: SentimentData):
-    return data.tokenizer.save if data.tokenizer is not None else None
+def tokenizer_saver(data: SentimentData, max_length: int):
+    """Writes the run's tokenizer (cutting texts at ``max_length`` tokens) into a checkpoint; None without one."""
+    if data.tokenizer is None:
+        return None
+    return lambda directory: data.tokenizer.save(directory, max_length=max_length)
 
 
 def train_step(run: SeedRun, batch: dict, epoch: int) -> Optional[torch.Tensor]:
@@ -488,7 +491,8 @@ def track_best(run: SeedRun, record: dict) -> None:
         return
     state.best, state.best_epoch, state.epochs_without_improvement = value, record["epoch"], 0
     if cfg.selection == "best" and run.ctx.is_main:
-        ckpt.save_checkpoint(run.paths.best, run.model, run.config, save_tokenizer=tokenizer_saver(run.data))
+        ckpt.save_checkpoint(run.paths.best, run.model, run.config,
+                             save_tokenizer=tokenizer_saver(run.data, cfg.max_seq_length))
 
 
 def train_seed(
