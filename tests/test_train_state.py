@@ -16,9 +16,10 @@ from ithp_fast.training.api import train
 from ithp_fast.training.loop import SeedRun
 from ithp_fast.training.state import TrainState
 
+FIXTURES = Path(__file__).parent / "fixtures"
 # trainer_state.json of a run stopped inside its second epoch (--stop-after-steps 4), written by the version
 # that kept progress in a dict (checkpoint format 2).
-WRITTEN_BEFORE = Path(__file__).parent / "fixtures" / "trainer_state-format-2-mid-epoch.json"
+WRITTEN_BEFORE = FIXTURES / "trainer_state-format-2-mid-epoch.json"
 # The keys the first version that wrote trainer_state.json gave it (besides optimizer and scheduler).
 FIRST_VERSION_KEYS = ("epoch", "step_in_epoch", "global_step", "history", "best", "best_epoch", "train_seconds")
 
@@ -49,10 +50,17 @@ def test_round_trip_through_json():
     assert TrainState.from_dict(TrainState().to_dict()) == TrainState()
 
 
-def test_a_file_written_before_reads_back_unchanged():
-    saved = progress(json.loads(WRITTEN_BEFORE.read_text()))
+@pytest.mark.parametrize(
+    "path, where",
+    [
+        (WRITTEN_BEFORE, (1, 1, 4, False)),
+        (FIXTURES / "checkpoint-format-2" / ckpt.STATE_FILE, (2, 0, 4, True)),  # a finished run's, same version
+    ],
+)
+def test_a_file_written_before_reads_back_unchanged(path, where):
+    saved = progress(json.loads(path.read_text()))
     state = TrainState.from_dict(saved)
-    assert (state.epoch, state.step_in_epoch, state.global_step, state.finished) == (1, 1, 4, False)
+    assert (state.epoch, state.step_in_epoch, state.global_step, state.finished) == where
     assert state.to_dict() == saved and list(state.to_dict()) == list(saved)  # same keys, order and values
 
 
