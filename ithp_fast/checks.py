@@ -60,7 +60,7 @@ def renamed_settings(values: Mapping, where: str) -> dict:
     impl = out.pop("impl")
     if impl not in OLD_IMPL:
         raise ValueError(f"{where}: impl (the old name of backend): expected fast or reference, got {impl!r}")
-    if out.get("backend", OLD_IMPL[impl]) != OLD_IMPL[impl]:
+    if out.get("backend") not in (None, OLD_IMPL[impl]):  # None: not given
         raise ValueError(f"{where}: impl={impl!r} (the old name of backend) and backend={out['backend']!r} disagree")
     out["backend"] = OLD_IMPL[impl]
     return out

@@ -13,9 +13,9 @@ import dataclasses
 import json
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional, Union
+from typing import Any, Union
 
-from ..checks import backend_argument, renamed_settings
+from ..checks import renamed_settings
 from ..data import SentimentData, SentimentSplit
 from .config import TrainConfig, recipe_settings
 from .evaluate import evaluate_checkpoint
@@ -140,41 +140,22 @@ def train(
     return run_training(cfg, data=loaded, callbacks=tuple(callbacks))
 
 
-def evaluate(
-    checkpoint: Union[str, os.PathLike],
-    data: DataSource = None,
-    *,
-    split: str = "test",
-    protocol: str = "authors",
-    batch_size: Optional[int] = None,
-    backend: Optional[str] = None,
-    device: str = "auto",
-    output_dir: Optional[str] = None,
-    eval_sampling: Optional[str] = None,
-    drop_detectors: Sequence[str] = (),
-    impl: Optional[str] = None,
-) -> dict:
+def evaluate(checkpoint: Union[str, os.PathLike], data: DataSource = None, **settings: Any) -> dict:
     """Score a checkpoint directory on one split; returns the report (also written to ``output_dir``).
 
-    ``data`` takes what :func:`train` takes (needed unless the checkpoint was trained on the
-    synthetic set). ``output_dir`` defaults to ``eval-<checkpoint name>`` beside the checkpoint;
-    ``eval_sampling`` to the training run's (``"mean"`` gives the same predictions every time).
-    ``drop_detectors`` (e.g. ``["acoustic"]``) removes those detectors from every example: the report's
-    ``ib_terms`` show their levels' reconstruction terms at 0; the predictions do not use detectors.
-    ``backend`` (what computes ITHP) defaults to the training run's; ``impl`` is its old name.
+    Args:
+        checkpoint: a checkpoint directory written by :func:`train` (``runs/NAME/seed-N/checkpoint-last``).
+        data: what :func:`train` takes (needed unless the checkpoint was trained on the synthetic set).
+        settings: the options of ``ithp-fast evaluate``, the fields of
+            :class:`~ithp_fast.training.eval_config.EvalConfig`: ``split`` (``"test"``), ``protocol``
+            (``"authors"``), ``batch_size``, ``backend`` (what computes ITHP; ``impl``, its old name, still
+            works) and ``eval_sampling`` (the training run's;
+            ``"mean"`` gives the same predictions every time), ``drop_detectors`` (e.g. ``["acoustic"]``:
+            removed from every example, the report's ``ib_terms`` show their levels' reconstruction terms
+            at 0; the predictions do not use detectors), ``device`` (``"auto"``) and ``output_dir``
+            (``eval-<checkpoint name>`` beside the checkpoint).
     """
-    return evaluate_checkpoint(
-        os.fspath(checkpoint),
-        as_sentiment_data(data),
-        split=split,
-        protocol=protocol,
-        batch_size=batch_size,
-        backend=backend_argument(backend, impl),
-        device=device,
-        output_dir=output_dir,
-        eval_sampling=eval_sampling,
-        drop_detectors=drop_detectors,
-    )
+    return evaluate_checkpoint(os.fspath(checkpoint), as_sentiment_data(data), **settings)
 
 
 __all__ = ["EpochEnd", "evaluate", "make_config", "read_config_file", "train"]
