@@ -118,7 +118,7 @@ def deberta_fn(provider: str, batch: int):
     acoustic = torch.rand(batch, TOKENS, cfg.X1_dim, generator=g).to(DEVICE)
     if provider in ("reference", "ithp_fast"):
         model = reference if provider == "reference" else fast
-        return torch.no_grad()(lambda: model(input_ids, visual, acoustic, mask))
+        return torch.no_grad()(lambda: tuple(model(input_ids, visual, acoustic, mask)))  # the authors' 6-tuple
     if provider == "ithp_fast.deberta_logits":
         return torch.no_grad()(lambda: deberta_logits(fast, input_ids, mask))
     if provider == "ithp_fast+onnxruntime":

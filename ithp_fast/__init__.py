@@ -1,7 +1,8 @@
 """ithp_fast: ITHP as a readable reference and a fused fast path, plus the TCMax loss.
 
-The public names load on first use (``import ithp_fast`` costs little more than ``import torch``);
-Triton, ONNX and matplotlib are imported only by the code paths that need them.
+The public names load on first use (``import ithp_fast`` imports neither torch nor transformers);
+Triton, ONNX and matplotlib are imported only by the code paths that need them. ITHP-DeBERTa is
+registered with transformers' Auto classes as transformers loads them (``auto_classes.py``).
 """
 
 from __future__ import annotations
@@ -9,13 +10,16 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from . import auto_classes
+
 __version__ = "0.1.0"
 
 # public name -> the module (relative to this package) that defines it
 _PUBLIC = {
     "ITHPConfig": ".config",
     "ITHP": ".model",
-    "ITHPDeberta": ".reference.deberta",
+    "ITHPDeberta": ".deberta",
+    "ITHPDebertaConfig": ".deberta_config",
     "ITHPDebertaOutput": ".reference.deberta",
     "ITHPDebertaLevelsOutput": ".reference.deberta",
     "TCMaxLoss": ".losses",
@@ -38,6 +42,8 @@ _SUBPACKAGES = ("data", "kernels", "reference", "serving", "tools", "training")
 
 __all__ = list(_PUBLIC)
 
+auto_classes.install()
+
 
 def __getattr__(name: str) -> Any:
     if name in _SUBPACKAGES:
@@ -56,9 +62,11 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what static tools and IDEs see
     from .config import ITHPConfig  # noqa: F401
+    from .deberta import ITHPDeberta  # noqa: F401
+    from .deberta_config import ITHPDebertaConfig  # noqa: F401
     from .losses import TCMaxLoss, tcmax_loss, tcmax_loss_multi, tcmax_loss_pairwise, tcmax_loss_sampled  # noqa: F401
     from .model import ITHP  # noqa: F401
-    from .reference.deberta import ITHPDeberta, ITHPDebertaLevelsOutput, ITHPDebertaOutput  # noqa: F401
+    from .reference.deberta import ITHPDebertaLevelsOutput, ITHPDebertaOutput  # noqa: F401
     from .serving.deberta import ServingDeberta, deberta_logits  # noqa: F401
     from .serving.encoder import ServingEncoder  # noqa: F401
     from .serving.export import export  # noqa: F401

@@ -14,6 +14,12 @@ order of two levels, and ``detectors=`` passes N detectors by name or in level o
 ``mask_ithp_padding=True`` hands the attention mask to ITHP as its ``token_mask`` (padding then
 stays out of ITHP's losses); ``detector_mask`` marks missing detectors per example.
 
+In eval mode the detectors may be left out: ``forward(input_ids, attention_mask)`` gives the logits from
+the text alone (ITHP's latent depends on the text only at inference; the terms that need detectors are
+None). A model that does not pass the attention mask to its backbone (the authors' script) attends to
+padding, so there a text shorter than ``max_seq_length`` is padded to it, as in training: one text gets
+one score however it is batched.
+
 Submodule names follow the authors' model (``dberta.model``, ``dberta.ITHP``,
 ``dberta.expand``, ``dberta.LayerNorm``, ``dberta.pooler.dense``, ``classifier``) so that their
 checkpoints map onto this one key for key: ``expand`` is ``Sequential(Linear(B1_dim, hidden))``
@@ -25,11 +31,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple, Optional, Union
+from dataclasses import dataclass
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.utils import ModelOutput
 
 from ..checks import Noise, check_token_inputs
 from ..config import ConfigLike, ITHPConfig, as_config
@@ -39,16 +47,25 @@ RELEASED_ORDER = ("acoustic", "visual")
 """The released model's modality order: level 1 predicts acoustic, level 2 visual."""
 
 
-class ITHPDebertaOutput(NamedTuple):
-    """What :class:`ITHPDeberta` returns for two levels; unpacks like the authors' 6-tuple
-    (``kl0``, ``mse0`` of the first level, whatever its modality)."""
+class TupleOutput(ModelOutput):
+    """A Hugging Face ``ModelOutput`` (``out.logits``, ``out["logits"]``) that unpacks like a tuple of the
+    values that are set, as the authors' model returns them (``logits, IB_total, ... = model(...)``)."""
+
+    def __iter__(self):
+        return iter(self.to_tuple())
+
+
+@dataclass
+class ITHPDebertaOutput(TupleOutput):
+    """What :class:`ITHPDeberta` returns for two levels; unpacks like the authors' 6-tuple (``kl0``, ``mse0``
+    of the first level, whatever its modality). Without detectors (eval mode) only ``logits`` is set."""
 
     logits: torch.Tensor
-    IB_total: torch.Tensor
-    kl0: torch.Tensor
-    mse0: torch.Tensor
-    kl1: torch.Tensor
-    mse1: torch.Tensor
+    IB_total: Optional[torch.Tensor] = None
+    kl0: Optional[torch.Tensor] = None
+    mse0: Optional[torch.Tensor] = None
+    kl1: Optional[torch.Tensor] = None
+    mse1: Optional[torch.Tensor] = None
 
     @property
     def kl_terms(self) -> tuple[torch.Tensor, ...]:
@@ -59,13 +76,14 @@ class ITHPDebertaOutput(NamedTuple):
         return (self.mse0, self.mse1)
 
 
-class ITHPDebertaLevelsOutput(NamedTuple):
+@dataclass
+class ITHPDebertaLevelsOutput(TupleOutput):
     """What :class:`ITHPDeberta` returns for other than two levels: one KL and one MSE per level."""
 
     logits: torch.Tensor
-    IB_total: torch.Tensor
-    kl_terms: tuple[torch.Tensor, ...]
-    mse_terms: tuple[torch.Tensor, ...]
+    IB_total: Optional[torch.Tensor] = None
+    kl_terms: Optional[tuple[torch.Tensor, ...]] = None
+    mse_terms: Optional[tuple[torch.Tensor, ...]] = None
 
 
 class Pooler(nn.Module):
@@ -127,6 +145,8 @@ class ITHPDeberta(nn.Module):
         modality_order: the name of each level's detector, in level order (one per ITHP level;
             ``ithp_args``' ``detector_dims`` follow this order). Default: the released
             ``("acoustic", "visual")``.
+        max_seq_length: the tokens per example in training. Only read by a model that does not pass
+            the attention mask: its text-only inputs are padded to this length, as in training.
         ithp_cls: the ITHP implementation (the reference class by default; ``ithp_fast.ITHP``
             for the fast path). Extra keyword arguments go to its constructor.
     """
@@ -142,22 +162,29 @@ class ITHPDeberta(nn.Module):
         pass_attention_mask: bool = True,
         mask_ithp_padding: bool = False,
         modality_order: Sequence[str] = RELEASED_ORDER,
+        max_seq_length: Optional[int] = None,
         ithp_cls: type = ITHP,
         **ithp_kwargs,
     ) -> None:
         super().__init__()
         backbone = load_backbone(backbone)
-        hidden = backbone.config.hidden_size
-        cfg = ITHPConfig(X0_dim=hidden) if ithp_args is None else as_config(ithp_args)
-        if cfg.X0_dim != hidden:
-            raise ValueError(f"ithp_args: X0_dim={cfg.X0_dim} must equal the backbone's hidden_size={hidden}")
-        if not isinstance(num_labels, int) or num_labels < 1:
-            raise ValueError(f"num_labels: expected a positive int, got {num_labels!r}")
-        self.num_labels = num_labels
+        cfg = ITHPConfig(X0_dim=backbone.config.hidden_size) if ithp_args is None else as_config(ithp_args)
         self.pass_attention_mask = pass_attention_mask
         self.mask_ithp_padding = bool(mask_ithp_padding)
-        self.modality_order = check_modality_order(modality_order, cfg.levels)
-        self.dberta = ITHPDebertaBody(backbone, ithp_cls(cfg, **ithp_kwargs), beta_shift, dropout_prob)
+        self.max_seq_length = max_seq_length
+        self.build(backbone, ithp_cls(cfg, **ithp_kwargs), num_labels, beta_shift, dropout_prob, modality_order)
+
+    def build(self, backbone: nn.Module, ithp: nn.Module, num_labels: int, beta_shift: float, dropout_prob: float,
+              modality_order: Sequence[str]) -> None:
+        """Add the submodules (the authors' names) around ``backbone`` and ``ithp``."""
+        hidden = backbone.config.hidden_size
+        if ithp.config.X0_dim != hidden:
+            raise ValueError(f"ithp_args: X0_dim={ithp.config.X0_dim} must equal the backbone's hidden_size={hidden}")
+        if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
+            raise ValueError(f"num_labels: expected a positive int, got {num_labels!r}")
+        self.num_labels = num_labels
+        self.modality_order = check_modality_order(modality_order, ithp.config.levels)
+        self.dberta = ITHPDebertaBody(backbone, ithp, beta_shift, dropout_prob)
         self.dropout = nn.Dropout(backbone.config.hidden_dropout_prob)
         self.classifier = nn.Linear(hidden, num_labels)
 
@@ -175,15 +202,21 @@ class ITHPDeberta(nn.Module):
         detectors: Union[Mapping[str, torch.Tensor], Sequence[torch.Tensor], None] = None,
         detector_mask: Optional[torch.Tensor] = None,
         noise: Noise = None,
+        token_type_ids: Optional[torch.Tensor] = None,
     ) -> Union[ITHPDebertaOutput, ITHPDebertaLevelsOutput]:
         """``input_ids`` ``[B, T]``; ``visual`` ``[B, T, X2_dim]``; ``acoustic`` ``[B, T, X1_dim]``.
 
         ``visual`` / ``acoustic`` are the detectors of those names, whatever level
         ``modality_order`` gives them; ``detectors`` passes them all instead, by name (a dict) or in
         level order (a sequence). ``detector_mask`` ``[B, N]`` (bool, level order): which examples
-        have each detector. ``noise``: one eps per level.
+        have each detector. ``noise``: one eps per level. In eval mode the detectors may be left out
+        (``model(input_ids, attention_mask=mask)``): the output then holds the logits alone.
+        ``token_type_ids`` is accepted for tokenizers that return it and not used (as in the
+        authors' model).
         """
         check_token_inputs(input_ids, attention_mask)
+        if not self.training and visual is None and acoustic is None and detectors is None and detector_mask is None:
+            return ITHPDebertaOutput(self.text_logits(input_ids, attention_mask, noise))
         levels = self.level_detectors(visual, acoustic, detectors)
         mask = attention_mask if self.pass_attention_mask else None
         x = self.dberta.model(input_ids, attention_mask=mask).last_hidden_state
@@ -199,6 +232,16 @@ class ITHPDeberta(nn.Module):
         if len(kl_terms) == 2:
             return ITHPDebertaOutput(logits, IB_total, kl_terms[0], mse_terms[0], kl_terms[1], mse_terms[1])
         return ITHPDebertaLevelsOutput(logits, IB_total, tuple(kl_terms), tuple(mse_terms))
+
+    def text_logits(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                    noise: Noise = None) -> torch.Tensor:
+        """The logits ``[B, num_labels]`` from the text alone: ``b1`` of ITHP's ``encode`` (the posterior
+        mean, or a draw where the model samples in eval mode; ``noise`` one eps per level)."""
+        input_ids, attention_mask = backbone_inputs(self, input_ids, attention_mask)
+        x = self.dberta.model(input_ids, attention_mask=attention_mask).last_hidden_state
+        sample = self.ithp.samples_now
+        b = self.ithp.encode(x, sample=sample, noise=noise if sample else None)
+        return self.classifier(self.dropout(self.dberta.fuse(x, b)))
 
     def level_detectors(self, visual=None, acoustic=None, detectors=None) -> tuple[torch.Tensor, ...]:
         """The detector tensors in level order, from ``visual`` / ``acoustic`` or ``detectors``."""
@@ -235,6 +278,27 @@ def check_modality_order(order: Sequence[str], levels: int) -> tuple[str, ...]:
         raise ValueError(f"modality_order: expected {levels} distinct detector names (one per ITHP level), "
                          f"got {order!r}")
     return order
+
+
+def backbone_tokens(model: nn.Module, tokens: int) -> int:
+    """How many tokens the backbone of ``model`` reads for ``tokens`` tokens of text alone (see
+    :func:`backbone_inputs`)."""
+    max_len = None if model.pass_attention_mask else getattr(model, "max_seq_length", None)
+    return tokens if max_len is None else torch.sym_max(tokens, max_len)
+
+
+def backbone_inputs(model: nn.Module, input_ids: torch.Tensor,
+                    attention_mask: Optional[torch.Tensor]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """What the backbone of ``model`` reads for text alone: ``(input_ids, attention_mask)`` as given when the
+    model passes the mask; otherwise the mask is dropped (the backbone attends to every token, as in the
+    authors' script) and ids shorter than the model's ``max_seq_length`` are padded to it with the
+    backbone's pad token, as every training example was: one text then gets one score however it is
+    padded or batched."""
+    if model.pass_attention_mask:
+        return input_ids, attention_mask
+    extra = backbone_tokens(model, input_ids.shape[1]) - input_ids.shape[1]
+    pad_id = model.dberta.model.config.pad_token_id or 0
+    return F.pad(input_ids, (0, extra), value=pad_id), None
 
 
 def load_backbone(backbone, *, dropout: Optional[float] = None) -> nn.Module:

@@ -88,3 +88,31 @@ def as_flags(settings: dict) -> list:
         else:
             flags += [flag, str(value)]
     return flags
+
+
+TEXT_WORDS = ["i", "really", "love", "this", "movie", "the", "plot", "was", "dull", "not", "good", "great"]
+
+
+def tiny_text_model(*, pass_attention_mask: bool = True, max_seq_length: int = 8, seed: int = 0, fast: bool = True):
+    """A tiny random ITHP-DeBERTa (relative attention, as DeBERTa-v3) in eval mode with the posterior mean and a
+    word-level tokenizer over :data:`TEXT_WORDS`: text in, score out, in a fraction of a second."""
+    from transformers import DebertaV2Config
+
+    import ithp_fast
+    from ithp_fast.data import WordVocabulary
+
+    vocab = WordVocabulary(TEXT_WORDS)
+    backbone = DebertaV2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+                               vocab_size=vocab.vocab_size, max_position_embeddings=64, relative_attention=True,
+                               position_buckets=16, pos_att_type=["p2c", "c2p"], norm_rel_ebd="layer_norm",
+                               share_att_key=True, position_biased_input=False, type_vocab_size=0)
+    torch.manual_seed(seed)
+    config = ithp_fast.ITHPDebertaConfig(
+        backbone=backbone, ithp=ITHPConfig(X0_dim=16, X1_dim=7, X2_dim=5, inter_dim=8, B0_dim=6, B1_dim=4),
+        pass_attention_mask=pass_attention_mask, max_seq_length=max_seq_length, eval_sampling="mean",
+        impl="fast" if fast else "reference")
+    model = ithp_fast.ITHPDeberta(config, tokenizer=vocab.to_tokenizer(max_seq_length))
+    with torch.no_grad():  # weights large enough that every input moves the score
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return model.eval()

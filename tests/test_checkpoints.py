@@ -2,8 +2,10 @@
 every file is checked against its SHA-256, damaged or foreign files give one line naming them,
 and a loaded checkpoint answers the same way twice."""
 
+import itertools
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -68,7 +70,7 @@ def save(directory, value):
     ckpt.save_checkpoint(
         str(directory),
         model,
-        {"value": value},
+        {"model": {"value": value}},
         optimizer=optimizer,
         state={"value": value},
         save_tokenizer=lambda d: open(os.path.join(d, "vocab.json"), "w").write("{}"),
@@ -126,13 +128,74 @@ def test_recover_never_deletes_a_damaged_checkpoint_or_guesses(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-last", "checkpoint-last.old"]  # both kept
 
 
+COPIES = {".tmp": 3.0, "": 2.0, ".old": 1.0}  # the copies a save can leave, newest first, with their values
+STATES = list(itertools.product(("absent", "incomplete", "complete"), repeat=3))  # of DIR.tmp, DIR, DIR.old
+
+
+def expected_recovery(state):
+    """What recovery must do from ``state``: "error" (nothing guessed, nothing touched), None (nothing to resume) or the
+    value of the newest complete copy, then the only copy left, at DIR."""
+    kinds = dict(zip(COPIES, state))
+    complete = [value for suffix, value in COPIES.items() if kinds[suffix] == "complete"]
+    if not complete:
+        return "error" if "incomplete" in (kinds[""], kinds[".old"]) else None
+    if complete[0] == COPIES[".old"] and kinds[""] != "absent":
+        return "error"  # a damaged DIR and only an older copy: which one to continue from is not guessed
+    return complete[0]
+
+
+def make_copies(directory, state, scratch):
+    for (suffix, value), kind in zip(COPIES.items(), state):
+        path = str(directory) + suffix
+        if kind == "absent":
+            continue
+        save(scratch / suffix.lstrip(".") / "copy", value)  # saved apart: a save next to the others recovers them
+        os.replace(scratch / suffix.lstrip(".") / "copy", path)
+        if kind == "incomplete":  # a save cut short (no manifest yet, half a file), or a copy damaged since
+            model = os.path.join(path, ckpt.MODEL_FILE)
+            os.truncate(model, os.path.getsize(model) // 2)
+            if suffix == ".tmp":
+                os.remove(os.path.join(path, ckpt.MANIFEST_FILE))
+
+
+def contents(folder):
+    return {
+        os.path.relpath(os.path.join(root, name), folder): open(os.path.join(root, name), "rb").read()
+        for root, _, names in os.walk(folder)
+        for name in names
+    }
+
+
+@pytest.mark.parametrize("state", STATES, ids=["tmp-{}_dir-{}_old-{}".format(*s) for s in STATES])
+def test_recovery_puts_back_the_newest_complete_copy_from_every_state(tmp_path, state):
+    """Every combination of DIR.tmp, DIR and DIR.old, each absent, incomplete or complete: the newest complete copy
+    ends up at DIR (a lone complete DIR.old included), and a complete copy is never deleted unless a newer one
+    replaces it."""
+    directory = tmp_path / "run" / "checkpoint-last"
+    directory.parent.mkdir()
+    make_copies(directory, state, tmp_path / "scratch")
+    tmp_path = directory.parent
+    before, expected = contents(tmp_path), expected_recovery(state)
+    if expected == "error":
+        with pytest.raises(ckpt.CheckpointError, match=str(tmp_path)):
+            ckpt.recover(str(directory))
+        assert contents(tmp_path) == before  # nothing moved, nothing deleted
+    elif expected is None:
+        assert ckpt.recover(str(directory)) is None and os.listdir(tmp_path) == []
+    else:
+        assert ckpt.recover(str(directory)) == str(directory)
+        assert os.listdir(tmp_path) == ["checkpoint-last"] and ckpt.checkpoint_problem(str(directory)) is None
+        assert saved_value(directory) == expected
+        assert ckpt.recover(str(directory)) == str(directory) and saved_value(directory) == expected  # and stays
+
+
 def test_leftovers_of_an_earlier_version_are_not_guessed_at(tmp_path):
     directory = tmp_path / "checkpoint-last"
     for suffix, value in ((".old", 1.0), (".tmp", 2.0)):
         save(str(directory) + suffix, value)
         os.remove(os.path.join(str(directory) + suffix, ckpt.MANIFEST_FILE))
         config = os.path.join(str(directory) + suffix, ckpt.CONFIG_FILE)
-        json.dump({**json.load(open(config)), "format": ckpt.LEGACY_FORMAT}, open(config, "w"))
+        json.dump({"format": ckpt.LEGACY_FORMAT, "value": value}, open(config, "w"))  # as format 1 wrote it
     with pytest.raises(ckpt.CheckpointError, match="interrupted save of an earlier version"):
         ckpt.recover(str(directory))
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-last.old", "checkpoint-last.tmp"]
@@ -162,12 +225,17 @@ def one_line_error(capsys, argv, code=2):
     capsys.readouterr()
     assert main(argv) == code
     err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("ithp-fast")]
-    assert len(errors) == 1 and "Traceback" not in err and errors[0].startswith(f"ithp-fast {argv[0]}: error: "), err
+    errors = [line for line in err.splitlines() if line.startswith(f"ithp-fast {argv[0]}: error: ")]
+    assert len(errors) == 1 and "Traceback" not in err and "train loss" not in err, err
     return errors[0]
 
 
-@pytest.mark.parametrize("name", [ckpt.MODEL_FILE, ckpt.CONFIG_FILE, "vocab.json"])
+def resume_argv(run, epochs=2):
+    return ["train", "--resume", "--output-dir", str(run), "--synthetic-sizes", "16", "8", "8", "--epochs", str(epochs),
+            "--lr", "1e-3", *TINY_FLAGS]
+
+
+@pytest.mark.parametrize("name", [ckpt.MODEL_FILE, ckpt.CONFIG_FILE, ckpt.RUN_FILE, "tokenizer.json"])
 def test_a_flipped_byte_is_one_line_naming_the_file(checkpoint, capsys, name):
     flip_a_byte(checkpoint / name, offset=len(open(checkpoint / name, "rb").read()) // 2)
     err = one_line_error(capsys, ["evaluate", "--checkpoint", str(checkpoint)])
@@ -194,6 +262,116 @@ def test_foreign_files_without_a_manifest_are_named(checkpoint, capsys, name, co
     (checkpoint / name).write_bytes(content)
     err = one_line_error(capsys, ["evaluate", "--checkpoint", str(checkpoint)])
     assert str(checkpoint / name) in err and problem in err
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["manifest-removed", "earlier-version"])
+def test_a_checkpoint_without_a_manifest_is_said_unverified_and_resume_refuses_it(trained, tmp_path, capsys, legacy):
+    run = tmp_path / "run"
+    shutil.copytree(trained.parent.parent, run)
+    checkpoint = run / "seed-1" / "checkpoint-last"
+    os.remove(checkpoint / ckpt.MANIFEST_FILE)
+    if legacy:
+        config = json.loads((checkpoint / ckpt.CONFIG_FILE).read_text())
+        (checkpoint / ckpt.CONFIG_FILE).write_text(json.dumps({**config, "format": ckpt.LEGACY_FORMAT}))
+    flip_a_byte(checkpoint / ckpt.MODEL_FILE, offset=-5)  # nothing can tell: the one line says so
+    why = (
+        "it was written by an earlier version, before checksums were kept (no manifest.json)"
+        if legacy
+        else "its manifest.json is missing"
+    )
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--output-dir", str(tmp_path / "eval")]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warned == [f"ithp-fast evaluate: warning: {checkpoint}: unverified checkpoint: {why}"
+                      ", so its files cannot be checked against what was saved"]
+    with pytest.warns(ckpt.UnverifiedCheckpointWarning, match=re.escape(f"{checkpoint}: unverified checkpoint: {why}")):
+        ithp_fast.load_checkpoint(checkpoint)
+    before = contents(run)
+    err = one_line_error(capsys, resume_argv(run))
+    assert f"{checkpoint}: unverified checkpoint" in err and "--resume-unverified" in err
+    assert contents(run) == before  # nothing trained, nothing written
+    assert main([*resume_argv(run), "--resume-unverified"]) == 0
+    out = capsys.readouterr().err
+    assert len([line for line in out.splitlines() if "warning" in line and "unverified" in line]) == 1
+    assert json.loads((checkpoint / ckpt.STATE_FILE).read_text())["epoch"] == 2  # continued, and saved verified
+    assert (checkpoint / ckpt.MANIFEST_FILE).is_file()
+
+
+def good_manifest(checkpoint):
+    return json.loads((checkpoint / ckpt.MANIFEST_FILE).read_text())
+
+
+def entry(path):
+    return {"bytes": os.path.getsize(path), "sha256": ckpt.sha256_of(path)}
+
+
+MANIFESTS = {
+    "a list": lambda m, c: [],
+    "files a list": lambda m, c: {**m, "files": list(m["files"])},
+    "no files": lambda m, c: {"format": m["format"]},
+    "another format": lambda m, c: {**m, "format": "ithp_fast-checkpoint-9"},
+    "an entry a list": lambda m, c: {**m, "files": {**m["files"], ckpt.MODEL_FILE: [1, 2]}},
+    "no sha256": lambda m, c: {**m, "files": {**m["files"], ckpt.MODEL_FILE: {"bytes": 3}}},
+    "bytes a string": lambda m, c: {**m, "files": {**m["files"], ckpt.MODEL_FILE: {**m["files"][ckpt.MODEL_FILE],
+                                                                                  "bytes": "3"}}},
+    "sha256 not hex": lambda m, c: {**m, "files": {**m["files"], ckpt.MODEL_FILE: {"bytes": 3, "sha256": "zz"}}},
+    "model not listed": lambda m, c: {**m, "files": {k: v for k, v in m["files"].items() if k != ckpt.MODEL_FILE}},
+    "../x": lambda m, c: {**m, "files": {**m["files"], "../../outside.txt": entry(c.parent.parent / "outside.txt")}},
+    "/etc/hostname": lambda m, c: {**m, "files": {**m["files"], "/etc/hostname": entry("/etc/hostname")}},
+    "a link out": lambda m, c: {**m, "files": {**m["files"], "tokenizer.json": entry(c.parent.parent / "outside.txt")}},
+}
+
+
+@pytest.mark.parametrize("variant", list(MANIFESTS))
+def test_a_manifest_of_the_wrong_shape_is_one_line_naming_it_and_nothing_outside_is_read(
+    trained, tmp_path, capsys, monkeypatch, variant
+):
+    if variant == "/etc/hostname" and not os.path.isfile("/etc/hostname"):
+        pytest.skip("no /etc/hostname here")
+    run = tmp_path / "run"
+    shutil.copytree(trained.parent.parent, run)
+    checkpoint = run / "seed-1" / "checkpoint-last"
+    (run / "outside.txt").write_text("not part of the checkpoint")
+    if variant == "a link out":
+        os.remove(checkpoint / "tokenizer.json")
+        os.symlink(run / "outside.txt", checkpoint / "tokenizer.json")
+    manifest = checkpoint / ckpt.MANIFEST_FILE
+    manifest.write_text(json.dumps(MANIFESTS[variant](good_manifest(checkpoint), checkpoint)))
+    hashed, sha256_of = [], ckpt.sha256_of
+    monkeypatch.setattr(ckpt, "sha256_of", lambda path: (hashed.append(os.path.realpath(path)), sha256_of(path))[1])
+    err = one_line_error(capsys, ["evaluate", "--checkpoint", str(checkpoint)])
+    assert err.startswith(f"ithp-fast evaluate: error: {manifest}: not a checkpoint manifest (")
+    with pytest.raises(ckpt.CheckpointError, match=f"^{manifest}: not a checkpoint manifest"):
+        ithp_fast.load_checkpoint(checkpoint)
+    before = contents(run)
+    assert f"{manifest}: not a checkpoint manifest" in one_line_error(capsys, resume_argv(run))
+    assert contents(run) == before
+    assert all(path.startswith(os.path.realpath(checkpoint) + os.sep) for path in hashed), hashed
+
+
+def test_a_file_in_place_of_checkpoint_last_is_named_and_nothing_trains(trained, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained.parent.parent, run)
+    checkpoint = run / "seed-1" / "checkpoint-last"
+    shutil.rmtree(checkpoint)
+    checkpoint.write_text("not a checkpoint")
+    before = contents(run)
+    err = one_line_error(capsys, resume_argv(run))
+    assert err == (f"ithp-fast train: error: {checkpoint}: a file where a checkpoint directory was expected; "
+                   "move it away and run again")
+    assert contents(run) == before
+
+
+def test_resume_continues_from_a_lone_complete_old_copy(trained, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained.parent.parent, run)
+    checkpoint = run / "seed-1" / "checkpoint-last"
+    os.replace(checkpoint, str(checkpoint) + ".old")  # as a crash between the renames, its DIR.tmp lost
+    capsys.readouterr()
+    assert main(resume_argv(run)) == 0
+    assert f"resuming from {checkpoint} at step" in capsys.readouterr().err
+    assert sorted(os.listdir(checkpoint.parent))[:1] == ["checkpoint-last"] and not os.path.exists(f"{checkpoint}.old")
+    assert json.loads((checkpoint / ckpt.STATE_FILE).read_text())["epoch"] == 2
 
 
 @pytest.mark.parametrize("name", [ckpt.STATE_FILE, ckpt.OPTIMIZER_FILE])
@@ -234,7 +412,7 @@ def test_evaluate_writes_beside_the_checkpoint_or_where_asked(checkpoint, capsys
     assert main(["evaluate", "--checkpoint", str(checkpoint)]) == 0
     out = capsys.readouterr().out
     assert "eval_sampling=sample" in out  # the training run's, said
-    assert (checkpoint.parent / "eval-checkpoint-last" / "test.json").is_file()
+    assert (checkpoint.parent / "eval-checkpoint-last" / "test-sample.json").is_file()
     assert (
         main(
             [
@@ -249,7 +427,7 @@ def test_evaluate_writes_beside_the_checkpoint_or_where_asked(checkpoint, capsys
         )
         == 0
     )
-    assert json.loads((tmp_path / "mine" / "test.json").read_text())["eval_sampling"] == "mean"
+    assert json.loads((tmp_path / "mine" / "test-mean.json").read_text())["eval_sampling"] == "mean"
     err = one_line_error(capsys, ["evaluate", "--checkpoint", str(checkpoint), "--output-dir", str(checkpoint / "x")])
     assert "--output-dir" in err and "inside a checkpoint" in err
     assert not (checkpoint / "x").exists()
@@ -276,4 +454,5 @@ def test_load_checkpoint_names_the_first_mismatching_shape(checkpoint):
     save_file(tensors, checkpoint / ckpt.MODEL_FILE)
     os.remove(checkpoint / ckpt.MANIFEST_FILE)
     with pytest.raises(ckpt.CheckpointError, match=rf"{first} has shape \(3, 3\) in the checkpoint but \("):
-        ithp_fast.load_checkpoint(checkpoint)
+        with pytest.warns(ckpt.UnverifiedCheckpointWarning):
+            ithp_fast.load_checkpoint(checkpoint)

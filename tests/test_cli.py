@@ -2,6 +2,7 @@
 directory and the synthetic default; user errors come back as one clear line."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -53,9 +54,9 @@ def test_train_then_evaluate_a_pickle(tmp_path, capsys, layout):
     out = tmp_path / "run"
     assert main(["train", "--data", data, "--output-dir", str(out), "--batch-size", "2", *TINY]) == 0
     ckpt = out / "seed-1" / "checkpoint-last"
-    config = json.loads((ckpt / "config.json").read_text())
-    assert (config["model"]["ithp"]["X1_dim"], config["model"]["ithp"]["X2_dim"]) == (D_A, D_V)  # widths from the data
-    assert config["data"]["layout"] == layout and config["tokenizer"]["kind"] == (
+    config, training = (json.loads((ckpt / name).read_text()) for name in ("config.json", "training.json"))
+    assert (config["ithp"]["X1_dim"], config["ithp"]["X2_dim"]) == (D_A, D_V)  # widths from the data
+    assert training["data"]["layout"] == layout and training["tokenizer"]["kind"] == (
         "word-vocabulary" if layout == "words" else "ids-in-data"
     )
     capsys.readouterr()
@@ -65,15 +66,15 @@ def test_train_then_evaluate_a_pickle(tmp_path, capsys, layout):
     assert err.startswith("ithp-fast evaluate: error: --data: this checkpoint was trained on") and data in err
     assert main(["evaluate", "--checkpoint", str(ckpt), "--data", data, "--split", "valid", "--protocol", "mmsa"]) == 0
     evaluated = out / "seed-1" / "eval-checkpoint-last"  # beside the checkpoint, never inside it
-    report = json.loads((evaluated / "valid.json").read_text())
+    report = json.loads((evaluated / "valid-sample.json").read_text())
     assert (
         report["split"] == "valid"
         and "Has0_acc_2" in report["headline"]
         and set(report["metrics"]) == {"authors", "mmsa"}
     )
-    assert (evaluated / "valid-predictions.csv").is_file() and sorted(p.name for p in ckpt.iterdir()) == sorted(
-        ["config.json", "manifest.json", "model.safetensors", "optimizer.safetensors", "trainer_state.json"]
-        + (["vocab.json"] if layout == "words" else [])
+    assert (evaluated / "valid-sample-predictions.csv").is_file() and sorted(p.name for p in ckpt.iterdir()) == sorted(
+        ["config.json", "manifest.json", "model.safetensors", "optimizer.safetensors", "trainer_state.json",
+         "training.json"] + (["tokenizer.json", "tokenizer_config.json"] if layout == "words" else [])
     )
 
 
@@ -144,9 +145,9 @@ def test_local_backbone_directory_with_its_tokenizer(tmp_path):
     ]
     assert main(args + TINY) == 0
     ckpt = out / "seed-1" / "checkpoint-last"
-    config = json.loads((ckpt / "config.json").read_text())
-    assert config["model"]["backbone"]["hidden_size"] == 16 and config["model"]["ithp"]["X0_dim"] == 16
-    assert config["model"]["backbone"]["hidden_dropout_prob"] == 0 and config["tokenizer"]["kind"] == "pretrained"
+    config, training = (json.loads((ckpt / name).read_text()) for name in ("config.json", "training.json"))
+    assert config["backbone"]["hidden_size"] == 16 and config["ithp"]["X0_dim"] == 16
+    assert config["backbone"]["hidden_dropout_prob"] == 0 and training["tokenizer"]["kind"] == "pretrained"
     assert (ckpt / "tokenizer_config.json").is_file()  # the checkpoint carries its tokenizer
     assert main(["evaluate", "--checkpoint", str(ckpt), "--data", data]) == 0
 
@@ -251,3 +252,197 @@ def test_results_table_is_appended_one_row_per_run(tmp_path, capsys):
     # a seed that had finished adds no row when resumed
     assert main(["train", "--output-dir", str(runs / "one"), "--resume", *common]) == 0
     assert (runs / "results.csv").read_text() == after
+
+
+class Payload:
+    """A pickle whose loading creates a file: proof that it was unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickle_named_only_in_a_config_file_is_not_read(tmp_path, capsys):
+    import pickle
+
+    import ithp_fast
+
+    marker = tmp_path / "unpickled"
+    payload = tmp_path / "payload.pkl"
+    payload.write_bytes(pickle.dumps(Payload(str(marker))))
+    (tmp_path / "cfg.yaml").write_text(f"data: {payload}\nepochs: 1\n")
+    (tmp_path / "cfg.json").write_text(json.dumps({"data": str(payload), "epochs": 1}))
+    for config in ("cfg.yaml", "cfg.json"):
+        argv = ["train", "--config", str(tmp_path / config), "--output-dir", str(tmp_path / "r"), *TINY]
+        line = one_error_line(capsys, argv)
+        assert line == (
+            f"ithp-fast train: error: --config: {tmp_path / config} names the data pickle '{payload}', and unpickling "
+            f"runs code stored in the file, so a pickle is read only from a path given on the command line or in the "
+            f"call: add --data {payload} (ithp_fast.train(..., data='{payload}')) if you trust it"
+        )
+        with pytest.raises(ValueError, match="add --data"):
+            ithp_fast.train(str(tmp_path / config), output_dir=str(tmp_path / "r"))
+    assert not marker.exists() and not (tmp_path / "r").exists()
+    # named on the command line, the same file is read (here it is no data set: one line says so)
+    line = one_error_line(capsys, ["train", "--config", str(tmp_path / "cfg.json"), "--data", str(payload), *TINY])
+    assert marker.exists() and "expected a dict of splits" in line
+
+
+def test_a_rerun_from_the_train_config_json_of_a_pickle_run_names_the_pickle_again(tmp_path, capsys):
+    data = dump(tmp_path, word_data())
+    assert main(["train", "--data", data, "--output-dir", str(tmp_path / "a"), "--batch-size", "2", *TINY]) == 0
+    again = ["train", "--config", str(tmp_path / "a/train_config.json"), "--output-dir", str(tmp_path / "b")]
+    assert f"add --data {data}" in one_error_line(capsys, again)
+    assert main([*again, "--data", data]) == 0
+
+
+def immutable_directory(path):
+    """A directory no file can be created in, even by the super-user (chattr +i), or None where that cannot be made."""
+    path.mkdir()
+    path.chmod(0o555)
+    subprocess.run(["chattr", "+i", str(path)], capture_output=True)
+    try:
+        (path / "probe").touch()
+    except OSError:
+        return path
+    (path / "probe").unlink()
+    path.chmod(0o755)
+    return None
+
+
+def release(path):
+    subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+    path.chmod(0o755)
+
+
+BAD_SETTINGS = {
+    "--seeds 1 1": (["--seeds", "1", "1"], "--seeds: 1 is given 2 times; give each seed once"),
+    "--seeds 2**64": (["--seeds", str(2**64)], "--seeds: expected seeds from 0 to 2**63 - 1"),
+    "--output-dir a file": (["--output-dir", "{tmp}/file"], "--output-dir: {tmp}/file is a file; expected a directory"),
+    "--output-dir under a file": (
+        ["--output-dir", "{tmp}/file/run"],
+        "--output-dir: {tmp}/file/run lies under {tmp}/file, which is a file; expected a directory",
+    ),
+    "seed-1 a file": (["--output-dir", "{tmp}/seeded"], "--output-dir: {tmp}/seeded/seed-1 is a file"),
+    "results.csv a directory": (["--output-dir", "{tmp}/tables/run"], "results.csv, where the run's row goes, is not"),
+    "a pickle of a missing module": (["--data", "{tmp}/module.pkl"], "needs the module 'no_such_module'"),
+    "a directory for --data": (["--data", "{tmp}"], "{tmp}: a directory; expected a pickle file"),
+    "--beta-shift nan": (["--beta-shift", "nan"], "--beta-shift: expected a finite number, got nan"),
+    "--lr inf": (["--lr", "inf"], "--lr: expected a finite number, got inf"),
+    "--p-lambda -1": (["--p-lambda", "-1"], "--p-lambda: expected 0 or more, got -1.0"),
+    "--num-workers -1": (["--num-workers", "-1"], "--num-workers: expected 0 or more, got -1"),
+    "--select-metric bogus": (["--select-metric", "bogus"], "--select-metric: expected one of Non0_acc_2, "),
+    "--select-metric Has0_acc_2 (authors)": (["--select-metric", "Has0_acc_2"], "(the --protocol authors metrics)"),
+    "--synthetic-sizes 8 0 4": (["--synthetic-sizes", "8", "0", "4"], "--synthetic-sizes: expected three positive"),
+    "--synthetic-seed -1": (["--synthetic-seed", "-1"], "--synthetic-seed: expected 0 or more, got -1"),
+    "--max-seq-length 1": (["--max-seq-length", "1"], "--max-seq-length: expected 2 or more"),
+    "--config a directory": (["--config", "{tmp}"], "--config: {tmp} is a directory; expected a JSON or YAML file"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SETTINGS))
+def test_a_bad_run_setting_is_one_line_before_anything_is_written(tmp_path, capsys, case):
+    flags, message = BAD_SETTINGS[case]
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "seeded").mkdir()
+    (tmp_path / "seeded" / "seed-1").write_text("x")
+    (tmp_path / "tables" / "results.csv").mkdir(parents=True)
+    (tmp_path / "module.pkl").write_bytes(b"cno_such_module\nSplits\n.")  # a class of a module not installed
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    flags = [flag.format(tmp=tmp_path) for flag in flags]
+    output = [] if "--output-dir" in flags else ["--output-dir", str(tmp_path / "run")]
+    line = one_error_line(capsys, ["train", *TINY, "--synthetic-sizes", "8", "4", "4", *output, *flags])
+    assert message.format(tmp=tmp_path) in line
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written, no config
+
+
+def test_a_read_only_output_dir_is_one_line_before_anything_is_written(tmp_path, capsys):
+    locked = immutable_directory(tmp_path / "locked")
+    if locked is None:
+        pytest.skip("no directory here refuses new files")
+    try:
+        for output in (locked, locked / "run"):
+            line = one_error_line(capsys, ["train", *TINY, "--output-dir", str(output)])
+            assert line.startswith(f"ithp-fast train: error: --output-dir: no file can be created in {locked} (")
+        assert list(locked.iterdir()) == []
+    finally:
+        release(locked)
+
+
+def test_a_run_that_fails_before_any_seed_wrote_a_file_leaves_nothing_behind(tmp_path, capsys, monkeypatch):
+    from ithp_fast.training import loop
+
+    def no_model(cfg, data):
+        raise ValueError("--backbone: the weights could not be read")
+
+    monkeypatch.setattr(loop, "new_model", no_model)
+    line = one_error_line(capsys, ["train", *TINY, "--output-dir", str(tmp_path / "runs" / "new")])
+    assert line.endswith("the weights could not be read")
+    assert list(tmp_path.iterdir()) == []  # no train_config.json, no seed directory, no --output-dir
+
+
+def append_rows(path, count, barrier):
+    import csv
+    import time
+    import types
+
+    from ithp_fast.training import logs
+
+    def slow_open(*args, **kwargs):
+        time.sleep(0.2)
+        return open(*args, **kwargs)
+
+    def slow_reader(f):
+        rows = list(csv.reader(f))
+        time.sleep(0.2)
+        return iter(rows)
+
+    # a slow file system (0.2 s to open results.csv, 0.2 s after reading it): unguarded appends overlap for certain
+    logs.open = slow_open
+    logs.csv = types.SimpleNamespace(reader=slow_reader, writer=csv.writer)
+    summary = {"protocol": "authors", "seeds": [1, 2], "metrics": {"authors": {"MAE": {"mean": 1.5, "std": 0.25}}}}
+    barrier.wait()
+    for i in range(count):
+        logs.append_results_row(path, summary, name=f"run-{os.getpid()}-{i}", dataset="d", model="m", output_dir="o")
+
+
+def test_results_csv_appends_at_the_same_moment_write_one_header_and_every_row_whole(tmp_path):
+    import csv
+    import multiprocessing
+
+    from ithp_fast.training.logs import RESULTS_COLUMNS
+
+    context = multiprocessing.get_context("fork")
+    for trial in range(2):
+        path = str(tmp_path / f"results-{trial}.csv")
+        barrier = context.Barrier(4)
+        workers = [context.Process(target=append_rows, args=(path, 2, barrier)) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=60)
+        rows = list(csv.reader(open(path)))
+        assert rows[0] == list(RESULTS_COLUMNS) and len(rows) == 9, rows[:3]
+        assert all(len(row) == len(RESULTS_COLUMNS) and row[0].startswith("run-") for row in rows[1:])
+
+
+def test_resuming_a_finished_run_writes_its_missing_summary_and_row_once(tmp_path, capsys):
+    import csv
+
+    runs = tmp_path / "runs"
+    argv = ["train", "--output-dir", str(runs / "one"), "--synthetic-sizes", "8", "4", "4", *TINY]
+    assert main(argv) == 0
+    capsys.readouterr()
+    table = runs / "results.csv"
+    header, row = table.read_text().splitlines()
+    # killed after the last seed's results.json, before summary.json and the row
+    (runs / "one" / "summary.json").unlink()
+    table.write_text(header + "\n")
+    for _ in range(2):  # the second resume finds both and adds nothing
+        assert main([*argv, "--resume"]) == 0
+        assert "train loss" not in capsys.readouterr().err
+        rows = list(csv.reader(table.read_text().splitlines()))
+        assert len(rows) == 2 and rows[1][0] == "one" and rows[1][2:] == next(csv.reader([row]))[2:]
+        assert (runs / "one" / "summary.json").is_file()

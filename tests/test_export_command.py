@@ -70,7 +70,8 @@ def run_failing(argv, capsys) -> str:
      "--output: the directory .*no does not exist"),
     ("aoti suffix", ["--format", "aoti", "--output", "{tmp}/m.onnx"],
      "--output: an AOTInductor package's name must end"),
-    ("batch", ["--format", "onnx", "--output", "{tmp}/m.onnx", "--batch", "0"], "--batch: expected a positive number"),
+    ("batch", ["--format", "onnx", "--output", "{tmp}/m.onnx", "--batch", "0"],
+     "--batch-size: expected a positive number"),
 ])
 def test_bad_arguments_give_one_line_and_write_nothing(tmp_path, capsys, case, argv, message):
     folder = tmp_path / "not-a-checkpoint"

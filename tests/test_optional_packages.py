@@ -45,12 +45,47 @@ def test_cpu_paths_without_triton():
     assert "backend 'triton' needs the triton package" in out
 
 
+HEAVY = ("triton", "torch._inductor", "onnx", "onnxruntime", "matplotlib", "tensorboard")
+HUGGING_FACE_MODELS = ("ITHPDeberta",)
+"""Public names that are transformers models: importing transformers' modeling code loads torch._dynamo, and
+with it Triton and inductor's config, whatever this package does."""
+
+
 def test_public_names_load_no_heavy_optional_package():
-    out = run_python("""
+    out = run_python(f"""
         import sys, ithp_fast
         for name in ithp_fast.__all__:
-            getattr(ithp_fast, name)
-        print(sorted(m for m in ("triton", "torch._inductor", "onnx", "onnxruntime", "matplotlib", "tensorboard")
-                     if m in sys.modules))
+            if name not in {HUGGING_FACE_MODELS!r}:
+                getattr(ithp_fast, name)
+        print(sorted(m for m in {HEAVY!r} if m in sys.modules))
+        ithp_fast.ITHPDeberta
+        print(sorted(m for m in {HEAVY[2:]!r} if m in sys.modules), sorted(m for m in sys.modules
+              if m.startswith("ithp_fast.kernels.") and m.endswith("_triton")))
     """)
-    assert out.strip() == "[]", out
+    assert out.splitlines() == ["[]", "[] []"], out
+
+
+def test_import_loads_neither_torch_nor_transformers_and_the_auto_classes_know_the_model():
+    out = run_python("""
+        import sys, ithp_fast
+        print(sorted(m for m in ("torch", "transformers", "triton") if m in sys.modules))
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+        print(CONFIG_MAPPING["ithp_deberta"].__name__, "transformers.modeling_utils" in sys.modules,
+              "triton" in sys.modules)
+        from transformers import AutoModelForSequenceClassification
+        tiny = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, vocab_size=20)
+        model = AutoModelForSequenceClassification.from_config(ithp_fast.ITHPDebertaConfig(backbone=tiny))
+        print(type(model).__name__, type(model).__module__)
+    """)
+    assert out.splitlines() == ["[]", "ITHPDebertaConfig False False", "ITHPDeberta ithp_fast.deberta"], out
+
+
+def test_the_auto_classes_know_the_model_when_transformers_came_first():
+    out = run_python("""
+        from transformers import AutoConfig, AutoModel
+        import ithp_fast
+        tiny = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, vocab_size=20)
+        config = AutoConfig.for_model("ithp_deberta", backbone=tiny)
+        print(type(AutoModel.from_config(config)).__name__)
+    """)
+    assert out.strip() == "ITHPDeberta", out

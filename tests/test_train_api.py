@@ -2,6 +2,7 @@
 callbacks, metrics.csv and TensorBoard logs, --threads, --early-stop and extending a finished run."""
 
 import csv
+import itertools
 import json
 import sys
 
@@ -83,6 +84,56 @@ def test_early_stop_ends_a_seed_after_epochs_without_improvement(tmp_path):
     assert len(epochs) < 30 and results["stopped"]["epoch"] == len(epochs)
     maes = [e["valid"]["authors"]["MAE"] for e in epochs]
     assert maes[-1] >= min(maes[:-1])  # the last epoch did not improve on the best before it
+
+
+@pytest.mark.parametrize("patience, last_epoch", [(1, 3), (2, 4), (3, 8)])
+def test_early_stop_ends_a_seed_at_the_nth_epoch_without_a_better_valid_metric(
+    tmp_path, monkeypatch, patience, last_epoch
+):
+    """Valid MAE per epoch is scripted: best at epochs 2 and 5, worse in between and after. --early-stop N ends
+    the seed at the N-th epoch in a row without improvement, not one later."""
+    from ithp_fast.training import loop
+
+    maes = iter([1.0, 0.9, 0.95, 0.97, 0.8, 0.85, 0.86, 0.87, 0.88, 0.89, 0.9, 0.91])
+    splits = load_sentiment_data(synthetic=SyntheticSpec(sizes=(8, 4, 4))).splits
+    predict = loop.predict
+
+    def scripted(model, split, *args, **kwargs):
+        out = predict(model, split, *args, **kwargs)
+        if split is splits["valid"]:
+            out["metrics"]["authors"]["MAE"] = next(maes)
+        return out
+
+    monkeypatch.setattr(loop, "predict", scripted)
+    ithp_fast.train(TINY, data=dict(splits), output_dir=str(tmp_path), epochs=12, batch_size=4, early_stop=patience)
+    results = json.loads((tmp_path / "seed-1/results.json").read_text())
+    assert results["stopped"]["epoch"] == last_epoch and len(results["history"]["epochs"]) == last_epoch
+    assert [e["valid"]["authors"]["MAE"] for e in results["history"]["epochs"]][:2] == [1.0, 0.9]
+
+
+def test_skipped_steps_keep_the_learning_rate_on_the_schedule(tmp_path, monkeypatch):
+    """Steps 2 and 3 of 8 get a NaN gradient norm and are skipped: every step taken after them runs at the
+    schedule's rate for its own step number (no warm-up: 1e-3 * (8 - step) / 8), and so does the logged rate."""
+    from ithp_fast.training import loop
+
+    calls, norm = itertools.count(), loop.gradient_norm
+    monkeypatch.setattr(
+        loop, "gradient_norm", lambda *a: norm(*a) * (float("nan") if next(calls) in (1, 2) else 1.0)
+    )
+    rates, step = [], torch.optim.AdamW.step
+    monkeypatch.setattr(
+        torch.optim.AdamW,
+        "step",
+        lambda self, *a, **k: (rates.append(self.param_groups[0]["lr"]), step(self, *a, **k))[1],
+    )
+    ithp_fast.train(
+        TINY, output_dir=str(tmp_path), synthetic_sizes=[16, 4, 4], batch_size=4, epochs=2, warmup_ratio=0.0,
+        skip_nonfinite_steps=True,
+    )
+    assert rates == pytest.approx([1e-3 * (8 - s) / 8 for s in (0, 3, 4, 5, 6, 7)])
+    results = json.loads((tmp_path / "seed-1/results.json").read_text())
+    assert results["timing"]["skipped_steps"] == 2 and results["timing"]["steps"] == 8
+    assert [e["lr"] for e in results["history"]["epochs"]] == pytest.approx([5e-4, 0.0])
 
 
 def test_resume_with_more_epochs_extends_a_finished_run(tmp_path, monkeypatch):

@@ -47,12 +47,12 @@ def test_options_round_trip_through_train_config_json_and_the_checkpoint(options
     assert saved["modality_order"] == ["text", "visual", "acoustic"]
     assert saved["mask_padding"] is True and saved["missing_rate"] == 0.25
     ckpt = options_run / "seed-1" / "checkpoint-last"
-    config = read_json(ckpt / "config.json")
-    assert {k: config["run"][k] for k in ("modality_order", "mask_padding", "missing_rate")} == {
+    config, run = read_json(ckpt / "config.json"), read_json(ckpt / "training.json")["run"]
+    assert {k: run[k] for k in ("modality_order", "mask_padding", "missing_rate")} == {
         k: saved[k] for k in ("modality_order", "mask_padding", "missing_rate")
     }
-    assert config["model"]["modality_order"] == ["visual", "acoustic"] and config["model"]["mask_ithp_padding"]
-    assert (config["model"]["ithp"]["X1_dim"], config["model"]["ithp"]["X2_dim"]) == (47, 74)  # level 1 is visual
+    assert config["modality_order"] == ["visual", "acoustic"] and config["mask_ithp_padding"]
+    assert (config["ithp"]["X1_dim"], config["ithp"]["X2_dim"]) == (47, 74)  # level 1 is visual
 
     model = ithp_fast.load_checkpoint(ckpt)
     assert model.modality_order == ("visual", "acoustic") and model.mask_ithp_padding
@@ -79,11 +79,11 @@ def test_a_detector_removed_at_evaluation_changes_its_reconstruction_term_and_no
         for drop in ((), ("acoustic",), ("visual", "acoustic"))
     }
     full, no_acoustic, none = reports.values()
-    predictions = (out / "test-predictions.csv").read_text()
-    assert (out / "test-without-acoustic-predictions.csv").read_text() == predictions
-    assert (out / "test-without-visual-acoustic-predictions.csv").read_text() == predictions
+    predictions = (out / "test-mean-predictions.csv").read_text()
+    assert (out / "test-mean-without-acoustic-predictions.csv").read_text() == predictions
+    assert (out / "test-mean-without-visual-acoustic-predictions.csv").read_text() == predictions
     assert full["metrics"] == no_acoustic["metrics"] == none["metrics"]
-    assert read_json(out / "test.json")["dropped_detectors"] == []  # the full evaluation is kept beside the others
+    assert read_json(out / "test-mean.json")["dropped_detectors"] == []  # the full evaluation is kept beside the others
 
     terms, cfg = full["ib_terms"], ithp_fast.load_checkpoint(ckpt).ithp.config
     assert terms["mse0"] > 0 and terms["mse1"] > 0
@@ -249,12 +249,15 @@ def test_a_checkpoint_written_before_these_options_resumes_and_loads_as_the_rele
     cfg = TrainConfig(output_dir=str(tmp_path / "run"), synthetic_sizes=(16, 8, 8), epochs=1, **TINY)
     train(cfg, stop_after_steps=1)
     last = tmp_path / "run" / "seed-1" / "checkpoint-last"
-    config = read_json(last / "config.json")
+    # as the version before these options wrote it: everything in config.json (format 2), no option keys
+    config = ckpt.load_config(str(last))
+    model = {k: config["model"][k] for k in ("backbone", "backbone_path", "ithp", "beta_shift", "dropout_prob",
+                                             "pass_attention_mask")}
+    model["eval_sampling"] = config["run"]["eval_sampling"]
     for key in ("modality_order", "mask_padding", "missing_rate"):
         del config["run"][key]
-    for key in ("modality_order", "mask_ithp_padding"):
-        del config["model"][key]
-    ckpt.write_json(str(last / "config.json"), config)
+    ckpt.write_json(str(last / "config.json"), {**config, "model": model, "format": ckpt.EARLIER_FORMAT})
+    (last / ckpt.RUN_FILE).unlink()
     (last / ckpt.MANIFEST_FILE).unlink()
     ckpt.write_manifest(str(last))
 

@@ -71,13 +71,20 @@ class ArraySplit:
 def read_pickle(path: str | os.PathLike) -> Any:
     """Unpickle ``path``. Unpickling runs code stored in the file: pass only files you trust."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise DataFormatError(path, "a directory; expected a pickle file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such data file")
     try:
         with open(path, "rb") as f:
             return pickle.load(f)
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError) as exc:
-        raise DataFormatError(path, f"not a readable pickle ({type(exc).__name__}: {exc})") from exc
+    except ModuleNotFoundError as exc:
+        raise DataFormatError(
+            path, f"not a readable pickle: it needs the module {exc.name!r}, which is not installed here"
+        ) from None
+    except Exception as exc:  # unpickling runs the file's code: anything may fail, it is the file's fault
+        problem = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataFormatError(path, f"not a readable pickle ({problem})") from None
 
 
 def detect_layout(obj: Any, path: str) -> str:

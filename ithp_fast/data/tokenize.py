@@ -13,13 +13,20 @@ Two tokenisers:
   A word-level vocabulary built from the training split: words lower-cased, ordered by
   decreasing count then alphabetically (so the same data always gives the same ids), ids 0..3
   reserved for ``[PAD] [CLS] [SEP] [UNK]``; words absent from the training split map to ``[UNK]``.
-  Each word is one token. Saved as ``vocab.json`` beside a checkpoint.
+  Each word is one token. Saved beside a checkpoint as a Hugging Face tokenizer (``tokenizer.json``,
+  ``tokenizer_config.json``: a ``tokenizers`` WordLevel model with the ``[CLS] ... [SEP]`` template,
+  which ``transformers.AutoTokenizer`` loads as a fast tokenizer); checkpoints of earlier versions hold
+  it as ``vocab.json``, which still loads.
+
+Raw text (``predict``) is read as the word lists were: lower-cased and split at whitespace, punctuation
+split off words unless the vocabulary holds words with punctuation in them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Protocol
@@ -28,6 +35,8 @@ import numpy as np
 
 SPECIAL_TOKENS = ("[PAD]", "[CLS]", "[SEP]", "[UNK]")
 VOCAB_FILE = "vocab.json"
+"""The vocabulary file of checkpoints written before the Hugging Face tokenizer files."""
+TOKENIZER_FILE = "tokenizer.json"
 
 
 class WordTokenizer(Protocol):
@@ -70,20 +79,56 @@ class WordVocabulary:
     def encode_word(self, word: str) -> list[int]:
         return [self.ids.get(word.lower(), self.unk_id)]
 
-    def save(self, directory: str | os.PathLike) -> str:
-        path = os.path.join(directory, VOCAB_FILE)
-        with open(path, "w") as f:
-            json.dump({"kind": "word-level", "lowercase": True, "tokens": self.tokens}, f)
-        return path
+    def to_tokenizer(self, max_length: int):
+        """This vocabulary as a ``transformers`` fast tokenizer: text lower-cased, split at whitespace
+        (and punctuation, see the module), ``[CLS] words [SEP]``, cut to ``max_length`` tokens, padded to
+        the longest text of a batch. Its ``tokenizer.json`` carries the cut and the padding, so that the
+        ``tokenizers`` package alone reads text as the model does."""
+        from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+        from transformers import PreTrainedTokenizerFast
+
+        pad, cls_token, sep, unk = SPECIAL_TOKENS
+        backend = Tokenizer(models.WordLevel(dict(self.ids), unk_token=unk))
+        backend.normalizer = normalizers.Lowercase()
+        splits = [pre_tokenizers.WhitespaceSplit()]
+        if not any(_has_punctuation(word) for word in self.tokens[len(SPECIAL_TOKENS) :]):
+            splits.append(pre_tokenizers.Punctuation("isolated"))
+        backend.pre_tokenizer = pre_tokenizers.Sequence(splits)
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{cls_token} $A {sep}", pair=f"{cls_token} $A {sep} $B {sep}",
+            special_tokens=[(cls_token, self.cls_id), (sep, self.sep_id)],
+        )
+        backend.enable_truncation(max_length)
+        backend.enable_padding(pad_id=self.pad_id, pad_token=pad)
+        return PreTrainedTokenizerFast(
+            tokenizer_object=backend, pad_token=pad, cls_token=cls_token, sep_token=sep, unk_token=unk,
+            model_max_length=max_length, model_input_names=["input_ids", "attention_mask"],
+        )
+
+    def save(self, directory: str | os.PathLike, *, max_length: int = 50) -> None:
+        """Write the vocabulary as a Hugging Face tokenizer (see :meth:`to_tokenizer`)."""
+        self.to_tokenizer(max_length).save_pretrained(directory)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "WordVocabulary":
-        path = os.path.join(directory, VOCAB_FILE)
-        with open(path) as f:
-            tokens = json.load(f)["tokens"]
+        """The vocabulary saved in ``directory`` (``tokenizer.json``, or an earlier version's ``vocab.json``)."""
+        path = os.path.join(directory, TOKENIZER_FILE)
+        if os.path.isfile(path):
+            from tokenizers import Tokenizer
+
+            vocab = Tokenizer.from_file(path).get_vocab()
+            tokens = sorted(vocab, key=vocab.__getitem__)
+        else:
+            path = os.path.join(directory, VOCAB_FILE)
+            with open(path) as f:
+                tokens = json.load(f)["tokens"]
         if tuple(tokens[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
             raise ValueError(f"{path}: expected the first tokens to be {list(SPECIAL_TOKENS)}")
         return cls(tokens[len(SPECIAL_TOKENS) :])
+
+
+def _has_punctuation(word: str) -> bool:
+    return any(unicodedata.category(c).startswith("P") for c in word)
 
 
 class PretrainedWordTokenizer:
@@ -113,7 +158,8 @@ class PretrainedWordTokenizer:
         try:
             tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
         except (OSError, ValueError) as exc:
-            raise FileNotFoundError(f"tokenizer: no usable tokenizer files in {path!r} ({exc})") from exc
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise FileNotFoundError(f"tokenizer: no usable tokenizer files in {path!r} ({first})") from exc
         return cls(tok)
 
     def encode_word(self, word: str) -> list[int]:
@@ -122,7 +168,10 @@ class PretrainedWordTokenizer:
             ids = self._cache[word] = list(self.tokenizer.encode(word, add_special_tokens=False))
         return ids
 
-    def save(self, directory: str | os.PathLike) -> None:
+    def save(self, directory: str | os.PathLike, *, max_length: int | None = None) -> None:
+        """The tokenizer's own files; ``max_length`` becomes its ``model_max_length`` (the model's cut)."""
+        if max_length is not None:
+            self.tokenizer.model_max_length = max_length
         self.tokenizer.save_pretrained(directory)
 
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..checks import Noise, check_token_inputs
 from ..encode import encode, float32_precision
+from ..reference.deberta import backbone_tokens
 from .buckets import (
     DEFAULT_TOKENS,
     _Bucket,
@@ -122,7 +123,7 @@ class ServingDeberta:
             self.batch_sizes = ()
         with torch.no_grad():
             for t in self.tokens:
-                relative_pos = _prebuilt_relative_positions(model.dberta.model, t, self.device)
+                relative_pos = _prebuilt_relative_positions(model.dberta.model, backbone_tokens(model, t), self.device)
                 fn = functools.partial(_bucket_logits, model, self.precision, relative_pos)
                 for b in self.batch_sizes:
                     ids = torch.zeros(b, t, dtype=torch.long, device=self.device)

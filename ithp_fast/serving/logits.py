@@ -9,6 +9,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from ..reference.deberta import backbone_inputs
+
 
 def _backbone_states(backbone: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor,
                      relative_pos: Optional[torch.Tensor]) -> torch.Tensor:
@@ -38,9 +40,12 @@ def first_token_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask
     """The logits of ``model`` with ``b1 = encode_first(x[:, :1])`` for the first token's states
     ``x[:, :1]`` (``[B, 1, H]``): what the serving wrappers run and what the export traces."""
     body = model.dberta
+    input_ids, attention_mask = backbone_inputs(model, input_ids, attention_mask)
+    if relative_pos is not None and relative_pos.shape[-1] != input_ids.shape[1]:
+        relative_pos = None  # built for another length than the backbone reads
     # The backbone gets a mask tensor always: without one it checks the ids for padding on the
     # host (a device sync, impossible inside a CUDA graph); all ones is what it would assume.
-    if attention_mask is None or not model.pass_attention_mask:
+    if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     first = _backbone_states(body.model, input_ids, attention_mask, relative_pos)[:, :1]
     return model.classifier(model.dropout(body.fuse(first, encode_first(first))))

@@ -62,7 +62,8 @@ cores' time than it gains (``bench/serving_vs_onnxruntime.py``: ``b1`` at batch 
 
 
 class OnnxRuntimeProgram:
-    """``model`` exported to ONNX (``tokens`` tokens, dynamic batch) and run in ONNX Runtime.
+    """``model`` exported to ONNX (dynamic batch; an ``ITHPDeberta`` up to ``tokens`` tokens, an ITHP
+    ``tokens`` tokens) and run in ONNX Runtime.
 
     Args:
         model: an ``ITHPDeberta`` (inputs ``input_ids``, ``attention_mask``) or an ITHP (``x``).
@@ -91,7 +92,7 @@ class OnnxRuntimeProgram:
         self._sessions = self._export() if onnx_file is None else self._load(os.fspath(onnx_file))
         self.input_names = tuple(i.name for i in self._sessions[0].get_inputs())
         first = self._sessions[0].get_inputs()[0].shape
-        if len(first) < 2 or first[1] != tokens:
+        if len(first) < 2 or not (first[1] == tokens or isinstance(first[1], str)):  # fixed, or a named axis
             raise ValueError(f"onnx_file: its program takes {self.input_names[0]} of shape {first}, "
                              f"expected [batch, {tokens}, ...]")
 
@@ -121,5 +122,11 @@ class OnnxRuntimeProgram:
     def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
         sleeping, spinning = self._current_sessions()
         session = spinning if spinning is not None and tensors[0].shape[0] <= self.spin_max_batch else sleeping
-        feeds = {name: t.detach().cpu().numpy() for name, t in zip(self.input_names, tensors)}
+        feeds = {name: _as_fed(t) for name, t in zip(self.input_names, tensors)}
         return torch.from_numpy(session.run(None, feeds)[0])
+
+
+def _as_fed(tensor: torch.Tensor):
+    """A tensor as the exported program takes it: integer ids as int64 (int32 ids work too)."""
+    tensor = tensor.detach().cpu()
+    return (tensor if tensor.is_floating_point() else tensor.to(torch.int64)).numpy()

@@ -288,7 +288,7 @@ def run_bench(args: argparse.Namespace) -> int:
     """``ithp-fast bench``: run the suite (unless ``--render``), write JSON, Markdown and PNG."""
     if args.render:
         try:
-            md, png, table = render_files(Path(args.render), Path(args.out) if args.out else None)
+            md, png, table = render_files(Path(args.render), Path(args.output_dir) if args.output_dir else None)
         except (OSError, ValueError) as err:
             print(f"ithp-fast bench: --render: {err}", file=sys.stderr)
             return 2
@@ -300,7 +300,7 @@ def run_bench(args: argparse.Namespace) -> int:
     except FileNotFoundError as err:
         print(f"ithp-fast bench: {err}", file=sys.stderr)
         return 2
-    out_dir = Path(args.out) if args.out else bench_dir / "results"
+    out_dir = Path(args.output_dir) if args.output_dir else bench_dir / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = new_results_path(out_dir, device_slug(), args.tiny)
     env = dict(os.environ)
@@ -331,7 +331,7 @@ def register(sub) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", help="folder for the results (default: bench/results)")
+    p.add_argument("--output-dir", "--out", help="folder for the results (default: bench/results)")
     p.add_argument("--bench-dir", help="the suite's folder (default: bench/ of this checkout)")
     p.add_argument("--tiny", action="store_true",
                    help="smallest shapes (ITHP_BENCH_TINY=1), for a quick check; results named <device>-<date>-tiny")

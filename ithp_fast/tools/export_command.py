@@ -1,12 +1,14 @@
-"""``ithp-fast export``: a trained checkpoint as an ONNX file or an AOTInductor package.
+"""``ithp-fast export``: a trained checkpoint as an ONNX bundle or an AOTInductor package.
 
-    ithp-fast export --checkpoint DIR --format onnx|aoti --output FILE [--tokens 50] [--batch N]
+    ithp-fast export --checkpoint DIR --format onnx|aoti --output FILE [--tokens N] [--batch-size N]
 
 The checkpoint is loaded with :func:`ithp_fast.load_checkpoint` (eval mode, posterior mean) and
 written by :func:`ithp_fast.export`: ``input_ids`` and ``attention_mask`` (int64 ``[batch,
-tokens]``) -> ``logits`` ``[batch, num_labels]``, the batch dynamic unless ``--batch`` fixes it.
-A bad argument or a failed export prints one line naming the problem and exits with 2; nothing
-is left at the output path then.
+sequence]``) -> ``logits`` ``[batch, num_labels]``. ONNX: the batch and the sequence (1 to the
+checkpoint's ``max_seq_length`` tokens) are dynamic, the tokenizer is written beside the file and
+the file's metadata says what it computes. AOTInductor: ``--tokens`` tokens, fixed. A bad argument
+or a failed export prints one line naming the problem and exits with 2; nothing is left at the
+output path then.
 """
 
 from __future__ import annotations
@@ -29,10 +31,9 @@ def _problem(args: argparse.Namespace) -> str | None:
         return f"--output: the directory {parent} does not exist"
     if args.format == "aoti" and not args.output.endswith(".pt2"):
         return f"--output: an AOTInductor package's name must end in .pt2, got {os.path.basename(args.output)!r}"
-    for name in ("tokens", "batch"):
-        value = getattr(args, name)
+    for flag, value in (("--tokens", args.tokens), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
-            return f"--{name}: expected a positive number, got {value}"
+            return f"{flag}: expected a positive number, got {value}"
     return None
 
 
@@ -43,7 +44,8 @@ def export_command(args: argparse.Namespace) -> int:
             import ithp_fast
 
             model = ithp_fast.load_checkpoint(args.checkpoint, device=args.device)
-            paths = ithp_fast.export(model, args.output, format=args.format, tokens=args.tokens, batch=args.batch)
+            paths = ithp_fast.export(model, args.output, format=args.format, tokens=args.tokens,
+                                     batch=args.batch_size)
         except (OSError, ValueError, TypeError, KeyError, RuntimeError, ImportError) as err:
             problem = f"{type(err).__name__}: {err}".splitlines()[0]
         else:
@@ -54,17 +56,18 @@ def export_command(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("export", help="write a checkpoint as an ONNX file or an AOTInductor package",
-                       description="Write a checkpoint's ITHP-DeBERTa (eval mode, posterior mean) as an ONNX file or "
-                                   "an AOTInductor package: input_ids and attention_mask (int64 [batch, tokens]) -> "
-                                   "logits [batch, num_labels].")
+    p = sub.add_parser("export", help="write a checkpoint as an ONNX bundle or an AOTInductor package",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a checkpoint directory written by `ithp-fast train`")
     p.add_argument("--format", required=True,
-                   help="onnx (a .onnx file, weights in FILE.data beside it, checked in ONNX Runtime) or aoti "
-                        "(an AOTInductor package, FILE ending in .pt2)")
+                   help="onnx (FILE, the weights in FILE.data and the tokenizer beside it, checked in ONNX Runtime) "
+                        "or aoti (an AOTInductor package, FILE ending in .pt2)")
     p.add_argument("--output", required=True, help="the file to write (its folder must exist)")
-    p.add_argument("--tokens", type=int, default=50, help="tokens per example, fixed in the program (default 50)")
-    p.add_argument("--batch", type=int, default=None, help="a fixed batch size (default: a dynamic batch dimension)")
+    p.add_argument("--tokens", type=int, default=None,
+                   help="tokens per text: the most (onnx) or the fixed count (aoti). Default: the checkpoint's "
+                        "max_seq_length")
+    p.add_argument("--batch-size", "--batch", type=int, default=None,
+                   help="a fixed batch size. Default: a dynamic batch dimension")
     p.add_argument("--device", default="cpu", help="where to load the model: cpu (default) or cuda (aoti compiles "
                                                    "for that device)")
     p.set_defaults(func=export_command)

@@ -132,12 +132,12 @@ def run_profile(args: argparse.Namespace) -> int:
     if not args.no_nvtx:
         enable_nvtx(True)
     step = build_workload(
-        args.workload, batch=args.batch, tokens=args.tokens, device=device, dtype=dtype, backend=args.backend
+        args.workload, batch=args.batch_size, tokens=args.tokens, device=device, dtype=dtype, backend=args.backend
     )
     for _ in range(args.warmup):
         step()
     _sync(device)
-    label = f"{args.workload} B={args.batch}x{args.tokens} {args.dtype} on {device}"
+    label = f"{args.workload} B={args.batch_size}x{args.tokens} {args.dtype} on {device}"
 
     if profiler == "nsight":
         torch.cuda.profiler.start()
@@ -195,7 +195,7 @@ def register(sub) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workload", choices=sorted(WORKLOAD_RANGES), default="train",
                    help="what one step does (default: train)")
-    p.add_argument("--batch", type=int, default=32, help="examples per step (default: 32)")
+    p.add_argument("--batch-size", "--batch", type=int, default=32, help="examples per step (default: 32)")
     p.add_argument("--tokens", type=int, default=50, help="tokens per example (default: 50)")
     p.add_argument("--steps", type=int, default=5, help="profiled steps (default: 5)")
     p.add_argument("--warmup", type=int, default=3, help="unprofiled warm-up steps first (default: 3)")

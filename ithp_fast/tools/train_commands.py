@@ -24,7 +24,8 @@ normalisation of the acoustic and visual features. Every one of them is an optio
 
 Settings come from --config FILE (JSON or YAML; keys are the flag names, with - or _), then from
 the flags given here, which override the file. Every run writes train_config.json with every
-setting resolved: --config runs/NAME/train_config.json --output-dir OTHER trains the same run again.
+setting resolved: --config runs/NAME/train_config.json --output-dir OTHER trains the same run again
+(add --data PATH for a run on a pickle: a pickle named only in a config file is not read).
 
 Without --data the built-in synthetic set is used (see ithp_fast/data/synthetic.py); without
 --backbone a small randomly initialised DeBERTa-v2 is built (nothing is downloaded).
@@ -33,6 +34,14 @@ Multi-process: torchrun --nproc_per_node N -m ithp_fast train ... --batch-size i
 batch, split evenly over the processes; the min-max bounds are reduced over them, so a sharded
 batch is normalised like the whole batch; evaluation covers every example once; rank 0 alone
 writes files.
+"""
+
+EVALUATE_DESCRIPTION = """\
+Score a checkpoint on a split (test by default) under both metric conventions, as the training run did:
+its data (the checkpoint's synthetic set, or --data), its tokenizer, and by default its eval_sampling (the
+released evaluation draws the latent; --eval-sampling mean gives the posterior mean, what predict, export
+and load_checkpoint use). Writes <split>-<eval_sampling>.json and <split>-<eval_sampling>-predictions.csv,
+so a report of one mode never replaces one of the other. To score texts of your own, use predict.
 """
 
 FIELD_DEFAULTS = {
@@ -89,7 +98,9 @@ def config_arguments() -> argparse.ArgumentParser:
 
 
 def report_error(command: str, exc: BaseException) -> None:
-    print(f"ithp-fast {command}: error: {exc}", file=sys.stderr)
+    """One line on stderr, whatever the message (a message of several lines is joined)."""
+    message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    print(f"ithp-fast {command}: error: {message}", file=sys.stderr)
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -149,6 +160,7 @@ def register(sub) -> None:
     e = sub.add_parser(
         "evaluate",
         help="score a checkpoint on a split under both metric conventions",
+        description=EVALUATE_DESCRIPTION,
         formatter_class=PlainHelpFormatter,
     )
     e.add_argument(
@@ -185,14 +197,14 @@ def register(sub) -> None:
         default=[],
         metavar="NAME",
         help="remove these detectors (acoustic, visual; comma- or space-separated) from every example: their "
-        "levels' reconstruction terms become 0 and <split>-without-NAME.json is written. The predictions do "
-        "not change: ITHP predicts from the text alone. Default: none",
+        "levels' reconstruction terms become 0 and <split>-<eval_sampling>-without-NAME.json is written. The "
+        "predictions do not change: ITHP predicts from the text alone. Default: none",
     )
     e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     e.add_argument(
         "--output-dir",
         default=None,
-        help="where <split>.json and <split>-predictions.csv are written. "
+        help="where <split>-<eval_sampling>.json and its predictions CSV are written. "
         "Default: eval-<checkpoint name> beside the checkpoint",
     )
     e.set_defaults(func=evaluate_command)

@@ -14,7 +14,9 @@ One job per module:
     checkpoints.py  the checkpoint files (safetensors + JSON + SHA-256 manifest) and their crash-safe saving
     distributed.py  torchrun plumbing (no-ops in a single process)
     metrics.py      the sentiment metrics under both conventions
-    plots.py        the figures of a run (matplotlib, optional)
+    console.py      the lines a run prints about its data and the files it wrote
+    plots.py        the figures of a seed: training curves, information plane (matplotlib, optional)
+    seed_comparison.py  the figure comparing a run's seeds per epoch (matplotlib, optional)
 
 The data loaders live in ``ithp_fast.data``; the command line in ``ithp_fast.tools.train_commands``.
 """

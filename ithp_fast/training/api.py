@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
 
 from ..data import SentimentData, SentimentSplit
-from .config import TrainConfig
+from .config import TrainConfig, recipe_settings
 from .evaluate import evaluate_checkpoint
 from .loop import EpochEnd, run_training
 
@@ -29,6 +29,8 @@ DataSource = Union[str, os.PathLike, SentimentData, Mapping, None]
 def read_config_file(path: Union[str, os.PathLike]) -> dict:
     """The settings in a JSON or YAML file; keys are flag names, with ``-`` or ``_`` (``lr``, ``max-seq-length``)."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"--config: {path} is a directory; expected a JSON or YAML file of settings")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--config: {path} not found")
     try:
@@ -60,7 +62,10 @@ def normalise_keys(values: Mapping, where: str) -> dict:
 
 
 def make_config(config: ConfigSource = None, **settings: Any) -> TrainConfig:
-    """A TrainConfig from a TrainConfig, a mapping or a JSON / YAML file, with ``settings`` overriding it."""
+    """A TrainConfig from a TrainConfig, a mapping or a JSON / YAML file, with ``settings`` overriding it.
+
+    A data pickle named in a file is refused unless ``settings`` name the data too: unpickling runs code
+    stored in the pickle, so one is read only from a path the caller gives (``--data``, ``data=``)."""
     from transformers import HfArgumentParser
 
     if isinstance(config, TrainConfig):
@@ -69,9 +74,16 @@ def make_config(config: ConfigSource = None, **settings: Any) -> TrainConfig:
         base = normalise_keys(config, "config")
     elif config is not None:
         base = read_config_file(config)
+        if base.get("data") is not None and "data" not in settings:
+            raise ValueError(
+                f"--config: {os.fspath(config)} names the data pickle {base['data']!r}, and unpickling runs code "
+                f"stored in the file, so a pickle is read only from a path given on the command line or in the "
+                f"call: add --data {base['data']} (ithp_fast.train(..., data={base['data']!r})) if you trust it"
+            )
     else:
         base = {}
     merged = {**base, **normalise_keys(settings, "settings")}
+    merged = {**recipe_settings(merged.get("recipe")), **merged}
     (cfg,) = HfArgumentParser(TrainConfig).parse_dict(merged)
     return cfg
 
@@ -105,20 +117,24 @@ def train(
 
     Args:
         config: a :class:`TrainConfig`, a dict of settings, or a JSON / YAML file such as a run's
-            ``train_config.json``; keys are the flag names of ``ithp-fast train`` (``-`` or ``_``).
+            ``train_config.json``; keys are the flag names of ``ithp-fast train`` (``-`` or ``_``). A data
+            pickle a file names is read only when ``data`` names it too (unpickling runs code).
         data: a pickle path (either layout), a :class:`~ithp_fast.data.SentimentData`, a dict of
             ``train`` / ``valid`` / ``test`` :class:`~ithp_fast.data.SentimentSplit`, or the dict a
-            pickle holds (word-level train/dev/test, or MMSA's arrays). Default: ``config``'s
-            ``data`` path, else the built-in synthetic set.
+            pickle holds (word-level train/dev/test, or MMSA's arrays). Default: the ``data`` path of a
+            ``config`` given as a dict or :class:`TrainConfig`, else the built-in synthetic set.
         callbacks: functions called with an :class:`~ithp_fast.training.loop.EpochEnd` after each
             epoch (seed, epoch, its record of losses and metrics, the model, the seed directory);
             one returning True ends that seed's training there, as ``--early-stop`` does.
         settings: settings that override ``config`` (``epochs=5``, ``output_dir="runs/x"``).
     """
-    cfg = make_config(config, **settings)
     loaded = as_sentiment_data(data)
-    if isinstance(loaded, str):
-        cfg.data, loaded = loaded, None
+    if isinstance(loaded, str):  # a pickle path: named here, so it may be read
+        cfg, loaded = make_config(config, **settings, data=loaded), None
+    elif loaded is not None:  # data in memory: no path is read
+        cfg = make_config(config, **settings, data=None)
+    else:
+        cfg = make_config(config, **settings)
     return run_training(cfg, data=loaded, callbacks=tuple(callbacks))
 
 

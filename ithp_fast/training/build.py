@@ -3,16 +3,20 @@ and the tokenizer entry a checkpoint records."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from torch import nn
 
 from ..config import ITHPConfig
 from ..data import DataFormatError, PretrainedWordTokenizer, SentimentData, WordVocabulary
-from ..data.tokenize import VOCAB_FILE
-from ..reference.deberta import RELEASED_ORDER, ITHPDeberta, load_backbone
+from ..data.tokenize import TOKENIZER_FILE
+from ..deberta_config import ITHPDebertaConfig
+from ..reference.deberta import RELEASED_ORDER, load_backbone
 from .checkpoints import verify_tokenizer_files
 from .config import IMPLS, TrainConfig
+
+if TYPE_CHECKING:  # the Hugging Face model loads transformers' modeling code (seconds): imported when built
+    from ..deberta import ITHPDeberta
 
 
 def small_backbone_config(vocab_size: int, cfg: TrainConfig):
@@ -39,62 +43,69 @@ def small_backbone_config(vocab_size: int, cfg: TrainConfig):
     )
 
 
-def ithp_class(impl: str) -> type:
-    """The ITHP implementation named by ``--impl``."""
-    if impl == "fast":
-        from ..model import ITHP
-    elif impl == "reference":
-        from ..reference.ithp import ITHP
-    else:
-        raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
-    return ITHP
-
-
 def model_modalities(model_config: dict) -> tuple[str, ...]:
     """The detector of each ITHP level of a checkpoint's ``model`` config (the released order when it names none)."""
     return tuple(model_config.get("modality_order", RELEASED_ORDER))
 
 
-def build_model(model_config: dict, impl: str, backbone: Optional[nn.Module] = None) -> ITHPDeberta:
-    """ITHP-DeBERTa from a checkpoint's ``model`` config (random backbone weights unless ``backbone`` is given)."""
-    from transformers import DebertaV2Config
-
-    if backbone is None:
-        backbone = load_backbone(DebertaV2Config.from_dict(model_config["backbone"]))
-    return ITHPDeberta(
-        backbone,
-        ITHPConfig.from_dict(model_config["ithp"]),
-        beta_shift=model_config["beta_shift"],
-        dropout_prob=model_config["dropout_prob"],
-        pass_attention_mask=model_config["pass_attention_mask"],
-        ithp_cls=ithp_class(impl),
-        eval_sampling=model_config["eval_sampling"],
-        modality_order=model_modalities(model_config),
-        mask_ithp_padding=model_config.get("mask_ithp_padding", False),
+def model_settings(config: dict) -> ITHPDebertaConfig:
+    """The model of a checkpoint's settings (:func:`~ithp_fast.training.checkpoints.load_config`): its
+    ``config.json``, or the ``model`` entry an earlier version wrote (with the run's token count)."""
+    model = config["model"]
+    if "model_type" in model:
+        return ITHPDebertaConfig.from_dict(model)
+    return ITHPDebertaConfig(
+        backbone=model["backbone"],
+        ithp=model["ithp"],
+        beta_shift=model["beta_shift"],
+        dropout_prob=model["dropout_prob"],
+        pass_attention_mask=model["pass_attention_mask"],
+        mask_ithp_padding=model.get("mask_ithp_padding", False),
+        modality_order=model.get("modality_order", RELEASED_ORDER),
+        eval_sampling=model["eval_sampling"],
+        impl=config.get("impl", "fast"),
+        max_seq_length=config.get("run", {}).get("max_seq_length", 50),
+        backbone_path=model.get("backbone_path"),
     )
 
 
+def build_model(settings: ITHPDebertaConfig, impl: Optional[str] = None,
+                backbone: Optional[nn.Module] = None) -> ITHPDeberta:
+    """ITHP-DeBERTa from its settings (random backbone weights unless ``backbone`` is given); ``impl``
+    replaces the settings' ITHP implementation."""
+    from ..deberta import ITHPDeberta
+
+    if impl is not None:
+        if impl not in IMPLS:
+            raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
+        settings.impl = impl
+    return ITHPDeberta(settings, backbone=backbone)
+
+
 def new_model(cfg: TrainConfig, data: SentimentData) -> tuple[ITHPDeberta, dict]:
-    """A fresh model for ``data`` and its JSON config; detector widths come from the data."""
+    """A fresh model for ``data`` and its config (a dict: ``config.json`` of its checkpoints); detector
+    widths come from the data."""
     backbone = load_backbone(cfg.backbone or small_backbone_config(data.vocab_size, cfg), dropout=cfg.backbone_dropout)
     if data.vocab_size > backbone.config.vocab_size:
         raise DataFormatError(
             data.source,
             f"token ids reach {data.vocab_size - 1} but the backbone's vocab_size is {backbone.config.vocab_size}",
         )
-    ithp = ithp_config(cfg, backbone.config.hidden_size, data)
-    model_config = {
-        "backbone": backbone.config.to_dict(),
-        "backbone_path": cfg.backbone,
-        "ithp": ithp.to_dict(),
-        "beta_shift": cfg.beta_shift,
-        "dropout_prob": cfg.fusion_dropout,
-        "pass_attention_mask": cfg.attention_mask,
-        "eval_sampling": cfg.eval_sampling,
-        "modality_order": list(cfg.detector_names),
-        "mask_ithp_padding": cfg.mask_padding,
-    }
-    return build_model(model_config, cfg.impl, backbone), model_config
+    settings = ITHPDebertaConfig(
+        backbone=backbone.config,
+        ithp=ithp_config(cfg, backbone.config.hidden_size, data),
+        beta_shift=cfg.beta_shift,
+        dropout_prob=cfg.fusion_dropout,
+        pass_attention_mask=cfg.attention_mask,
+        mask_ithp_padding=cfg.mask_padding,
+        modality_order=cfg.detector_names,
+        eval_sampling=cfg.eval_sampling,
+        impl=cfg.impl,
+        max_seq_length=cfg.max_seq_length,
+        backbone_path=cfg.backbone,
+    )
+    model = build_model(settings, backbone=backbone)
+    return model, model.config.to_dict()
 
 
 def ithp_config(cfg: TrainConfig, hidden_size: int, data: SentimentData) -> ITHPConfig:
@@ -129,17 +140,33 @@ def optimizer_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def tokenizer_entry(data: SentimentData) -> dict:
     """How a checkpoint turns words into ids: its own vocabulary, a pretrained tokenizer, or ids in the data."""
     if isinstance(data.tokenizer, WordVocabulary):
-        return {"kind": "word-vocabulary", "file": VOCAB_FILE}
+        return {"kind": "word-vocabulary", "file": TOKENIZER_FILE}
     if isinstance(data.tokenizer, PretrainedWordTokenizer):
         return {"kind": "pretrained"}
     return {"kind": "ids-in-data"}
 
 
 def load_tokenizer(entry: dict, directory: str):
-    """The tokenizer a checkpoint directory carries (None when the data holds token ids)."""
+    """The tokenizer a checkpoint directory carries, as the data loaders use it (None when the data holds
+    token ids)."""
     verify_tokenizer_files(directory)
     if entry["kind"] == "word-vocabulary":
         return WordVocabulary.load(directory)
     if entry["kind"] == "pretrained":
         return PretrainedWordTokenizer.from_directory(directory)
     return None
+
+
+def text_tokenizer(config: dict, directory: str):
+    """The tokenizer a checkpoint directory carries, as a ``transformers`` tokenizer that reads raw text
+    (None when the model was trained on token ids and carries none)."""
+    from ..deberta import load_saved_tokenizer
+
+    verify_tokenizer_files(directory)
+    entry = config.get("tokenizer", {})
+    if entry.get("kind") == "ids-in-data":
+        return None
+    saved = load_saved_tokenizer(directory)
+    if saved is None and entry.get("kind") == "word-vocabulary":  # an earlier version's vocab.json
+        return WordVocabulary.load(directory).to_tokenizer(model_settings(config).max_seq_length)
+    return saved

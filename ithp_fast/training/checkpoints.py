@@ -1,21 +1,30 @@
 """Checkpoints: weights in safetensors, the full configuration in JSON beside them, the optimiser /
 scheduler / progress state needed to resume, and a manifest with the SHA-256 of every file.
 
-A checkpoint directory holds::
+A checkpoint directory is a Hugging Face model directory (``ITHPDeberta.from_pretrained``,
+``AutoModelForSequenceClassification``, ``pipeline``) plus what training needs::
 
+    config.json             the model's ITHPDebertaConfig (model_type "ithp_deberta"), posterior mean
     model.safetensors       the model's state_dict (backbone included)
-    config.json             {"format", "model": {...}, "run": {...}, "data": {...}, "tokenizer": {...}}
-    vocab.json | tokenizer files    what turns words into token ids
+    tokenizer.json, tokenizer_config.json, ...   the tokenizer, in Hugging Face's format
+    training.json           {"format", "run": {...}, "data": {...}, "tokenizer": {...}, "impl", "world_size"}:
+                            how the model was trained (the run's settings, eval_sampling included)
     optimizer.safetensors   optimiser tensors (resumable checkpoints only)
     trainer_state.json      optimiser hyper-parameters, scheduler state, progress, history
     manifest.json           size and SHA-256 of each file above; written last
+
+Checkpoints of earlier versions keep loading: format 2 held everything in ``config.json`` (``{"format",
+"model", "run", "data", "tokenizer", ...}``) and the vocabulary in ``vocab.json``; format 1 had no
+manifest. Every file is written with the mode the umask gives (0644 under the usual 022).
 
 Saving ``DIR`` is crash-safe: everything is written to ``DIR.tmp`` (files flushed to disk, the
 manifest last), then ``DIR`` is renamed ``DIR.old``, ``DIR.tmp`` renamed ``DIR`` and ``DIR.old``
 removed. Whatever step a crash interrupts, :func:`recover` finds the newest complete copy
 (``DIR.tmp`` is newer than ``DIR``, which is newer than ``DIR.old``), puts it at ``DIR`` and
 removes only copies that are incomplete or older than it. Every file is checked against the
-manifest when it is read: a changed byte stops with one line naming the file.
+manifest when it is read: a changed byte stops with one line naming the file. A checkpoint without a
+manifest cannot be checked: reading it says so (:class:`UnverifiedCheckpointWarning`), and
+``--resume`` refuses it unless ``--resume-unverified`` is given.
 """
 
 from __future__ import annotations
@@ -24,16 +33,23 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
+import warnings
 from typing import Any, Callable, Optional
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-FORMAT = "ithp_fast-checkpoint-2"  # 2: with manifest.json
-LEGACY_FORMAT = "ithp_fast-checkpoint-1"
+from ..files import follow_umask
+
+FORMAT = "ithp_fast-checkpoint-3"  # 3: a Hugging Face config.json, the run in training.json
+EARLIER_FORMAT = "ithp_fast-checkpoint-2"  # everything in config.json, with manifest.json
+LEGACY_FORMAT = "ithp_fast-checkpoint-1"  # no manifest
+MODEL_TYPE = "ithp_deberta"
 CONFIG_FILE = "config.json"
+RUN_FILE = "training.json"
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
@@ -42,6 +58,10 @@ MANIFEST_FILE = "manifest.json"
 
 class CheckpointError(ValueError):
     """A checkpoint's files are missing, damaged or not what they claim to be (one line, naming the file)."""
+
+
+class UnverifiedCheckpointWarning(UserWarning):
+    """A checkpoint has no manifest.json, so its files cannot be checked against the SHA-256 they were saved with."""
 
 
 def to_jsonable(value: Any) -> Any:
@@ -83,8 +103,12 @@ def read_json(path: str) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
+    except FileNotFoundError:
+        raise
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: not a readable JSON file ({exc})") from None
+    except OSError as exc:  # a directory, no permission to read
+        raise CheckpointError(f"{path}: cannot be read ({type(exc).__name__}: {exc.strerror})") from None
 
 
 def read_safetensors(path: str) -> dict[str, torch.Tensor]:
@@ -118,17 +142,74 @@ def write_manifest(directory: str) -> None:
     sync_to_disk(directory)
 
 
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def read_manifest(directory: str) -> dict[str, dict]:
+    """The files a checkpoint's manifest lists, each ``{"bytes", "sha256"}``, checked for shape: every name a
+    plain path inside ``directory`` (nothing outside it is ever read or hashed). Anything else is one
+    :class:`CheckpointError` naming the manifest."""
+    path = os.path.join(directory, MANIFEST_FILE)
+    manifest = read_json(path)
+
+    def refuse(detail: str) -> CheckpointError:
+        return CheckpointError(f"{path}: not a checkpoint manifest ({detail})")
+
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise refuse('expected {"format": ..., "files": {name: {"bytes", "sha256"}}}')
+    if manifest.get("format") not in (FORMAT, EARLIER_FORMAT):
+        raise refuse(f"format {manifest.get('format')!r}, expected {FORMAT!r}")
+    files = manifest["files"]
+    for name, entry in files.items():
+        if not inside(directory, name):
+            raise refuse(f"it lists {name!r}, which is not a file inside the checkpoint")
+        if not (
+            isinstance(entry, dict)
+            and type(entry.get("bytes")) is int
+            and entry["bytes"] >= 0
+            and isinstance(entry.get("sha256"), str)
+            and SHA256_HEX.fullmatch(entry["sha256"])
+        ):
+            found = repr(entry) if len(repr(entry)) <= 80 else repr(entry)[:77] + "..."
+            raise refuse(f"the entry of {name!r} is {found}, expected {{'bytes': size, 'sha256': 64 hex digits}}")
+    for name in (CONFIG_FILE, MODEL_FILE):
+        if name not in files:
+            raise refuse(f"it does not list {name}")
+    return files
+
+
+def inside(directory: str, name: str) -> bool:
+    """Whether ``name`` is a relative path that stays inside ``directory`` (after symbolic links too)."""
+    if name in ("", os.curdir) or os.path.isabs(name) or os.path.normpath(name) != name:
+        return False
+    if name.split(os.sep)[0] == os.pardir:
+        return False
+    root = os.path.realpath(directory)
+    return os.path.commonpath([root, os.path.realpath(os.path.join(directory, name))]) == root
+
+
+def unverified_reason(directory: str) -> Optional[str]:
+    """Why the files of ``directory`` cannot be checked (None when it has a manifest to check them against)."""
+    if os.path.lexists(os.path.join(directory, MANIFEST_FILE)):
+        return None
+    if written_before_checksums(directory):
+        why = f"it was written by an earlier version, before checksums were kept (no {MANIFEST_FILE})"
+    else:
+        why = f"its {MANIFEST_FILE} is missing"
+    return f"{directory}: unverified checkpoint: {why}, so its files cannot be checked against what was saved"
+
+
 def checkpoint_problem(directory: str) -> Optional[str]:
     """Why ``directory`` is not a complete, unchanged checkpoint (None when it is)."""
     manifest_path = os.path.join(directory, MANIFEST_FILE)
-    if not os.path.isfile(manifest_path):
+    if not os.path.lexists(manifest_path):
         return (
             f"{directory}: no {MANIFEST_FILE} (the save did not finish, or it was written before checksums were kept)"
         )
     try:
-        files = read_json(manifest_path)["files"]
-    except (CheckpointError, KeyError, TypeError):
-        return f"{manifest_path}: not a checkpoint manifest"
+        files = read_manifest(directory)
+    except CheckpointError as exc:
+        return str(exc)
     for name, entry in files.items():
         problem = file_problem(directory, name, entry)
         if problem:
@@ -155,11 +236,10 @@ def verify_file(directory: str, name: str) -> str:
     path = os.path.join(directory, name)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint: {path} not found; expected a directory written by `ithp-fast train`")
-    manifest_path = os.path.join(directory, MANIFEST_FILE)
-    if os.path.isfile(manifest_path):
-        entry = read_json(manifest_path).get("files", {}).get(name)
+    if unverified_reason(directory) is None:
+        entry = read_manifest(directory).get(name)
         if entry is None:
-            raise CheckpointError(f"{path}: not listed in {manifest_path}")
+            raise CheckpointError(f"{path}: not listed in {os.path.join(directory, MANIFEST_FILE)}")
         problem = file_problem(directory, name, entry)
         if problem:
             raise CheckpointError(problem)
@@ -168,11 +248,10 @@ def verify_file(directory: str, name: str) -> str:
 
 def verify_tokenizer_files(directory: str) -> None:
     """Check the tokenizer files of a checkpoint (every listed file but weights, config and training state)."""
-    manifest_path = os.path.join(directory, MANIFEST_FILE)
-    if not os.path.isfile(manifest_path):
+    if unverified_reason(directory) is not None:
         return
-    own = {MODEL_FILE, CONFIG_FILE, OPTIMIZER_FILE, STATE_FILE}
-    for name, entry in read_json(manifest_path).get("files", {}).items():
+    own = {MODEL_FILE, CONFIG_FILE, RUN_FILE, OPTIMIZER_FILE, STATE_FILE}
+    for name, entry in read_manifest(directory).items():
         problem = None if name in own else file_problem(directory, name, entry)
         if problem:
             raise CheckpointError(problem)
@@ -197,14 +276,21 @@ def recover(directory: str) -> Optional[str]:
 
     Copies: ``DIR.tmp`` (newest), ``DIR``, ``DIR.old`` (oldest). The newest complete one ends up at
     ``DIR``; an unfinished ``DIR.tmp`` and copies older than the kept one are removed. A damaged
-    ``DIR`` that no newer copy replaces, or left-over copies that cannot be checked (saved by an
-    earlier version, without a manifest), stop with a :class:`CheckpointError`: nothing is guessed.
+    ``DIR`` that no newer copy replaces, a file where a copy's directory should be, or left-over
+    copies that cannot be checked (saved by an earlier version, without a manifest), stop with a
+    :class:`CheckpointError`: nothing is guessed. A lone ``DIR`` without a manifest is returned as it is
+    (:func:`unverified_reason` says why it cannot be checked; its readers decide).
     """
     tmp, old = sibling(directory, ".tmp"), sibling(directory, ".old")
+    for path in (tmp, directory, old):
+        if os.path.lexists(path) and not os.path.isdir(path):
+            raise CheckpointError(
+                f"{path}: a file where a checkpoint directory was expected; move it away and run again"
+            )
     present = [p for p in (tmp, directory, old) if os.path.isdir(p)]
+    if present == [directory] and unverified_reason(directory) is not None:
+        return directory
     if any(written_before_checksums(p) for p in present):
-        if present == [directory]:
-            return directory  # an earlier version's checkpoint: each file is still checked as it is read
         raise CheckpointError(
             f"{', '.join(present)}: left by an interrupted save of an earlier version, without "
             f"checksums; keep the copy to continue from as {directory} and remove the others"
@@ -242,17 +328,28 @@ def save_checkpoint(
     scheduler: Optional[Any] = None,
     state: Optional[dict] = None,
 ) -> None:
-    """Write a checkpoint; whatever step a crash interrupts, :func:`recover` restores a complete one."""
+    """Write a checkpoint; whatever step a crash interrupts, :func:`recover` restores a complete one.
+
+    ``config["model"]`` (the model's Hugging Face config) becomes ``config.json``, set to the posterior
+    mean (what a served model computes; the run's own ``eval_sampling`` stays in ``config["run"]``),
+    and the rest of ``config`` ``training.json``.
+    """
     recover(directory)
     tmp, old = sibling(directory, ".tmp"), sibling(directory, ".old")
     os.makedirs(tmp)
-    write_json(os.path.join(tmp, CONFIG_FILE), {"format": FORMAT, **config})
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, os.path.join(tmp, MODEL_FILE))
+    if "model" in config:
+        write_json(os.path.join(tmp, CONFIG_FILE), {**config["model"], "eval_sampling": "mean"})
+    write_json(os.path.join(tmp, RUN_FILE), {"format": FORMAT, **{k: v for k, v in config.items() if k != "model"}})
+    weights = os.path.join(tmp, MODEL_FILE)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, weights, metadata={"format": "pt"})  # "pt": what transformers' from_pretrained expects
+    follow_umask(weights)
     if save_tokenizer is not None:
         save_tokenizer(tmp)
     if optimizer is not None:
         tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
         save_file(tensors, os.path.join(tmp, OPTIMIZER_FILE))
+        follow_umask(os.path.join(tmp, OPTIMIZER_FILE))
         sched = scheduler.state_dict() if scheduler is not None else None
         write_json(os.path.join(tmp, STATE_FILE), {"optimizer": opt_meta, "scheduler": sched, **(state or {})})
     write_manifest(tmp)
@@ -265,7 +362,11 @@ def save_checkpoint(
 
 
 def load_config(directory: str) -> dict:
-    """A checkpoint's config.json (checked against its manifest)."""
+    """A checkpoint's settings (checked against its manifest) as ``{"model": <config.json>, "run", "data",
+    "tokenizer", "impl", "world_size", "format"}``: this version's ``config.json`` and ``training.json``
+    together (a directory written by ``save_pretrained`` has no ``training.json``: then only ``"model"``),
+    or an earlier version's ``config.json``, which held all of it (its ``"model"`` in that version's form).
+    Without a manifest, an :class:`UnverifiedCheckpointWarning` says that nothing in it can be checked."""
     if not os.path.isdir(directory):
         raise FileNotFoundError(
             f"checkpoint: {directory} is not a directory; expected one written by `ithp-fast train`"
@@ -276,9 +377,21 @@ def load_config(directory: str) -> dict:
         hint = f"; checkpoints inside it: {', '.join(inside)}" if inside else ""
         raise FileNotFoundError(f"checkpoint: {directory} has no {CONFIG_FILE}, so it is not a checkpoint{hint}")
     config = read_json(verify_file(directory, CONFIG_FILE))
-    if not isinstance(config, dict) or config.get("format") not in (FORMAT, LEGACY_FORMAT):
+    if isinstance(config, dict) and "model_type" in config:
+        if config["model_type"] != MODEL_TYPE:
+            raise CheckpointError(f"{path}: model_type {config['model_type']!r}, expected {MODEL_TYPE!r}")
+        run_path = os.path.join(directory, RUN_FILE)
+        run = read_json(verify_file(directory, RUN_FILE)) if os.path.isfile(run_path) else {"format": FORMAT}
+        if not isinstance(run, dict) or run.get("format") != FORMAT:
+            found = run.get("format") if isinstance(run, dict) else type(run).__name__
+            raise CheckpointError(f"{run_path}: format {found!r}, expected {FORMAT!r}")
+        config = {**run, "model": config}
+    elif not isinstance(config, dict) or config.get("format") not in (EARLIER_FORMAT, LEGACY_FORMAT):
         found = config.get("format") if isinstance(config, dict) else type(config).__name__
-        raise CheckpointError(f"{path}: format {found!r}, expected {FORMAT!r}")
+        raise CheckpointError(f"{path}: format {found!r}, expected {FORMAT!r} (a Hugging Face config.json)")
+    unverified = unverified_reason(directory)
+    if unverified:
+        warnings.warn(unverified, UnverifiedCheckpointWarning)  # attributed here: one line however often read
     return config
 
 

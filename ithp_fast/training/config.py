@@ -4,20 +4,58 @@ The defaults are the published recipe: AdamW, learning rate 1e-5, weight decay 0
 biases and LayerNorm weights, linear warm-up over 10 % of the steps then linear decay, batch 8,
 30 epochs, 50 tokens, loss MSE + 2 / (p_beta + p_gamma) * IB_total and per-batch global min-max
 normalisation of the acoustic and visual features. Every one of them is an option.
+
+One default differs from the authors' released script: the attention mask goes to the backbone, so
+that padding is not attended to and a text's score does not depend on how much padding it has
+(scoring pads each batch to its longest text). ``--recipe released`` is the released script:
+``RECIPES["released"]``, beneath a --config file and the flags given.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, get_args, get_origin, get_type_hints
 
+from ..config import IMPLS  # noqa: F401 (the implementations --impl names)
 from ..data import DETECTOR_NAMES
+from .metrics import metric_names
 
-IMPLS = ("fast", "reference")
 PRIME = "text"
 RELEASED_MODALITY_ORDER = (PRIME, "acoustic", "visual")
+
+
+RECIPES = {
+    "released": {  # the authors' train.py, as published
+        "attention_mask": False,  # it passes no attention mask to DeBERTa: padding is attended to
+        "eval_sampling": "sample",  # its evaluation draws the latent
+        "mask_padding": False,
+        "missing_rate": 0.0,
+        "modality_order": list(RELEASED_MODALITY_ORDER),
+        "normalise": "batch",
+        "protocol": "authors",
+        "select": "last",
+        "lr": 1e-5,
+        "weight_decay": 0.01,
+        "warmup_ratio": 0.1,
+        "batch_size": 8,
+        "epochs": 30,
+        "max_seq_length": 50,
+        "max_grad_norm": None,
+    },
+}
+"""Presets of settings (``--recipe``); the settings a --config file or a flag gives replace a preset's."""
+
+
+def recipe_settings(name: object) -> dict:
+    """The settings of ``--recipe NAME`` (none without one)."""
+    if name is None:
+        return {}
+    if name not in RECIPES:
+        raise ValueError(f"--recipe: expected one of {', '.join(RECIPES)}, got {name!r}")
+    return dict(RECIPES[name])
 
 
 def train_terms(levels: int) -> tuple[str, ...]:
@@ -30,6 +68,7 @@ def train_terms(levels: int) -> tuple[str, ...]:
 # Settings that may differ when resuming (they do not change what is computed). --epochs may also grow.
 RESUME_FREE = (
     "resume",
+    "resume_unverified",
     "overwrite_output_dir",
     "skip_nonfinite_steps",
     "progress",
@@ -64,12 +103,17 @@ class TrainConfig:
     """Everything a training run depends on; each field is a flag of ``ithp-fast train`` (``lr`` is ``--lr``,
     ``max_seq_length`` is ``--max-seq-length``) and a key of a ``--config`` file."""
 
+    recipe: Optional[Literal["released"]] = setting(
+        None,
+        "a preset of settings: released is the authors' script (no attention mask to the backbone, the latent drawn "
+        "at evaluation, the published optimisation); settings given here and in --config override it. Default: none",
+    )
     # data
     data: Optional[str] = setting(
         None,
         "pickle in either layout (word-level train/dev/test or MMSA train/valid/test); "
-        "unpickling runs code stored in the file: pass only files you trust. "
-        "Default: the built-in synthetic set",
+        "unpickling runs code stored in the file: pass only files you trust (a path found only in a --config "
+        "file is not read). Default: the built-in synthetic set",
     )
     synthetic_seed: int = setting(0, "seed of the synthetic set (used without --data)")
     synthetic_sizes: list[int] = setting([512, 128, 128], "train, valid and test sizes of the synthetic set")
@@ -174,6 +218,12 @@ class TrainConfig:
     resume: bool = setting(
         False, "continue each seed from its checkpoint-last in --output-dir (a larger --epochs extends a finished run)"
     )
+    resume_unverified: bool = setting(
+        False,
+        "let --resume continue from a checkpoint without manifest.json, whose files cannot be checked against "
+        "what was saved (written by an earlier version, or its manifest removed); without it such a checkpoint is "
+        "refused",
+    )
     overwrite_output_dir: bool = setting(
         False, "replace the seeds already trained in --output-dir (without it, a directory that holds one is refused)"
     )
@@ -228,8 +278,11 @@ class TrainConfig:
     def validate(self, world_size: int = 1) -> None:
         """One clear error naming the flag for any setting out of range."""
         check_types(self)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{flag(f.name)}: expected a finite number, got {value}")
         for name in (
-            "max_seq_length",
             "hidden_size",
             "num_layers",
             "num_heads",
@@ -246,6 +299,12 @@ class TrainConfig:
         for name in ("max_steps", "eval_batch_size", "stop_after_steps", "threads", "early_stop"):
             if getattr(self, name) is not None:
                 at_least(name, getattr(self, name), 1)
+        for name in ("num_workers", "synthetic_seed"):
+            at_least(name, getattr(self, name), 0)
+        if self.max_seq_length < 2:
+            raise ValueError(f"--max-seq-length: expected 2 or more ([CLS] and [SEP]), got {self.max_seq_length}")
+        if not self.p_lambda >= 0:
+            raise ValueError(f"--p-lambda: expected 0 or more, got {self.p_lambda}")
         for name in ("lr", "adam_eps", "p_beta", "p_gamma"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{flag(name)}: expected a positive number, got {getattr(self, name)}")
@@ -262,9 +321,10 @@ class TrainConfig:
         check_modality_order(self.modality_order)
         if not 0 <= self.warmup_ratio <= 1:
             raise ValueError(f"--warmup-ratio: expected a fraction in [0, 1], got {self.warmup_ratio}")
-        if len(self.synthetic_sizes) != 3:
+        if len(self.synthetic_sizes) != 3 or min(self.synthetic_sizes) < 1:
             raise ValueError(
-                f"--synthetic-sizes: expected three sizes (train, valid, test), got {list(self.synthetic_sizes)}"
+                "--synthetic-sizes: expected three positive sizes (train, valid, test), "
+                f"got {list(self.synthetic_sizes)}"
             )
         if self.hidden_size % self.num_heads:
             raise ValueError(f"--hidden-size {self.hidden_size} must be a multiple of --num-heads {self.num_heads}")
@@ -272,13 +332,29 @@ class TrainConfig:
             raise ValueError(
                 f"--batch-size {self.batch_size} (global) must be divisible by the number of processes ({world_size})"
             )
-        if not self.seeds:
-            raise ValueError("--seeds: give at least one seed")
+        check_seeds(self.seeds)
+        names = metric_names(self.protocol)
+        if self.select_metric not in names:
+            raise ValueError(
+                f"--select-metric: expected one of {', '.join(names)} (the --protocol {self.protocol} metrics), "
+                f"got {self.select_metric!r}"
+            )
         if self.backbone and not os.path.isdir(self.backbone):
             raise FileNotFoundError(
                 f"--backbone: {self.backbone!r} is not a local directory. Nothing is downloaded: save the model "
                 f"(config, weights and tokenizer) to a directory first and pass that directory"
             )
+
+
+def check_seeds(seeds: list[int]) -> None:
+    """At least one seed, each once, each a seed torch and NumPy take (0 to 2**63 - 1)."""
+    if not seeds:
+        raise ValueError("--seeds: give at least one seed")
+    for seed in seeds:
+        if not 0 <= seed < 2**63:
+            raise ValueError(f"--seeds: expected seeds from 0 to 2**63 - 1, got {seed}")
+        if seeds.count(seed) > 1:
+            raise ValueError(f"--seeds: {seed} is given {seeds.count(seed)} times; give each seed once")
 
 
 def split_names(value: Any) -> Any:

@@ -133,11 +133,13 @@ def evaluate_checkpoint(
     eval_sampling: Optional[str] = None,
     drop_detectors: Sequence[str] = (),
 ) -> dict:
-    """Score a checkpoint on one split; writes ``<split>.json`` and ``<split>-predictions.csv`` to ``output_dir``.
+    """Score a checkpoint on one split; writes ``<split>-<eval_sampling>.json`` and
+    ``<split>-<eval_sampling>-predictions.csv`` to ``output_dir``.
 
     ``output_dir`` defaults to ``eval-<checkpoint name>`` beside the checkpoint; ``eval_sampling``
-    to the training run's (the report says which was used). ``drop_detectors`` names detectors to
-    remove from every example (the files are then ``<split>-without-<names>.json`` / ``.csv``): the
+    to the training run's (to reproduce its protocol; the files are named by it, so a report of one
+    mode never replaces one of the other). ``drop_detectors`` names detectors to remove from every
+    example (the files are then ``<split>-<eval_sampling>-without-<names>.json`` / ``.csv``): the
     predictions, which ITHP computes from the text alone, stay the same; the reconstruction terms of
     the removed detectors' levels become 0 (``ib_terms`` in the report).
     """
@@ -152,6 +154,9 @@ def evaluate_checkpoint(
     ctx = init_distributed(device)
     try:
         model, config = load_checkpoint_model(directory, impl=impl, device=ctx.device, eval_sampling=eval_sampling)
+        if "run" not in config:
+            raise ckpt.CheckpointError(f"checkpoint: {directory} has no {ckpt.RUN_FILE} (the settings of the run "
+                                       f"that trained it), which evaluate needs; it scores texts with predict")
         drop = check_drop_detectors(drop_detectors, model_modalities(config["model"]))
         cfg = run_config(config, batch_size)
         data = checkpoint_data(directory, config, data)
@@ -192,8 +197,9 @@ def check_drop_detectors(names: Sequence[str], modalities: Sequence[str]) -> tup
 
 
 def write_report(output_dir: str, report: dict, split: SentimentSplit, result: dict) -> None:
-    """``<split>[-without-<names>].json`` and its predictions CSV; prints the headline and the IB terms."""
-    stem = report["split"] + (
+    """``<split>-<eval_sampling>[-without-<names>].json`` and its predictions CSV; prints the headline and
+    the IB terms."""
+    stem = f"{report['split']}-{report['eval_sampling']}" + (
         "-without-" + "-".join(report["dropped_detectors"]) if report["dropped_detectors"] else ""
     )
     os.makedirs(output_dir, exist_ok=True)

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import os
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import torch
 
-from ..reference.deberta import ITHPDeberta
 from ..reference.ithp import EVAL_SAMPLING
 from . import checkpoints as ckpt
-from .build import build_model
+from .build import build_model, model_settings, text_tokenizer
 from .config import IMPLS
+
+if TYPE_CHECKING:
+    from ..deberta import ITHPDeberta
+
+
+def trained_eval_sampling(config: dict) -> str:
+    """The training run's ``eval_sampling`` (what ``evaluate`` reproduces by default)."""
+    return config.get("run", {}).get("eval_sampling") or model_settings(config).eval_sampling
 
 
 def load_checkpoint_model(
@@ -21,7 +28,8 @@ def load_checkpoint_model(
     device: Union[str, torch.device] = "cpu",
     eval_sampling: Optional[str] = None,
 ) -> tuple[ITHPDeberta, dict]:
-    """The model of a checkpoint directory and its ``config.json``, in eval mode on ``device``.
+    """The model of a checkpoint directory, in eval mode on ``device`` with its tokenizer attached, and the
+    checkpoint's settings (``"model"``: the model's config as a dict, whatever version wrote it).
 
     ``impl`` and ``eval_sampling`` default to the training run's.
     """
@@ -31,12 +39,12 @@ def load_checkpoint_model(
     if eval_sampling is not None and eval_sampling not in EVAL_SAMPLING:
         raise ValueError(f"eval_sampling: expected one of {EVAL_SAMPLING}, got {eval_sampling!r}")
     config = ckpt.load_config(directory)
-    model_config = dict(config["model"])
-    if eval_sampling is not None:
-        model_config["eval_sampling"] = eval_sampling
-    model = build_model(model_config, impl or config.get("impl", "fast"))
+    settings = model_settings(config)
+    settings.eval_sampling = eval_sampling or trained_eval_sampling(config)
+    model = build_model(settings, impl or config.get("impl"))
     ckpt.load_weights(model, directory)
-    return model.to(device).eval(), {**config, "model": model_config}
+    model.tokenizer = text_tokenizer(config, directory)
+    return model.to(device).eval(), {**config, "model": model.config.to_dict()}
 
 
 def load_checkpoint(
@@ -46,10 +54,12 @@ def load_checkpoint(
     eval_sampling: str = "mean",
     impl: Optional[str] = None,
 ) -> ITHPDeberta:
-    """The ``ITHPDeberta`` saved in a checkpoint directory, in eval mode on ``device``, ready for inference.
+    """The ``ITHPDeberta`` saved in a checkpoint directory, in eval mode on ``device``, ready for inference
+    (``model.predict(texts)``: its tokenizer is attached).
 
     Args:
-        path: a checkpoint directory written by ``ithp-fast train`` (``.../seed-N/checkpoint-last``).
+        path: a checkpoint directory written by ``ithp-fast train`` (``.../seed-N/checkpoint-last``), by
+            ``ithp-fast package`` or by ``save_pretrained``; checkpoints of earlier versions load too.
         device: where the model goes (``"cpu"``, ``"cuda"``, ``"cuda:1"``, a ``torch.device``).
         eval_sampling: ``"mean"`` (default): the latent is the posterior mean, so the same input
             always gives the same logits. ``"sample"``: the latent is drawn as in training, which

@@ -97,37 +97,56 @@ def open_tensorboard(directory: str) -> Optional[TensorBoardLog]:
         return None
 
 
-def append_results_row(path: str, summary: dict, *, name: str, dataset: str, model: str, output_dir: str) -> bool:
+def results_table(output_dir: str) -> str:
+    """Where a run's row goes: ``results.csv`` beside the run directory."""
+    return os.path.join(os.path.dirname(os.path.abspath(output_dir)), "results.csv")
+
+
+def append_results_row(
+    path: str, summary: dict, *, name: str, dataset: str, model: str, output_dir: str, unless_present: bool = False
+) -> bool:
     """Append one row for a run to ``results.csv``: the mean and sample standard deviation (ddof=1) of each test
-    metric over the seeds; the std is left empty for a single seed. The file is only ever appended to; one
-    whose header differs is left alone (returns False)."""
+    metric over the seeds; the std is left empty for a single seed. The file is only ever appended to, under an
+    exclusive lock (two runs finishing at once write one header and both rows, whole). A file whose header differs
+    is left alone, and with ``unless_present`` a row equal to this one but for the date is not added again;
+    returns whether the row was added."""
     protocol = summary["protocol"]
     metrics = summary["metrics"][protocol]
     several = len(summary["seeds"]) > 1
-    row = [
-        name,
-        datetime.datetime.now().isoformat(timespec="seconds"),
-        dataset,
-        model,
-        protocol,
-        " ".join(map(str, summary["seeds"])),
-    ]
+    row = [name, datetime.datetime.now().isoformat(timespec="seconds"), dataset, model, protocol]
+    row.append(" ".join(map(str, summary["seeds"])))
     for m in METRICS:
         entry = metrics.get(m)
         row += ["", ""] if entry is None else [entry["mean"], entry["std"] if several else ""]
     row.append(output_dir)
-    exists = os.path.isfile(path) and os.path.getsize(path) > 0
-    if exists:
-        with open(path, newline="") as f:
-            header = next(csv.reader(f), [])
-        if tuple(header) != RESULTS_COLUMNS:
+    row = ["nan" if isinstance(v, float) and v != v else str(v) for v in row]
+    with open(path, "a+", newline="") as f:
+        lock(f)
+        f.seek(0)
+        rows = list(csv.reader(f))
+        if rows and tuple(rows[0]) != RESULTS_COLUMNS:
             warnings.warn(
                 f"{path} has other columns than this version writes; the run's row was not added", stacklevel=2
             )
             return False
-    with open(path, "a", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        if not exists:
+        date = RESULTS_COLUMNS.index("date")
+        if unless_present and any(r[:date] + r[date + 1 :] == row[:date] + row[date + 1 :] for r in rows[1:]):
+            return False
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        if not rows:
             writer.writerow(RESULTS_COLUMNS)
-        writer.writerow(["nan" if isinstance(v, float) and v != v else v for v in row])
+        writer.writerow(row)
+        f.write(text.getvalue())  # one write, appended
+        f.flush()
+        os.fsync(f.fileno())
     return True
+
+
+def lock(f) -> None:
+    """Hold an exclusive lock on an open file until it is closed (where the system has ``flock``)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks through fcntl
+        return
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX)

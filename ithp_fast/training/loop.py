@@ -27,6 +27,7 @@ from . import checkpoints as ckpt
 from .batches import TRAIN_TAG, derive_seed, present_detectors, run_batch
 from .build import new_model, optimizer_groups, tokenizer_entry
 from .config import RESUME_FREE, TrainConfig, train_terms
+from .console import data_line, wrote_line
 from .distributed import (
     DistContext,
     all_true,
@@ -38,9 +39,10 @@ from .distributed import (
     shutdown,
 )
 from .evaluate import predict
-from .logs import append_results_row, open_tensorboard, write_metrics_csv
+from .logs import append_results_row, open_tensorboard, results_table, write_metrics_csv
 from .metrics import better, format_metrics
-from .results import print_summary, seed_results, summarise
+from .preflight import check_output_dir, new_paths, undo_unstarted
+from .results import print_summary, seed_results, summarise, write_seed_comparison
 
 
 class NonFiniteLossError(ArithmeticError):
@@ -200,15 +202,17 @@ def finished_earlier(cfg: TrainConfig, seed: int, paths: SeedPaths, ctx: DistCon
     return done
 
 
-def check_fresh_output(cfg: TrainConfig, ctx: DistContext) -> None:
-    """Without --resume, refuse to train over a seed already in --output-dir (or clear it with
-    --overwrite-output-dir): a new run never replaces a finished one by accident."""
+def check_fresh_output(cfg: TrainConfig) -> list[str]:
+    """Without --resume, refuse to train over a seed already in --output-dir; returns the seed directories
+    --overwrite-output-dir will clear: a new run never replaces a finished one by accident."""
+    clear = []
     for seed in cfg.seeds:
         paths = SeedPaths.of(cfg.output_dir, seed)
+        check_seed_directory(paths)
         taken = [
             p
             for p in (paths.results, paths.last, ckpt.sibling(paths.last, ".tmp"), ckpt.sibling(paths.last, ".old"))
-            if os.path.exists(p)
+            if os.path.lexists(p)
         ]
         if not taken:
             continue
@@ -217,9 +221,34 @@ def check_fresh_output(cfg: TrainConfig, ctx: DistContext) -> None:
                 f"--output-dir: {paths.run} already holds a run ({os.path.basename(taken[0])}); pass "
                 f"--resume to continue it, --overwrite-output-dir to replace it, or another --output-dir"
             )
-        if ctx.is_main:
-            shutil.rmtree(paths.run)
-    barrier(ctx)
+        clear.append(paths.run)
+    return clear
+
+
+def check_seed_directory(paths: SeedPaths) -> None:
+    """One line naming a file where a seed's directory goes, or something other than a file at its results.json."""
+    if os.path.lexists(paths.run) and not os.path.isdir(paths.run):
+        raise ValueError(f"--output-dir: {paths.run} is a file, where the seed's directory goes; move it away")
+    if os.path.lexists(paths.results) and not os.path.isfile(paths.results):
+        raise ValueError(f"--output-dir: {paths.results} is not a file; move it away")
+
+
+def check_resumable(cfg: TrainConfig, ctx: DistContext) -> None:
+    """With --resume, before anything trains: every seed's interrupted save finished or undone, and no checkpoint
+    continued from whose files cannot be checked (no manifest.json) unless --resume-unverified allows it."""
+    for seed in cfg.seeds:
+        paths = SeedPaths.of(cfg.output_dir, seed)
+        check_seed_directory(paths)
+        recover_checkpoints(paths, ctx)
+        for path in (paths.last, paths.best):
+            unverified = ckpt.unverified_reason(path) if os.path.isdir(path) else None
+            if unverified and not cfg.resume_unverified:
+                raise ckpt.CheckpointError(
+                    f"{unverified}; --resume continues only from a checkpoint it can check (pass "
+                    f"--resume-unverified to continue from this one anyway)"
+                )
+        if os.path.isdir(paths.last):
+            check_resume(ckpt.load_config(paths.last)["run"], cfg, paths.last)
 
 
 def start_seed(cfg: TrainConfig, seed: int, data: SentimentData, ctx: DistContext, paths: SeedPaths) -> SeedRun:
@@ -313,15 +342,18 @@ def save_last(run: SeedRun, finished: bool) -> None:
             run.paths.last,
             run.model,
             run.config,
-            save_tokenizer=tokenizer_saver(run.data),
+            save_tokenizer=tokenizer_saver(run.data, run.cfg.max_seq_length),
             optimizer=run.optimizer,
             scheduler=run.scheduler,
             state={**run.state, "finished": finished},
         )
 
 
-def tokenizer_saver(data: SentimentData):
-    return data.tokenizer.save if data.tokenizer is not None else None
+def tokenizer_saver(data: SentimentData, max_length: int):
+    """Writes the run's tokenizer (cutting texts at ``max_length`` tokens) into a checkpoint; None without one."""
+    if data.tokenizer is None:
+        return None
+    return lambda directory: data.tokenizer.save(directory, max_length=max_length)
 
 
 def train_step(run: SeedRun, batch: dict, epoch: int) -> Optional[torch.Tensor]:
@@ -463,18 +495,14 @@ def end_epoch(run: SeedRun, epoch: int, sums: EpochSums, seconds: float) -> None
 def track_best(run: SeedRun, record: dict) -> None:
     """The best validation value of --select-metric so far; checkpoint-best holds its weights under --select best."""
     cfg, state = run.cfg, run.state
-    value = record["valid"][cfg.protocol].get(cfg.select_metric)
-    if cfg.select_metric not in record["valid"][cfg.protocol] or cfg.select_metric == "count":
-        raise ValueError(
-            f"--select-metric: unknown metric {cfg.select_metric!r}; one of "
-            f"{sorted(k for k in record['valid'][cfg.protocol] if k != 'count')}"
-        )
+    value = record["valid"][cfg.protocol][cfg.select_metric]  # a name TrainConfig.validate checked
     if not better(cfg.select_metric, value, state["best"]):
         state["epochs_without_improvement"] += 1
         return
     state["best"], state["best_epoch"], state["epochs_without_improvement"] = value, record["epoch"], 0
     if cfg.selection == "best" and run.ctx.is_main:
-        ckpt.save_checkpoint(run.paths.best, run.model, run.config, save_tokenizer=tokenizer_saver(run.data))
+        ckpt.save_checkpoint(run.paths.best, run.model, run.config,
+                             save_tokenizer=tokenizer_saver(run.data, cfg.max_seq_length))
 
 
 def train_seed(
@@ -483,8 +511,7 @@ def train_seed(
     """One seed's training; returns its results (also in ``<output_dir>/seed-<seed>/results.json``) and whether
     it trained in this call (False for a seed that had finished earlier)."""
     paths = SeedPaths.of(cfg.output_dir, seed)
-    if cfg.resume:
-        recover_checkpoints(paths, ctx)
+    if cfg.resume:  # its checkpoints recovered by check_resumable
         done = finished_earlier(cfg, seed, paths, ctx)
         if done is not None:
             return done, False
@@ -535,7 +562,7 @@ def run_training(cfg: TrainConfig, data: Union[SentimentData, Mapping, None] = N
     """Run every seed of ``cfg``; returns (and writes, on rank 0) the summary over seeds.
 
     Writes ``train_config.json`` (every setting, resolved) and ``summary.json`` in --output-dir, and appends
-    one row to ``results.csv`` in its parent when a seed trained.
+    one row to ``results.csv`` in its parent when a seed trained or the table does not hold the run's row yet.
     """
     ctx = init_distributed(cfg.device)
     threads = torch.get_num_threads()
@@ -543,37 +570,53 @@ def run_training(cfg: TrainConfig, data: Union[SentimentData, Mapping, None] = N
         cfg.validate(ctx.world_size)
         cfg = cfg.resolved()
         torch.set_num_threads(cfg.threads)
-        if not cfg.resume:
-            check_fresh_output(cfg, ctx)
-        if ctx.is_main:
-            os.makedirs(cfg.output_dir, exist_ok=True)
-            ckpt.write_json(os.path.join(cfg.output_dir, "train_config.json"), cfg.to_dict())
+        check_output_dir(cfg.output_dir)
+        if cfg.resume:
+            check_resumable(cfg, ctx)
+        clear = [] if cfg.resume else check_fresh_output(cfg)
         data = load_run_data(cfg, data)
-        print_on_main(ctx, f"data: {data.describe()}")
+        config_file = os.path.join(cfg.output_dir, "train_config.json")
+        created = new_paths(os.path.abspath(cfg.output_dir)) + [config_file] * (not os.path.lexists(config_file))
+        if ctx.is_main:  # everything checked: the run starts
+            for run_dir in clear:
+                shutil.rmtree(run_dir)
+            os.makedirs(cfg.output_dir, exist_ok=True)
+            ckpt.write_json(config_file, cfg.to_dict())
+        barrier(ctx)
+        print_on_main(ctx, data_line(data.describe()))
         if not cfg.backbone and cfg.lr <= 1e-5:
             print_on_main(
                 ctx,
                 f"note: --lr {cfg.lr:g} is the published rate for a pretrained backbone; the randomly "
                 f"initialised one learns little at it (try --lr 1e-3), or pass --backbone DIR",
             )
-        outcomes = [train_seed(cfg, seed, data, ctx, callbacks) for seed in cfg.seeds]
+        try:
+            outcomes = [train_seed(cfg, seed, data, ctx, callbacks) for seed in cfg.seeds]
+        except BaseException:
+            if ctx.is_main:  # a run that failed before any seed wrote a file leaves nothing behind
+                undo_unstarted([SeedPaths.of(cfg.output_dir, seed).run for seed in cfg.seeds], created)
+            raise
         summary = summarise([results for results, _ in outcomes], cfg.protocol)
         if ctx.is_main and summary["seeds"]:
             ckpt.write_json(os.path.join(cfg.output_dir, "summary.json"), summary)
             print_summary(summary, cfg.protocol)
-            if any(trained for _, trained in outcomes) and len(summary["seeds"]) == len(cfg.seeds):
-                add_results_row(cfg, data, summary)
+            if cfg.plots:
+                write_seed_comparison([results for results, _ in outcomes], cfg.output_dir)
+            print(wrote_line("run", cfg.output_dir))
+            if len(summary["seeds"]) == len(cfg.seeds):  # resuming a finished run adds its row if it is missing
+                add_results_row(cfg, data, summary, unless_present=not any(trained for _, trained in outcomes))
         return summary
     finally:
         torch.set_num_threads(threads)
         shutdown(ctx)
 
 
-def add_results_row(cfg: TrainConfig, data: SentimentData, summary: dict) -> None:
-    """One row for this run in ``results.csv`` beside the run directory."""
+def add_results_row(cfg: TrainConfig, data: SentimentData, summary: dict, unless_present: bool = False) -> None:
+    """One row for this run in ``results.csv`` beside the run directory (with ``unless_present``, only if the
+    table does not hold it yet)."""
     output_dir = os.path.abspath(cfg.output_dir)
     backbone = cfg.backbone or f"random DeBERTa-v2 {cfg.hidden_size}x{cfg.num_layers}"
-    path = os.path.join(os.path.dirname(output_dir), "results.csv")
+    path = results_table(output_dir)
     if append_results_row(
         path,
         summary,
@@ -581,5 +624,6 @@ def add_results_row(cfg: TrainConfig, data: SentimentData, summary: dict) -> Non
         dataset=data.source,
         model=f"ITHP-DeBERTa ({cfg.impl}; {backbone})",
         output_dir=output_dir,
+        unless_present=unless_present,
     ):
         print(f"results.csv: a row for {os.path.basename(output_dir)} added to {path}")

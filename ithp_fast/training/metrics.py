@@ -96,6 +96,11 @@ def sentiment_metrics(
     return out
 
 
+def metric_names(convention: str) -> tuple[str, ...]:
+    """The metrics of one convention, as :func:`sentiment_metrics` names them (``count`` left out)."""
+    return tuple(k for k in sentiment_metrics([1.0, -1.0], [1.0, -1.0], convention) if k != "count")
+
+
 def format_metrics(metrics: dict, keys: Sequence[str] = ("Non0_acc_2", "Non0_F1_score", "MAE", "Corr")) -> str:
     """``"Non0_acc_2 0.6125 MAE 1.3380 ..."``: the given metrics, four decimals, in order."""
     return " ".join(f"{k} {metrics[k]:.4f}" for k in keys if k in metrics and k != "count")

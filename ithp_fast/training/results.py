@@ -6,12 +6,13 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from typing import Any
+from typing import Any, Optional
 
 from ..data import SentimentData, SyntheticSpec, text_only_oracle
 from . import checkpoints as ckpt
 from .batches import present_detectors
 from .config import TrainConfig
+from .console import wrote_line
 from .distributed import DistContext, print_on_main
 from .evaluate import predict, write_predictions
 from .metrics import CONVENTIONS, all_conventions, format_metrics, mean_std
@@ -71,7 +72,7 @@ def seed_results(
         results["synthetic_text_only_ceiling"] = synthetic_ceiling(synthetic_spec(data))
     if ctx.is_main:
         write_predictions(os.path.join(paths.run, "predictions_test.csv"), data.splits["test"], scored["test"])
-        figures = write_figures(state["history"], paths.run, cfg.protocol, cfg.detector_names) if cfg.plots else {}
+        figures = write_figures(results, paths.run) if cfg.plots else {}
         if figures:
             results["plots"] = figures
         ckpt.write_json(paths.results, results)
@@ -80,6 +81,8 @@ def seed_results(
         f"seed {seed}: test ({cfg.protocol} convention, {cfg.selection} epoch {selected}) "
         f"{format_metrics(results['headline'], tuple(results['headline']))}",
     )
+    if ctx.is_main:
+        print_on_main(ctx, wrote_line(f"seed {seed}", paths.run))
     return results
 
 
@@ -94,14 +97,24 @@ def missing_detectors(cfg: TrainConfig, seed: int, data: SentimentData) -> dict:
     }
 
 
-def write_figures(history: dict, directory: str, protocol: str, modalities: tuple[str, ...]) -> dict:
-    """The run's PNG figures (skipped with a warning when matplotlib is missing)."""
+def write_figures(results: dict, directory: str) -> dict:
+    """A seed's PNG figures, drawn from its ``results`` (skipped with a warning when matplotlib is missing)."""
     try:
         from .plots import plot_run
     except ImportError as exc:  # matplotlib is an optional dependency
         warnings.warn(f"no figures written ({exc}); install matplotlib or pass --no-plots", stacklevel=3)
         return {}
-    return plot_run(history, directory, protocol, modalities)
+    return plot_run(results, directory)
+
+
+def write_seed_comparison(seed_results: list[dict], directory: str) -> Optional[str]:
+    """``seed_comparison.png`` of the finished seeds in the run ``directory`` (None without matplotlib)."""
+    finished = [r for r in seed_results if r.get("finished")]
+    try:
+        from .seed_comparison import plot_seed_comparison
+    except ImportError:  # matplotlib is an optional dependency; write_figures has said so
+        return None
+    return plot_seed_comparison(finished, directory) if finished else None
 
 
 def summarise(results: list[dict], protocol: str) -> dict:
