@@ -208,7 +208,7 @@ def _traced(model: nn.Module, tokens: int, batch: Optional[int], dynamic_sequenc
 
 def bundle_metadata(model: nn.Module, tokens: int, tokenizer: Any) -> dict[str, str]:
     """What an ONNX file of an ``ITHPDeberta`` says about itself (its ``metadata_props``)."""
-    from .. import __version__
+    from ..version import __version__
 
     config = getattr(model, "config", None)
     low, high = getattr(config, "label_range", (-3.0, 3.0))
