@@ -163,13 +163,13 @@ class ITHP(nn.Module):
 
     Args:
         ITHP_args: the released model's argument dict (keys ``X0_dim`` … ``max_sen_len``, plus the
-            level tuples for N != 2 levels) or an :class:`ithp_fast.ITHPConfig`.
+            level tuples for N != 2 levels) or an [`ithp_fast.ITHPConfig`][].
         eval_sampling: what ``forward`` does in eval mode. ``"sample"`` (default, the released
             behaviour) draws ``b = mu + eps*sigma`` in eval mode too; ``"mean"`` returns the
             posterior mean ``b = mu`` in eval mode. Training mode always samples.
 
-    Modules: level k (k = 1 .. N) is ``encoder{k}`` (an :class:`Encoder`) and ``MLP{k}`` (a
-    :class:`Detector`), the released names for levels 1 and 2 (``encoder3``, ``MLP3``, … after
+    Modules: level k (k = 1 .. N) is ``encoder{k}`` (an ``Encoder``) and ``MLP{k}`` (a
+    ``Detector``), the released names for levels 1 and 2 (``encoder3``, ``MLP3``, … after
     them), registered in level order; both are ``Sequential`` with the released state_dict keys,
     and name their layers (``first``, ``dropout``, ``last``; ``output_dropout`` of a detector).
     """
@@ -248,8 +248,9 @@ class ITHP(nn.Module):
         The released two-level call: level 1 predicts ``acoustic``, level 2 ``visual``.
         ``noise=(eps0, eps1)`` injects the Gaussian draws (shapes of ``mu0`` and ``mu1``);
         without it they come from torch's generator. Ignored where ``b = mu`` (eval mode with
-        ``eval_sampling="mean"``). ``token_mask`` / ``detector_mask`` as in :meth:`forward_levels`
-        (``detector_mask`` columns in level order: acoustic, visual).
+        ``eval_sampling="mean"``). ``token_mask`` / ``detector_mask`` as in
+        [`forward_levels`][ithp_fast.reference.ITHP.forward_levels] (``detector_mask`` columns in level
+        order: acoustic, visual).
         """
         noise = check_forward_inputs(self.config, x, visual, acoustic, noise, self._first_param(), token_mask,
                                      detector_mask)

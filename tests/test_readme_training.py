@@ -1,19 +1,20 @@
-"""The README's training section names the command that wrote each results file it quotes (the numbers
-themselves are checked by ``test_readme_numbers.py``)."""
+"""The training page (``docs/training.md``) and the README name the command that wrote each training results file
+they quote (the numbers themselves are checked by ``test_readme_numbers.py``)."""
 
 import json
 
 from test_readme_numbers import BLOCK, ROOT
 
 
-def training_section():
-    readme = (ROOT / "README.md").read_text()
-    return readme[readme.index("### Training and evaluation") : readme.index("## Benchmarks")]
+def training_blocks(page: str) -> list[tuple[str, str]]:
+    """The results blocks of a page that quote a training run (``bench/results/*-synthetic-*.json``)."""
+    return [(path, text) for path, text in BLOCK.findall((ROOT / page).read_text()) if "-synthetic-" in path]
 
 
-def test_each_results_file_was_written_by_the_command_the_readme_gives():
-    section = training_section()
-    for path, text in BLOCK.findall(section):
+def test_each_results_file_was_written_by_the_command_the_page_gives():
+    blocks = training_blocks("docs/training.md") + training_blocks("README.md")
+    for path, text in blocks:
         command = json.loads((ROOT / path).read_text())["command"]
         assert f"`{command}`" in text, f"{path} was written by {command!r}, which its paragraph does not name"
-    assert "python examples/train_synthetic.py" in section and "python examples/levels_synthetic.py" in section
+    commands = " ".join(text for _, text in blocks)
+    assert "python examples/train_synthetic.py" in commands and "python examples/levels_synthetic.py" in commands

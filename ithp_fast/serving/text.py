@@ -98,7 +98,7 @@ class TextScorer:
     """Scores texts with an ``ITHPDeberta``.
 
     Args:
-        model: an :class:`ithp_fast.ITHPDeberta` on the device to score on (scored in eval mode, its mode
+        model: an [`ithp_fast.ITHPDeberta`][] on the device to score on (scored in eval mode, its mode
             restored after).
         tokenizer: the model's tokenizer (default: ``model.tokenizer``, which ``from_pretrained`` and
             ``load_checkpoint`` attach).
