@@ -351,7 +351,7 @@ def tcmax_loss_sampled(
     """The released code's sampled TCMax estimate: random negative pairings instead of all B².
 
     ``log Z`` is estimated from ``N`` random pairings ``(a_r, v_s)``:
-    ``log Z ≈ logsumexp_{n, c} fusion(a_{r_n}, v_{s_n})[c] + log(B² / N)``, so::
+    ``log Z ≈ logsumexp_{n, c} fusion(a_{r_n}, v_{s_n})[c] + log(B² / N)``, so:
 
         loss ≈ -mean_i fusion(a_i, v_i)[y_i] + logsumexp(negatives) + log B - log N
 

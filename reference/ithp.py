@@ -5,7 +5,7 @@ class's constructor, so modules, parameter names, initialisation and state_dict 
 and is tested against this file's ``forward``, ``forward_levels`` and ``encode``.
 
 Level k (k = 1 .. N; modules ``encoder{k}`` and ``MLP{k}``; ``inp`` is ``x`` at level 1, the
-previous level's ``b`` after it; ``t`` the level's detector)::
+previous level's ``b`` after it; ``t`` the level's detector):
 
     mu, logvar = encoder_k(inp).chunk(2, -1)
     kl_k  = mean_rows( -0.5 * mean_features(1 + logvar - mu^2 - exp(logvar)) )
@@ -235,7 +235,8 @@ class ITHP(nn.Module):
 
         ``detectors``: one tensor per level, in level order (``[..., detector_dims[k]]``, the leading
         shape of ``x``). ``noise``: one eps per level, shaped like that level's mean. ``token_mask``
-        (x's leading shape, bool) and ``detector_mask`` (``[batch, N]``, bool): see the module docstring.
+        (x's leading shape, bool) and ``detector_mask`` (``[batch, N]``, bool): see the module docstring
+        ([`ithp_fast.reference.ithp`][]).
         """
         detectors, noise = check_level_inputs(self.config, x, detectors, noise, token_mask, detector_mask,
                                               self._first_param())
