@@ -17,6 +17,7 @@ _COMMAND_MODULES = (
     "ithp_fast.tools.predict_command",  # predict
     "ithp_fast.tools.export_command",  # export
     "ithp_fast.tools.package_command",  # package
+    "ithp_fast.tools.serve_command",  # serve
     "ithp_fast.tools.benchmarks",  # bench
     "ithp_fast.tools.profile",  # profile
 )
