@@ -86,6 +86,9 @@ def validation_message(err: RequestValidationError) -> tuple[int, str]:
     kind, where = first.get("type", ""), [str(p) for p in first.get("loc", ()) if p != "body"]
     if kind == "json_invalid":
         return 400, f"malformed JSON: {first.get('ctx', {}).get('error', first.get('msg'))}"
+    if kind == "missing" and not where:
+        return 400, 'empty body; expected a JSON object {"texts": [...]} or {"text": "..."}'
+
     if kind in ("model_attributes_type", "dict_type") or not where:
         return 422, 'expected a JSON object {"texts": [...]} or {"text": "..."}'
     name = where[0] + "".join(f"[{p}]" for p in where[1:])
@@ -139,13 +142,18 @@ def create_app(model: ServedModel, *, max_batch_size: int = 32, max_wait_ms: flo
             await warming
             await batcher.stop()
 
-    app = FastAPI(title="ITHP-DeBERTa", version=str(model.metadata.get("ithp_fast_version", "")),
+    from .. import __version__
+
+    app = FastAPI(title="ITHP-DeBERTa", version=__version__,
                   description="Sentiment scores of texts from an ITHP-DeBERTa checkpoint (ithp-fast serve).",
                   lifespan=lifespan)
     app.state.serving = state
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, err: RequestValidationError) -> JSONResponse:
+        kind = request.headers.get("content-type", "")
+        if request.url.path == "/predict" and "json" not in kind:
+            return error(415, f"expected Content-Type: application/json, got {kind or 'none'}")
         return error(*validation_message(err))
 
     @app.post("/predict", response_model=PredictResponse,
@@ -169,9 +177,11 @@ def create_app(model: ServedModel, *, max_batch_size: int = 32, max_wait_ms: flo
 
     @app.get("/health", responses={503: {"model": Problem}})
     async def health() -> JSONResponse:
-        """200 once the model is warm and the server takes requests; 503 while warming up or draining."""
+        """200 once the model is warm and the server takes requests; 503 while warming up or draining. Also
+        counts the texts scored and the batches they ran in (warm-up included)."""
         ready = state["status"] == "ready"
-        return JSONResponse({"status": state["status"]}, status_code=200 if ready else 503)
+        return JSONResponse({"status": state["status"], "texts": batcher.texts, "batches": batcher.batches},
+                            status_code=200 if ready else 503)
 
     @app.get("/metadata")
     async def metadata() -> dict:

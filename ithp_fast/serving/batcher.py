@@ -61,6 +61,8 @@ class DynamicBatcher:
         self._busy = False
         self.batches = 0
         """Batches run so far."""
+        self.texts = 0
+        """Texts scored so far."""
 
     def start(self) -> None:
         """Start batching (in the running event loop)."""
@@ -99,6 +101,7 @@ class DynamicBatcher:
             finally:
                 self._busy = False
             self.batches += 1
+            self.texts += sum(len(request.texts) for request in batch)
             for request, result in zip(batch, results):
                 if request.future.done():  # the caller went away
                     continue

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 
@@ -29,7 +28,6 @@ answers the requests in flight, then exits. One process serves one device: run r
 balancer to scale out. Needs FastAPI and uvicorn: pip install 'ithp_fast[serve]'.
 """
 
-SERVER_PACKAGES = ("fastapi", "uvicorn")
 INSTALL = "ithp-fast serve needs FastAPI and uvicorn: pip install 'ithp_fast[serve]'"
 DRAIN_SECONDS = 30
 """After SIGTERM, how long the requests in flight may take before the server closes anyway."""
@@ -136,7 +134,10 @@ def run_server(app, args: argparse.Namespace) -> None:
 
 @one_line_errors("serve")
 def serve_command(args: argparse.Namespace) -> int:
-    if any(importlib.util.find_spec(p) is None for p in SERVER_PACKAGES):
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
         user_error("serve", INSTALL)
         return 2
     args.threads = args.threads or available_cores()
