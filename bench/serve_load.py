@@ -222,20 +222,21 @@ class busy:
 # -- in-process figures
 
 
-def predict_latency(checkpoint: str, text: str, threads: int, calls: int = 200) -> dict:
-    """``model.predict([text])`` in this process: the 1-client latency with no server at all."""
+def predict_latency(checkpoint: str, text: str, threads: int, calls: int = 200, seconds: float = 30) -> dict:
+    """``model.predict([text])`` in this process: the 1-client latency with no server at all (``calls`` calls or
+    ``seconds``, whichever ends first)."""
     import torch
 
     import ithp_fast
 
     torch.set_num_threads(threads)
     model = ithp_fast.ITHPDeberta.from_pretrained(checkpoint).eval()
-    times = []
-    for _ in range(calls):
+    times, end = [], time.perf_counter() + seconds
+    while len(times) < calls and time.perf_counter() < end:
         start = time.perf_counter()
         model.predict([text])
         times.append((time.perf_counter() - start) * 1000)
-    return {"calls": calls, "p50_ms": float(np.percentile(times[5:], 50))}
+    return {"calls": len(times), "p50_ms": float(np.percentile(times[2:], 50))}
 
 
 def int8_figures(checkpoint: str, texts: list[str], labels: np.ndarray, threads: int, trained: bool,
@@ -269,6 +270,29 @@ def int8_figures(checkpoint: str, texts: list[str], labels: np.ndarray, threads:
     return out
 
 
+# -- the README's table
+
+
+def fmt(value: float, digits: int = 3) -> str:
+    return f"{value:.{digits}g}" if value < 10 ** digits - 0.5 else f"{value:.0f}"
+
+
+def render(path: str) -> str:
+    """A Markdown table of a results file: per client count and server, the rounds' medians and ranges."""
+    result = json.loads(Path(path).read_text())
+    load = result["load"]
+    first = next(iter(next(iter(load.values()))))
+    lines = ["| clients | server | requests/s | × baseline | p50 | p99 |", "|---:|---|---:|---:|---:|---:|"]
+    for clients, servers in load.items():
+        for name, r in servers.items():
+            t, ratio, p50, p99 = r["throughput"], r["throughput_vs_" + first], r["p50_ms"], r["p99_ms"]
+            vs = "" if name == first else f"{fmt(ratio['median'])}× ({fmt(ratio['min'])}-{fmt(ratio['max'])})"
+            lines.append(f"| {clients} | {name} | {fmt(t['median'])} ({fmt(t['min'])}-{fmt(t['max'])}) | {vs} | "
+                         f"{fmt(p50['median'])} ms ({fmt(p50['min'])}-{fmt(p50['max'])}) | "
+                         f"{fmt(p99['median'])} ms ({fmt(p99['min'])}-{fmt(p99['max'])}) |")
+    return "\n".join(lines)
+
+
 # -- the run
 
 
@@ -296,7 +320,11 @@ def main(argv=None) -> int:
     p.add_argument("--trained", action="store_true", help="the checkpoint was trained on the synthetic set "
                                                           "(seed 0): report the int8 metrics' change")
     p.add_argument("--output", help="default: bench/results/serve-load-<name>-<date>.json")
+    p.add_argument("--render", metavar="FILE", help="print a results file as the README's table")
     args = p.parse_args(argv)
+    if args.render:
+        print(render(args.render))
+        return 0
     if args.make_base_model:
         make_base_model(args.make_base_model)
         print(f"wrote {args.make_base_model}")
