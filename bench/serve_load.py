@@ -27,6 +27,7 @@ import datetime
 import json
 import os
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -94,7 +95,7 @@ class Server:
         self.name, self.port = name, port
         self.log = open(f"/tmp/serve-load-{name.replace(' ', '-')}-{port}.log", "w")
         self.proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT,
-                                     cwd=ROOT)
+                                     cwd=ROOT, start_new_session=True)  # its own group: stop() ends its children
         self.started = time.perf_counter()
         self.ready_after = self.wait_ready()
 
@@ -111,12 +112,17 @@ class Server:
         raise TimeoutError(f"{self.name} was not healthy after {START_TIMEOUT} s")
 
     def stop(self) -> None:
-        self.proc.terminate()
+        """SIGTERM to the server and the processes it started (LitServe's workers), SIGKILL after 30 s."""
+        os.killpg(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # any child left behind
+        except ProcessLookupError:
+            pass
         self.log.close()
 
 

@@ -21,7 +21,8 @@ import torch
 from helpers import tiny_text_model
 
 from ithp_fast.serving.batcher import DynamicBatcher
-from ithp_fast.serving.tokens import ScoredTexts
+from ithp_fast.serving.bundle import BundleScorer
+from ithp_fast.serving.tokens import ScoredTexts, length_groups
 from ithp_fast.tools.cli import main
 
 pytest.importorskip("fastapi")
@@ -189,6 +190,29 @@ def test_int8_serves_scores_near_float32(server, model_dir, tmp_path):
     assert status == 200
     floats = request(server.port, "POST", "/predict", {"texts": TEXTS[:5]})[1]["scores"]
     assert answer["scores"] == pytest.approx(floats, abs=0.1) and answer["scores"] != floats
+
+
+def test_texts_grouped_by_length_score_as_one_padded_batch(server, model_dir):
+    program = next(Path(str(model_dir) + ".onnx-cache").glob("*/model.onnx"))
+    scorer = BundleScorer(str(program))
+    texts = [LONG, "good", TEXTS[3], "bad movie", TEXTS[0], "not good"]
+    together = scorer.score(texts).scores
+    scorer.per_call, scorer.per_token = 0.0, 1.0  # every length its own run
+    assert scorer.score(texts).scores == pytest.approx(together, abs=1e-6)
+    per_call, per_token = scorer.calibrate(rows=2, repeats=1)
+    assert per_call > 0 and per_token >= 0
+
+
+def test_length_groups_trade_runs_against_padding():
+    lengths = torch.tensor([4, 20, 4, 20]).numpy()
+
+    def groups(per_call, per_token):
+        return sorted(sorted(g.tolist()) for g in length_groups(lengths, per_call, per_token))
+
+    assert groups(1.0, 1.0) == [[0, 2], [1, 3]]  # padding 4 to 20 costs more than a run
+    assert groups(100.0, 1.0) == [[0, 1, 2, 3]]  # a run costs more than the padding
+    assert groups(0.0, 1.0) == [[0, 2], [1, 3]]  # equal lengths share a run at no cost
+    assert groups(1.0, 0.0) == [[0, 1, 2, 3]]  # nothing measured: one run
 
 
 # -- failures and shutdown, on a stand-in model (the application and the batcher, not the network)

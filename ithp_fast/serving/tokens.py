@@ -113,3 +113,26 @@ def _unknown_id(tokenizer: Any, backend) -> Optional[int]:
         token = getattr(backend.model, "unk_token", None)
         unk = backend.token_to_id(token) if token else None
     return unk
+
+
+def length_groups(lengths: np.ndarray, per_call: float, per_token: float) -> list[np.ndarray]:
+    """The rows of a batch split into groups of similar length, each to run padded to its longest: the
+    split of the rows sorted by length that costs least when a run costs ``per_call`` plus ``per_token``
+    per token it reads, padding included. With ``per_token`` 0 (or no cost known) one group."""
+    order = np.argsort(lengths, kind="stable")
+    if per_token <= 0 or len(order) < 2:
+        return [order]
+    sorted_lengths = lengths[order].tolist()
+    n = len(order)
+    best, start = [0.0] + [float("inf")] * n, [0] * (n + 1)
+    for end in range(1, n + 1):
+        longest = sorted_lengths[end - 1]
+        for first in range(end):
+            cost = best[first] + per_call + (end - first) * longest * per_token
+            if cost < best[end]:
+                best[end], start[end] = cost, first
+    groups, end = [], n
+    while end:
+        groups.append(order[start[end]:end])
+        end = start[end]
+    return groups[::-1]
