@@ -126,7 +126,7 @@ def create_app(model: ServedModel, *, max_batch_size: int = 32, max_wait_ms: flo
 
     async def warm_up() -> None:
         longest = " ".join([WARM_UP_TEXT] * model.max_tokens)
-        for texts in ([WARM_UP_TEXT], [longest] * max_batch_size, [WARM_UP_TEXT]):
+        for texts in ([WARM_UP_TEXT], [longest] * min(2, max_batch_size), [WARM_UP_TEXT]):
             await batcher.submit(texts)
         if state["status"] == "warming up":
             state["status"] = "ready"

@@ -73,7 +73,7 @@ def cpu_model(args: argparse.Namespace):
 
     program = cached_program(args.checkpoint, args.quantize, say=say)
     scorer = BundleScorer(program, threads=args.threads, spinning=args.spin == "on")
-    per_call, per_token = scorer.calibrate(min(8, args.max_batch_size))
+    per_call, per_token = scorer.calibrate(min(4, args.max_batch_size), repeats=2)
     key = os.path.basename(os.path.dirname(program))
     meta = {"checkpoint": os.path.abspath(args.checkpoint), **_described(scorer.metadata),
             "device": "cpu", "runtime": "onnxruntime", "quantize": args.quantize, "threads": args.threads,
