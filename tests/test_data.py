@@ -18,7 +18,7 @@ from ithp_fast.data import (
     make_synthetic,
     minmax_normalise,
 )
-from ithp_fast.training.results import synthetic_ceiling
+from ithp_fast.training.evaluate import synthetic_ceiling
 
 D_V, D_A = 5, 4  # fixture widths (visual, acoustic)
 
@@ -84,6 +84,7 @@ def expect_error(path, *parts):
 def test_word_level_layout_loads_and_aligns(tmp_path):
     data = load_sentiment_data(dump(tmp_path, word_data()), max_len=8)
     assert data.layout == "words" and set(data.splits) == {"train", "valid", "test"}  # dev -> valid
+    assert data.synthetic_spec is None  # read, not generated: no text-only ceiling
     assert (data.visual_dim, data.acoustic_dim) == (D_V, D_A)
     train = data.splits["train"]
     assert train.input_ids.shape == (4, 8) and train.visual.shape == (4, 8, D_V) and train.acoustic.shape == (4, 8, D_A)
@@ -393,6 +394,7 @@ def test_synthetic_default_loads_with_a_vocabulary():
     assert (data.visual_dim, data.acoustic_dim) == (47, 74)
     assert data.splits["train"].input_ids.shape == (30, 50)
     assert data.describe()["synthetic"] == {"seed": 1, "sizes": [30, 8, 8]}
+    assert data.synthetic_spec == SyntheticSpec(seed=1, sizes=(30, 8, 8))  # what the text-only ceiling regenerates
 
 
 def test_minmax_normalise():

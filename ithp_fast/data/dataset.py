@@ -79,6 +79,14 @@ class SentimentData:
             return int(self.tokenizer.vocab_size)
         return int(max(int(s.input_ids.max()) for s in self.splits.values()) + 1)
 
+    @property
+    def synthetic_spec(self) -> Optional[SyntheticSpec]:
+        """The spec the synthetic set was generated from (None for data that was not generated)."""
+        if self.layout != "synthetic" or "synthetic" not in self.info:
+            return None
+        made = self.info["synthetic"]
+        return SyntheticSpec(made["seed"], tuple(made["sizes"]), self.visual_dim, self.acoustic_dim)
+
     def describe(self) -> dict:
         return {
             "layout": self.layout,

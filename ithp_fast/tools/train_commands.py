@@ -1,7 +1,8 @@
 """The ``ithp-fast train`` and ``ithp-fast evaluate`` commands.
 
-The flags of ``train`` are TrainConfig's fields, turned into arguments by ``transformers.HfArgumentParser``;
-``--config FILE`` (JSON or YAML) gives any of them, and flags on the command line override the file.
+The flags of ``train`` are TrainConfig's fields, those of ``evaluate`` EvalConfig's, turned into arguments by
+``transformers.HfArgumentParser``; ``--config FILE`` (JSON or YAML) gives any of train's, and flags on the
+command line override the file.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import dataclasses
 import sys
 
 from ..data import DataFormatError
-from ..training.config import IMPLS, TrainConfig
+from ..training.config import TrainConfig
+from ..training.eval_config import EvalConfig
 
 TRAIN_DESCRIPTION = """\
 Train ITHP-DeBERTa for sentiment regression.
@@ -65,7 +67,8 @@ class PlainHelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        default = FIELD_DEFAULTS.get(action.dest, action.default)
+        # train's settings default to "not given" (a --config file may give them): the help shows TrainConfig's
+        default = FIELD_DEFAULTS.get(action.dest) if action.default is argparse.SUPPRESS else action.default
         if default in (None, argparse.SUPPRESS) or isinstance(action, argparse._StoreFalseAction) or "Default:" in text:
             return text
         return f"{text} (default: {format_default(default)})"
@@ -78,14 +81,22 @@ class PlainHelpFormatter(argparse.RawDescriptionHelpFormatter):
         return super()._format_action_invocation(action)
 
 
-def config_arguments() -> argparse.ArgumentParser:
-    """TrainConfig's fields as arguments (HfArgumentParser), each defaulting to "not given" so that only flags
-    on the command line override a --config file."""
+def dataclass_arguments(settings: type) -> argparse.ArgumentParser:
+    """The fields of the dataclass ``settings`` as arguments (HfArgumentParser), each flag's hyphenated spelling
+    first (``--max-seq-length``; usage shows it, and the help only it)."""
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(TrainConfig, add_help=False)
+    parser = HfArgumentParser(settings, add_help=False)
     for action in parser._actions:
-        action.option_strings.sort(key=lambda option: "_" in option)  # --max-seq-length first (usage shows it)
+        action.option_strings.sort(key=lambda option: "_" in option)
+    return parser
+
+
+def config_arguments() -> argparse.ArgumentParser:
+    """TrainConfig's fields as arguments, each defaulting to "not given" so that only flags on the command line
+    override a --config file."""
+    parser = dataclass_arguments(TrainConfig)
+    for action in parser._actions:
         if isinstance(action, argparse._StoreFalseAction):
             action.help = argparse.SUPPRESS  # --no-NAME is named in the help of --NAME
         elif FIELD_DEFAULTS.get(action.dest) is True:
@@ -122,18 +133,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from ..training import api
 
     try:
-        api.evaluate(
-            args.checkpoint,
-            args.data,
-            split=args.split,
-            protocol=args.protocol,
-            batch_size=args.batch_size,
-            impl=args.impl,
-            device=args.device,
-            output_dir=args.output_dir,
-            eval_sampling=args.eval_sampling,
-            drop_detectors=args.drop_detectors,
-        )
+        api.evaluate(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig)})
     except USER_ERRORS as exc:
         report_error("evaluate", exc)
         return 2
@@ -161,50 +161,7 @@ def register(sub) -> None:
         "evaluate",
         help="score a checkpoint on a split under both metric conventions",
         description=EVALUATE_DESCRIPTION,
+        parents=[dataclass_arguments(EvalConfig)],
         formatter_class=PlainHelpFormatter,
-    )
-    e.add_argument(
-        "--checkpoint",
-        required=True,
-        help="a checkpoint directory written by ithp-fast train (runs/NAME/seed-N/checkpoint-last)",
-    )
-    e.add_argument(
-        "--data",
-        default=None,
-        help="the pickle to score on (needed when the checkpoint was not trained on "
-        "the synthetic set; unpickling runs code stored in the file: pass only "
-        "files you trust). Default: the checkpoint's synthetic set",
-    )
-    e.add_argument("--split", default="test", choices=("train", "valid", "test"), help="the split to score")
-    e.add_argument(
-        "--protocol",
-        default="authors",
-        choices=("authors", "mmsa"),
-        help="convention of the printed headline (both are written)",
-    )
-    e.add_argument("--batch-size", type=int, default=None, help="evaluation batch. Default: the training run's")
-    e.add_argument("--impl", default=None, choices=IMPLS, help="ITHP implementation. Default: the training run's")
-    e.add_argument(
-        "--eval-sampling",
-        default=None,
-        choices=("mean", "sample"),
-        help="latent in evaluation: mean (b = mu, the same answer every time) or sample (drawn, as the "
-        "released evaluation). Default: the training run's",
-    )
-    e.add_argument(
-        "--drop-detectors",
-        nargs="+",
-        default=[],
-        metavar="NAME",
-        help="remove these detectors (acoustic, visual; comma- or space-separated) from every example: their "
-        "levels' reconstruction terms become 0 and <split>-<eval_sampling>-without-NAME.json is written. The "
-        "predictions do not change: ITHP predicts from the text alone. Default: none",
-    )
-    e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    e.add_argument(
-        "--output-dir",
-        default=None,
-        help="where <split>-<eval_sampling>.json and its predictions CSV are written. "
-        "Default: eval-<checkpoint name> beside the checkpoint",
     )
     e.set_defaults(func=evaluate_command)

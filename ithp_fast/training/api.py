@@ -13,7 +13,7 @@ import dataclasses
 import json
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 from ..data import SentimentData, SentimentSplit
 from .config import TrainConfig, recipe_settings
@@ -138,39 +138,21 @@ def train(
     return run_training(cfg, data=loaded, callbacks=tuple(callbacks))
 
 
-def evaluate(
-    checkpoint: Union[str, os.PathLike],
-    data: DataSource = None,
-    *,
-    split: str = "test",
-    protocol: str = "authors",
-    batch_size: Optional[int] = None,
-    impl: Optional[str] = None,
-    device: str = "auto",
-    output_dir: Optional[str] = None,
-    eval_sampling: Optional[str] = None,
-    drop_detectors: Sequence[str] = (),
-) -> dict:
+def evaluate(checkpoint: Union[str, os.PathLike], data: DataSource = None, **settings: Any) -> dict:
     """Score a checkpoint directory on one split; returns the report (also written to ``output_dir``).
 
-    ``data`` takes what :func:`train` takes (needed unless the checkpoint was trained on the
-    synthetic set). ``output_dir`` defaults to ``eval-<checkpoint name>`` beside the checkpoint;
-    ``eval_sampling`` to the training run's (``"mean"`` gives the same predictions every time).
-    ``drop_detectors`` (e.g. ``["acoustic"]``) removes those detectors from every example: the report's
-    ``ib_terms`` show their levels' reconstruction terms at 0; the predictions do not use detectors.
+    Args:
+        checkpoint: a checkpoint directory written by :func:`train` (``runs/NAME/seed-N/checkpoint-last``).
+        data: what :func:`train` takes (needed unless the checkpoint was trained on the synthetic set).
+        settings: the options of ``ithp-fast evaluate``, the fields of
+            :class:`~ithp_fast.training.eval_config.EvalConfig`: ``split`` (``"test"``), ``protocol``
+            (``"authors"``), ``batch_size``, ``impl`` and ``eval_sampling`` (the training run's;
+            ``"mean"`` gives the same predictions every time), ``drop_detectors`` (e.g. ``["acoustic"]``:
+            removed from every example, the report's ``ib_terms`` show their levels' reconstruction terms
+            at 0; the predictions do not use detectors), ``device`` (``"auto"``) and ``output_dir``
+            (``eval-<checkpoint name>`` beside the checkpoint).
     """
-    return evaluate_checkpoint(
-        os.fspath(checkpoint),
-        as_sentiment_data(data),
-        split=split,
-        protocol=protocol,
-        batch_size=batch_size,
-        impl=impl,
-        device=device,
-        output_dir=output_dir,
-        eval_sampling=eval_sampling,
-        drop_detectors=drop_detectors,
-    )
+    return evaluate_checkpoint(os.fspath(checkpoint), as_sentiment_data(data), **settings)
 
 
 __all__ = ["EpochEnd", "evaluate", "make_config", "read_config_file", "train"]

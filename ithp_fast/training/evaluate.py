@@ -1,11 +1,12 @@
-"""Predictions of a whole split, the predictions CSV, and scoring a saved checkpoint."""
+"""Predictions of a whole split, the text-only ceiling of a synthetic set, the predictions CSV, and scoring a
+saved checkpoint."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -20,14 +21,16 @@ from ..data import (
     SyntheticSpec,
     check_feature_widths,
     load_sentiment_data,
+    text_only_oracle,
 )
 from . import checkpoints as ckpt
 from .batches import EVAL_TAG, derive_seed, detector_mask_without, run_batch
 from .build import load_tokenizer, model_modalities
 from .config import TrainConfig, train_terms
 from .distributed import DistContext, gather_objects, init_distributed, shutdown
+from .eval_config import EvalConfig, make_eval_config
 from .load import load_checkpoint_model
-from .metrics import CONVENTIONS, all_conventions, format_metrics
+from .metrics import all_conventions, format_metrics
 
 
 @torch.no_grad()
@@ -93,6 +96,15 @@ def predict(
     }
 
 
+def synthetic_ceiling(spec: Optional[SyntheticSpec]) -> Optional[dict]:
+    """The text-only oracle's metrics, under both conventions, on the test split of the synthetic set ``spec``
+    generates: what no text-only model can expect to beat (None without a spec: data that was not generated)."""
+    if spec is None:
+        return None
+    predictions, labels = text_only_oracle(spec)
+    return all_conventions(predictions, labels)
+
+
 def write_predictions(path: str, split: SentimentSplit, result: dict) -> None:
     """One row per example: ``index,id,label,prediction``."""
     with open(path, "w") as f:
@@ -121,17 +133,9 @@ def check_output_dir(output_dir: str, checkpoint: str) -> None:
 
 
 def evaluate_checkpoint(
-    directory: str,
+    settings: Union[EvalConfig, str],
     data: Union[str, SentimentData, Mapping, None] = None,
-    *,
-    split: str = "test",
-    protocol: str = "authors",
-    batch_size: Optional[int] = None,
-    impl: Optional[str] = None,
-    device: str = "auto",
-    output_dir: Optional[str] = None,
-    eval_sampling: Optional[str] = None,
-    drop_detectors: Sequence[str] = (),
+    **options: Any,
 ) -> dict:
     """Score a checkpoint on one split; writes ``<split>-<eval_sampling>.json`` and
     ``<split>-<eval_sampling>-predictions.csv`` to ``output_dir``.
@@ -142,24 +146,26 @@ def evaluate_checkpoint(
     example (the files are then ``<split>-<eval_sampling>-without-<names>.json`` / ``.csv``): the
     predictions, which ITHP computes from the text alone, stay the same; the reconstruction terms of
     the removed detectors' levels become 0 (``ib_terms`` in the report).
+
+    ``settings``: an :class:`~ithp_fast.training.eval_config.EvalConfig`, or the checkpoint directory with
+    EvalConfig's other fields as keywords; ``data``, when given, replaces ``settings.data`` (a pickle path,
+    loaded data or a pickle's object).
     """
-    if split not in ("train", "valid", "test"):
-        raise ValueError(f"--split: expected train, valid or test, got {split!r}")
-    if protocol not in CONVENTIONS:
-        raise ValueError(f"--protocol: expected one of {CONVENTIONS}, got {protocol!r}")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"--batch-size: expected a positive number of examples, got {batch_size}")
-    output_dir = output_dir or default_output_dir(directory)
+    settings = settings_of(settings, options)
+    settings.validate()
+    directory, split, protocol = settings.checkpoint, settings.split, settings.protocol
+    impl, eval_sampling, drop_detectors = settings.impl, settings.eval_sampling, settings.drop_detectors
+    output_dir = settings.output_dir or default_output_dir(directory)
     check_output_dir(output_dir, directory)
-    ctx = init_distributed(device)
+    ctx = init_distributed(settings.device)
     try:
         model, config = load_checkpoint_model(directory, impl=impl, device=ctx.device, eval_sampling=eval_sampling)
         if "run" not in config:
             raise ckpt.CheckpointError(f"checkpoint: {directory} has no {ckpt.RUN_FILE} (the settings of the run "
                                        f"that trained it), which evaluate needs; it scores texts with predict")
         drop = check_drop_detectors(drop_detectors, model_modalities(config["model"]))
-        cfg = run_config(config, batch_size)
-        data = checkpoint_data(directory, config, data)
+        cfg = run_config(config, settings.batch_size)
+        data = checkpoint_data(directory, config, settings.data if data is None else data)
         result = predict(model, data.splits[split], cfg, config["model"], ctx, config["run"]["seed"], drop)
         report = {
             "checkpoint": directory,
@@ -178,6 +184,16 @@ def evaluate_checkpoint(
         return report
     finally:
         shutdown(ctx)
+
+
+def settings_of(settings: Union[EvalConfig, str], options: dict) -> EvalConfig:
+    """``settings`` as an EvalConfig: one given, or built from a checkpoint directory and ``options``."""
+    if isinstance(settings, EvalConfig):
+        if options:
+            given = ", ".join(options)
+            raise TypeError(f"evaluate_checkpoint: {given} given beside an EvalConfig; set them in the EvalConfig")
+        return settings
+    return make_eval_config(settings, **options)
 
 
 def check_drop_detectors(names: Sequence[str], modalities: Sequence[str]) -> tuple[str, ...]:

@@ -38,11 +38,12 @@ from .distributed import (
     print_on_main,
     shutdown,
 )
-from .evaluate import predict
+from .evaluate import predict, synthetic_ceiling, write_predictions
 from .logs import append_results_row, open_tensorboard, results_table, write_metrics_csv
 from .metrics import better, format_metrics
 from .preflight import check_output_dir, new_paths, undo_unstarted
-from .results import print_summary, seed_results, summarise, write_seed_comparison
+from .results import RESULTS_FILE, print_summary, report_seed, summarise, write_seed_comparison
+from .state import TrainState
 
 
 class NonFiniteLossError(ArithmeticError):
@@ -65,11 +66,11 @@ class SeedPaths:
             run,
             os.path.join(run, "checkpoint-last"),
             os.path.join(run, "checkpoint-best"),
-            os.path.join(run, "results.json"),
+            os.path.join(run, RESULTS_FILE),
         )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SeedRun:
     """Everything one seed's training holds while it runs."""
 
@@ -80,32 +81,25 @@ class SeedRun:
     paths: SeedPaths
     model: nn.Module
     ddp: nn.Module  # the model, wrapped in DistributedDataParallel under torchrun
-    model_config: dict
-    config: dict  # what every checkpoint's config.json holds
+    config: dict  # what every checkpoint's config.json holds (its "model" entry builds the model)
     optimizer: torch.optim.Optimizer
     scheduler: Any
     sampler: DistributedSampler
     loader: DataLoader
-    steps_per_epoch: int
     total_steps: int
     present: Optional[torch.Tensor] = None  # [train examples, levels] bool under --missing-rate, else None
     callbacks: tuple = ()
     tensorboard: Optional[Any] = None
-    state: dict = field(
-        default_factory=lambda: {
-            "epoch": 0,
-            "step_in_epoch": 0,
-            "global_step": 0,
-            "history": {"steps": [], "epochs": []},
-            "best": None,
-            "best_epoch": None,
-            "epochs_without_improvement": 0,
-            "stopped": None,
-            "train_seconds": 0.0,
-            "skipped_steps": 0,
-        }
-    )
+    state: TrainState = field(default_factory=TrainState)
     steps_this_call: int = 0
+
+    @property
+    def model_config(self) -> dict:
+        return self.config["model"]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.loader)
 
     @property
     def terms(self) -> tuple[str, ...]:
@@ -114,10 +108,9 @@ class SeedRun:
 
     @property
     def finished(self) -> bool:
+        """Whether the seed's training has ended: every epoch or step done, or stopped early."""
         state = self.state
-        return (
-            state["epoch"] >= self.cfg.epochs or state["global_step"] >= self.total_steps or bool(state.get("stopped"))
-        )
+        return state.epoch >= self.cfg.epochs or state.global_step >= self.total_steps or bool(state.stopped)
 
 
 @dataclass(frozen=True)
@@ -270,8 +263,7 @@ def start_seed(cfg: TrainConfig, seed: int, data: SentimentData, ctx: DistContex
         num_workers=cfg.num_workers,
         pin_memory=ctx.device.type == "cuda",
     )
-    steps_per_epoch = len(loader)
-    total_steps = cfg.epochs * steps_per_epoch
+    total_steps = cfg.epochs * len(loader)
     if cfg.max_steps is not None:
         total_steps = min(cfg.max_steps, total_steps)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
@@ -287,22 +279,20 @@ def start_seed(cfg: TrainConfig, seed: int, data: SentimentData, ctx: DistContex
     if ctx.enabled:
         ddp = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
     return SeedRun(
-        cfg,
-        seed,
-        data,
-        ctx,
-        paths,
-        model,
-        ddp,
-        model_config,
-        config,
-        optimizer,
-        scheduler,
-        sampler,
-        loader,
-        steps_per_epoch,
-        total_steps,
-        present_detectors(seed, len(train_split), len(cfg.detector_names), cfg.missing_rate),
+        cfg=cfg,
+        seed=seed,
+        data=data,
+        ctx=ctx,
+        paths=paths,
+        model=model,
+        ddp=ddp,
+        config=config,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        sampler=sampler,
+        loader=loader,
+        total_steps=total_steps,
+        present=present_detectors(seed, len(train_split), len(cfg.detector_names), cfg.missing_rate),
     )
 
 
@@ -315,15 +305,13 @@ def resume(run: SeedRun) -> None:
     ckpt.check_training_state(last)
     check_resume(ckpt.load_config(last)["run"], run.cfg, last)
     ckpt.load_weights(run.model, last)
-    run.state = {
-        **SeedRun.__dataclass_fields__["state"].default_factory(),
-        **ckpt.load_training_state(last, run.optimizer, run.scheduler),
-    }
+    saved = ckpt.load_training_state(last, run.optimizer, run.scheduler)
+    run.state = TrainState.from_dict(saved, os.path.join(last, ckpt.STATE_FILE))
     follow_schedule(run.optimizer, run.scheduler)
     print_on_main(
         run.ctx,
-        f"seed {run.seed}: resuming from {last} at step {run.state['global_step']} "
-        f"(epoch {run.state['epoch'] + 1} of {run.cfg.epochs})",
+        f"seed {run.seed}: resuming from {last} at step {run.state.global_step} "
+        f"(epoch {run.state.epoch + 1} of {run.cfg.epochs})",
     )
 
 
@@ -337,6 +325,7 @@ def follow_schedule(optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
 
 def save_last(run: SeedRun, finished: bool) -> None:
     """Write checkpoint-last with everything --resume needs."""
+    run.state.finished = finished
     if run.ctx.is_main:
         ckpt.save_checkpoint(
             run.paths.last,
@@ -345,7 +334,7 @@ def save_last(run: SeedRun, finished: bool) -> None:
             save_tokenizer=tokenizer_saver(run.data, run.cfg.max_seq_length),
             optimizer=run.optimizer,
             scheduler=run.scheduler,
-            state={**run.state, "finished": finished},
+            state=run.state.to_dict(),
         )
 
 
@@ -360,7 +349,7 @@ def train_step(run: SeedRun, batch: dict, epoch: int) -> Optional[torch.Tensor]:
     """One optimiser step; returns the training terms (``run.terms``) of the batch, or None when the step
     was skipped because its loss or gradient was not finite (``--skip-nonfinite-steps``)."""
     cfg, state = run.cfg, run.state
-    torch.manual_seed(derive_seed(run.seed, TRAIN_TAG, state["global_step"], run.ctx.rank))
+    torch.manual_seed(derive_seed(run.seed, TRAIN_TAG, state.global_step, run.ctx.rank))
     noise_key = (run.seed, TRAIN_TAG, epoch) if cfg.noise == "per-example" else None
     detector_mask = None if run.present is None else run.present[batch["index"]]
     out, labels = run_batch(
@@ -374,12 +363,12 @@ def train_step(run: SeedRun, batch: dict, epoch: int) -> Optional[torch.Tensor]:
         run.optimizer.zero_grad(set_to_none=True)
         if not cfg.skip_nonfinite_steps:
             raise NonFiniteLossError(
-                f"seed {run.seed}, epoch {epoch + 1}, step {state['global_step'] + 1}: the loss is {loss.item():g} and "
+                f"seed {run.seed}, epoch {epoch + 1}, step {state.global_step + 1}: the loss is {loss.item():g} and "
                 f"the gradient norm {grad_norm.item():g}; training stopped before this step changed anything "
                 f"(checkpoints already saved are kept). Lower --lr, clip with --max-grad-norm, or pass "
                 f"--skip-nonfinite-steps"
             )
-        state["skipped_steps"] += 1
+        state.skipped_steps += 1
         run.scheduler.step()  # a skipped step still counts in the schedule
         return None
     run.optimizer.step()
@@ -402,13 +391,14 @@ def train_epoch(run: SeedRun) -> bool:
     from tqdm import tqdm
 
     cfg, state = run.cfg, run.state
-    epoch = state["epoch"]
+    epoch = state.epoch
     run.sampler.set_epoch(epoch)
     run.ddp.train()
-    sums = EpochSums.restore(state.pop("partial", None), run.ctx.device, len(run.terms))
+    sums = EpochSums.restore(state.partial, run.ctx.device, len(run.terms))
+    state.partial = None
     bar = tqdm(
-        total=min(run.steps_per_epoch, run.total_steps - state["global_step"] + state["step_in_epoch"]),
-        initial=state["step_in_epoch"],
+        total=min(run.steps_per_epoch, run.total_steps - state.global_step + state.step_in_epoch),
+        initial=state.step_in_epoch,
         desc=f"seed {run.seed} epoch {epoch + 1}/{cfg.epochs}",
         disable=not (cfg.progress and run.ctx.is_main),
         leave=False,
@@ -416,31 +406,31 @@ def train_epoch(run: SeedRun) -> bool:
     )
     stopped = False
     t0 = time.perf_counter()
-    for batch in itertools.islice(run.loader, state["step_in_epoch"], None):
-        if state["global_step"] >= run.total_steps:
+    for batch in itertools.islice(run.loader, state.step_in_epoch, None):
+        if state.global_step >= run.total_steps:
             break
         terms = train_step(run, batch, epoch)
         if terms is not None:
             sums.add(terms)
-        state["global_step"] += 1
-        state["step_in_epoch"] += 1
+        state.global_step += 1
+        state.step_in_epoch += 1
         run.steps_this_call += 1
         bar.update(1)
-        logged = state["global_step"] % cfg.log_every == 0 or state["step_in_epoch"] == run.steps_per_epoch
+        logged = state.global_step % cfg.log_every == 0 or state.step_in_epoch == run.steps_per_epoch
         if logged and sums.window:
-            log_steps(run, {"step": state["global_step"], "epoch": epoch + 1, **sums.take_window(run.terms)})
+            log_steps(run, {"step": state.global_step, "epoch": epoch + 1, **sums.take_window(run.terms)})
             bar.set_postfix(loss=f"{(sums.total[0] / sums.steps).item():.4f}")
         if cfg.stop_after_steps is not None and run.steps_this_call >= cfg.stop_after_steps:
             stopped = True
             break
     bar.close()
-    state["train_seconds"] += time.perf_counter() - t0
-    if state["step_in_epoch"] < run.steps_per_epoch and state["global_step"] < run.total_steps:
-        state["partial"] = sums.to_state()  # stopped inside the epoch
+    state.train_seconds += time.perf_counter() - t0
+    if state.step_in_epoch < run.steps_per_epoch and state.global_step < run.total_steps:
+        state.partial = sums.to_state()  # stopped inside the epoch
         save_last(run, False)
         return True
     if sums.window:
-        log_steps(run, {"step": state["global_step"], "epoch": epoch + 1, **sums.take_window(run.terms)})
+        log_steps(run, {"step": state.global_step, "epoch": epoch + 1, **sums.take_window(run.terms)})
     end_epoch(run, epoch, sums, time.perf_counter() - t0)
     if run.finished or stopped or (epoch + 1) % cfg.checkpoint_every == 0:
         save_last(run, run.finished)
@@ -448,7 +438,7 @@ def train_epoch(run: SeedRun) -> bool:
 
 
 def log_steps(run: SeedRun, record: dict) -> None:
-    run.state["history"]["steps"].append(record)
+    run.state.history["steps"].append(record)
     if run.tensorboard is not None:
         run.tensorboard.steps([record])
 
@@ -459,15 +449,15 @@ def end_epoch(run: SeedRun, epoch: int, sums: EpochSums, seconds: float) -> None
     cfg, ctx, state = run.cfg, run.ctx, run.state
     record = {
         "epoch": epoch + 1,
-        "step": state["global_step"],
+        "step": state.global_step,
         "seconds": seconds,
         "lr": run.scheduler.get_last_lr()[0],
         "train": dict(zip(run.terms, (mean_across_ranks(sums.total, ctx) / max(sums.steps, 1)).tolist())),
     }
     for name in ("valid", "test"):
         record[name] = predict(run.model, run.data.splits[name], cfg, run.model_config, ctx, run.seed)["metrics"]
-    state["history"]["epochs"].append(record)
-    state["epoch"], state["step_in_epoch"] = epoch + 1, 0
+    state.history["epochs"].append(record)
+    state.epoch, state.step_in_epoch = epoch + 1, 0
     print_on_main(
         ctx,
         f"seed {run.seed} epoch {epoch + 1}/{cfg.epochs} ({seconds:.1f} s): train loss "
@@ -475,31 +465,31 @@ def end_epoch(run: SeedRun, epoch: int, sums: EpochSums, seconds: float) -> None
         f"test {format_metrics(record['test'][cfg.protocol])}",
     )
     if ctx.is_main:
-        write_metrics_csv(os.path.join(run.paths.run, "metrics.csv"), state["history"]["epochs"], cfg.protocol)
+        write_metrics_csv(os.path.join(run.paths.run, "metrics.csv"), state.history["epochs"], cfg.protocol)
         if run.tensorboard is not None:
             run.tensorboard.epoch(record, cfg.protocol)
     track_best(run, record)
-    if cfg.early_stop is not None and state["epochs_without_improvement"] >= cfg.early_stop:
-        state["stopped"] = {
+    if cfg.early_stop is not None and state.epochs_without_improvement >= cfg.early_stop:
+        state.stopped = {
             "epoch": epoch + 1,
             "reason": f"no better valid {cfg.select_metric} in {cfg.early_stop} epochs",
         }
     ask = EpochEnd(run.seed, epoch + 1, record, run.model, run.paths.run)
     if ctx.is_main and any([bool(callback(ask)) for callback in run.callbacks]):  # every callback sees the epoch
-        state["stopped"] = {"epoch": epoch + 1, "reason": "a callback asked to stop"}
-    state["stopped"] = broadcast_object(state["stopped"], ctx)
-    if state["stopped"] and state["stopped"]["epoch"] == epoch + 1:
-        print_on_main(ctx, f"seed {run.seed}: stopped after epoch {epoch + 1} ({state['stopped']['reason']})")
+        state.stopped = {"epoch": epoch + 1, "reason": "a callback asked to stop"}
+    state.stopped = broadcast_object(state.stopped, ctx)
+    if state.stopped and state.stopped["epoch"] == epoch + 1:
+        print_on_main(ctx, f"seed {run.seed}: stopped after epoch {epoch + 1} ({state.stopped['reason']})")
 
 
 def track_best(run: SeedRun, record: dict) -> None:
     """The best validation value of --select-metric so far; checkpoint-best holds its weights under --select best."""
     cfg, state = run.cfg, run.state
     value = record["valid"][cfg.protocol][cfg.select_metric]  # a name TrainConfig.validate checked
-    if not better(cfg.select_metric, value, state["best"]):
-        state["epochs_without_improvement"] += 1
+    if not better(cfg.select_metric, value, state.best):
+        state.epochs_without_improvement += 1
         return
-    state["best"], state["best_epoch"], state["epochs_without_improvement"] = value, record["epoch"], 0
+    state.best, state.best_epoch, state.epochs_without_improvement = value, record["epoch"], 0
     if cfg.selection == "best" and run.ctx.is_main:
         ckpt.save_checkpoint(run.paths.best, run.model, run.config,
                              save_tokenizer=tokenizer_saver(run.data, cfg.max_seq_length))
@@ -532,10 +522,37 @@ def train_seed(
             run.tensorboard.close()
     if not run.finished:
         print_on_main(
-            ctx, f"seed {seed}: stopped at step {run.state['global_step']} of {run.total_steps}; continue with --resume"
+            ctx, f"seed {seed}: stopped at step {run.state.global_step} of {run.total_steps}; continue with --resume"
         )
-        return {"seed": seed, "finished": False, "global_step": run.state["global_step"]}, True
-    return seed_results(cfg, seed, data, ctx, run.model, run.model_config, run.state, paths), True
+        return {"seed": seed, "finished": False, "global_step": run.state.global_step}, True
+    return finish_seed(run), True
+
+
+def finish_seed(run: SeedRun) -> dict:
+    """Score the selected epoch's weights on valid and test (with the text-only ceiling of a synthetic set); on
+    rank 0 write the test predictions, then report the seed (figures, results.json); returns its results."""
+    cfg, ctx, paths = run.cfg, run.ctx, run.paths
+    if cfg.selection == "best" and run.state.best_epoch is not None:
+        ckpt.load_weights(run.model, paths.best)
+    scored = {
+        name: predict(run.model, run.data.splits[name], cfg, run.model_config, ctx, run.seed)
+        for name in ("valid", "test")
+    }
+    ceiling = synthetic_ceiling(run.data.synthetic_spec)
+    if ctx.is_main:
+        write_predictions(os.path.join(paths.run, "predictions_test.csv"), run.data.splits["test"], scored["test"])
+    return report_seed(
+        cfg,
+        run.seed,
+        run.state,
+        scored,
+        run.data,
+        ctx=ctx,
+        present=run.present,
+        ceiling=ceiling,
+        directory=paths.run,
+        checkpoint=paths.best if cfg.selection == "best" else paths.last,
+    )
 
 
 def load_run_data(cfg: TrainConfig, data: Union[SentimentData, Mapping, None] = None) -> SentimentData:

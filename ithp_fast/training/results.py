@@ -1,5 +1,6 @@
 """What a run reports: a seed's results (selected epoch, both conventions, history, timing) and
-the summary over seeds."""
+the summary over seeds. Scores come in from the loop, which has :mod:`.evaluate` compute them: nothing
+here runs a model or scores predictions."""
 
 from __future__ import annotations
 
@@ -8,38 +9,65 @@ import os
 import warnings
 from typing import Any, Optional
 
-from ..data import SentimentData, SyntheticSpec, text_only_oracle
+import torch
+
+from ..data import SentimentData
 from . import checkpoints as ckpt
-from .batches import present_detectors
 from .config import TrainConfig
 from .console import wrote_line
 from .distributed import DistContext, print_on_main
-from .evaluate import predict, write_predictions
-from .metrics import CONVENTIONS, all_conventions, format_metrics, mean_std
+from .metrics import CONVENTIONS, format_metrics, mean_std
+from .state import TrainState
+
+RESULTS_FILE = "results.json"
 
 
-def synthetic_ceiling(spec: SyntheticSpec) -> dict:
-    """The text-only oracle's metrics on the synthetic test split, under both conventions."""
-    predictions, labels = text_only_oracle(spec)
-    return all_conventions(predictions, labels)
-
-
-def synthetic_spec(data: SentimentData) -> SyntheticSpec:
-    """The spec the synthetic ``data`` was generated from."""
-    info = data.info["synthetic"]
-    return SyntheticSpec(
-        seed=info["seed"], sizes=tuple(info["sizes"]), visual_dim=data.visual_dim, acoustic_dim=data.acoustic_dim
+def report_seed(
+    cfg: TrainConfig,
+    seed: int,
+    state: TrainState,
+    scored: dict[str, dict],
+    data: SentimentData,
+    *,
+    ctx: DistContext,
+    present: Optional[torch.Tensor],
+    ceiling: Optional[dict],
+    directory: str,
+    checkpoint: str,
+) -> dict:
+    """A seed's results (:func:`seed_results`); on rank 0, its figures and ``results.json`` written to the seed's
+    ``directory``, and its headline metrics and files said. Returns the results."""
+    results = seed_results(
+        cfg, seed, state, scored, data, ctx=ctx, present=present, ceiling=ceiling, checkpoint=checkpoint
     )
+    if ctx.is_main:
+        figures = write_figures(results, directory) if cfg.plots else {}
+        if figures:
+            results["plots"] = figures
+        ckpt.write_json(os.path.join(directory, RESULTS_FILE), results)
+        print_on_main(ctx, seed_line(results))
+        print_on_main(ctx, wrote_line(f"seed {seed}", directory))
+    return results
 
 
 def seed_results(
-    cfg: TrainConfig, seed: int, data: SentimentData, ctx: DistContext, model, model_config: dict, state: dict, paths
+    cfg: TrainConfig,
+    seed: int,
+    state: TrainState,
+    scored: dict[str, dict],
+    data: SentimentData,
+    *,
+    ctx: DistContext,
+    present: Optional[torch.Tensor],
+    ceiling: Optional[dict],
+    checkpoint: str,
 ) -> dict:
-    """Score the selected epoch's weights on valid and test; write results.json, predictions and figures."""
-    selected = state["epoch"] if cfg.selection == "last" else state["best_epoch"]
-    if cfg.selection == "best" and state["best_epoch"] is not None:
-        ckpt.load_weights(model, paths.best)
-    scored = {name: predict(model, data.splits[name], cfg, model_config, ctx, seed) for name in ("valid", "test")}
+    """What ``results.json`` holds for a seed: the scores of its selected weights (``scored``: what
+    :func:`~ithp_fast.training.evaluate.predict` gave for ``valid`` and ``test``), how its training went
+    (``state``), the data, what --missing-rate dropped (``present``: the training examples' detector mask),
+    the text-only ``ceiling`` of a synthetic set (None for other data) and the ``checkpoint`` holding those
+    weights. Computes nothing: scores come in, results go out."""
+    selected = state.epoch if cfg.selection == "last" else state.best_epoch
     results = {
         "seed": seed,
         "finished": True,
@@ -57,42 +85,38 @@ def seed_results(
         "timing": {
             "device": str(ctx.device),
             "world_size": ctx.world_size,
-            "steps": state["global_step"],
-            "skipped_steps": state.get("skipped_steps", 0),
-            "train_seconds": state["train_seconds"],
-            "epoch_seconds": [r["seconds"] for r in state["history"]["epochs"]],
+            "steps": state.global_step,
+            "skipped_steps": state.skipped_steps,
+            "train_seconds": state.train_seconds,
+            "epoch_seconds": [r["seconds"] for r in state.history["epochs"]],
         },
         "levels": {"modality_order": list(cfg.modality_order), "mask_padding": cfg.mask_padding},
-        "missing_detectors": missing_detectors(cfg, seed, data),
-        "stopped": state.get("stopped"),
-        "history": state["history"],
-        "checkpoint": paths.best if cfg.selection == "best" else paths.last,
+        "missing_detectors": missing_detectors(cfg, len(data.splits["train"]), present),
+        "stopped": state.stopped,
+        "history": state.history,
+        "checkpoint": checkpoint,
     }
-    if data.layout == "synthetic":
-        results["synthetic_text_only_ceiling"] = synthetic_ceiling(synthetic_spec(data))
-    if ctx.is_main:
-        write_predictions(os.path.join(paths.run, "predictions_test.csv"), data.splits["test"], scored["test"])
-        figures = write_figures(results, paths.run) if cfg.plots else {}
-        if figures:
-            results["plots"] = figures
-        ckpt.write_json(paths.results, results)
-    print_on_main(
-        ctx,
-        f"seed {seed}: test ({cfg.protocol} convention, {cfg.selection} epoch {selected}) "
-        f"{format_metrics(results['headline'], tuple(results['headline']))}",
-    )
-    if ctx.is_main:
-        print_on_main(ctx, wrote_line(f"seed {seed}", paths.run))
+    if ceiling is not None:
+        results["synthetic_text_only_ceiling"] = ceiling
     return results
 
 
-def missing_detectors(cfg: TrainConfig, seed: int, data: SentimentData) -> dict:
-    """What --missing-rate dropped: the rate and, per detector, how many training examples went without it."""
-    present = present_detectors(seed, len(data.splits["train"]), len(cfg.detector_names), cfg.missing_rate)
+def seed_line(results: dict) -> str:
+    """``seed 1: test (authors convention, last epoch 6) Non0_acc_2 0.7500 ...``: a seed's headline metrics."""
+    selection, headline = results["selection"], results["headline"]
+    return (
+        f"seed {results['seed']}: test ({results['protocol']} convention, {selection['rule']} epoch "
+        f"{selection['epoch']}) {format_metrics(headline, tuple(headline))}"
+    )
+
+
+def missing_detectors(cfg: TrainConfig, train_examples: int, present: Optional[torch.Tensor]) -> dict:
+    """What --missing-rate dropped: the rate and, per detector, how many training examples went without it
+    (``present``: [train examples, detectors] bool, None when none was dropped)."""
     dropped = [0] * len(cfg.detector_names) if present is None else (~present).sum(0).tolist()
     return {
         "rate": cfg.missing_rate,
-        "train_examples": len(data.splits["train"]),
+        "train_examples": train_examples,
         "dropped": dict(zip(cfg.detector_names, dropped)),
     }
 
