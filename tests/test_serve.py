@@ -22,6 +22,7 @@ from helpers import tiny_text_model
 
 from ithp_fast.serving.batcher import DynamicBatcher
 from ithp_fast.serving.bundle import BundleScorer
+from ithp_fast.serving.onnx_cache import cache_key
 from ithp_fast.serving.tokens import ScoredTexts, length_groups
 from ithp_fast.tools.cli import main
 
@@ -178,6 +179,22 @@ def test_a_restart_reads_the_cached_export_and_is_healthy_within_5_s(server, mod
         assert again.stop()
     assert "exporting" not in again.log.read_text()
     assert seconds < 5, f"healthy after {seconds:.1f} s"
+
+
+def test_the_cache_key_follows_the_model_files_and_nothing_else(tmp_path):
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    for name, data in (("config.json", b"{}"), ("model.safetensors", b"weights"), ("tokenizer.json", b"{}"),
+                       ("optimizer.safetensors", b"state"), ("trainer_state.json", b"{}")):
+        (checkpoint / name).write_bytes(data)
+    key = cache_key(str(checkpoint))
+    (checkpoint / "optimizer.safetensors").write_bytes(b"state, a step later")
+    (checkpoint / "trainer_state.json").write_bytes(b'{"step": 2}')
+    assert cache_key(str(checkpoint)) == key  # training state: the same model
+    for name in ("model.safetensors", "config.json", "tokenizer.json"):
+        (checkpoint / name).write_bytes(b"changed")
+        assert cache_key(str(checkpoint)) != key, name
+        key = cache_key(str(checkpoint))
 
 
 def test_int8_serves_scores_near_float32(server, model_dir, tmp_path):
