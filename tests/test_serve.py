@@ -232,6 +232,20 @@ def test_length_groups_trade_runs_against_padding():
     assert groups(1.0, 0.0) == [[0, 1, 2, 3]]  # nothing measured: one run
 
 
+def test_export_quantize_int8_writes_one_program_beside_its_tokenizer(server, model_dir, tmp_path, capsys):
+    output = tmp_path / "bundle" / "model.onnx"
+    output.parent.mkdir()
+    assert main(["export", "--checkpoint", str(model_dir), "--format", "onnx", "--output", str(output),
+                 "--quantize", "int8"]) == 0
+    assert sorted(p.name for p in output.parent.iterdir()) == ["model.onnx", "tokenizer.json", "tokenizer_config.json"]
+    floats = request(server.port, "POST", "/predict", {"texts": TEXTS[:5]})[1]["scores"]
+    assert BundleScorer(str(output)).score(TEXTS[:5]).scores == pytest.approx(floats, abs=0.1)
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(model_dir), "--format", "aoti", "--output", str(tmp_path / "m.pt2"),
+                 "--quantize", "int8"]) == 2
+    assert "--quantize: int8 quantises an ONNX program" in capsys.readouterr().err
+
+
 # -- failures and shutdown, on a stand-in model (the application and the batcher, not the network)
 
 FAKE_SERVER = """
