@@ -256,7 +256,7 @@ from ithp_fast.tools.serve_command import run_server
 
 def score(texts):
     time.sleep(float(sys.argv[2]))
-    if "boom" in texts:
+    if "boom" in texts or sys.argv[3:] == ["broken"]:
         raise RuntimeError("the stand-in model fails on 'boom'")
     return ScoredTexts([float(len(t)) for t in texts], [False] * len(texts), 0, 0, True)
 
@@ -266,13 +266,32 @@ run_server(app, Args)
 """
 
 
-def fake_server(tmp_path, seconds_per_batch: float) -> Served:
+def fake_server(tmp_path, seconds_per_batch: float, *extra: str, healthy: bool = True) -> Served:
     port = free_port()
     script = tmp_path / "fake_server.py"
     script.write_text(textwrap.dedent(FAKE_SERVER))
-    served = Served([sys.executable, str(script), str(port), str(seconds_per_batch)], port, tmp_path / "fake.log")
-    served.wait_healthy(60)
+    served = Served([sys.executable, str(script), str(port), str(seconds_per_batch), *extra], port,
+                    tmp_path / "fake.log")
+    if healthy:
+        served.wait_healthy(60)
     return served
+
+
+def test_a_model_that_cannot_warm_up_is_never_healthy_and_says_why(tmp_path):
+    served = fake_server(tmp_path, 0.0, "broken", healthy=False)
+    try:
+        for _ in range(600):
+            try:
+                status, answer = request(served.port, "GET", "/health", timeout=5)
+                if answer["status"] != "warming up":
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        assert status == 503 and answer["status"].startswith("failed to warm up: RuntimeError"), answer
+        assert request(served.port, "POST", "/predict", {"text": "good"})[0] == 503
+    finally:
+        assert served.stop()
 
 
 def test_a_model_failure_is_a_500_for_that_request_and_the_server_goes_on(tmp_path):

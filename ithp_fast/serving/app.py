@@ -3,7 +3,7 @@
 * ``POST /predict``: ``{"texts": [...]}`` or ``{"text": "..."}`` -> ``{"scores": [...], "truncated": [...],
   "model": ..., "eval_sampling": "mean"}``, one score per text, in order; ``truncated`` says which texts
   had more tokens than the model reads and were cut to them.
-* ``GET /health``: 200 ``{"status": "ready"}`` once the model has answered its warm-up batches; 503 before
+* ``GET /health``: 200 ``{"status": "ready"}`` once the model has answered its warm-up texts; 503 before
   (``"warming up"``) and once the server is shutting down (``"draining"``), for a load balancer.
 * ``GET /metadata``: the checkpoint, ithp_fast's version, the most tokens read, what a score means and
   its range, how the server batches.
@@ -126,8 +126,13 @@ def create_app(model: ServedModel, *, max_batch_size: int = 32, max_wait_ms: flo
 
     async def warm_up() -> None:
         longest = " ".join([WARM_UP_TEXT] * model.max_tokens)
-        for texts in ([WARM_UP_TEXT], [longest] * min(2, max_batch_size), [WARM_UP_TEXT]):
-            await batcher.submit(texts)
+        try:
+            for texts in ([WARM_UP_TEXT], [longest] * min(2, max_batch_size), [WARM_UP_TEXT]):
+                await batcher.submit(texts)
+        except Exception as err:  # the model cannot score: /health says so, and stays 503
+            log.exception("warm-up failed")
+            state["status"] = f"failed to warm up: {type(err).__name__}: {err}"
+            return
         if state["status"] == "warming up":
             state["status"] = "ready"
 

@@ -72,7 +72,7 @@ class DynamicBatcher:
     async def stop(self) -> None:
         """Finish the queued requests and the running batch, then stop."""
         if self._task is not None:
-            while self._queue or self._busy:
+            while (self._queue or self._busy) and not self._task.done():
                 await asyncio.sleep(0.001)
             self._task.cancel()
             try:
