@@ -5,6 +5,7 @@
     python bench/serve_load.py --make-base-model models/base      # deberta-v3-base's shape, random weights
     python bench/serve_load.py --checkpoint models/base --name base --int8
     python bench/serve_load.py --checkpoint DIR --compare-spin    # the CPU default: idle threads spin or sleep
+    python bench/serve_load.py --checkpoint DIR --compare-threads # the CPU default: every core, or one thread
 
 Every server is one process on the loopback address with the same thread count; clients (one keep-alive
 connection each, one text per request, texts of the synthetic test split in turn) run in this process on
@@ -317,6 +318,9 @@ def main(argv=None) -> int:
     p.add_argument("--compare-spin", action="store_true",
                    help="ithp-fast serve with ONNX Runtime's idle threads spinning against sleeping, with and "
                         "without --background load, instead of the comparison with the baseline")
+    p.add_argument("--compare-threads", action="store_true",
+                   help="ithp-fast serve with --threads against 1 thread, with and without --background load, "
+                        "instead of the comparison with the baseline")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of each turn not recorded")
@@ -344,9 +348,11 @@ def main(argv=None) -> int:
                                                          "background")}}
     servers = []
     try:
-        if args.compare_spin:
-            servers = [ours(args.checkpoint, args.threads, ["--spin", "off"], "spin off"),
-                       ours(args.checkpoint, args.threads, ["--spin", "on"], "spin on")]
+        if args.compare_spin or args.compare_threads:
+            servers = ([ours(args.checkpoint, args.threads, ["--spin", "off"], "spin off"),
+                        ours(args.checkpoint, args.threads, ["--spin", "on"], "spin on")] if args.compare_spin else
+                       [ours(args.checkpoint, args.threads, [], f"{args.threads} threads"),
+                        ours(args.checkpoint, 1, [], "1 thread")])
             result["quiet"] = interleaved(servers, texts, args.clients, args.rounds, args.warmup, args.seconds, 0)
             result["loaded"] = interleaved(servers, texts, args.clients, args.rounds, args.warmup, args.seconds,
                                            args.background)
@@ -359,7 +365,7 @@ def main(argv=None) -> int:
     finally:
         for s in servers:
             s.stop()
-    if not args.compare_spin:
+    if not (args.compare_spin or args.compare_threads):
         result["predict_in_process"] = predict_latency(args.checkpoint, texts[0], args.threads)
         if args.int8:
             result["int8"] = int8_figures(args.checkpoint, texts, labels, args.threads, args.trained)
