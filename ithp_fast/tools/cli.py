@@ -51,7 +51,7 @@ def build_parser(modules: Sequence[str] = _COMMAND_MODULES) -> argparse.Argument
 
     parser = argparse.ArgumentParser(
         prog="ithp-fast",
-        description="ITHP-DeBERTa: train and evaluate, score texts, export and package models, benchmarks and "
+        description="ITHP-DeBERTa: train and evaluate, score texts, export, package and serve models, benchmarks and "
         "profiling. Each command's --help says more.",
     )
     parser.add_argument("--version", action="version", version=f"ithp-fast {__version__}")
