@@ -4,7 +4,7 @@ Providers: ``reference`` (the released computation: the full ITHP forward inside
 outputs), ``ithp_fast`` (the same model with the drop-in ``ithp_fast.ITHP``),
 ``ithp_fast.deberta_logits`` (the eager logits-only fast path: ITHP's ``encode`` instead of its
 losses), ``ithp_fast+graphs`` (CUDA: ``ServingDeberta``, one CUDA-graph bucket of the shape),
-``ithp_fast+onnxruntime`` (CPU: ``ServingDeberta(backend="onnxruntime")``), and the logits
+``ithp_fast+onnxruntime`` (CPU: ``ServingDeberta(runtime="onnxruntime")``), and the logits
 exported by ``ithp_fast.export`` (posterior mean, dynamic batch) run in ``onnxruntime`` and as an
 ``aoti`` package (CPU; skipped when the package is missing, ``aoti`` not in tiny mode).
 
@@ -100,12 +100,12 @@ def exported_deberta(fmt: str):
 
 @functools.lru_cache(maxsize=1)
 def onnxruntime_server():
-    """``ServingDeberta(backend="onnxruntime")`` of a posterior-mean copy of the fast model."""
+    """``ServingDeberta(runtime="onnxruntime")`` of a posterior-mean copy of the fast model."""
     import copy
 
     model = copy.deepcopy(deberta_pair()[1])
     model.ithp.eval_sampling = "mean"
-    return ServingDeberta(model, tokens=TOKENS, backend="onnxruntime", onnx_file=exported_deberta_file("onnxruntime"))
+    return ServingDeberta(model, tokens=TOKENS, runtime="onnxruntime", onnx_file=exported_deberta_file("onnxruntime"))
 
 
 def deberta_fn(provider: str, batch: int):

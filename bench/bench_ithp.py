@@ -110,7 +110,7 @@ def inference_fn(provider: str, batch: int, dtype: torch.dtype):
     elif provider == "ithp_fast":
         run = lambda: fast.encode(x)  # noqa: E731
     elif provider == "first Linear alone":
-        first, rows = fast.encoder1[0], x.reshape(-1, cfg.X0_dim)
+        first, rows = fast.encoder1.first, x.reshape(-1, cfg.X0_dim)
         run = lambda: torch.addmm(first.bias, rows, first.weight.t())  # noqa: E731
     elif provider == "ithp_fast.ServingEncoder":
         serve = ServingEncoder(fast)

@@ -13,7 +13,7 @@ Providers: ``onnxruntime`` (the program written by ``ithp_fast.export``, run in 
 ``onnxruntime (threads not spinning)`` (the same with ``session.intra_op.allow_spinning=0``),
 ``ithp_fast`` (the serving wrappers' CPU defaults: ``ServingEncoder(model)``, the prepacked
 oneDNN chain, and ``ServingDeberta(model)``, ONNX Runtime with idle threads sleeping),
-``ithp_fast (backend='onnxruntime')`` (``ServingEncoder`` on ONNX Runtime), ``aoti`` (the
+``ithp_fast (runtime='onnxruntime')`` (``ServingEncoder`` on ONNX Runtime), ``aoti`` (the
 AOTInductor package of the same export) and ``torch eager`` (``encode`` / ``deberta_logits``, for scale). Writes
 ``bench/results/cpu-serving-vs-onnxruntime-<date>.json`` (``--out`` to change the folder).
 """
@@ -89,13 +89,13 @@ def b1_comparisons(args, folder: str) -> dict:
     if args.aoti:
         aoti = torch._inductor.aoti_load_package(
             ithp_fast.export(model, os.path.join(folder, "b1.pt2"), format="aoti", tokens=args.tokens)[0])
-    server, on_ort = ithp_fast.ServingEncoder(model), ithp_fast.ServingEncoder(model, backend="onnxruntime")
-    out = {"ithp_fast_path": server.path, "ithp_fast (backend='onnxruntime')_path": on_ort.path}
+    server, on_ort = ithp_fast.ServingEncoder(model), ithp_fast.ServingEncoder(model, runtime="onnxruntime")
+    out = {"ithp_fast_path": server.path, "ithp_fast (runtime='onnxruntime')_path": on_ort.path}
     for batch in (1, 32):
         x = torch.randn(batch, args.tokens, model.config.X0_dim, generator=torch.Generator().manual_seed(batch))
         feeds = {"x": x.numpy()}
         providers = {"onnxruntime": lambda: session.run(None, feeds), "ithp_fast": lambda: server(x),
-                     "ithp_fast (backend='onnxruntime')": lambda: on_ort(x),
+                     "ithp_fast (runtime='onnxruntime')": lambda: on_ort(x),
                      "onnxruntime (threads not spinning)": lambda: quiet.run(None, feeds),
                      "torch eager": lambda: ithp_fast.encode.encode(model, x)}
         if aoti is not None:

@@ -11,8 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from . import auto_classes
-
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401
 
 # public name -> the module (relative to this package) that defines it
 _PUBLIC = {

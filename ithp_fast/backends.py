@@ -1,11 +1,13 @@
-"""Which implementation computes the fast path: chosen per device, overridable.
+"""Which backend computes ITHP and TCMax: chosen per device, overridable.
 
 ``"triton"``    fused Triton kernels (CUDA; on the CPU only under ``TRITON_INTERPRET=1``, for tests)
-``"torch"``     fused pure-PyTorch path (the CPU default)
-``"reference"`` the reference module's own computation
+``"torch"``     fused pure-PyTorch autograd Functions (the CPU default)
+``"reference"`` the plain-PyTorch spec (:mod:`ithp_fast.reference`)
+``"auto"``      (or None) the device default
 
 Order of precedence: the ``backend=`` argument, then the ``ITHP_FAST_BACKEND`` environment
 variable, then the device default (CUDA with Triton installed -> triton, anything else -> torch).
+The names are :data:`ithp_fast.checks.BACKENDS`, checked by :func:`ithp_fast.checks.check_choice`.
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ from typing import Optional, Union
 
 import torch
 
+from .checks import AUTO, BACKENDS, FUSED_BACKENDS, check_choice
 from .kernels import rng, triton_interpreter_on
 from .kernels.detector_loss import detector_loss_partials
 from .kernels.ib_combine import ib_combine
 from .kernels.relu_dropout import relu_dropout
 from .kernels.reparam_kl import reparam_kl_partials
 
-BACKENDS = ("triton", "torch", "reference")
 ENV_VAR = "ITHP_FAST_BACKEND"
 
 
@@ -37,12 +39,11 @@ def triton_installed() -> bool:
 
 
 def validate_backend(name: Optional[str], source: str = "backend") -> Optional[str]:
-    """Check a backend name (None means "choose per device")."""
-    if name is None or name == "" or name == "auto":
+    """A backend name, checked; None for None, ``""`` or ``"auto"`` (choose per device)."""
+    if name is None or name == "":
         return None
-    if name not in BACKENDS:
-        raise ValueError(f"{source}: unknown backend {name!r}; expected one of {BACKENDS} (or 'auto')")
-    return name
+    name = check_choice(name, (AUTO, *BACKENDS), source)
+    return None if name == AUTO else name
 
 
 def resolve_backend(requested: Optional[str], device: Union[torch.device, str]) -> str:
@@ -75,9 +76,7 @@ class FusedOps:
     """
 
     def __init__(self, name: str) -> None:
-        if name not in ("triton", "torch"):
-            raise ValueError(f"backend: {name!r} has no fused ops; expected 'triton' or 'torch'")
-        self.name = name
+        self.name = check_choice(name, FUSED_BACKENDS, "backend (of the fused ops)")
 
     def new_seed(self, device: torch.device):
         """The forward's seed, from torch's generator."""
@@ -87,7 +86,7 @@ class FusedOps:
         """``dropout(relu(a), p)``; may overwrite ``a`` (the model hands it its own Linear output)."""
         return relu_dropout(a, seed, stream, p, backend=self.name, inplace=True)
 
-    def reparam_kl(self, h: torch.Tensor, eps, seed, stream: int, sample: bool, row_weight=None):
+    def reparam_kl(self, h: torch.Tensor, seed, stream: int, eps, sample: bool, row_weight=None):
         """``(b, kl partials)`` from ``h = [mu | logvar]`` (``row_weight``: a masked mean over rows)."""
         return reparam_kl_partials(h, seed, stream, eps=eps, sample=sample, row_weight=row_weight, backend=self.name)
 

@@ -1,13 +1,24 @@
-"""Validation of forward / encode inputs, shared by every implementation.
+"""Validation of forward / encode inputs, shared by every backend, and the words for the choice of one.
 
 Each check runs before any work so that a bad input gets a message naming the argument, the
 expected width / shape / dtype and what was received, never a silent broadcast or a crash deep
 inside a kernel.
+
+One vocabulary names what computes a result, everywhere (arguments, flags, settings, the
+environment), and :func:`check_choice` validates every such choice:
+
+``backend``   what computes ITHP and TCMax: :data:`BACKENDS` -- ``"triton"`` (fused Triton
+              kernels), ``"torch"`` (fused PyTorch autograd Functions) or ``"reference"`` (the
+              plain-PyTorch spec, :mod:`ithp_fast.reference`) -- or ``"auto"`` (per device).
+              A fused op (:mod:`ithp_fast.kernels`) takes one of :data:`FUSED_BACKENDS`.
+``runtime``   what runs a serving wrapper's CPU program: :data:`RUNTIMES` -- ``"torch"`` or
+              ``"onnxruntime"`` -- or ``"auto"``.
+``reference`` always the plain-PyTorch spec: the ``reference`` backend runs its code.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Optional
 
 import torch
@@ -15,6 +26,51 @@ import torch
 from .config import ITHPConfig
 
 Noise = Optional[Sequence[torch.Tensor]]
+
+AUTO = "auto"
+"""Choose per device (or, for a serving runtime, per model)."""
+BACKENDS = ("triton", "torch", "reference")
+"""What computes ITHP and TCMax (see the module docstring)."""
+FUSED_BACKENDS = ("triton", "torch")
+"""The backends of a fused op."""
+RUNTIMES = ("torch", "onnxruntime")
+"""What runs a serving wrapper's CPU program."""
+BACKEND_CHOICES = (AUTO, *BACKENDS)
+"""What a backend setting or argument takes."""
+OLD_IMPL = {"fast": AUTO, "reference": "reference"}
+"""``impl``, the old name of the ``backend`` setting (``--impl``, keyword arguments, config files and
+checkpoints written before): each of its values as a backend."""
+
+
+def check_choice(value: object, choices: Sequence[str], source: str) -> str:
+    """``value`` when it is one of ``choices``; else one error naming ``source`` (the argument, flag,
+    setting or environment variable it came from), the choices and the value."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{source}: expected one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def renamed_settings(values: Mapping, where: str) -> dict:
+    """``values`` with a setting written under its old name moved to today's: ``impl`` (fast |
+    reference) is ``backend`` (auto | reference). One error naming ``where`` for an unknown old
+    value, or an old and a new value that disagree."""
+    out = dict(values)
+    if "impl" not in out:
+        return out
+    impl = out.pop("impl")
+    if impl not in OLD_IMPL:
+        raise ValueError(f"{where}: impl (the old name of backend): expected fast or reference, got {impl!r}")
+    if out.get("backend") not in (None, OLD_IMPL[impl]):  # None: not given
+        raise ValueError(f"{where}: impl={impl!r} (the old name of backend) and backend={out['backend']!r} disagree")
+    out["backend"] = OLD_IMPL[impl]
+    return out
+
+
+def backend_argument(backend: Optional[str], impl: Optional[str] = None) -> Optional[str]:
+    """A ``backend=`` argument, or ``impl=`` (its old name) as one; None when neither is given."""
+    given = {k: v for k, v in (("backend", backend), ("impl", impl)) if v is not None}
+    backend = renamed_settings(given, "backend").get("backend")
+    return None if backend is None else check_choice(backend, BACKEND_CHOICES, "backend")
 
 
 def _check_tensor(name: str, t: object) -> torch.Tensor:

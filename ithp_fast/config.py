@@ -32,8 +32,6 @@ _VISUAL_DIM = {"mosi": 47, "mosei": 35}
 RELEASED_KEYS = ("X0_dim", "X1_dim", "X2_dim", "inter_dim", "B0_dim", "B1_dim", "drop_prob", "p_beta", "p_gamma",
                  "p_lambda", "max_sen_len")
 """The keys of the released model's ``ITHP_args`` dict, in its order."""
-IMPLS = ("fast", "reference")
-"""ITHP implementations: the fused fast path (``ithp_fast.ITHP``) or the plain reference."""
 LEVEL_KEYS = ("detector_dims", "bottleneck_dims", "detector_weights", "level_weights")
 """The per-level tuples (one entry per level)."""
 

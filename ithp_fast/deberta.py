@@ -15,13 +15,15 @@ biases, LayerNorm weight 1 and bias 0. A given backbone keeps its weights.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, DebertaV2Model, PreTrainedModel
 
+from .checks import AUTO, BACKEND_CHOICES, check_choice
 from .deberta_config import ITHPDebertaConfig
 from .files import follow_umask
 from .model import ITHP as FastITHP
@@ -29,8 +31,14 @@ from .reference.deberta import ITHPDeberta as ReferenceITHPDeberta
 from .reference.deberta import load_backbone
 from .reference.ithp import ITHP as ReferenceITHP
 
-ITHP_CLASSES = {"fast": FastITHP, "reference": ReferenceITHP}
-"""``config.impl`` -> the ITHP class the model is built with."""
+
+def ithp_class(backend: str) -> Callable:
+    """What builds ITHP for ``config.backend``: the reference class for ``"reference"``, else the fast
+    class (with that backend unless ``"auto"``)."""
+    check_choice(backend, BACKEND_CHOICES, "backend")
+    if backend == "reference":
+        return ReferenceITHP
+    return FastITHP if backend == AUTO else functools.partial(FastITHP, backend=backend)
 WEIGHT_FILES = ("model.safetensors",)
 HEAD_OPTIONS = ("num_labels", "beta_shift", "dropout_prob", "pass_attention_mask", "mask_ithp_padding",
                 "modality_order", "max_seq_length")
@@ -65,7 +73,7 @@ class ITHPDeberta(ReferenceITHPDeberta, PreTrainedModel):
         tokenizer: what ``predict`` tokenises with and ``save_pretrained`` writes beside the weights
             (``from_pretrained`` loads the one saved in its directory).
         backbone: a built ``DebertaV2Model`` to use instead of a new one from ``config.backbone``.
-        ithp_cls: the ITHP class (default: ``config.impl``'s, the fast one for ``"fast"``).
+        ithp_cls: the ITHP class (default: :func:`ithp_class` of ``config.backend``).
         ithp_kwargs: more arguments of the ITHP class (``backend=`` of the fast one).
     """
 
@@ -85,7 +93,7 @@ class ITHPDeberta(ReferenceITHPDeberta, PreTrainedModel):
             raise TypeError("ithp_args: given with an ITHPDebertaConfig, which holds ITHP's settings (config.ithp)")
         PreTrainedModel.__init__(self, config)
         backbone = DebertaV2Model(config.backbone) if backbone is None else backbone
-        ithp_cls = ITHP_CLASSES[config.impl] if ithp_cls is None else ithp_cls
+        ithp_cls = ithp_class(config.backend) if ithp_cls is None else ithp_cls
         ithp = ithp_cls(config.ithp_config, eval_sampling=config.eval_sampling, **ithp_kwargs)
         self.build(backbone, ithp, config.num_labels, config.beta_shift, config.dropout_prob, config.modality_order)
         self.tokenizer = tokenizer
@@ -136,7 +144,7 @@ def _config_from_parts(backbone: Any, ithp_args: Any, ithp_cls: Optional[type],
         backbone=module.config,
         ithp=ithp_args,
         eval_sampling=eval_sampling,
-        impl="fast" if issubclass(ithp_cls, FastITHP) else "reference",
+        backend=(options.get("backend") or AUTO) if issubclass(ithp_cls, FastITHP) else "reference",
         backbone_path=os.fspath(backbone) if isinstance(backbone, (str, os.PathLike)) else None,
         **head,
     )

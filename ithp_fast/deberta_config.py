@@ -14,7 +14,8 @@ from typing import Any, Callable, Optional, Union
 
 from transformers.configuration_utils import PretrainedConfig
 
-from .config import IMPLS, ITHPConfig, as_config
+from .checks import AUTO, backend_argument
+from .config import ITHPConfig, as_config
 from .reference.deberta import RELEASED_ORDER
 from .reference.ithp import EVAL_SAMPLING
 
@@ -51,7 +52,10 @@ class ITHPDebertaConfig(PretrainedConfig):
         mask_ithp_padding: give ITHP the attention mask as its token mask (padding out of its losses).
         modality_order: the detector each ITHP level predicts, in level order.
         eval_sampling: ITHP's latent in eval mode: ``"sample"`` (the released behaviour) or ``"mean"``.
-        impl: ``"fast"`` (``ithp_fast.ITHP``) or ``"reference"``.
+        backend: what computes ITHP: ``"auto"`` (``ithp_fast.ITHP``, its backend chosen per device),
+            ``"triton"``, ``"torch"``, or ``"reference"`` (the plain-PyTorch reference class). ``impl``
+            (``"fast"`` = ``"auto"``, ``"reference"``), its old name, is read too (``config.json`` files
+            written before).
         max_seq_length: tokens per example in training; texts are cut to it.
         backbone_path: where the backbone's pretrained weights came from (None: random initialisation).
         label_range: the lowest and highest label in training (what the score means: CMU-MOSI, MOSEI and the
@@ -73,7 +77,7 @@ class ITHPDebertaConfig(PretrainedConfig):
         mask_ithp_padding: bool = False,
         modality_order: Sequence[str] = RELEASED_ORDER,
         eval_sampling: str = "sample",
-        impl: str = "fast",
+        backend: Optional[str] = None,
         max_seq_length: int = 50,
         backbone_path: Optional[str] = None,
         label_range: Sequence[float] = (-3.0, 3.0),
@@ -93,7 +97,7 @@ class ITHPDebertaConfig(PretrainedConfig):
         self.mask_ithp_padding = bool(mask_ithp_padding)
         self.modality_order = list(modality_order)
         self.eval_sampling = _one_of("eval_sampling", eval_sampling, EVAL_SAMPLING)
-        self.impl = _one_of("impl", impl, IMPLS)
+        self.backend = backend_argument(backend, kwargs.pop("impl", None)) or AUTO
         if isinstance(max_seq_length, bool) or not isinstance(max_seq_length, int) or max_seq_length < 2:
             raise ValueError(f"max_seq_length: expected an int of 2 or more ([CLS] and [SEP]), got {max_seq_length!r}")
         self.max_seq_length = max_seq_length

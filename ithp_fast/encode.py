@@ -60,8 +60,8 @@ def _precision_key(dtype: torch.dtype, precision: str) -> str:
 def layers(model: torch.nn.Module) -> tuple[torch.Tensor, ...]:
     """``(w0, c0, w1, c1, w2, c2, w3, c3)``: the two encoders' Linear weights and biases, as stored
     (the fused kernel's arguments; two-level models only)."""
-    e1, e2 = model.encoder1, model.encoder2
-    return (e1[0].weight, e1[0].bias, e1[3].weight, e1[3].bias, e2[0].weight, e2[0].bias, e2[3].weight, e2[3].bias)
+    return tuple(t for encoder in (model.encoder1, model.encoder2) for layer in (encoder.first, encoder.last)
+                 for t in (layer.weight, layer.bias))
 
 
 def choose_path(model: torch.nn.Module, rows: int, dtype: torch.dtype, device: torch.device,
@@ -86,7 +86,7 @@ def _needs_grad(model: torch.nn.Module, x: torch.Tensor) -> bool:
 
 def encoder_parameters(model: torch.nn.Module) -> list[torch.Tensor]:
     """Every encoder's parameters, level by level."""
-    return [p for k in range(model.config.levels) for p in model.level_modules(k)[0].parameters()]
+    return [p for k in range(model.config.levels) for p in model.level_modules(k).encoder.parameters()]
 
 
 def linear_relu(layer: torch.nn.Linear, b: torch.Tensor) -> torch.Tensor:
@@ -102,35 +102,33 @@ def chain(model: torch.nn.Module, x2d: torch.Tensor, noise: Optional[Sequence[to
           sample: bool = False) -> torch.Tensor:
     """The PyTorch path on ``[rows, X0]``: ``addmm`` per layer, the modules' dropout in between;
     ``noise``: one ``[rows, width]`` eps per level (sampling only)."""
-    cfg = model.config
     b = x2d
-    for k, width in enumerate(cfg.bottleneck_dims):
-        encoder = model.level_modules(k)[0]
-        eps = noise[k] if noise is not None else None
-        first, dropout, last = encoder[0], encoder[2], encoder[3]
-        h = dropout(linear_relu(first, b))
+    for k in range(model.config.levels):
+        encoder = model.level_modules(k).encoder
+        h = encoder.dropout(linear_relu(encoder.first, b))
         if sample:
-            mu, logvar = torch.addmm(last.bias, h, last.weight.t()).chunk(2, dim=-1)
+            eps = noise[k] if noise is not None else None
+            mu, logvar = torch.addmm(encoder.last.bias, h, encoder.last.weight.t()).chunk(2, dim=-1)
             b = reparameterize(mu, logvar, torch.randn_like(mu) if eps is None else eps)
         else:
-            b = torch.addmm(last.bias[:width], h, last.weight[:width].t())
+            weight, bias = encoder.mean_layer()
+            b = torch.addmm(bias, h, weight.t())
     return b
 
 
-def fused(model: torch.nn.Module, x2d: torch.Tensor, eps0: Optional[torch.Tensor] = None,
-          eps1: Optional[torch.Tensor] = None, *, sample: bool = False,
-          precision: Optional[str] = None) -> torch.Tensor:
-    """The one-launch Triton path on ``[rows, X0]`` (inference only). Sampling without injected
-    noise draws it with ``torch.randn`` (one launch, fresh on every CUDA-graph replay)."""
+def fused(model: torch.nn.Module, x2d: torch.Tensor, noise: Optional[Sequence[torch.Tensor]] = None, *,
+          sample: bool = False, precision: Optional[str] = None) -> torch.Tensor:
+    """The one-launch Triton path on ``[rows, X0]`` (inference only; two-level models); ``noise`` as
+    for :func:`chain`. Sampling without injected noise draws it with ``torch.randn`` (one launch,
+    fresh on every CUDA-graph replay)."""
     cfg = model.config
-    if sample and eps0 is None:
-        noise = torch.randn(x2d.shape[0], cfg.B0_dim + cfg.B1_dim, dtype=x2d.dtype, device=x2d.device)
-        eps0, eps1 = noise[:, : cfg.B0_dim], noise[:, cfg.B0_dim :]
-    args = (x2d, *layers(model))
-    prec = float32_precision(precision)
-    if not sample:
-        eps0 = eps1 = None
-    return encode_chain(*args, eps0=eps0, eps1=eps1, precision=prec)
+    eps0 = eps1 = None
+    if sample and noise is None:
+        drawn = torch.randn(x2d.shape[0], cfg.B0_dim + cfg.B1_dim, dtype=x2d.dtype, device=x2d.device)
+        eps0, eps1 = drawn[:, : cfg.B0_dim], drawn[:, cfg.B0_dim :]
+    elif sample:
+        eps0, eps1 = (e.to(x2d.dtype).contiguous() for e in noise)
+    return encode_chain(x2d, *layers(model), eps0=eps0, eps1=eps1, precision=float32_precision(precision))
 
 
 def encode(model: torch.nn.Module, x: torch.Tensor, *, sample: bool = False, noise: Noise = None,
@@ -157,9 +155,7 @@ def encode(model: torch.nn.Module, x: torch.Tensor, *, sample: bool = False, noi
     x2d = x.reshape(rows, cfg.X0_dim)
     eps = None if noise is None else [n.reshape(rows, w) for n, w in zip(noise, cfg.bottleneck_dims)]
     if path == "fused":
-        if eps is not None:
-            eps = [e.to(x.dtype).contiguous() for e in eps]
-        b = fused(model, x2d, *(eps or (None, None)), sample=sample, precision=precision)
+        b = fused(model, x2d, eps, sample=sample, precision=precision)
     else:
         b = chain(model, x2d, eps, sample=sample)
     return b.reshape(*lead, cfg.bottleneck_dims[-1])

@@ -218,13 +218,31 @@ def _fuse(fusion: Fusion, za: torch.Tensor, zv: torch.Tensor) -> torch.Tensor:
 
 def _logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
     """``torch.logsumexp(x, dim)``, except where every entry along ``dim`` is ``-inf`` (nothing
-    possible: a chunk or a row of masked pairings): ``-inf`` with gradient 0 there, where torch's
-    gradient is NaN (0 * exp(-inf - -inf)) even when nothing differentiates that value."""
-    top = x.detach().amax(dim=dim, keepdim=True)
-    empty = top == -math.inf
-    shift = torch.where(torch.isfinite(top), top, 0.0)
-    total = torch.where(empty, 1.0, (x - shift).exp().sum(dim=dim, keepdim=True))
-    return torch.where(empty, -math.inf, shift + total.log()).squeeze(dim)
+    possible: a chunk or a row of masked pairings): ``-inf`` there, with gradient ``0 * upstream``
+    (0 for a finite upstream gradient, NaN for a NaN one, as the direct definition's), where
+    torch's gradient is NaN whatever arrives (``0 * exp(-inf - -inf)``)."""
+    return _LogSumExp.apply(x, dim)
+
+
+class _LogSumExp(torch.autograd.Function):
+    """See :func:`_logsumexp`."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dim: int) -> torch.Tensor:
+        top = x.amax(dim=dim, keepdim=True)
+        empty = top == -math.inf
+        shift = torch.where(torch.isfinite(top), top, 0.0)
+        total = torch.where(empty, 1.0, (x - shift).exp().sum(dim=dim, keepdim=True))
+        out = torch.where(empty, -math.inf, shift + total.log())
+        ctx.save_for_backward(x, out, empty)
+        ctx.dim = dim
+        return out.squeeze(dim)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, out, empty = ctx.saved_tensors
+        weight = torch.where(empty, 0.0, (x - torch.where(empty, 0.0, out)).exp())  # softmax; 0 where empty
+        return grad_out.unsqueeze(ctx.dim) * weight, None
 
 
 def _pair_chunk(fusion: Fusion, za: torch.Tensor, feats_v: torch.Tensor, y_all: torch.Tensor, first_row: int):

@@ -32,7 +32,7 @@ from .kernels import compute_dtype, mean_weights
 from .kernels.rng import level_streams
 from .nvtx import stage
 from .reference.ithp import ITHP as ReferenceITHP
-from .reference.ithp import level_rows
+from .reference.ithp import Detector, Encoder, level_rows
 
 
 def _dropout_p(module: torch.nn.Module) -> float:
@@ -113,18 +113,19 @@ class ITHP(ReferenceITHP):
         if self.samples_now and noise is None:
             return True
         levels = (self.level_modules(k) for k in range(self.config.levels))
-        dropouts = (m for encoder, detector in levels for m in (encoder[2], detector[2], detector[5]))
+        dropouts = (m for encoder, detector in levels for m in (encoder.dropout, detector.dropout,
+                                                                  detector.output_dropout))
         return any(_dropout_p(m) > 0.0 for m in dropouts)
 
-    def _fused_mlp(self, ops: FusedOps, mlp: torch.nn.Sequential, inp: torch.Tensor, seed, stream: int) -> torch.Tensor:
-        """``Linear -> ReLU -> Dropout -> Linear`` with the middle fused; without dropout (eval
-        mode, ``drop_prob`` 0) it is a plain in-place ReLU on the first Linear's output."""
-        p = _dropout_p(mlp[2])
+    def _fused_mlp(self, ops: FusedOps, mlp: Encoder | Detector, inp: torch.Tensor, seed, stream: int) -> torch.Tensor:
+        """``first -> ReLU -> dropout -> last`` with the middle fused; without dropout (eval mode,
+        ``drop_prob`` 0) it is a plain in-place ReLU on the first Linear's output."""
+        p = _dropout_p(mlp.dropout)
         if p == 0.0:
-            hidden = linear_relu(mlp[0], inp)
+            hidden = linear_relu(mlp.first, inp)
         else:
-            hidden = ops.relu_dropout(F.linear(inp, mlp[0].weight, mlp[0].bias), seed, stream, p)
-        return F.linear(hidden, mlp[3].weight, mlp[3].bias)
+            hidden = ops.relu_dropout(F.linear(inp, mlp.first.weight, mlp.first.bias), seed, stream, p)
+        return F.linear(hidden, mlp.last.weight, mlp.last.bias)
 
     def _fused_level(self, ops: FusedOps, level: int, inp: torch.Tensor, target: torch.Tensor, eps, seed,
                      kl_weight: Optional[torch.Tensor], mse_weight: Optional[torch.Tensor]):
@@ -136,11 +137,11 @@ class ITHP(ReferenceITHP):
         with stage(f"level{level}.reparam_kl"):
             width = h.shape[-1] // 2
             eps = eps.reshape(-1, width) if eps is not None else None
-            b, kl = ops.reparam_kl(h, eps, seed, streams.eps, self.samples_now, kl_weight)
+            b, kl = ops.reparam_kl(h, seed, streams.eps, eps, self.samples_now, kl_weight)
         with stage(f"level{level}.detector_loss"):
             z = self._fused_mlp(ops, detector, b, seed, streams.detector_hidden)
             mse = ops.detector_loss(z, target.reshape(-1, target.shape[-1]), seed, streams.detector_output,
-                                    _dropout_p(detector[5]), mse_weight)
+                                    _dropout_p(detector.output_dropout), mse_weight)
         return b, kl, mse
 
     def encode(self, x: torch.Tensor, *, sample: bool = False, noise: Noise = None,

@@ -32,8 +32,9 @@ still sends NaN back, as ``0 * NaN``). Without masks the means are torch's: an e
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,64 @@ EVAL_SAMPLING = ("sample", "mean")
 def mlp(d_in: int, d_hidden: int, d_out: int, p: float) -> list[nn.Module]:
     """``Linear -> ReLU -> Dropout -> Linear`` (indices 0..3 of the Sequential)."""
     return [nn.Linear(d_in, d_hidden), nn.ReLU(), nn.Dropout(p), nn.Linear(d_hidden, d_out)]
+
+
+class _NamedLayers(nn.Sequential):
+    """A ``Sequential`` (same constructor, children ``0``, ``1``, ...: the released state_dict keys)
+    whose layers also have names; a slice is a plain ``Sequential``, as the released module's."""
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            return nn.Sequential(OrderedDict(list(self._modules.items())[idx]))
+        return super().__getitem__(idx)
+
+    @property
+    def first(self) -> nn.Linear:
+        return self[0]
+
+    @property
+    def dropout(self) -> nn.Dropout:
+        return self[2]
+
+    @property
+    def last(self) -> nn.Linear:
+        return self[3]
+
+
+class Encoder(_NamedLayers):
+    """Level k's encoder ``encoder{k}``: ``Linear -> ReLU -> Dropout -> Linear`` to ``[mu | logvar]``
+    (:meth:`of` builds one), its layers also named :attr:`first`, :attr:`dropout`, :attr:`last`."""
+
+    @classmethod
+    def of(cls, d_in: int, d_hidden: int, latent: int, p: float) -> "Encoder":
+        return cls(*mlp(d_in, d_hidden, 2 * latent, p))
+
+    def mean_layer(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(weight, bias)`` of the last Linear's ``mu`` rows (views; the ``logvar`` rows follow
+        them): all that the posterior mean reads."""
+        width = self.last.out_features // 2
+        return self.last.weight[:width], self.last.bias[:width]
+
+
+class Detector(_NamedLayers):
+    """Level k's detector ``MLP{k}``: ``Linear -> ReLU -> Dropout -> Linear -> Sigmoid -> Dropout``
+    (:meth:`of` builds one), its layers also named :attr:`first`, :attr:`dropout`, :attr:`last`,
+    :attr:`output_dropout`."""
+
+    @classmethod
+    def of(cls, latent: int, d_hidden: int, d_out: int, p: float) -> "Detector":
+        return cls(*mlp(latent, d_hidden, d_out, p), nn.Sigmoid(), nn.Dropout(p))
+
+    @property
+    def output_dropout(self) -> nn.Dropout:
+        return self[5]
+
+
+class LevelModules(NamedTuple):
+    """The modules of one level."""
+
+    encoder: Encoder
+    detector: Detector
 
 
 def mean_over_rows(per_row: torch.Tensor, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -109,8 +168,10 @@ class ITHP(nn.Module):
             behaviour) draws ``b = mu + eps*sigma`` in eval mode too; ``"mean"`` returns the
             posterior mean ``b = mu`` in eval mode. Training mode always samples.
 
-    Modules: level k (k = 1 .. N) is ``encoder{k}`` and ``MLP{k}`` (the released names for
-    levels 1 and 2; ``encoder3``, ``MLP3``, … after them), registered in level order.
+    Modules: level k (k = 1 .. N) is ``encoder{k}`` (an :class:`Encoder`) and ``MLP{k}`` (a
+    :class:`Detector`), the released names for levels 1 and 2 (``encoder3``, ``MLP3``, … after
+    them), registered in level order; both are ``Sequential`` with the released state_dict keys,
+    and name their layers (``first``, ``dropout``, ``last``; ``output_dropout`` of a detector).
     """
 
     def __init__(self, ITHP_args: ConfigLike, *, eval_sampling: str = "sample") -> None:
@@ -125,9 +186,8 @@ class ITHP(nn.Module):
             setattr(self, key, value)
         p, width = cfg.drop_prob, cfg.X0_dim
         for k, (latent, detector) in enumerate(zip(cfg.bottleneck_dims, cfg.detector_dims), start=1):
-            self.add_module(f"encoder{k}", nn.Sequential(*mlp(width, cfg.inter_dim, 2 * latent, p)))
-            self.add_module(f"MLP{k}", nn.Sequential(*mlp(latent, cfg.inter_dim, detector, p), nn.Sigmoid(),
-                                                     nn.Dropout(p)))
+            self.add_module(f"encoder{k}", Encoder.of(width, cfg.inter_dim, latent, p))
+            self.add_module(f"MLP{k}", Detector.of(latent, cfg.inter_dim, detector, p))
             width = latent
 
     def extra_repr(self) -> str:
@@ -138,9 +198,9 @@ class ITHP(nn.Module):
         """Whether ``forward`` draws ``b = mu + eps*sigma`` now (else ``b = mu``)."""
         return self.training or self.eval_sampling == "sample"
 
-    def level_modules(self, level: int) -> tuple[nn.Sequential, nn.Sequential]:
-        """``(encoder, detector MLP)`` of level ``level`` (0-based: level 0 is ``encoder1``, ``MLP1``)."""
-        return getattr(self, f"encoder{level + 1}"), getattr(self, f"MLP{level + 1}")
+    def level_modules(self, level: int) -> LevelModules:
+        """``(encoder, detector)`` of level ``level`` (0-based: level 0 is ``encoder1``, ``MLP1``)."""
+        return LevelModules(getattr(self, f"encoder{level + 1}"), getattr(self, f"MLP{level + 1}"))
 
     def _first_param(self) -> Optional[torch.Tensor]:
         return next(self.parameters(), None)
@@ -209,7 +269,7 @@ class ITHP(nn.Module):
             raise ValueError("noise: given, but sample=False computes the posterior mean and uses no noise")
         b = x
         for k in range(self.config.levels):
-            mu, logvar = self.level_modules(k)[0](b).chunk(2, dim=-1)
+            mu, logvar = self.level_modules(k).encoder(b).chunk(2, dim=-1)
             if sample:
                 b = reparameterize(mu, logvar, torch.randn_like(mu) if noise is None else noise[k])
             else:

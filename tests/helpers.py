@@ -110,7 +110,7 @@ def tiny_text_model(*, pass_attention_mask: bool = True, max_seq_length: int = 8
     config = ithp_fast.ITHPDebertaConfig(
         backbone=backbone, ithp=ITHPConfig(X0_dim=16, X1_dim=7, X2_dim=5, inter_dim=8, B0_dim=6, B1_dim=4),
         pass_attention_mask=pass_attention_mask, max_seq_length=max_seq_length, eval_sampling="mean",
-        impl="fast" if fast else "reference")
+        backend="auto" if fast else "reference")
     model = ithp_fast.ITHPDeberta(config, tokenizer=vocab.to_tokenizer(max_seq_length))
     with torch.no_grad():  # weights large enough that every input moves the score
         for p in model.parameters():

@@ -38,12 +38,12 @@ def variants(dt):
         name = f"sample={sample} eps={has_eps} weighted={weighted}"
         out.append((f"reparam_kl forward {name}", reparam_kl._reparam_kl_forward_kernel,
                     dict(h_ptr=p, eps_ptr=p, seed_ptr="*i64", w_ptr="*fp32", b_ptr=p, part_ptr="*fp32", n_elem="i32",
-                         row_stride="i32", kl_scale="fp32"),
+                         row_stride="i32", s="fp32"),
                     dict(STREAM=2, B=47, SAMPLE=sample, HAS_EPS=has_eps, GENERATE=generate, HAS_WEIGHT=weighted,
                          LANE=LANE)))
         out.append((f"reparam_kl backward {name}", reparam_kl._reparam_kl_backward_kernel,
                     dict(h_ptr=p, eps_ptr=p, seed_ptr="*i64", w_ptr="*fp32", gb_ptr=p, gpart_ptr="*fp32",
-                         gpart_stride="i32", gh_ptr=p, geps_ptr=p, n_elem="i32", row_stride="i32", kl_scale="fp32"),
+                         gpart_stride="i32", gh_ptr=p, geps_ptr=p, n_elem="i32", row_stride="i32", s="fp32"),
                     dict(STREAM=2, B=128, SAMPLE=sample, HAS_EPS=has_eps, GENERATE=generate, HAS_GRAD_B=True,
                          HAS_GRAD_PART=not has_eps, NEED_GRAD_EPS=has_eps, HAS_WEIGHT=weighted,
                          LANE=LANE)))  # with and without a KL gradient
@@ -51,11 +51,11 @@ def variants(dt):
         name = f"dropout={dropout} weighted={weighted}"
         out.append((f"detector_loss forward {name}", detector_loss._detector_loss_forward_kernel,
                     dict(z_ptr=p, t_ptr=p, seed_ptr="*i64", w_ptr="*fp32", part_ptr="*fp32", numel="i32", width="i32",
-                         p="fp32", scale="fp32", inv_count="fp32"),
+                         p="fp32", scale="fp32", s="fp32"),
                     dict(STREAM=4, DROPOUT=dropout, HAS_WEIGHT=weighted, LANE=LANE)))
         out.append((f"detector_loss backward {name}", detector_loss._detector_loss_backward_kernel,
                     dict(z_ptr=p, t_ptr=p, seed_ptr="*i64", w_ptr="*fp32", gpart_ptr="*fp32", gpart_stride="i32",
-                         gz_ptr=p, gt_ptr=p, numel="i32", width="i32", p="fp32", scale="fp32", two_over_count="fp32"),
+                         gz_ptr=p, gt_ptr=p, numel="i32", width="i32", p="fp32", scale="fp32", s="fp32"),
                     dict(STREAM=4, DROPOUT=dropout, NEED_GRAD_T=dropout, HAS_WEIGHT=weighted, LANE=LANE)))
     for terms in (2, 4, 8):
         out.append((f"ib_combine forward {terms} terms", ib_combine._ib_combine_forward_kernel,

@@ -29,16 +29,51 @@ def test_precedence(no_env):
     assert resolve_backend(None, "cpu") == "torch"
 
 
+CHOICES = r"expected one of \('auto', 'triton', 'torch', 'reference'\)"
+
+
 def test_unknown_names(no_env):
-    with pytest.raises(ValueError, match="backend: unknown backend 'cudnn'"):
+    with pytest.raises(ValueError, match=f"^backend: {CHOICES}, got 'cudnn'$"):
         resolve_backend("cudnn", "cpu")
     no_env.setenv(ENV_VAR, "fast")
-    with pytest.raises(ValueError, match=f"environment variable {ENV_VAR}: unknown backend 'fast'"):
+    with pytest.raises(ValueError, match=f"^environment variable {ENV_VAR}: {CHOICES}, got 'fast'$"):
         resolve_backend(None, "cpu")
-    with pytest.raises(ValueError, match="unknown backend"):
+    with pytest.raises(ValueError, match=f"^backend: {CHOICES}, got 'fast'$"):
         ithp_fast.ITHP(small_config(), backend="fast")
-    with pytest.raises(ValueError, match="no fused ops"):
+    with pytest.raises(ValueError, match=r"^backend \(of the fused ops\): expected one of \('triton', 'torch'\)"):
         fused_ops("reference")
+
+
+def test_one_check_validates_every_choice_of_what_computes(no_env):
+    """The backend of ITHP, TCMax and a fused op, and the runtime of the serving wrappers, are
+    named from one vocabulary (ithp_fast.checks) and rejected by one check, with one message shape."""
+    from ithp_fast import TCMaxLoss, checks
+    from ithp_fast.kernels.relu_dropout import relu_dropout
+
+    calls = []
+    real = checks.check_choice
+
+    def spy(value, choices, source):
+        calls.append(source)
+        return real(value, choices, source)
+
+    cfg = small_config()
+    attempts = {
+        "backend": lambda: ithp_fast.ITHP(cfg, backend="cuda"),
+        "backend ": lambda: TCMaxLoss(backend="cuda")(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2).long()),
+        "backend  ": lambda: relu_dropout(torch.zeros(3), 0, 1, 0.5, backend="cuda"),
+        "runtime": lambda: ithp_fast.ServingEncoder(ithp_fast.ITHP(cfg).eval(), runtime="cuda"),
+    }
+    for source, attempt in attempts.items():
+        with pytest.raises(ValueError, match=rf"^{source.strip()}: expected one of \(.*\), got 'cuda'$"):
+            attempt()
+    for module in ("ithp_fast.backends", "ithp_fast.kernels", "ithp_fast.serving.buckets"):
+        no_env.setattr(f"{module}.check_choice", spy)
+    calls.clear()
+    for attempt in attempts.values():
+        with pytest.raises(ValueError):
+            attempt()
+    assert calls == ["backend", "backend", "backend", "runtime"]
 
 
 def test_triton_on_cpu_needs_the_interpreter(no_env):

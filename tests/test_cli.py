@@ -34,6 +34,7 @@ def test_console_script_help():
         "--protocol",
         "--select",
         "--resume",
+        "--backend",
         "--impl",
         "--max-seq-length",
         "--p-beta",
@@ -98,7 +99,8 @@ def test_evaluate_checks_widths_against_the_checkpoint(tmp_path, capsys):
     assert f"acoustic width {D_A} but the checkpoint" in err and "74 for acoustic (detector_dims[0], level 1)" in err
     assert f"visual width {D_V} but the checkpoint" in err and "has 47 for visual (detector_dims[1], level 2)" in err
     # the synthetic checkpoint evaluates on its own synthetic set without --data
-    assert main(["evaluate", "--checkpoint", str(ckpt), "--impl", "reference"]) == 0
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--backend", "reference"]) == 0
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--impl", "reference"]) == 0  # the old name of --backend
 
 
 def test_missing_backbone_is_never_downloaded(tmp_path, capsys):

@@ -109,18 +109,25 @@ def test_mask_regenerated_in_backward(device):
     z, t = inputs((1000, 74), device)
     seed = op_seed("triton", device)
     parts = detector_loss_forward(z, t, seed, Stream.MLP1_OUTPUT, 0.3)
-    grad_z, _ = detector_loss_backward(z, t, torch.ones_like(parts), seed, Stream.MLP1_OUTPUT, 0.3)
+    grad_z, _ = detector_loss_backward(torch.ones_like(parts), z, t, seed, Stream.MLP1_OUTPUT, 0.3)
     z_ref = z.clone().requires_grad_(True)
     reference(z_ref, t, keep_mask("triton", seed, Stream.MLP1_OUTPUT, (1000, 74), 0.3, device), 0.3).backward()
     torch.testing.assert_close(grad_z, z_ref.grad)
 
 
-def test_bad_inputs(device):
-    seed = op_seed("triton", device)
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_bad_inputs(device, backend):
+    """Checked once, before either backend runs: no silent broadcast of a target or a row weight."""
+    seed, loss = op_seed(backend, device), op(backend, "detector_loss")
     with pytest.raises(ValueError, match="target: expected the shape of z"):
-        detector_loss_forward(torch.ones(4, 3, device=device), torch.ones(4, 2, device=device), seed, 1, 0.3)
+        loss(torch.ones(4, 3, device=device), torch.ones(4, 2, device=device), seed, 1, 0.3)
+    with pytest.raises(ValueError, match="target: expected the shape of z"):
+        loss(torch.ones(4, 3, device=device), torch.ones(1, 3, device=device), seed, 1, 0.3)
     with pytest.raises(ValueError, match="p: dropout probability"):
-        detector_loss_forward(torch.ones(4, 3, device=device), torch.ones(4, 3, device=device), seed, 1, -0.1)
+        loss(torch.ones(4, 3, device=device), torch.ones(4, 3, device=device), seed, 1, -0.1)
+    with pytest.raises(ValueError, match=r"row_weight: expected shape \(4,\) \(one weight per row of z\)"):
+        loss(torch.ones(4, 3, device=device), torch.ones(4, 3, device=device), seed, 1, 0.3,
+             row_weight=torch.ones(1, device=device))
 
 
 

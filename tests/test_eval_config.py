@@ -21,16 +21,16 @@ GIVEN = {
     "split": "valid",
     "protocol": "mmsa",
     "batch_size": 4,
-    "impl": "reference",
+    "backend": "reference",
     "eval_sampling": "mean",
     "drop_detectors": ["acoustic", "visual"],
     "device": "cpu",
     "output_dir": "scores",
 }
-# The flags as they were written before EvalConfig: they keep working.
+# The flags as they were written before EvalConfig (--backend: --impl before, which keeps working).
 FLAGS = [
     "--checkpoint", "runs/x/seed-1/checkpoint-last", "--data", "mosi.pkl", "--split", "valid", "--protocol", "mmsa",
-    "--batch-size", "4", "--impl", "reference", "--eval-sampling", "mean", "--drop-detectors", "acoustic", "visual",
+    "--batch-size", "4", "--backend", "reference", "--eval-sampling", "mean", "--drop-detectors", "acoustic", "visual",
     "--device", "cpu", "--output-dir", "scores",
 ]  # fmt: skip
 
@@ -43,7 +43,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
 def test_the_flags_the_keywords_and_the_fields_are_one_set(monkeypatch):
     assert set(GIVEN) == FIELDS  # GIVEN names every field (a new one is added there too)
     parser = evaluate_parser()
-    flags = {a.dest: a for a in parser._actions if a.dest != "help"}
+    flags = {a.dest: a for a in parser._actions if a.dest not in ("help", "impl")}  # impl: --backend before
     assert set(flags) == FIELDS
     assert all(f"--{name.replace('_', '-')}" == flags[name].option_strings[0] for name in FIELDS)
     calls = scored(monkeypatch)
@@ -72,6 +72,10 @@ def test_the_flags_written_before_parse_to_the_same_settings(monkeypatch):
     assert EvalConfig(**{name: getattr(defaults, name) for name in FIELDS}) == EvalConfig(checkpoint="c")
     calls = scored(monkeypatch)
     assert args.func(args) == 0 and calls == [(EvalConfig(**{**GIVEN, "data": None}), "mosi.pkl")]
+    old = build_parser().parse_args(["evaluate", *(a if a != "--backend" else "--impl" for a in FLAGS)])
+    assert old.func(old) == 0 and calls[-1] == calls[0]
+    api.evaluate("ckpt", impl="fast")
+    assert calls[-1][0].backend == "auto"
 
 
 class Seen(Exception):

@@ -131,7 +131,7 @@ def test_a_failed_check_leaves_nothing(tmp_path, monkeypatch):
 
 def test_served_encoder_on_onnxruntime_on_the_cpu():
     model = ithp()
-    server = ServingEncoder(model, backend="onnxruntime")
+    server = ServingEncoder(model, runtime="onnxruntime")
     assert server.path == "onnxruntime" and server.bucket_rows == ()
     g = torch.Generator().manual_seed(0)
     reqs = [(torch.randn(*lead, model.config.X0_dim, generator=g),) for lead in [(), (1,), (2, 3), (3, 2, 2), (50,)]]
@@ -149,7 +149,7 @@ def test_served_encoder_on_onnxruntime_on_the_cpu():
 def test_served_deberta_on_onnxruntime_pads_tokens_and_takes_any_batch(tmp_path):
     model = tiny_deberta(eval_sampling="mean")
     server = ServingDeberta(model, tokens=(5, TOKENS))  # the CPU default: ONNX Runtime
-    assert server.backend == "onnxruntime"
+    assert server.runtime == server.backend == "onnxruntime"  # backend: the old name
     for b, t, pad_from in [(1, TOKENS, None), (3, 4, 2), (2, 6, None), (9, TOKENS, 3)]:
         ids, mask = requests(b, t, seed=b, pad_from=pad_from)
         with torch.no_grad():
@@ -158,27 +158,30 @@ def test_served_deberta_on_onnxruntime_pads_tokens_and_takes_any_batch(tmp_path)
     with torch.no_grad():
         torch.testing.assert_close(server(ids), deberta_logits(model, ids), **TOL)
     (path, _) = ithp_fast.export(model, tmp_path / "model.onnx", format="onnx", tokens=TOKENS)
-    from_file = ServingDeberta(model, tokens=TOKENS, backend="onnxruntime", onnx_file=path)
+    from_file = ServingDeberta(model, tokens=TOKENS, runtime="onnxruntime", onnx_file=path)
     reqs = [requests(b, TOKENS, seed=b) for b in (1, 2, 3, 4) * 3]
     serial = [from_file(*r) for r in reqs]
     got, _ = answers_from_threads(from_file, reqs, rounds=1)
     assert all(torch.equal(a, b) for a, b in zip(got, serial))
 
 
-def test_served_deberta_backend_arguments_are_checked():
+def test_served_deberta_runtime_arguments_are_checked():
+    with pytest.raises(ValueError, match=r"runtime: expected one of \('auto', 'torch', 'onnxruntime'\), got 'ort'"):
+        ServingDeberta(tiny_deberta(eval_sampling="mean"), runtime="ort")
     with pytest.raises(ValueError, match=r"backend: expected one of \('auto', 'torch', 'onnxruntime'\), got 'ort'"):
-        ServingDeberta(tiny_deberta(eval_sampling="mean"), backend="ort")
-    with pytest.raises(ValueError, match="posterior mean, but this model samples"):
-        ServingDeberta(tiny_deberta(eval_sampling="sample"), backend="onnxruntime")
-    with pytest.raises(ValueError, match="onnx_file: only used with backend='onnxruntime'"):
-        ServingDeberta(tiny_deberta(eval_sampling="mean"), backend="torch", onnx_file="model.onnx")
+        ServingDeberta(tiny_deberta(eval_sampling="mean"), backend="ort")  # the old name of runtime=
+    assert ServingDeberta(tiny_deberta(eval_sampling="mean"), backend="torch").runtime == "torch"
+    with pytest.raises(ValueError, match="runtime: 'onnxruntime' serves the posterior mean, but this model samples"):
+        ServingDeberta(tiny_deberta(eval_sampling="sample"), runtime="onnxruntime")
+    with pytest.raises(ValueError, match="onnx_file: only used with runtime='onnxruntime'"):
+        ServingDeberta(tiny_deberta(eval_sampling="mean"), runtime="torch", onnx_file="model.onnx")
 
 
 def test_encoder_of_three_levels_on_onnxruntime():
     from helpers import level_config
 
     model = ithp(cfg=level_config(3))
-    server = ServingEncoder(model, backend="onnxruntime")
+    server = ServingEncoder(model, runtime="onnxruntime")
     assert server.path == "onnxruntime"
     x = features(3, model.config.X0_dim)
     with torch.no_grad():

@@ -9,8 +9,9 @@ from transformers import DebertaV2Config
 import ithp_fast
 from ithp_fast import ITHPConfig, ITHPDeberta
 from ithp_fast.encode import encode
-from ithp_fast.serving.deberta import ServingDeberta, _backbone_states, _prebuilt_relative_positions, deberta_logits
+from ithp_fast.serving.deberta import ServingDeberta, deberta_logits
 from ithp_fast.serving.encoder import ServingEncoder
+from ithp_fast.serving.logits import backbone_states, prebuilt_relative_positions
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -31,7 +32,7 @@ def ithp(device="cpu", backend=None, cfg=None, dtype=torch.float32):
 @pytest.mark.parametrize("lead", [(), (1,), (2, 3), (3, 2, 2), (0, 4)])
 def test_cpu_torch_backend_runs_the_prepacked_onednn_chain(lead):
     model = ithp()
-    server = ServingEncoder(model, backend="torch")
+    server = ServingEncoder(model, runtime="torch")
     assert server.bucket_rows == () and server.path == "onednn"
     x = torch.randn(*lead, model.config.X0_dim)
     with torch.no_grad():
@@ -52,7 +53,7 @@ def test_cpu_default_without_the_prepacked_chain_calls_encode():
 
 def test_prepacked_chain_sees_weight_updates_and_keeps_non_finite_values():
     model = ithp()
-    server = ServingEncoder(model, backend="torch")
+    server = ServingEncoder(model, runtime="torch")
     assert server.path == "onednn"
     x = torch.randn(5, model.config.X0_dim)
     server(x)  # packs
@@ -149,11 +150,21 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="eval mode"):
         ServingEncoder(model.train())
     with pytest.raises(ValueError, match="x: expected last dimension"):
-        ServingEncoder(model.eval(), backend="torch")(torch.randn(2, 3))
-    with pytest.raises(ValueError, match="backend: expected one of"):
-        ServingEncoder(model, backend="ort")
-    with pytest.raises(ValueError, match="backend: 'onnxruntime' serves the float32 posterior mean on the CPU"):
-        ServingEncoder(model, backend="onnxruntime", sample=True)
+        ServingEncoder(model.eval(), runtime="torch")(torch.randn(2, 3))
+    with pytest.raises(ValueError, match=r"^runtime: expected one of \('auto', 'torch', 'onnxruntime'\), got 'ort'$"):
+        ServingEncoder(model, runtime="ort")
+    with pytest.raises(ValueError, match=r"^backend: expected one of \('auto', 'torch', 'onnxruntime'\), got 'ort'$"):
+        ServingEncoder(model, backend="ort")  # the old name of runtime=
+    with pytest.raises(ValueError, match="runtime: backend= is its old name; give one of the two"):
+        ServingEncoder(model, runtime="torch", backend="onnxruntime")
+    with pytest.raises(ValueError, match="runtime: 'onnxruntime' serves the float32 posterior mean on the CPU"):
+        ServingEncoder(model, runtime="onnxruntime", sample=True)
+
+
+def test_the_old_name_of_runtime_still_works():
+    model = ithp()
+    for server in (ServingEncoder(model, backend="torch"), ServingEncoder(model, runtime="torch", backend="torch")):
+        assert server.path == "onednn" and server.runtime == "torch"
 
 
 # --- ITHP-DeBERTa ----------------------------------------------------------------------------
@@ -207,11 +218,11 @@ def test_fast_logits_equal_the_forward_logits(ithp_cls, eval_sampling, dtype):
 def test_prebuilt_relative_positions_give_the_backbone_output():
     backbone = tiny_deberta().dberta.model
     ids, mask = requests(2, 11, pad_from=7)
-    relative_pos = _prebuilt_relative_positions(backbone, 11, torch.device("cpu"))
+    relative_pos = prebuilt_relative_positions(backbone, 11, torch.device("cpu"))
     assert relative_pos is not None
     with torch.no_grad():
         want = backbone(ids, attention_mask=mask).last_hidden_state
-        torch.testing.assert_close(_backbone_states(backbone, ids, mask, relative_pos), want, rtol=0, atol=0)
+        torch.testing.assert_close(backbone_states(backbone, ids, mask, relative_pos), want, rtol=0, atol=0)
 
 
 def test_served_deberta_pads_tokens_and_batch_exactly():
@@ -322,7 +333,7 @@ def answers_from_threads(serve, requests_, threads=4, rounds=5):
         return list(pool.map(lambda r: serve(*r), work)), work
 
 
-@pytest.mark.parametrize("how", [dict(pad_to_buckets=True), dict(backend="torch")])  # buckets; the oneDNN chain
+@pytest.mark.parametrize("how", [dict(pad_to_buckets=True), dict(runtime="torch")])  # buckets; the oneDNN chain
 def test_served_encoder_answers_each_thread_its_own_request(how):
     model = ithp()
     server = ServingEncoder(model, batch_sizes=(1, 4), tokens=3, **how)
@@ -353,5 +364,5 @@ def test_cpu_paths_serve_any_level_count(levels):
     x = torch.randn(2, 5, model.config.X0_dim)
     with torch.no_grad():
         want = encode(model, x)
-        for server in (ServingEncoder(model, backend="torch"), ServingEncoder(model, pad_to_buckets=True, tokens=5)):
+        for server in (ServingEncoder(model, runtime="torch"), ServingEncoder(model, pad_to_buckets=True, tokens=5)):
             torch.testing.assert_close(server(x), want, **TOLERANCES[torch.float32])

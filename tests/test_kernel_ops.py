@@ -31,24 +31,24 @@ def test_relu_dropout_ops(device):
 def test_reparam_kl_ops(device):
     h, grad_b = values(9, 20, device=device, scale=0.5), values(9, 10, device=device, seed_=1)
     weight = torch.full((9,), 1 / 9, device=device)
-    b, parts = ops.reparam_kl_forward(h, seed(device), None, weight, 2, True)
-    want_b, want_parts = reparam_kl_forward(h, seed(device), 2, row_weight=weight)
+    b, parts = ops.reparam_kl_forward(h, seed(device), 2, None, True, weight)
+    want_b, want_parts = reparam_kl_forward(h, seed(device), 2, None, True, weight)
     assert torch.equal(b, want_b) and torch.equal(parts, want_parts)
     grad_parts = torch.ones_like(parts)
-    grad_h, grad_eps = ops.reparam_kl_backward(h, grad_b, grad_parts, seed(device), None, weight, 2, True, False)
-    assert torch.equal(grad_h, reparam_kl_backward(h, grad_b, grad_parts, seed(device), 2, row_weight=weight)[0])
+    grad_h, grad_eps = ops.reparam_kl_backward(grad_b, grad_parts, h, seed(device), 2, None, True, weight, False)
+    assert torch.equal(grad_h, reparam_kl_backward(grad_b, grad_parts, h, seed(device), 2, None, True, weight)[0])
     assert grad_eps.numel() == 0  # not wanted: empty (an op returns no None)
     eps = values(9, 10, device=device, seed_=2)
-    _, grad_eps = ops.reparam_kl_backward(h, grad_b, grad_parts, None, eps, None, 2, True, True)
-    assert torch.equal(grad_eps, reparam_kl_backward(h, grad_b, grad_parts, None, 2, eps=eps, need_grad_eps=True)[1])
+    _, grad_eps = ops.reparam_kl_backward(grad_b, grad_parts, h, None, 2, eps, True, None, True)
+    assert torch.equal(grad_eps, reparam_kl_backward(grad_b, grad_parts, h, None, 2, eps, True, None, True)[1])
 
 
 def test_detector_loss_ops(device):
     z, t = values(9, 7, device=device, scale=2.0), torch.rand(9, 7).to(device)
-    parts = ops.detector_loss_forward(z, t, seed(device), None, 4, 0.3)
-    assert torch.equal(parts, detector_loss_forward(z, t, seed(device), 4, 0.3))
+    parts = ops.detector_loss_forward(z, t, seed(device), 4, 0.3, None)
+    assert torch.equal(parts, detector_loss_forward(z, t, seed(device), 4, 0.3, None))
     grad_parts = torch.ones_like(parts)
-    grad_z, grad_t = ops.detector_loss_backward(z, t, grad_parts, seed(device), None, 4, 0.3, True)
-    want_z, want_t = detector_loss_backward(z, t, grad_parts, seed(device), 4, 0.3, need_grad_t=True)
+    grad_z, grad_t = ops.detector_loss_backward(grad_parts, z, t, seed(device), 4, 0.3, None, True)
+    want_z, want_t = detector_loss_backward(grad_parts, z, t, seed(device), 4, 0.3, None, True)
     assert torch.equal(grad_z, want_z) and torch.equal(grad_t, want_t)
-    assert ops.detector_loss_backward(z, t, grad_parts, seed(device), None, 4, 0.3, False)[1].numel() == 0
+    assert ops.detector_loss_backward(grad_parts, z, t, seed(device), 4, 0.3, None, False)[1].numel() == 0

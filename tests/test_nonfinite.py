@@ -488,6 +488,58 @@ def test_model_encode(device, backend, sample, tensor, value):
     assert_same_pattern(got, reference_encode(ref, x, eps, sample), f"b1 ({expected_path})")
 
 
+def logvar_rows(model):
+    """``{parameter name: rows}`` of each encoder's last Linear that compute logvar."""
+    out = {}
+    for k, width in enumerate(model.config.bottleneck_dims):
+        out[f"encoder{k + 1}.3.weight"] = out[f"encoder{k + 1}.3.bias"] = slice(width, 2 * width)
+    return out
+
+
+def encode_grads(model, x, eps, sample):
+    """``b1`` and the gradients of ``sum(b1 * upstream)`` w.r.t. ``x`` and every encoder parameter."""
+    x = x.detach().clone().requires_grad_(True)
+    params = {n: p for n, p in model.named_parameters() if n.startswith("encoder")}
+    b1 = model.encode(x, sample=sample, noise=eps if sample else None)
+    upstream = torch.linspace(-1.0, 2.0, b1.numel()).view_as(b1)
+    grads = torch.autograd.grad(b1, [x, *params.values()], upstream, allow_unused=True)
+    return b1, dict(zip(["x", *params], grads))
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch", "reference"])
+@pytest.mark.parametrize("sample", [False, True], ids=["mean", "sample"])
+@pytest.mark.parametrize("tensor", ["x", "w0", "c0", "w1_mu", "w1_logvar", "c1_logvar", "w3_logvar", "x_blocked"])
+@pytest.mark.parametrize("value", list(VALUES))
+def test_model_encode_backward(backend, sample, tensor, value):
+    """``ITHP.encode`` backward (the addmm chain on the triton and torch backends, whatever the
+    device: gradients go through the chain). Sampling, and the reference backend: the reference's
+    non-finite pattern. The posterior mean (``sample=False``) on the fast backends reads only the mu
+    rows of each encoder's last Linear, so its gradients are the derivative of what it computes:
+    exactly 0 at the logvar rows, and nothing from 0 x a non-finite logvar weight or activation,
+    where the reference's full Linear sends NaN back (0 * NaN): the README's Guarantees say so."""
+    import ithp_fast
+
+    if tensor == "x_blocked" and value != "nan":
+        pytest.skip("the blocked case fixes its own infinities")
+    ref, x, eps = encode_setup("cpu", tensor, VALUES[value] if tensor in ENCODE_WEIGHTS or tensor == "x" else None)
+    fast = ithp_fast.ITHP(ref.config, backend=backend).eval()
+    fast.load_state_dict(ref.state_dict())
+    b1, got = encode_grads(fast, x, eps, sample)
+    mean_only = not sample and backend != "reference"
+    if mean_only:  # the derivative of the posterior-mean chain: the reference with no logvar rows to read
+        with torch.no_grad():
+            for name, rows in logvar_rows(ref).items():
+                dict(ref.named_parameters())[name][rows] = 0.0
+    want_b1, want = encode_grads(ref, x, eps, sample)
+    assert_same_pattern(b1, want_b1, "b1")
+    for name in want:
+        if mean_only and name in logvar_rows(ref):
+            rows = logvar_rows(ref)[name]
+            assert torch.equal(got[name][rows], torch.zeros_like(got[name][rows])), f"grad {name}: logvar rows"
+            want[name][rows] = 0.0  # where the reference has 0 * (its hidden activations)
+        assert_same_pattern(got[name], want[name], f"grad {name}")
+
+
 # ---------------------------------------------------------------------------------------------
 # TCMax: every entry point against the direct definition over all B * B * C pairings
 

@@ -134,11 +134,11 @@ def test_eps_regenerated_in_backward(device):
     b, parts = reparam_kl_forward(h, seed, Stream.EPS1)
     eps = normals("triton", seed, Stream.EPS1, (50, 47), device)
     grad_b = torch.randn(50, 47, device=device)
-    grad_h, _ = reparam_kl_backward(h, grad_b, None, seed, Stream.EPS1)
+    grad_h, _ = reparam_kl_backward(grad_b, None, h, seed, Stream.EPS1)
     _, _, want = run_and_grad(reference, h, eps, grad_b, torch.tensor(0.0, device=device))
     torch.testing.assert_close(grad_h, want)
     other_seed = op_seed("triton", device, 1)
-    grad_other, _ = reparam_kl_backward(h, grad_b, None, other_seed, Stream.EPS1)
+    grad_other, _ = reparam_kl_backward(grad_b, None, h, other_seed, Stream.EPS1)
     assert not torch.allclose(grad_other, want)
 
 
@@ -147,17 +147,26 @@ def test_partials_gradient_may_be_a_broadcast_scalar(device):
     seed = op_seed("triton", device)
     _, parts = reparam_kl_forward(h, seed, Stream.EPS0)
     scalar = torch.tensor([3.0], device=device)
-    a, _ = reparam_kl_backward(h, None, scalar.expand(parts.numel()), seed, Stream.EPS0)
-    b, _ = reparam_kl_backward(h, None, torch.full_like(parts, 3.0), seed, Stream.EPS0)
+    a, _ = reparam_kl_backward(None, scalar.expand(parts.numel()), h, seed, Stream.EPS0)
+    b, _ = reparam_kl_backward(None, torch.full_like(parts, 3.0), h, seed, Stream.EPS0)
     torch.testing.assert_close(a, b)
 
 
-def test_bad_inputs(device):
-    seed = op_seed("triton", device)
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_bad_inputs(device, backend):
+    """Checked once, before either backend runs: no silent broadcast of eps or a row weight."""
+    seed, kl = op_seed(backend, device), op(backend, "reparam_kl")
     with pytest.raises(ValueError, match="h: expected"):
-        reparam_kl_forward(torch.ones(4, 3, device=device), seed, Stream.EPS0)
+        kl(torch.ones(4, 3, device=device), seed, Stream.EPS0)
     with pytest.raises(ValueError, match="eps: expected shape"):
-        reparam_kl_forward(torch.ones(4, 6, device=device), seed, Stream.EPS0, eps=torch.ones(4, 2, device=device))
+        kl(torch.ones(4, 6, device=device), seed, Stream.EPS0, eps=torch.ones(4, 2, device=device))
+    with pytest.raises(ValueError, match="eps: expected shape"):
+        kl(torch.ones(4, 6, device=device), seed, Stream.EPS0, eps=torch.ones(1, 3, device=device))
+    with pytest.raises(ValueError, match=r"row_weight: expected shape \(4,\) \(one weight per row of h\)"):
+        kl(torch.ones(4, 6, device=device), seed, Stream.EPS0, row_weight=torch.ones(1, device=device))
+
+
+def test_triton_seed_is_checked(device):
     with pytest.raises(TypeError, match="seed"):
         reparam_kl_forward(torch.ones(4, 6, device=device), None, Stream.EPS0)
 

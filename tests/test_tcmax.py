@@ -273,11 +273,15 @@ def masked_logits(case, B=9, C=6, seed=11):
         la[4, labels[4]] = -math.inf
     elif case == "impossible_label":  # class 1 is impossible for modality a, and three examples carry it
         la[:, 1] = -math.inf
+    elif case == "all_of_modality_a":  # every logit of one modality -inf: nothing possible, logZ = -inf
+        la[:] = -math.inf
+    elif case == "all_of_modality_v":
+        lv[:] = -math.inf
     return [la.requires_grad_(), lv.requires_grad_()], labels
 
 
 MASKED_CASES = ["class_in_one_modality", "class_in_every_modality", "scattered", "own_label_entry",
-                "impossible_label"]
+                "impossible_label", "all_of_modality_a", "all_of_modality_v"]
 
 
 @pytest.mark.parametrize("case", MASKED_CASES)
@@ -519,7 +523,7 @@ def test_validation_messages():
         (lambda: tcmax_loss_multi([la], y), ValueError, r"logits: TCMax needs at least two modalities, got 1"),
         (lambda: tcmax_loss_multi(la, y), TypeError, r"logits: expected a list"),
         (lambda: tcmax_loss_multi([la, lv, lv[:, :1]], y), ValueError, r"logits\[2\]: 1 classes differ"),
-        (lambda: tcmax_loss(la, lv, y, backend="cuda"), ValueError, r"backend: unknown backend 'cuda'"),
+        (lambda: tcmax_loss(la, lv, y, backend="cuda"), ValueError, r"backend: expected one of \(.*\), got 'cuda'"),
     ]
     fusion = MLPFusion(d_a=3, d_v=3, classes=3)
     cases += [

@@ -176,14 +176,15 @@ def test_weight_decay_skips_biases_and_layernorm():
     assert len(decay["params"]) + len(no_decay["params"]) == len(names)
 
 
-@pytest.mark.parametrize("impl", ["reference", "fast"])
-def test_impl_picks_the_ithp_class(impl):
+@pytest.mark.parametrize("backend", ["reference", "auto", "torch"])
+def test_backend_picks_the_ithp_class(backend):
     import ithp_fast
     from ithp_fast.reference import ITHP as ReferenceITHP
 
     data = load_sentiment_data(synthetic=SyntheticSpec(sizes=(4, 2, 2)))
-    model, _ = new_model(TrainConfig(impl=impl, **TINY), data)
-    assert type(model.ithp) is (ithp_fast.ITHP if impl == "fast" else ReferenceITHP)
+    model, _ = new_model(TrainConfig(backend=backend, **TINY), data)
+    assert type(model.ithp) is (ReferenceITHP if backend == "reference" else ithp_fast.ITHP)
+    assert getattr(model.ithp, "backend", None) == (None if backend in ("reference", "auto") else backend)
 
 
 def test_bad_options_are_named():
@@ -198,15 +199,15 @@ def test_bad_options_are_named():
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("amp", [False, True])
-@pytest.mark.parametrize("impl", ["fast", "reference"])
-def test_cuda_run_learns_and_reloads_to_identical_predictions(tmp_path, impl, amp):
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_cuda_run_learns_and_reloads_to_identical_predictions(tmp_path, backend, amp):
     cfg = TrainConfig(
         output_dir=str(tmp_path),
         synthetic_sizes=(64, 16, 16),
         epochs=10,
         lr=5e-3,
         batch_size=8,
-        impl=impl,
+        backend=backend,
         amp=amp,
         backbone_dropout=0.0,
         fusion_dropout=0.1,

@@ -123,10 +123,10 @@ def one_batch(max_len, size=6):
     return data, default_collate([data.splits["train"][i] for i in range(size)])
 
 
-def batch_outputs(data, batch, detector_mask=None, impl="fast", train=True, **settings):
+def batch_outputs(data, batch, detector_mask=None, backend="auto", train=True, **settings):
     """A forward of one batch (same weights and draws every call; in eval mode the posterior mean) and the
     loss's gradients."""
-    cfg = TrainConfig(impl=impl, eval_sampling="mean", **{**TINY, **settings})
+    cfg = TrainConfig(backend=backend, eval_sampling="mean", **{**TINY, **settings})
     torch.manual_seed(0)
     model, model_config = new_model(cfg, data)
     model.train(train)
@@ -138,11 +138,11 @@ def batch_outputs(data, batch, detector_mask=None, impl="fast", train=True, **se
     return [v.detach() for v in values], [g for g in grads if g is not None]
 
 
-@pytest.mark.parametrize("impl", ["fast", "reference"])
-def test_mask_padding_changes_the_ib_terms_of_padded_batches_only(impl):
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_mask_padding_changes_the_ib_terms_of_padded_batches_only(backend):
     data, padded = one_batch(max_len=50)  # 6-20 words: every example is padded
     assert (padded["attention_mask"] == 0).any(1).all()
-    (plain, _), (masked, _) = (batch_outputs(data, padded, impl=impl, mask_padding=m) for m in (False, True))
+    (plain, _), (masked, _) = (batch_outputs(data, padded, backend=backend, mask_padding=m) for m in (False, True))
     torch.testing.assert_close(masked[0], plain[0], rtol=0, atol=0)  # the prediction does not use the mask
     for k in range(1, len(plain) - 1):  # IB_total, each KL and each MSE
         assert not torch.allclose(masked[k], plain[k]), k
@@ -150,14 +150,14 @@ def test_mask_padding_changes_the_ib_terms_of_padded_batches_only(impl):
     data, full = one_batch(max_len=8)  # at least 6 words + [CLS] + [SEP]: no padding at all
     assert bool((full["attention_mask"] == 1).all())
     (plain, plain_grads), (masked, masked_grads) = (
-        batch_outputs(data, full, impl=impl, mask_padding=m) for m in (False, True)
+        batch_outputs(data, full, backend=backend, mask_padding=m) for m in (False, True)
     )
     for got, want in zip(masked + masked_grads, plain + plain_grads):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("impl", ["fast", "reference"])
-def test_a_dropped_detector_contributes_nothing_to_its_example(impl):
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_a_dropped_detector_contributes_nothing_to_its_example(backend):
     data, batch = one_batch(max_len=12)
     mask = torch.ones(6, 2, dtype=torch.bool)
     mask[0, 0] = mask[3, 1] = False  # example 0 without acoustic (level 1), example 3 without visual (level 2)
@@ -165,12 +165,12 @@ def test_a_dropped_detector_contributes_nothing_to_its_example(impl):
     changed["acoustic"][0] = 50 + 100 * torch.randn_like(changed["acoustic"][0])
     changed["visual"][3] = -50 + 100 * torch.randn_like(changed["visual"][3])
 
-    values, grads = batch_outputs(data, batch, mask, impl=impl)
-    values_changed, grads_changed = batch_outputs(data, changed, mask, impl=impl)
+    values, grads = batch_outputs(data, batch, mask, backend=backend)
+    values_changed, grads_changed = batch_outputs(data, changed, mask, backend=backend)
     for got, want in zip(values_changed + grads_changed, values + grads):
         assert torch.equal(got, want)  # neither the features nor their min-max bounds are used
-    unmasked, _ = batch_outputs(data, batch, impl=impl)
-    unmasked_changed, _ = batch_outputs(data, changed, impl=impl)
+    unmasked, _ = batch_outputs(data, batch, backend=backend)
+    unmasked_changed, _ = batch_outputs(data, changed, backend=backend)
     assert not torch.allclose(unmasked_changed[1], unmasked[1])  # without the mask the change shows
 
     # Example 0 without either detector: each level's MSE is that of the batch without example 0 (eval mode,
@@ -178,8 +178,8 @@ def test_a_dropped_detector_contributes_nothing_to_its_example(impl):
     mask = torch.ones(6, 2, dtype=torch.bool)
     mask[0] = False
     others = {k: v[1:] for k, v in batch.items()}
-    (_, _, *kl_mse_without, _), _ = batch_outputs(data, batch, mask, impl=impl, train=False)
-    (_, _, *kl_mse_others, _), _ = batch_outputs(data, others, impl=impl, train=False)
+    (_, _, *kl_mse_without, _), _ = batch_outputs(data, batch, mask, backend=backend, train=False)
+    (_, _, *kl_mse_others, _), _ = batch_outputs(data, others, backend=backend, train=False)
     for got, want in zip(kl_mse_without[2:], kl_mse_others[2:]):  # mse0, mse1
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
 

@@ -12,6 +12,8 @@ import os
 
 import torch
 
+from ..checks import FUSED_BACKENDS, check_choice
+
 
 def triton_interpreter_on() -> bool:
     """Whether Triton runs its kernels in its CPU interpreter (``TRITON_INTERPRET=1``, for tests)."""
@@ -55,6 +57,35 @@ def inverse(n: int) -> float:
     return 1.0 / n if n else float("nan")
 
 
+def mean_scale(numel: int, width: int, weighted: bool) -> float:
+    """The factor of a mean over ``numel`` elements in rows of ``width``: ``1/numel`` (NaN for no
+    element, as torch's mean), or ``1/width`` when each row carries its own weight
+    (:func:`mean_weights`) and the mean over rows is the weighted sum. Both backends of
+    ``reparam_kl`` and ``detector_loss`` scale their sums, and their gradients, by it."""
+    return 1.0 / width if weighted else inverse(numel)
+
+
+def check_p(p: float) -> float:
+    """A dropout probability in [0, 1), as a float."""
+    p = float(p)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"p: dropout probability must lie in [0, 1), got {p}")
+    return p
+
+
+def check_row_weight(row_weight: "torch.Tensor | None", rows: int, device: torch.device,
+                     of: str) -> "torch.Tensor | None":
+    """One weight per row of the op's input ``of`` (shape ``(rows,)``, on its device), or None."""
+    if row_weight is None:
+        return None
+    if tuple(row_weight.shape) != (rows,):
+        raise ValueError(f"row_weight: expected shape {(rows,)} (one weight per row of {of}), got "
+                         f"{tuple(row_weight.shape)}")
+    if row_weight.device != device:
+        raise ValueError(f"row_weight: is on {row_weight.device} but {of} is on {device}")
+    return row_weight
+
+
 def mean_weights(rows: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Row weights of a masked mean: ``1 / count`` on the rows where ``rows`` (bool) is True, 0 elsewhere
     (all 0 when no row is: the mean over no row is 0). Flattened to one weight per row."""
@@ -62,11 +93,6 @@ def mean_weights(rows: torch.Tensor, dtype: torch.dtype = torch.float32) -> torc
     return rows.to(dtype) / rows.sum().clamp_min(1).to(dtype)
 
 
-BACKENDS = ("triton", "torch")
-"""The backends a fused op computes with."""
-
-
 def check_backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
-    return backend
+    """The backend of a fused op: one of :data:`ithp_fast.checks.FUSED_BACKENDS`."""
+    return check_choice(backend, FUSED_BACKENDS, "backend")

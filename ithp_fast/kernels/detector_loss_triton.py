@@ -1,14 +1,16 @@
-"""Triton kernels of ``detector_loss`` (see ``detector_loss.py`` for the formula and the autograd Function).
+"""Triton kernels of ``detector_loss`` (``detector_loss.py`` holds the formula, the operand checks and
+the autograd Function; the kernels compute its lines as written there).
 
 One pass over the detector's last pre-activation ``z`` and the target ``t`` writes one float32
 partial sum per program (the MSE is the sum of the partials; with a row weight per row of ``z``,
 a masked mean costs one more load per element, from a tiny vector); the dropout mask is drawn
 in-kernel and regenerated in the backward, so neither the sigmoid output nor the mask is stored.
 
-Launchers (``z``, ``t``: same shape, any float dtype, read in row-major order):
+Launchers (operands checked by ``detector_loss.py``: ``z``, ``t`` contiguous ``[rows, D]``, any
+float dtype), in the op's argument order:
 
-* ``detector_loss_forward(z, t, seed, stream, p, *, row_weight=None) -> partials fp32 [P]``
-* ``detector_loss_backward(z, t, grad_partials, seed, stream, p, *, need_grad_t=False, row_weight=None)
+* ``detector_loss_forward(z, t, seed, stream, p, row_weight=None) -> partials fp32 [P]``
+* ``detector_loss_backward(grad_partials, z, t, seed, stream, p, row_weight=None, need_grad_t=False)
   -> (grad_z, grad_t or None)``
 """
 
@@ -21,9 +23,9 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from . import inverse
+from . import mean_scale
 from .rng import GROUP, LANE
-from .triton_helpers import check_p, check_seed, group_uniform_or_keep, rounded_to
+from .triton_helpers import check_seed, group_uniform_or_keep, rounded_to
 
 
 def num_partials(numel: int) -> int:
@@ -31,16 +33,13 @@ def num_partials(numel: int) -> int:
     return max(1, triton.cdiv(numel, GROUP))
 
 
-# s = sigmoid(z);  out = s * keep / (1 - p)  (keep = uniform(seed, stream, e) >= p);  mse = sum((out - t)^2) / numel
-# with row weights w (rows of `width` elements):  mse = sum_r w_r * sum_j (out - t)^2 / width  (w_r = 0: left out)
-# backward, g = grad of a program's partial * 2/numel (* w_r with row weights, scale 2/width):
-#   grad_z = g * (out - t) * keep/(1 - p) * s * (1 - s);   grad_t = -g * (out - t)
+# The formula and the names (sig, s, w_r, c_r) are those of detector_loss.py's docstring; `scale` is 1/(1 - p).
 @triton.jit
 def _forward_lane(z_ptr, t_ptr, w_ptr, e, numel, width, u, p, scale, DROPOUT: tl.constexpr, HAS_WEIGHT: tl.constexpr):
     inside = e < numel
     z = tl.load(z_ptr + e, mask=inside, other=0.0).to(tl.float32)
     t = tl.load(t_ptr + e, mask=inside, other=0.0).to(tl.float32)
-    out = 1.0 / (1.0 + tl.exp(-z))
+    out = 1.0 / (1.0 + tl.exp(-z))  # sig
     if DROPOUT:
         out = out * tl.where(u >= p, scale, 0.0)  # a multiply, as PyTorch's dropout: a dropped NaN stays NaN
     square = (out - t) * (out - t)
@@ -52,7 +51,7 @@ def _forward_lane(z_ptr, t_ptr, w_ptr, e, numel, width, u, p, scale, DROPOUT: tl
 
 
 @triton.jit
-def _detector_loss_forward_kernel(z_ptr, t_ptr, seed_ptr, w_ptr, part_ptr, numel, width, p, scale, inv_count,
+def _detector_loss_forward_kernel(z_ptr, t_ptr, seed_ptr, w_ptr, part_ptr, numel, width, p, scale, s,
                                   STREAM: tl.constexpr, DROPOUT: tl.constexpr, HAS_WEIGHT: tl.constexpr,
                                   LANE: tl.constexpr):
     # z_ptr, t_ptr: [numel] (row-major, any float dtype; rows of `width` elements);  seed_ptr: int64 [1]
@@ -68,7 +67,7 @@ def _detector_loss_forward_kernel(z_ptr, t_ptr, seed_ptr, w_ptr, part_ptr, numel
                            HAS_WEIGHT)
     total += _forward_lane(z_ptr, t_ptr, w_ptr, first + 3 * LANE + j, numel, width, u3, p, scale, DROPOUT,
                            HAS_WEIGHT)
-    tl.store(part_ptr + pid, tl.sum(total, axis=0) * inv_count)
+    tl.store(part_ptr + pid, tl.sum(total, axis=0) * s)
 
 
 @triton.jit
@@ -77,16 +76,17 @@ def _backward_lane(z_ptr, t_ptr, w_ptr, gz_ptr, gt_ptr, e, numel, width, u, p, s
     inside = e < numel
     z = tl.load(z_ptr + e, mask=inside, other=0.0).to(tl.float32)
     t = tl.load(t_ptr + e, mask=inside, other=0.0).to(tl.float32)
-    s = 1.0 / (1.0 + tl.exp(-z))
-    slope = s * (1.0 - s)
-    out = s
+    sig = 1.0 / (1.0 + tl.exp(-z))
+    slope = sig * (1.0 - sig)
+    out = sig
     if DROPOUT:
         keep_scale = tl.where(u >= p, scale, 0.0)  # multiplied in, as PyTorch's dropout and its backward
-        out = s * keep_scale
+        out = sig * keep_scale
         slope = slope * keep_scale
+    c = g  # c_r = 2 * g * s (* w_r)
     if HAS_WEIGHT:
-        g = g * tl.load(w_ptr + e // width, mask=inside, other=0.0).to(tl.float32)
-    residual = g * (out - t)
+        c = c * tl.load(w_ptr + e // width, mask=inside, other=0.0).to(tl.float32)
+    residual = c * (out - t)
     tl.store(gz_ptr + e, rounded_to(residual * slope, gz_ptr.dtype.element_ty), mask=inside)
     if NEED_GRAD_T:
         tl.store(gt_ptr + e, rounded_to(-residual, gt_ptr.dtype.element_ty), mask=inside)
@@ -94,14 +94,14 @@ def _backward_lane(z_ptr, t_ptr, w_ptr, gz_ptr, gt_ptr, e, numel, width, u, p, s
 
 @triton.jit
 def _detector_loss_backward_kernel(z_ptr, t_ptr, seed_ptr, w_ptr, gpart_ptr, gpart_stride, gz_ptr, gt_ptr, numel,
-                                   width, p, scale, two_over_count, STREAM: tl.constexpr, DROPOUT: tl.constexpr,
+                                   width, p, scale, s, STREAM: tl.constexpr, DROPOUT: tl.constexpr,
                                    NEED_GRAD_T: tl.constexpr, HAS_WEIGHT: tl.constexpr, LANE: tl.constexpr):
     # as the forward, plus gpart_ptr: float32 [programs] with stride gpart_stride (0 for a broadcast
     # scalar);  gz_ptr: [numel];  gt_ptr: [numel] (written with NEED_GRAD_T)
     pid = tl.program_id(0)
     first = pid.to(tl.int64) * (4 * LANE)
     j = tl.arange(0, LANE).to(tl.int64)
-    g = tl.load(gpart_ptr + pid * gpart_stride).to(tl.float32) * two_over_count
+    g = tl.load(gpart_ptr + pid * gpart_stride).to(tl.float32) * (2.0 * s)
     u0, u1, u2, u3 = group_uniform_or_keep(seed_ptr, STREAM, first, LANE, DROPOUT)
     _backward_lane(z_ptr, t_ptr, w_ptr, gz_ptr, gt_ptr, first + j, numel, width, u0, p, scale, g, DROPOUT,
                    NEED_GRAD_T, HAS_WEIGHT)
@@ -113,71 +113,41 @@ def _detector_loss_backward_kernel(z_ptr, t_ptr, seed_ptr, w_ptr, gpart_ptr, gpa
                    DROPOUT, NEED_GRAD_T, HAS_WEIGHT)
 
 
-def _check_pair(z: torch.Tensor, t: torch.Tensor):
-    if z.shape != t.shape:
-        raise ValueError(f"target: expected the shape of z {tuple(z.shape)}, got {tuple(t.shape)}")
-    if z.device != t.device:
-        raise ValueError(f"target: is on {t.device} but z is on {z.device}")
-    return z.contiguous(), t.contiguous()
-
-
-def _check_row_weight(row_weight: Optional[torch.Tensor], z: torch.Tensor) -> tuple[Optional[torch.Tensor], int]:
-    """``(row weights or None, row width)``: one weight per row of ``z``'s last dimension."""
-    width = z.shape[-1] if z.dim() else 1
-    if row_weight is None:
-        return None, width
-    rows = z.numel() // width if width else 0
-    if tuple(row_weight.shape) != (rows,):
-        raise ValueError(f"row_weight: expected shape {(rows,)} (one weight per row of z), got "
-                         f"{tuple(row_weight.shape)}")
-    if row_weight.device != z.device:
-        raise ValueError(f"row_weight: is on {row_weight.device} but z is on {z.device}")
-    return row_weight.contiguous(), width
-
-
-def _inverse_count(numel: int, width: int, weighted: bool) -> float:
-    """``1/numel`` (NaN for no element: the mean over nothing), or ``1/width`` with row weights."""
-    return 1.0 / width if weighted else inverse(numel)
-
-
-def detector_loss_forward(z: torch.Tensor, t: torch.Tensor, seed: Optional[torch.Tensor], stream: int,
-                          p: float, *, row_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+def detector_loss_forward(z: torch.Tensor, t: torch.Tensor, seed: Optional[torch.Tensor], stream: int, p: float,
+                          row_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
     """float32 MSE partials of ``dropout(sigmoid(z), p)`` against ``t``; mask from ``(seed, stream)``.
-    ``row_weight`` (one per row of ``z``'s last dimension): ``sum_r w_r * mse_r`` instead of the mean."""
-    p = check_p(p)
-    z, t = _check_pair(z, t)
-    row_weight, width = _check_row_weight(row_weight, z)
+    ``row_weight`` (one per row of ``z``): ``sum_r w_r * mse_r`` instead of the mean."""
     dropout = p > 0.0
     if dropout:
         check_seed(seed, z.device)
-    numel = z.numel()
+    numel, width = z.numel(), z.shape[-1]
     weighted = row_weight is not None
     parts = torch.empty(num_partials(numel), dtype=torch.float32, device=z.device)
     wrap_triton(_detector_loss_forward_kernel)[(parts.numel(),)](
-        z, t, seed if dropout else z, row_weight if weighted else z, parts, numel, width, p, 1.0 / (1.0 - p),
-        _inverse_count(numel, width, weighted), STREAM=int(stream), DROPOUT=dropout, HAS_WEIGHT=weighted, LANE=LANE)
+        z, t, seed if dropout else z, row_weight.contiguous() if weighted else z, parts, numel, width, p,
+        1.0 / (1.0 - p), mean_scale(numel, width, weighted), STREAM=int(stream), DROPOUT=dropout,
+        HAS_WEIGHT=weighted, LANE=LANE)
     return parts
 
 
-def detector_loss_backward(z: torch.Tensor, t: torch.Tensor, grad_partials: torch.Tensor,
-                           seed: Optional[torch.Tensor], stream: int, p: float, *, need_grad_t: bool = False,
-                           row_weight: Optional[torch.Tensor] = None):
+def detector_loss_backward(grad_partials: torch.Tensor, z: torch.Tensor, t: torch.Tensor,
+                           seed: Optional[torch.Tensor], stream: int, p: float,
+                           row_weight: Optional[torch.Tensor] = None, need_grad_t: bool = False):
     """``(grad_z, grad_t)`` from the partials' gradient (a stride-0 expanded scalar works)."""
-    p = check_p(p)
-    z, t = _check_pair(z, t)
-    row_weight, width = _check_row_weight(row_weight, z)
-    numel = z.numel()
+    numel, width = z.numel(), z.shape[-1]
     grad_partials = grad_partials.reshape(-1)
     if grad_partials.numel() != num_partials(numel):
         raise ValueError(f"grad_partials: expected {num_partials(numel)} values, got {grad_partials.numel()}")
     dropout = p > 0.0
+    if dropout:
+        check_seed(seed, z.device)
     weighted = row_weight is not None
     grad_z = torch.empty_like(z)
     grad_t = torch.empty_like(t) if need_grad_t else None
     wrap_triton(_detector_loss_backward_kernel)[(num_partials(numel),)](
-        z, t, seed if dropout else z, row_weight if weighted else z, grad_partials, grad_partials.stride(0), grad_z,
-        grad_t if grad_t is not None else z, numel, width, p, 1.0 / (1.0 - p),
-        2.0 * _inverse_count(numel, width, weighted), STREAM=int(stream), DROPOUT=dropout, NEED_GRAD_T=need_grad_t,
+        z, t, seed if dropout else z, row_weight.contiguous() if weighted else z, grad_partials,
+        grad_partials.stride(0), grad_z, grad_t if grad_t is not None else z, numel, width, p, 1.0 / (1.0 - p),
+        mean_scale(numel, width, weighted), STREAM=int(stream), DROPOUT=dropout, NEED_GRAD_T=need_grad_t,
         HAS_WEIGHT=weighted, LANE=LANE)
     return grad_z, grad_t
 
@@ -187,16 +157,15 @@ def detector_loss_backward(z: torch.Tensor, t: torch.Tensor, grad_partials: torc
 
 
 @triton_op("ithp_fast::detector_loss_forward", mutates_args=())
-def detector_loss_forward_op(z: torch.Tensor, t: torch.Tensor, seed: Optional[torch.Tensor],
-                             row_weight: Optional[torch.Tensor], stream: int, p: float) -> torch.Tensor:
-    return detector_loss_forward(z, t, seed, stream, p, row_weight=row_weight)
+def detector_loss_forward_op(z: torch.Tensor, t: torch.Tensor, seed: Optional[torch.Tensor], stream: int, p: float,
+                             row_weight: Optional[torch.Tensor]) -> torch.Tensor:
+    return detector_loss_forward(z, t, seed, stream, p, row_weight)
 
 
 @triton_op("ithp_fast::detector_loss_backward", mutates_args=())
-def detector_loss_backward_op(z: torch.Tensor, t: torch.Tensor, grad_partials: torch.Tensor,
-                              seed: Optional[torch.Tensor], row_weight: Optional[torch.Tensor], stream: int, p: float,
+def detector_loss_backward_op(grad_partials: torch.Tensor, z: torch.Tensor, t: torch.Tensor,
+                              seed: Optional[torch.Tensor], stream: int, p: float, row_weight: Optional[torch.Tensor],
                               need_grad_t: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``(grad_z, grad_t)``; ``grad_t`` is empty when not wanted (an op returns no None)."""
-    grad_z, grad_t = detector_loss_backward(z, t, grad_partials, seed, stream, p, need_grad_t=need_grad_t,
-                                            row_weight=row_weight)
+    grad_z, grad_t = detector_loss_backward(grad_partials, z, t, seed, stream, p, row_weight, need_grad_t)
     return grad_z, grad_t if grad_t is not None else z.new_empty(0)

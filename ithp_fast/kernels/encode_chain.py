@@ -17,6 +17,8 @@ Inference only (no backward). The plain-PyTorch form of the same chain is
 :func:`encode_chain` checks the operands and launches the kernel of ``encode_chain_triton.py``;
 while torch.compile or torch.export traces, it calls ``torch.ops.ithp_fast.encode_chain`` instead,
 the launcher registered as a Triton op (there), so the kernel stays in the graph as itself.
+The launcher (``encode_chain_forward``) and the op take the arguments in :func:`encode_chain`'s
+order, ``(x, w0, c0, w1, c1, w2, c2, w3, c3, eps0, eps1, precision)``.
 """
 
 from __future__ import annotations
@@ -82,8 +84,8 @@ def encode_chain(
                 f"{name}: expected shape ({rows}, {width}) on {x.device} with unit stride in the last "
                 f"dimension, got {tuple(eps.shape)} on {eps.device}"
             )
-    from .encode_chain_triton import launch_encode_chain  # Triton (and the op below) load at the first call
+    from .encode_chain_triton import encode_chain_forward  # Triton (and the op below) load at the first call
 
     if torch.compiler.is_compiling():  # the registered op: the kernel stays in the traced graph
         return torch.ops.ithp_fast.encode_chain(x, *weights, eps0, eps1, precision)
-    return launch_encode_chain(x, weights, eps0, eps1, precision, config)
+    return encode_chain_forward(x, *weights, eps0, eps1, precision, config)

@@ -245,17 +245,19 @@ def choose_config(rows: int, hidden: int, sm_count: int) -> EncodeChainConfig:
 # Host launcher
 
 
-def launch_encode_chain(x: torch.Tensor, weights: tuple[torch.Tensor, ...], eps0: Optional[torch.Tensor],
-                        eps1: Optional[torch.Tensor], precision: str,
-                        config: Optional[EncodeChainConfig] = None) -> torch.Tensor:
-    """The launch behind ``encode_chain.encode_chain`` (operands already checked there)."""
+def encode_chain_forward(x: torch.Tensor, w0: torch.Tensor, c0: torch.Tensor, w1: torch.Tensor, c1: torch.Tensor,
+                         w2: torch.Tensor, c2: torch.Tensor, w3: torch.Tensor, c3: torch.Tensor,
+                         eps0: Optional[torch.Tensor] = None, eps1: Optional[torch.Tensor] = None,
+                         precision: str = "ieee", config: Optional[EncodeChainConfig] = None) -> torch.Tensor:
+    """The launch behind ``encode_chain.encode_chain``, in its argument order (operands checked there)."""
     rows, x0 = x.shape
-    hidden = weights[0].shape[0]
-    b0_dim, b1_dim = weights[2].shape[0] // 2, weights[6].shape[0] // 2
+    hidden = w0.shape[0]
+    b0_dim, b1_dim = w1.shape[0] // 2, w3.shape[0] // 2
     sample = eps0 is not None
     if x.stride(-1) != 1:
         x = x.contiguous()
-    w0, c0, w1, c1, w2, c2, w3, c3 = (t.contiguous() for t in weights)  # no copies for nn.Linear's own
+    # no copies for nn.Linear's own
+    w0, c0, w1, c1, w2, c2, w3, c3 = (t.contiguous() for t in (w0, c0, w1, c1, w2, c2, w3, c3))
     out = torch.empty(rows, b1_dim, dtype=x.dtype, device=x.device)
     if rows == 0:
         return out
@@ -307,4 +309,4 @@ def encode_chain_op(
     eps0: Optional[torch.Tensor], eps1: Optional[torch.Tensor], precision: str,
 ) -> torch.Tensor:
     """``torch.ops.ithp_fast.encode_chain``: the launch, for graphs traced by torch.compile / torch.export."""
-    return launch_encode_chain(x, (w0, c0, w1, c1, w2, c2, w3, c3), eps0, eps1, precision)
+    return encode_chain_forward(x, w0, c0, w1, c1, w2, c2, w3, c3, eps0, eps1, precision)

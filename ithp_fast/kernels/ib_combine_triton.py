@@ -1,14 +1,16 @@
 """Triton kernels of ``ib_combine`` (see ``ib_combine.py`` for the formula and the autograd Function).
 
-The level losses arrive as ``2N`` partial vectors (``kl_1, mse_1, kl_2, mse_2, ...``), passed to
-one kernel as a tuple of pointers (a tuple's length is a compile-time constant: one kernel
-variant per number of levels).
+The level losses are passed to one kernel as a tuple of ``2N`` pointers to their partial vectors,
+level by level (``kl_1, mse_1, kl_2, mse_2, ...``: the order of the sum); a tuple's length is a
+compile-time constant: one kernel variant per number of levels.
 
-Launchers:
+Launchers, in the op's argument order (the weights of each KL and each MSE term, from
+``ib_combine.combine_weights``):
 
-* ``ib_combine_forward(parts, weights, dtype) -> (IB_total, kl_1, mse_1, ...)`` (0-dim tensors of
-  ``dtype``), one launch
-* ``ib_combine_backward(grads, weights, device) -> [2N]``: the gradient of each level loss
+* ``ib_combine_forward(kl_parts, mse_parts, kl_weights, mse_weights, dtype) -> (IB_total, kl_terms, mse_terms)``
+  (0-dim tensors of ``dtype``), one launch
+* ``ib_combine_backward(grad_total, grad_kl, grad_mse, kl_weights, mse_weights, device) -> (kl_grads, mse_grads)``:
+  the gradient of each level loss (float32 ``[N]`` each)
 """
 
 from __future__ import annotations
@@ -64,27 +66,35 @@ def _ib_combine_backward_kernel(g_ib_ptr, g_term_ptrs, out_ptr, weights, TERMS: 
         tl.store(out_ptr + i, g)
 
 
-def ib_combine_forward(parts: Sequence[torch.Tensor], weights: Sequence[float], dtype: torch.dtype):
-    """``(IB_total, term_1, ..., term_2N)`` as 0-dim tensors of ``dtype``."""
-    parts = tuple(t.reshape(-1).contiguous() for t in parts)
+def _by_level(kl: Sequence, mse: Sequence) -> tuple:
+    """``kl_1, mse_1, kl_2, mse_2, ...``: the kernels' term order."""
+    return tuple(x for pair in zip(kl, mse) for x in pair)
+
+
+def ib_combine_forward(kl_parts: Sequence[torch.Tensor], mse_parts: Sequence[torch.Tensor],
+                       kl_weights: Sequence[float], mse_weights: Sequence[float], dtype: torch.dtype):
+    """``(IB_total, kl_terms, mse_terms)`` as 0-dim tensors of ``dtype``."""
+    parts = tuple(t.reshape(-1).contiguous() for t in _by_level(kl_parts, mse_parts))
+    weights = tuple(map(float, _by_level(kl_weights, mse_weights)))
     if len(parts) != len(weights):
         raise ValueError(f"parts: expected {len(weights)} partial vectors (one per weight), got {len(parts)}")
     device = parts[0].device
     outs = tuple(torch.empty((), dtype=dtype, device=device) for _ in range(len(parts) + 1))
-    _ib_combine_forward_kernel[(1,)](parts, tuple(t.numel() for t in parts), tuple(map(float, weights)), outs[0],
-                                     outs[1:], TERMS=len(parts), BLOCK=_BLOCK)
-    return outs
+    _ib_combine_forward_kernel[(1,)](parts, tuple(t.numel() for t in parts), weights, outs[0], outs[1:],
+                                     TERMS=len(parts), BLOCK=_BLOCK)
+    return outs[0], outs[1::2], outs[2::2]
 
 
-def ib_combine_backward(grads: Sequence[Optional[torch.Tensor]], weights: Sequence[float],
-                        device: torch.device) -> torch.Tensor:
-    """float32 ``[2N]``: the gradient of each level loss from the outputs' gradients
-    (``grads[0]`` of IB_total, then one per level loss; None = 0)."""
+def ib_combine_backward(grad_total: Optional[torch.Tensor], grad_kl: Sequence[Optional[torch.Tensor]],
+                        grad_mse: Sequence[Optional[torch.Tensor]], kl_weights: Sequence[float],
+                        mse_weights: Sequence[float], device: torch.device):
+    """``(kl_grads, mse_grads)``, float32 ``[N]`` each: the gradient of each level loss from the
+    outputs' gradients (None = 0)."""
+    weights = tuple(map(float, _by_level(kl_weights, mse_weights)))
     out = torch.empty(len(weights), dtype=torch.float32, device=device)
-    g_ib, g_terms = grads[0], grads[1:]
+    g_terms = _by_level(grad_kl, grad_mse)
     present = sum(1 << i for i, g in enumerate(g_terms) if g is not None)
-    _ib_combine_backward_kernel[(1,)](g_ib if g_ib is not None else out,
-                                      tuple(g if g is not None else out for g in g_terms), out,
-                                      tuple(map(float, weights)), TERMS=len(weights), HAS_IB=g_ib is not None,
-                                      HAS_TERM=present)
-    return out
+    _ib_combine_backward_kernel[(1,)](grad_total if grad_total is not None else out,
+                                      tuple(g if g is not None else out for g in g_terms), out, weights,
+                                      TERMS=len(weights), HAS_IB=grad_total is not None, HAS_TERM=present)
+    return out[0::2], out[1::2]

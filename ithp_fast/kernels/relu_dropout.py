@@ -20,9 +20,12 @@ Same non-finite pattern as PyTorch everywhere; the finite value differs only at 
 the ReLU with ``clamp_min(a, -0.0)``, which leaves an input of exactly ``+0.0`` unmarked: there a
 non-finite incoming gradient gives NaN where PyTorch gives 0 (the Triton kernels mark it).
 
-``relu_dropout(a, seed, stream, p, *, backend, inplace=False)``: ``backend="torch"`` (seed a
-Python int, :func:`rng.new_seed`) or ``"triton"`` (seed an int64 device tensor,
-:func:`rng.draw_seed`; kernels in ``relu_dropout_triton.py``).
+Every entry point takes the arguments in one order, ``(a, seed, stream, p)`` (backward:
+``(grad_d, d, p)``): ``relu_dropout(a, seed, stream, p, *, backend, inplace=False)`` (which checks
+``p``, once, and dispatches; ``backend="torch"``: seed a Python int, :func:`rng.new_seed`;
+``"triton"``: seed an int64 device tensor, :func:`rng.draw_seed`), :class:`ReluDropout`,
+:func:`relu_dropout_torch` / :func:`relu_dropout_backward_torch`, and the launchers
+``relu_dropout_forward`` / ``relu_dropout_backward`` of ``relu_dropout_triton.py``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import math
 
 import torch
 
-from . import check_backend, compute_dtype, tracked
+from . import check_backend, check_p, compute_dtype, tracked
 from .rng import dropout_scale
 
 
@@ -43,7 +46,7 @@ def relu_dropout_torch(a: torch.Tensor, seed: int, stream: int, p: float, inplac
     return d
 
 
-def _relu_dropout_backward_torch(grad_d: torch.Tensor, d: torch.Tensor, p: float) -> torch.Tensor:
+def relu_dropout_backward_torch(grad_d: torch.Tensor, d: torch.Tensor, p: float) -> torch.Tensor:
     """``grad_a`` from ``d`` alone (see the module docstring)."""
     # float ops only (bool masks are many times slower on the CPU); threshold_backward(x, s, t)
     # is "0 where s <= t, else x"
@@ -56,7 +59,7 @@ def _relu_dropout_backward_torch(grad_d: torch.Tensor, d: torch.Tensor, p: float
 
 
 class ReluDropout(torch.autograd.Function):
-    """``(a, seed) -> d``; saves only ``d``."""
+    """``(a, seed, stream, p, backend, inplace) -> d``; saves only ``d``."""
 
     @staticmethod
     def forward(ctx, a, seed, stream: int, p: float, backend: str, inplace: bool):
@@ -89,7 +92,7 @@ class ReluDropout(torch.autograd.Function):
             else:
                 grad_a = relu_dropout_backward(grad_d, d, ctx.p)
         else:
-            grad_a = _relu_dropout_backward_torch(grad_d, d, ctx.p)
+            grad_a = relu_dropout_backward_torch(grad_d, d, ctx.p)
         return grad_a, None, None, None, None, None
 
 
@@ -101,7 +104,7 @@ def relu_dropout(a: torch.Tensor, seed, stream: int, p: float, *, backend: str =
     output, which nothing else keeps: no new buffer); the Triton kernel writes a new buffer.
     """
     check_backend(backend)
-    p = float(p)
+    p = check_p(p)
     if backend == "torch" and (p == 0.0 or not tracked(a)):
         if p == 0.0:  # a plain ReLU: autograd's own (it saves only the output too)
             return torch.relu_(a) if inplace else torch.relu(a)

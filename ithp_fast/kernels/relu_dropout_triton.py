@@ -1,6 +1,7 @@
-"""Triton kernels of ``relu_dropout`` (see ``relu_dropout.py`` for the formula and the autograd Function).
+"""Triton kernels of ``relu_dropout`` (``relu_dropout.py`` holds the formula, the check of ``p`` and the
+autograd Function).
 
-Launchers (any float dtype; ``a`` is read in row-major element order):
+Launchers (any float dtype; ``a`` is read in row-major element order), in the op's argument order:
 
 * ``relu_dropout_forward(a, seed, stream, p, *, start=0) -> d``
 * ``relu_dropout_backward(grad_d, d, p) -> grad_a``
@@ -16,7 +17,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .rng import GROUP, LANE
-from .triton_helpers import check_p, check_seed, group_uniform_or_keep, is_negative_zero, relu_marked, rounded_to
+from .triton_helpers import check_seed, group_uniform_or_keep, is_negative_zero, relu_marked, rounded_to
 
 _BWD_BLOCK = 1024
 
@@ -63,7 +64,6 @@ def relu_dropout_forward(a: torch.Tensor, seed: torch.Tensor, stream: int, p: fl
 
     ``start`` (a multiple of ``rng.GROUP``) is the stream index of ``a``'s first element.
     """
-    p = check_p(p)
     if start % GROUP:
         raise ValueError(f"start: must be a multiple of rng.GROUP={GROUP}, got {start}")
     a = a.contiguous()
@@ -81,7 +81,6 @@ def relu_dropout_forward(a: torch.Tensor, seed: torch.Tensor, stream: int, p: fl
 
 def relu_dropout_backward(grad_d: torch.Tensor, d: torch.Tensor, p: float) -> torch.Tensor:
     """Gradient w.r.t. ``a`` from the output ``d`` alone."""
-    p = check_p(p)
     if grad_d.shape != d.shape:
         raise ValueError(f"grad_d: expected shape {tuple(d.shape)}, got {tuple(grad_d.shape)}")
     grad_d = grad_d.contiguous()

@@ -1,16 +1,18 @@
-"""Triton kernels of ``reparam_kl`` (see ``reparam_kl.py`` for the formula and the autograd Function).
+"""Triton kernels of ``reparam_kl`` (``reparam_kl.py`` holds the formula, the operand checks and the
+autograd Function; the kernels compute its lines as written there).
 
 One pass reads ``h`` (and ``eps`` only when injected, and one weight per row when masked), writes
 ``b`` and one float32 partial KL sum per program; the KL is the sum of the partials. The backward
-regenerates ``eps`` from the seed (never stored) and gets each partial's gradient from a pointer (a stride-0 view of a
-scalar works), so nothing waits on the host.
+regenerates ``eps`` from the seed (never stored) and gets each partial's gradient from a pointer (a
+stride-0 view of a scalar works), so nothing waits on the host.
 
-Launchers (``h``: ``[N, 2B]`` with unit column stride, any float dtype):
+Launchers (operands checked by ``reparam_kl.py``; ``h``: ``[N, 2B]``, any float dtype), in the
+op's argument order:
 
-* ``reparam_kl_forward(h, seed, stream, *, eps=None, sample=True, row_weight=None)
+* ``reparam_kl_forward(h, seed, stream, eps=None, sample=True, row_weight=None)
   -> (b [N, B], partials fp32 [P])``
-* ``reparam_kl_backward(h, grad_b, grad_partials, seed, stream, *, eps=None, sample=True,
-  need_grad_eps=False, row_weight=None) -> (grad_h [N, 2B], grad_eps or None)``
+* ``reparam_kl_backward(grad_b, grad_partials, h, seed, stream, eps=None, sample=True, row_weight=None,
+  need_grad_eps=False) -> (grad_h [N, 2B], grad_eps or None)``
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from . import inverse
+from . import mean_scale
 from .rng import GROUP, LANE
 from .triton_helpers import check_seed, group_normal_or_zero, rounded_to
 
@@ -32,11 +34,7 @@ def num_partials(n_rows: int, width: int) -> int:
     return max(1, triton.cdiv(n_rows * width, GROUP))
 
 
-# mu, logvar = h[:, :B], h[:, B:];  std = exp(logvar / 2)
-# b = mu + eps * std  (b = mu when not sampling);   kl = -0.5/(N*B) * sum(1 + logvar - mu^2 - std^2)
-# with row weights w:  kl = -0.5/B * sum_r w_r * sum_j(1 + logvar - mu^2 - std^2)  (rows of w_r = 0 left out)
-# backward, g = grad of a program's partial * (-0.5/(N*B)) (* w_r with row weights, scale -0.5/B):
-#   grad_mu = grad_b - 2*g*mu;   grad_logvar = 0.5*grad_b*eps*std + g*(1 - std^2);   grad_eps = grad_b*std
+# The formula and the names (s, w_r, c_r) are those of reparam_kl.py's docstring.
 @triton.jit
 def _forward_lane(h_ptr, eps_ptr, w_ptr, b_ptr, e, n_elem, row_stride, noise, B: tl.constexpr, SAMPLE: tl.constexpr,
                   HAS_EPS: tl.constexpr, HAS_WEIGHT: tl.constexpr):
@@ -53,7 +51,7 @@ def _forward_lane(h_ptr, eps_ptr, w_ptr, b_ptr, e, n_elem, row_stride, noise, B:
     else:
         b = mu
     tl.store(b_ptr + e, rounded_to(b, b_ptr.dtype.element_ty), mask=inside)
-    term = 1.0 + logvar - mu * mu - std * std
+    term = 1.0 + logvar - mu * mu - std * std  # summed, then times -0.5 * s per program
     if HAS_WEIGHT:
         w = tl.load(w_ptr + row, mask=inside, other=0.0).to(tl.float32)
         inside = inside & (w != 0.0)
@@ -62,7 +60,7 @@ def _forward_lane(h_ptr, eps_ptr, w_ptr, b_ptr, e, n_elem, row_stride, noise, B:
 
 
 @triton.jit
-def _reparam_kl_forward_kernel(h_ptr, eps_ptr, seed_ptr, w_ptr, b_ptr, part_ptr, n_elem, row_stride, kl_scale,
+def _reparam_kl_forward_kernel(h_ptr, eps_ptr, seed_ptr, w_ptr, b_ptr, part_ptr, n_elem, row_stride, s,
                                STREAM: tl.constexpr, B: tl.constexpr, SAMPLE: tl.constexpr, HAS_EPS: tl.constexpr,
                                GENERATE: tl.constexpr, HAS_WEIGHT: tl.constexpr, LANE: tl.constexpr):
     # h_ptr: [N, 2B] (row stride row_stride);  eps_ptr: [N, B] (read with HAS_EPS);  seed_ptr: int64 [1]
@@ -80,7 +78,7 @@ def _reparam_kl_forward_kernel(h_ptr, eps_ptr, seed_ptr, w_ptr, b_ptr, part_ptr,
                            B, SAMPLE, HAS_EPS, HAS_WEIGHT)
     total += _forward_lane(h_ptr, eps_ptr, w_ptr, b_ptr, first + 3 * LANE + j, n_elem, row_stride, n3,
                            B, SAMPLE, HAS_EPS, HAS_WEIGHT)
-    tl.store(part_ptr + pid, tl.sum(total, axis=0) * kl_scale)
+    tl.store(part_ptr + pid, tl.sum(total, axis=0) * (-0.5 * s))
 
 
 @triton.jit
@@ -95,10 +93,11 @@ def _backward_lane(h_ptr, eps_ptr, w_ptr, gb_ptr, gh_ptr, geps_ptr, e, n_elem, r
     logvar = tl.load(at + B, mask=inside, other=0.0).to(tl.float32)
     std = tl.exp(0.5 * logvar)
     if HAS_GRAD_PART:
+        c = g  # c_r = -0.5 * g * s (* w_r)
         if HAS_WEIGHT:
-            g = g * tl.load(w_ptr + row, mask=inside, other=0.0).to(tl.float32)
-        grad_mu = -2.0 * g * mu
-        grad_logvar = g * (1.0 - std * std)
+            c = c * tl.load(w_ptr + row, mask=inside, other=0.0).to(tl.float32)
+        grad_mu = -2.0 * c * mu
+        grad_logvar = c * (1.0 - std * std)
     else:  # no KL term at all (not 0 * mu: an infinite mu would give NaN where PyTorch gives nothing)
         grad_mu = tl.zeros_like(mu)
         grad_logvar = tl.zeros_like(mu)
@@ -118,7 +117,7 @@ def _backward_lane(h_ptr, eps_ptr, w_ptr, gb_ptr, gh_ptr, geps_ptr, e, n_elem, r
 
 @triton.jit
 def _reparam_kl_backward_kernel(h_ptr, eps_ptr, seed_ptr, w_ptr, gb_ptr, gpart_ptr, gpart_stride, gh_ptr, geps_ptr,
-                                n_elem, row_stride, kl_scale, STREAM: tl.constexpr, B: tl.constexpr,
+                                n_elem, row_stride, s, STREAM: tl.constexpr, B: tl.constexpr,
                                 SAMPLE: tl.constexpr, HAS_EPS: tl.constexpr, GENERATE: tl.constexpr,
                                 HAS_GRAD_B: tl.constexpr, HAS_GRAD_PART: tl.constexpr,
                                 NEED_GRAD_EPS: tl.constexpr, HAS_WEIGHT: tl.constexpr, LANE: tl.constexpr):
@@ -129,7 +128,7 @@ def _reparam_kl_backward_kernel(h_ptr, eps_ptr, seed_ptr, w_ptr, gb_ptr, gpart_p
     first = pid.to(tl.int64) * (4 * LANE)
     j = tl.arange(0, LANE).to(tl.int64)
     if HAS_GRAD_PART:
-        g = tl.load(gpart_ptr + pid * gpart_stride).to(tl.float32) * kl_scale
+        g = tl.load(gpart_ptr + pid * gpart_stride).to(tl.float32) * (-0.5 * s)
     else:
         g = 0.0
     n0, n1, n2, n3 = group_normal_or_zero(seed_ptr, STREAM, first, LANE, GENERATE)
@@ -143,40 +142,7 @@ def _reparam_kl_backward_kernel(h_ptr, eps_ptr, seed_ptr, w_ptr, gb_ptr, gpart_p
                    B, SAMPLE, HAS_EPS, HAS_GRAD_B, HAS_GRAD_PART, NEED_GRAD_EPS, HAS_WEIGHT)
 
 
-def _as_rows(h: torch.Tensor) -> torch.Tensor:
-    if h.dim() != 2 or h.shape[-1] % 2:
-        raise ValueError(f"h: expected [N, 2*B] (mu | logvar), got shape {tuple(h.shape)}")
-    if h.stride(-1) != 1:
-        h = h.contiguous()
-    return h
-
-
-def _check_eps(eps: Optional[torch.Tensor], n: int, width: int, device: torch.device) -> Optional[torch.Tensor]:
-    if eps is None:
-        return None
-    if tuple(eps.shape) != (n, width):
-        raise ValueError(f"eps: expected shape {(n, width)} (the shape of mu), got {tuple(eps.shape)}")
-    if eps.device != device:
-        raise ValueError(f"eps: is on {eps.device} but h is on {device}")
-    return eps.contiguous()
-
-
-def _check_row_weight(row_weight: Optional[torch.Tensor], n: int, device: torch.device) -> Optional[torch.Tensor]:
-    if row_weight is None:
-        return None
-    if tuple(row_weight.shape) != (n,):
-        raise ValueError(f"row_weight: expected shape {(n,)} (one weight per row of h), got {tuple(row_weight.shape)}")
-    if row_weight.device != device:
-        raise ValueError(f"row_weight: is on {row_weight.device} but h is on {device}")
-    return row_weight.contiguous()
-
-
-def _kl_scale(n: int, width: int, weighted: bool) -> float:
-    """``-0.5/(N*B)`` (NaN for no element: the mean over nothing), or ``-0.5/B`` with row weights."""
-    return -0.5 / width if weighted else -0.5 * inverse(n * width)
-
-
-def reparam_kl_forward(h: torch.Tensor, seed: Optional[torch.Tensor], stream: int, *,
+def reparam_kl_forward(h: torch.Tensor, seed: Optional[torch.Tensor], stream: int,
                        eps: Optional[torch.Tensor] = None, sample: bool = True,
                        row_weight: Optional[torch.Tensor] = None):
     """``(b, partials)``: ``b = mu + eps*exp(logvar/2)`` (``mu`` when ``sample=False``), KL partials.
@@ -184,10 +150,8 @@ def reparam_kl_forward(h: torch.Tensor, seed: Optional[torch.Tensor], stream: in
     ``eps`` injects the noise; otherwise it is drawn from ``(seed, stream, element index of mu)``.
     ``row_weight`` ([N]): the KL is ``sum_r w_r * kl_r`` instead of the mean over rows.
     """
-    h = _as_rows(h)
+    h = h if h.stride(-1) == 1 else h.contiguous()
     n, width = h.shape[0], h.shape[1] // 2
-    eps = _check_eps(eps, n, width, h.device)
-    row_weight = _check_row_weight(row_weight, n, h.device)
     generate = sample and eps is None
     if generate:
         check_seed(seed, h.device)
@@ -195,21 +159,22 @@ def reparam_kl_forward(h: torch.Tensor, seed: Optional[torch.Tensor], stream: in
     parts = torch.empty(num_partials(n, width), dtype=torch.float32, device=h.device)
     weighted = row_weight is not None
     wrap_triton(_reparam_kl_forward_kernel)[(parts.numel(),)](
-        h, eps if eps is not None else h, seed if generate else h, row_weight if weighted else h, b, parts,
-        n * width, h.stride(0), _kl_scale(n, width, weighted), STREAM=int(stream), B=width, SAMPLE=bool(sample),
+        h, eps.contiguous() if eps is not None else h, seed if generate else h,
+        row_weight.contiguous() if weighted else h, b, parts, n * width, h.stride(0),
+        mean_scale(n * width, width, weighted), STREAM=int(stream), B=width, SAMPLE=bool(sample),
         HAS_EPS=eps is not None, GENERATE=generate, HAS_WEIGHT=weighted, LANE=LANE)
     return b, parts
 
 
-def reparam_kl_backward(h: torch.Tensor, grad_b: Optional[torch.Tensor], grad_partials: Optional[torch.Tensor],
-                        seed: Optional[torch.Tensor], stream: int, *, eps: Optional[torch.Tensor] = None,
-                        sample: bool = True, need_grad_eps: bool = False, row_weight: Optional[torch.Tensor] = None):
+def reparam_kl_backward(grad_b: Optional[torch.Tensor], grad_partials: Optional[torch.Tensor], h: torch.Tensor,
+                        seed: Optional[torch.Tensor], stream: int, eps: Optional[torch.Tensor] = None,
+                        sample: bool = True, row_weight: Optional[torch.Tensor] = None, need_grad_eps: bool = False):
     """``(grad_h, grad_eps)`` from the gradients of ``b`` and of the partials (``None`` = zero)."""
-    h = _as_rows(h)
+    h = h if h.stride(-1) == 1 else h.contiguous()
     n, width = h.shape[0], h.shape[1] // 2
-    eps = _check_eps(eps, n, width, h.device)
-    row_weight = _check_row_weight(row_weight, n, h.device)
     generate = sample and eps is None and grad_b is not None
+    if generate:
+        check_seed(seed, h.device)
     if grad_b is not None:
         grad_b = grad_b.reshape(n, width).contiguous()
     if grad_partials is not None:
@@ -222,10 +187,11 @@ def reparam_kl_backward(h: torch.Tensor, grad_b: Optional[torch.Tensor], grad_pa
         if need_grad_eps else None
     weighted = row_weight is not None
     wrap_triton(_reparam_kl_backward_kernel)[(num_partials(n, width),)](
-        h, eps if eps is not None else h, seed if generate else h, row_weight if weighted else h,
-        grad_b if grad_b is not None else h, grad_partials if grad_partials is not None else h,
+        h, eps.contiguous() if eps is not None else h, seed if generate else h,
+        row_weight.contiguous() if weighted else h, grad_b if grad_b is not None else h,
+        grad_partials if grad_partials is not None else h,
         grad_partials.stride(0) if grad_partials is not None else 0, grad_h,
-        grad_eps if grad_eps is not None else h, n * width, h.stride(0), _kl_scale(n, width, weighted),
+        grad_eps if grad_eps is not None else h, n * width, h.stride(0), mean_scale(n * width, width, weighted),
         STREAM=int(stream), B=width, SAMPLE=bool(sample), HAS_EPS=eps is not None, GENERATE=generate,
         HAS_GRAD_B=grad_b is not None, HAS_GRAD_PART=grad_partials is not None, NEED_GRAD_EPS=need_grad_eps,
         HAS_WEIGHT=weighted, LANE=LANE)
@@ -237,18 +203,17 @@ def reparam_kl_backward(h: torch.Tensor, grad_b: Optional[torch.Tensor], grad_pa
 
 
 @triton_op("ithp_fast::reparam_kl_forward", mutates_args=())
-def reparam_kl_forward_op(h: torch.Tensor, seed: Optional[torch.Tensor], eps: Optional[torch.Tensor],
-                          row_weight: Optional[torch.Tensor], stream: int,
-                          sample: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    return reparam_kl_forward(h, seed, stream, eps=eps, sample=sample, row_weight=row_weight)
+def reparam_kl_forward_op(h: torch.Tensor, seed: Optional[torch.Tensor], stream: int, eps: Optional[torch.Tensor],
+                          sample: bool, row_weight: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return reparam_kl_forward(h, seed, stream, eps, sample, row_weight)
 
 
 @triton_op("ithp_fast::reparam_kl_backward", mutates_args=())
-def reparam_kl_backward_op(h: torch.Tensor, grad_b: Optional[torch.Tensor], grad_partials: Optional[torch.Tensor],
-                           seed: Optional[torch.Tensor], eps: Optional[torch.Tensor],
-                           row_weight: Optional[torch.Tensor], stream: int, sample: bool,
+def reparam_kl_backward_op(grad_b: Optional[torch.Tensor], grad_partials: Optional[torch.Tensor], h: torch.Tensor,
+                           seed: Optional[torch.Tensor], stream: int, eps: Optional[torch.Tensor], sample: bool,
+                           row_weight: Optional[torch.Tensor],
                            need_grad_eps: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``(grad_h, grad_eps)``; ``grad_eps`` is empty when not wanted (an op returns no None)."""
-    grad_h, grad_eps = reparam_kl_backward(h, grad_b, grad_partials, seed, stream, eps=eps, sample=sample,
-                                           need_grad_eps=need_grad_eps, row_weight=row_weight)
+    grad_h, grad_eps = reparam_kl_backward(grad_b, grad_partials, h, seed, stream, eps, sample, row_weight,
+                                           need_grad_eps)
     return grad_h, grad_eps if grad_eps is not None else h.new_empty(0)

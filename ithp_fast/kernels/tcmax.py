@@ -38,7 +38,8 @@ that is their difference accurate. Keeping mx and ls apart keeps exp(L - s) accu
 
 Backends: ``torch`` (:func:`tcmax_factorised_torch`, plain autograd) and ``triton`` (the fused
 kernels of ``tcmax_triton.py`` behind :class:`TCMaxFactorised`); :func:`tcmax_factorised`
-dispatches.
+dispatches. Every entry point takes the arguments in one order, ``(logits, labels)`` then the
+launch settings (the Function flattened: ``*logits, labels, launch``; backward: ``grad_out`` first).
 """
 
 from __future__ import annotations
@@ -124,12 +125,14 @@ class _NaNWhereUndefined(torch.autograd.Function):
 
 
 class TCMaxFactorised(torch.autograd.Function):
-    """``(labels, L_1, ..., L_M) -> [loss, loss_1, ..., loss_M]`` with the Triton kernels, forward and backward."""
+    """``(L_1, ..., L_M, labels, launch) -> [loss, loss_1, ..., loss_M]`` with the Triton kernels, forward
+    and backward (``launch``: the dict of launch settings of :func:`tcmax_factorised`)."""
 
     @staticmethod
-    def forward(ctx, labels: torch.Tensor, launch: dict, *logits: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, *args) -> torch.Tensor:
         from .tcmax_triton import tcmax_forward
 
+        *logits, labels, launch = args
         out, (mx, ls, count, logz, ctx.launch) = tcmax_forward(logits, labels, **launch)
         ctx.save_for_backward(labels, mx, ls, count, logz, out, *logits)
         return out
@@ -142,8 +145,9 @@ class TCMaxFactorised(torch.autograd.Function):
         labels, mx, ls, count, logz, out, *logits = ctx.saved_tensors
         # no derivative: a NaN upstream gradient makes every entry NaN in the kernel
         grad_out = torch.where(gradient_undefined(out, logz, grad_out), math.nan, grad_out)
-        grads = tcmax_backward(grad_out, labels, logits, (mx, ls, count, logz, ctx.launch), ctx.needs_input_grad[2:])
-        return (None, None, *grads)
+        grads = tcmax_backward(grad_out, logits, labels, (mx, ls, count, logz, ctx.launch),
+                               ctx.needs_input_grad[:len(logits)])
+        return (*grads, None, None)
 
 
 def tcmax_factorised(logits: Sequence[torch.Tensor], labels: torch.Tensor, *, backend: str = "torch",
@@ -160,4 +164,4 @@ def tcmax_factorised(logits: Sequence[torch.Tensor], labels: torch.Tensor, *, ba
     if backend == "torch":
         return tcmax_factorised_torch(logits, labels)
     launch = dict(block_b=block_b, block_c=block_c, splits=splits)
-    return TCMaxFactorised.apply(labels.contiguous(), launch, *logits)
+    return TCMaxFactorised.apply(*logits, labels.contiguous(), launch)

@@ -5,8 +5,8 @@ class blocks x row splits), then one program per class block merges its splits a
 and one single program reduces the class-block partials to logZ and the losses; the backward
 reads each ``L_m`` once and writes its gradient once (one launch per modality).
 
-Launchers: ``tcmax_forward(logits, labels, block_b, block_c, splits) -> (out, saved)`` and
-``tcmax_backward(grad_out, labels, logits, saved, needs_grad) -> grads``.
+Launchers, in the op's argument order: ``tcmax_forward(logits, labels, block_b, block_c, splits) ->
+(out, saved)`` and ``tcmax_backward(grad_out, logits, labels, saved, needs_grad) -> grads``.
 """
 
 from __future__ import annotations
@@ -267,7 +267,7 @@ def tcmax_forward(logits: Sequence[torch.Tensor], labels: torch.Tensor, block_b=
     return out, (mx, ls, count, logz, launch)
 
 
-def tcmax_backward(grad_out: torch.Tensor, labels: torch.Tensor, logits: Sequence[torch.Tensor], saved,
+def tcmax_backward(grad_out: torch.Tensor, logits: Sequence[torch.Tensor], labels: torch.Tensor, saved,
                    needs_grad: Sequence[bool]) -> list:
     """The gradient of each ``L_m`` (None where ``needs_grad[m]`` is False)."""
     mx, ls, count, logz, launch = saved

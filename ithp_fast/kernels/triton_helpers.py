@@ -17,14 +17,6 @@ from .rng import LANE
 # Launcher argument checks
 
 
-def check_p(p: float) -> float:
-    """A dropout probability in [0, 1), as a float."""
-    p = float(p)
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"p: dropout probability must lie in [0, 1), got {p}")
-    return p
-
-
 def check_seed(seed: object, device: torch.device) -> None:
     """The Triton kernels' seed: a one-element int64 tensor on the data's device."""
     if not isinstance(seed, torch.Tensor) or seed.dtype != torch.int64 or seed.numel() != 1:

@@ -147,7 +147,7 @@ def create_app(model: ServedModel, *, max_batch_size: int = 32, max_wait_ms: flo
             await warming
             await batcher.stop()
 
-    from .. import __version__
+    from ..version import __version__
 
     app = FastAPI(title="ITHP-DeBERTa", version=__version__,
                   description="Sentiment scores of texts from an ITHP-DeBERTa checkpoint (ithp-fast serve).",

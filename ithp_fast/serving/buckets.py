@@ -5,6 +5,11 @@ input and output buffers and, on CUDA, a CUDA graph captured over the eager fast
 ``torch.compile``-d version of it. A request is copied into the smallest bucket that holds it
 (padded), the bucket runs (a graph replay, or a call) and the result is sliced back. Nothing
 compiles or captures after the warm-up.
+
+Shared by ``ServingEncoder`` and ``ServingDeberta`` (and the serving measurements): the
+:class:`Bucket` and its :class:`BucketRunner`, the argument checks :func:`check_batch_sizes`,
+:func:`require_eval`, :func:`model_device_dtype`, :func:`runtime_choice`, the routing rule :func:`bucketed`,
+:func:`weights_version` and :func:`median_seconds`.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from ..checks import AUTO, RUNTIMES, check_choice
 from .graphs import capture_graph
 
 DEFAULT_BATCH_SIZES = (1, 8, 32, 128)
@@ -32,7 +38,7 @@ AUTO_CANDIDATES = {"cuda": (None, "max-autotune-no-cudagraphs", "reduce-overhead
 AUTO_TIMING_CALLS = 20
 
 
-def _median_seconds(run: Callable[[], object], device: torch.device, calls: int = AUTO_TIMING_CALLS) -> float:
+def median_seconds(run: Callable[[], object], device: torch.device, calls: int = AUTO_TIMING_CALLS) -> float:
     """Median wall time of ``run()``; on CUDA measured with events around each call."""
     times = []
     for _ in range(calls):
@@ -50,7 +56,7 @@ def _median_seconds(run: Callable[[], object], device: torch.device, calls: int 
     return statistics.median(times)
 
 
-class _Bucket:
+class Bucket:
     """Static inputs and output of one shape, and how to run it (graph replay or call).
 
     ``lock``: held by a caller from filling the inputs to taking its result out, so that two
@@ -64,7 +70,7 @@ class _Bucket:
         self.lock = threading.Lock()
 
 
-class _BucketRunner:
+class BucketRunner:
     """Warm-up, optional torch.compile, CUDA-graph capture and replay for a set of shapes."""
 
     def __init__(self, device: torch.device, compile_mode: Optional[str], cuda_graphs: Optional[bool],
@@ -88,30 +94,30 @@ class _BucketRunner:
         # One compiled callable per bucket, static shapes: every bucket compiles once, at warm-up.
         return fn if mode is None else torch.compile(fn, mode=mode, dynamic=False)
 
-    def _prepare(self, call: Callable, inputs: tuple, mode: Optional[str]) -> _Bucket:
+    def _prepare(self, call: Callable, inputs: tuple, mode: Optional[str]) -> Bucket:
         graphed = self.cuda_graphs and mode != "reduce-overhead"  # reduce-overhead brings its own graphs
         if not graphed:
             # No warm-up output is kept: under "reduce-overhead" it lives in torch.compile's own
             # graph pool, which refuses live tensors it does not track.
             for _ in range(WARMUP_CALLS):
                 call(*inputs)
-            return _Bucket(inputs, None, lambda: call(*inputs), mode)
+            return Bucket(inputs, None, lambda: call(*inputs), mode)
         graph, output = capture_graph(lambda: call(*inputs), warmup=WARMUP_CALLS, stream=self._stream)
 
         def replay() -> torch.Tensor:
             graph.replay()
             return output
 
-        return _Bucket(inputs, output, replay, mode, graph)
+        return Bucket(inputs, output, replay, mode, graph)
 
-    def build(self, key, fn: Callable, inputs: tuple) -> _Bucket:
+    def build(self, key, fn: Callable, inputs: tuple) -> Bucket:
         """Prepare the bucket ``key`` for ``fn(*inputs)``; with ``"auto"``, time the candidates, keep the fastest."""
         if self.compile_mode != "auto":
             return self._prepare(self._callable(fn, self.compile_mode), inputs, self.compile_mode)
         best, best_time = None, math.inf
         for mode in AUTO_CANDIDATES["cuda" if self.device.type == "cuda" else "cpu"]:
             bucket = self._prepare(self._callable(fn, mode), inputs, mode)
-            seconds = _median_seconds(bucket.run, self.device)
+            seconds = median_seconds(bucket.run, self.device)
             self.candidate_seconds.setdefault(str(key), {})[str(mode)] = seconds
             if seconds < best_time:
                 best, best_time = bucket, seconds
@@ -123,13 +129,16 @@ class _BucketRunner:
 
 
 def weights_version(tensors: Sequence[torch.Tensor]) -> tuple:
-    """What changes when any of ``tensors`` is updated in place (``load_state_dict``, an optimiser
-    step: each bumps the version counter) or its storage is replaced: the CPU paths that keep a
-    derived copy of the weights (packed, exported) compare it before every call."""
+    """What changes when any of ``tensors`` is updated through autograd's version counter
+    (``load_state_dict``, an optimiser step, an in-place op on the tensor or on a ``detach()`` of it)
+    or gets new data (``p.data = t``): the CPU paths that keep a derived copy of the weights
+    (packed, exported) compare it before every call. A write through ``p.data`` or a NumPy / DLPack
+    view leaves it unchanged (such writes bump no counter): the wrappers' ``refresh()`` covers them."""
     return tuple((t._version, t.data_ptr()) for t in tensors)
 
 
-def _check_batch_sizes(batch_sizes: Sequence[int], tokens: Union[int, Sequence[int]]) -> tuple[tuple, tuple]:
+def check_batch_sizes(batch_sizes: Sequence[int], tokens: Union[int, Sequence[int]]) -> tuple[tuple, tuple]:
+    """``(batch sizes, token counts)``, each sorted without repeats; one error naming a bad argument."""
     sizes = tuple(sorted(set(int(b) for b in batch_sizes)))
     toks = (tokens,) if isinstance(tokens, int) else tuple(sorted(set(int(t) for t in tokens)))
     if not sizes or sizes[0] < 1:
@@ -139,19 +148,33 @@ def _check_batch_sizes(batch_sizes: Sequence[int], tokens: Union[int, Sequence[i
     return sizes, toks
 
 
-def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype of ``model``'s (first) parameter: where and in what it is served."""
     param = next(model.parameters(), None)
     if param is None:
         raise ValueError("model: has no parameters")
     return param.device, param.dtype
 
 
-def _pads(pad_to_buckets: Optional[bool], device: torch.device, compile_mode: Optional[str]) -> bool:
+def bucketed(pad_to_buckets: Optional[bool], device: torch.device, compile_mode: Optional[str]) -> bool:
+    """Whether requests go through the buckets: as asked, else on CUDA (graphs) or when compiling."""
     if pad_to_buckets is None:
         return device.type == "cuda" or compile_mode is not None
     return bool(pad_to_buckets)
 
 
-def _require_eval(model: nn.Module, what: str) -> None:
+def runtime_choice(runtime: str, backend: Optional[str] = None) -> str:
+    """The runtime asked for (:data:`ithp_fast.checks.RUNTIMES` or ``"auto"``): ``runtime=``, or
+    ``backend=``, its old name, which keeps working."""
+    if backend is None:
+        return check_choice(runtime, (AUTO, *RUNTIMES), "runtime")
+    if runtime not in (AUTO, backend):
+        raise ValueError(f"runtime: backend= is its old name; give one of the two, got runtime={runtime!r} and "
+                         f"backend={backend!r}")
+    return check_choice(backend, (AUTO, *RUNTIMES), "backend")
+
+
+def require_eval(model: nn.Module, what: str) -> None:
+    """One error naming ``what`` when ``model`` is in training mode."""
     if model.training:
         raise ValueError(f"{what}: the model is in training mode; serve it in eval mode (model.eval())")

@@ -14,19 +14,20 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..checks import Noise, check_token_inputs
+from ..checks import AUTO, Noise, check_token_inputs
 from ..encode import encode, float32_precision
 from ..reference.deberta import backbone_tokens
 from .buckets import (
     DEFAULT_TOKENS,
-    _Bucket,
-    _BucketRunner,
-    _check_batch_sizes,
-    _model_device_dtype,
-    _pads,
-    _require_eval,
+    Bucket,
+    BucketRunner,
+    bucketed,
+    check_batch_sizes,
+    model_device_dtype,
+    require_eval,
+    runtime_choice,
 )
-from .logits import _backbone_states, _prebuilt_relative_positions, first_token_logits  # noqa: F401 (re-exported)
+from .logits import first_token_logits, prebuilt_relative_positions
 from .ort_backend import available as ort_available
 
 
@@ -60,9 +61,6 @@ def _logits(model, input_ids, attention_mask, noise, precision, relative_pos):
     return first_token_logits(model, input_ids, attention_mask, encode_first, relative_pos)
 
 
-BACKENDS = ("auto", "torch", "onnxruntime")
-
-
 class ServingDeberta:
     """``ITHPDeberta`` logits behind (batch, tokens) buckets and CUDA graphs.
 
@@ -76,18 +74,27 @@ class ServingDeberta:
             buckets. Anything else runs :func:`deberta_logits` eagerly.
         precision, compile_mode, cuda_graphs, clone_output, pad_to_buckets: as for
             :class:`ServingEncoder`.
-        backend: ``"torch"`` (the model itself, in buckets and graphs as above),
+        runtime: ``"torch"`` (the model itself, in buckets and graphs as above),
             ``"onnxruntime"`` (float32 on the CPU, posterior mean: the model exported to ONNX once
             per token count and run in ONNX Runtime, the fastest CPU path measured; see
             :mod:`ithp_fast.serving.ort_backend`), or ``"auto"`` (default): ``"onnxruntime"``
             where it applies (a float32 CPU model with ``eval_sampling="mean"``, no
             ``compile_mode``, ``cuda_graphs`` or ``pad_to_buckets``) and ONNX Runtime is
-            installed, else ``"torch"``; ``self.backend`` says which. With ONNX Runtime a request
+            installed, else ``"torch"``; ``self.runtime`` says which. With ONNX Runtime a request
             ``[b, t]`` of any batch goes to the smallest token count ``>= t`` (padded, masked
             out) and ``batch_sizes`` is not used; the export costs seconds (a minute for
             deberta-v3-base) at construction and again after a weight update.
-        onnx_file: with ``backend="onnxruntime"``, an ONNX file from :func:`ithp_fast.export`
+        onnx_file: with ``runtime="onnxruntime"``, an ONNX file from :func:`ithp_fast.export`
             of this model (dynamic batch, ``tokens`` a single count) instead of exporting now.
+        backend: the old name of ``runtime`` (still accepted).
+
+    Weight updates: the next call answers with the model's new weights after ``load_state_dict``
+    (copying into the parameters), an optimiser step, or an in-place op on a parameter or on
+    ``p.detach()`` (under ``torch.no_grad()``), on every path; after ``p.data = t`` everywhere but
+    under CUDA graphs; after a write through ``p.data`` (``p.data.mul_(2)``) or a NumPy / DLPack
+    view everywhere but where the wrapper holds a copy of the weights (the ONNX Runtime path).
+    After any other update (those, parameters replaced by ``load_state_dict(assign=True)`` or new
+    modules), call :meth:`refresh`. Moving the model to another device needs a new wrapper.
 
     The attention mask is a static input of every graph; sampling (``eval_sampling="sample"``)
     draws fresh noise on every replay.
@@ -108,53 +115,73 @@ class ServingDeberta:
         cuda_graphs: Optional[bool] = None,
         clone_output: bool = True,
         pad_to_buckets: Optional[bool] = None,
-        backend: str = "auto",
+        runtime: str = AUTO,
         onnx_file: Optional[str] = None,
+        backend: Optional[str] = None,
     ) -> None:
-        _require_eval(model, "ServingDeberta")
-        self.batch_sizes, self.tokens = _check_batch_sizes(batch_sizes, tokens)
+        require_eval(model, "ServingDeberta")
+        self.batch_sizes, self.tokens = check_batch_sizes(batch_sizes, tokens)
         self.model = model
         self.precision = float32_precision(precision)
-        self.device, self.dtype = _model_device_dtype(model)
-        self._runner = _BucketRunner(self.device, compile_mode, cuda_graphs, clone_output)
-        self._buckets: dict[tuple[int, int], _Bucket] = {}
-        self._onnx = self._onnx_programs(backend, onnx_file, compile_mode, cuda_graphs, pad_to_buckets)
-        if self._onnx or not _pads(pad_to_buckets, self.device, compile_mode):
+        self.device, self.dtype = model_device_dtype(model)
+        self._runner = BucketRunner(self.device, compile_mode, cuda_graphs, clone_output)
+        self._onnx = self._onnx_programs(runtime_choice(runtime, backend), onnx_file, compile_mode, cuda_graphs,
+                                         pad_to_buckets)
+        if self._onnx or not bucketed(pad_to_buckets, self.device, compile_mode):
             self.batch_sizes = ()
+        self._buckets = self._build_buckets()
+
+    def _build_buckets(self) -> dict[tuple[int, int], Bucket]:
+        """One bucket per (batch, tokens): warmed up, compiled and graph-captured."""
+        buckets = {}
         with torch.no_grad():
-            for t in self.tokens:
-                relative_pos = _prebuilt_relative_positions(model.dberta.model, backbone_tokens(model, t), self.device)
-                fn = functools.partial(_bucket_logits, model, self.precision, relative_pos)
+            for t in self.tokens if self.batch_sizes else ():
+                relative_pos = prebuilt_relative_positions(self.model.dberta.model, backbone_tokens(self.model, t),
+                                                           self.device)
+                fn = functools.partial(_bucket_logits, self.model, self.precision, relative_pos)
                 for b in self.batch_sizes:
                     ids = torch.zeros(b, t, dtype=torch.long, device=self.device)
                     mask = torch.ones(b, t, dtype=torch.long, device=self.device)
-                    self._buckets[(b, t)] = self._runner.build((b, t), fn, (ids, mask))
+                    buckets[(b, t)] = self._runner.build((b, t), fn, (ids, mask))
+        return buckets
 
-    def _onnx_programs(self, backend: str, onnx_file: Optional[str], compile_mode, cuda_graphs,
+    def refresh(self) -> None:
+        """Rebuild what the wrapper derived from the model's weights -- the ONNX Runtime exports, the
+        buckets' CUDA graphs -- from the parameters the model holds now (see :class:`ServingEncoder`'s
+        ``refresh`` for when this is needed). Calls in flight finish on what they started with."""
+        for program in self._onnx.values():
+            program.refresh()
+        if self._buckets:
+            self._buckets = self._build_buckets()
+
+    def _onnx_programs(self, runtime: str, onnx_file: Optional[str], compile_mode, cuda_graphs,
                        pad_to_buckets) -> dict:
-        """Token count -> ONNX Runtime program when the backend is (or ``"auto"`` picks) ONNX Runtime."""
-        if backend not in BACKENDS:
-            raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+        """Token count -> ONNX Runtime program when the runtime is (or ``"auto"`` picks) ONNX Runtime."""
         fits = (self.device.type == "cpu" and self.dtype == torch.float32 and compile_mode is None
                 and not cuda_graphs and not self.model.ithp.samples_now)
-        if backend == "auto":
+        if runtime == AUTO:
             wanted = onnx_file is not None or ort_available()
-            backend = "onnxruntime" if fits and not pad_to_buckets and wanted else "torch"
-        self.backend = backend
-        if backend == "torch":
+            runtime = "onnxruntime" if fits and not pad_to_buckets and wanted else "torch"
+        self.runtime = runtime
+        if runtime == "torch":
             if onnx_file is not None:
-                raise ValueError("onnx_file: only used with backend='onnxruntime'")
+                raise ValueError("onnx_file: only used with runtime='onnxruntime'")
             return {}
         if self.model.ithp.samples_now:
-            raise ValueError("backend: 'onnxruntime' serves the posterior mean, but this model samples in eval mode "
+            raise ValueError("runtime: 'onnxruntime' serves the posterior mean, but this model samples in eval mode "
                              "(set eval_sampling='mean')")
         if not fits:
-            raise ValueError("backend: 'onnxruntime' serves a float32 CPU model without compile_mode or cuda_graphs")
+            raise ValueError("runtime: 'onnxruntime' serves a float32 CPU model without compile_mode or cuda_graphs")
         if onnx_file is not None and len(self.tokens) != 1:
             raise ValueError(f"onnx_file: one file serves one token count, got tokens={self.tokens}")
         from .ort_backend import OnnxRuntimeProgram
 
         return {t: OnnxRuntimeProgram(self.model, t, onnx_file, spin_max_batch=None) for t in self.tokens}
+
+    @property
+    def backend(self) -> str:
+        """The old name of :attr:`runtime`."""
+        return self.runtime
 
     @property
     def chosen_modes(self) -> dict:

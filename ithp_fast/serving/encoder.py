@@ -2,13 +2,14 @@
 
 A request of ``n`` rows goes to the smallest bucket with at least ``n`` rows, padded (rows of
 ``x`` are independent, so padding never changes the answer); a request larger than every bucket
-runs the eager fast path. The graphs read the model's parameters where they live: in-place
-updates (``load_state_dict``, optimiser steps) are seen by the next call; moving the model or
-replacing parameter tensors needs a new wrapper.
+runs the eager fast path. The graphs read the model's parameters where they live; the CPU paths
+that keep a copy of the weights (oneDNN's packing, an ONNX Runtime export) rebuild it when a
+parameter's version counter or storage changes. ``ServingEncoder``'s docstring lists the weight
+updates each path sees; :meth:`ServingEncoder.refresh` brings in any other.
 
 On the CPU (float32, posterior mean, no ``compile_mode``) the default is no bucket at all: the
 chain runs on oneDNN with weights packed once (:mod:`ithp_fast.serving.onednn`), or in ONNX
-Runtime with ``backend="onnxruntime"`` (:mod:`ithp_fast.serving.ort_backend`);
+Runtime with ``runtime="onnxruntime"`` (:mod:`ithp_fast.serving.ort_backend`);
 ``bench/results/`` and the README's "Deployment" section say how they compare.
 """
 
@@ -21,22 +22,23 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from ..checks import check_encode_inputs
+from ..checks import AUTO, check_encode_inputs
 from ..encode import chain as chain_path
-from ..encode import choose_path, encode, float32_precision
+from ..encode import choose_path, encode, encoder_parameters, float32_precision
 from ..encode import fused as fused_path
 from ..reference.ithp import ITHP as ReferenceITHP
 from .buckets import (
     DEFAULT_BATCH_SIZES,
     DEFAULT_TOKENS,
-    _Bucket,
-    _BucketRunner,
-    _check_batch_sizes,
-    _model_device_dtype,
-    _pads,
-    _require_eval,
+    Bucket,
+    BucketRunner,
+    bucketed,
+    check_batch_sizes,
+    model_device_dtype,
+    require_eval,
+    runtime_choice,
 )
-from .onednn import PrepackedChain, encoder_linears
+from .onednn import PrepackedChain
 from .onednn import available as onednn_available
 
 
@@ -47,9 +49,6 @@ def _encode_rows(model: nn.Module, path: str, sample: bool, precision: str, x2d:
     if path == "chain":
         return chain_path(model, x2d, sample=sample)
     return ReferenceITHP.encode(model, x2d, sample=sample)
-
-
-BACKENDS = ("auto", "torch", "onnxruntime")
 
 
 class ServingEncoder:
@@ -73,7 +72,7 @@ class ServingEncoder:
         pad_to_buckets: route requests through the buckets. Default: on CUDA, or when compiling;
             on the CPU without ``compile_mode`` there is nothing to capture or to keep from
             recompiling, so calls go straight to one of the unpadded CPU paths below.
-        backend: the CPU path without buckets, float32 posterior mean (``path`` says which runs):
+        runtime: the CPU path without buckets, float32 posterior mean (``path`` says which runs):
             ``"onnxruntime"`` the chain exported once (:func:`ithp_fast.export`) and run in ONNX
             Runtime (:mod:`ithp_fast.serving.ort_backend`; re-exported after a weight update);
             ``"torch"`` the chain on oneDNN with prepacked weights
@@ -81,6 +80,16 @@ class ServingEncoder:
             and for sampling; ``"auto"`` (default): ``"torch"``, which measured faster than ONNX
             Runtime's own session and than this wrapper's ONNX Runtime path at batch 32, about even
             with the latter at batch 1 (the README's "Deployment" section gives the ratios).
+        backend: the old name of ``runtime`` (still accepted).
+
+    Weight updates: the next call answers with the model's new weights after ``load_state_dict``
+    (copying into the parameters), an optimiser step, or an in-place op on a parameter or on
+    ``p.detach()`` (under ``torch.no_grad()``), on every path; after ``p.data = t`` everywhere but
+    under CUDA graphs; after a write through ``p.data`` (``p.data.mul_(2)``) or a NumPy / DLPack
+    view everywhere but where the wrapper holds a copy of the weights (the CPU's oneDNN and ONNX
+    Runtime paths). After any other update (those, parameters replaced by
+    ``load_state_dict(assign=True)`` or new modules), call :meth:`refresh`. Moving the model to
+    another device needs a new wrapper.
 
     Threads: a wrapper may be called from several threads at once. Calls that use one bucket
     run one at a time (a lock per bucket: its buffers and graph are shared); calls on different
@@ -99,49 +108,72 @@ class ServingEncoder:
         cuda_graphs: Optional[bool] = None,
         clone_output: bool = True,
         pad_to_buckets: Optional[bool] = None,
-        backend: str = "auto",
+        runtime: str = AUTO,
+        backend: Optional[str] = None,
     ) -> None:
-        _require_eval(model, "ServingEncoder")
-        sizes, toks = _check_batch_sizes(batch_sizes, tokens)
+        require_eval(model, "ServingEncoder")
+        sizes, toks = check_batch_sizes(batch_sizes, tokens)
         self.model = model
         self.sample = bool(sample)
         self.precision = float32_precision(precision)
-        self.device, self.dtype = _model_device_dtype(model)
+        self.device, self.dtype = model_device_dtype(model)
         self._first_param = next(model.parameters())
-        self._runner = _BucketRunner(self.device, compile_mode, cuda_graphs, clone_output)
+        self._runner = BucketRunner(self.device, compile_mode, cuda_graphs, clone_output)
         self.bucket_rows = tuple(sorted({b * t for b in sizes for t in toks}))
-        self._buckets: dict[int, _Bucket] = {}
-        self._unpadded, self.path = self._unpadded_path(backend, pad_to_buckets, compile_mode)
+        self._program = None  # the CPU program derived from the weights (oneDNN packing, ONNX export)
+        self._unpadded, self.path = self._unpadded_path(runtime_choice(runtime, backend), pad_to_buckets,
+                                                        compile_mode)
+        self.runtime = "onnxruntime" if self.path == "onnxruntime" else "torch"
         if self.path != "buckets":
             self.bucket_rows = ()
-        cfg = model.config
+        self._buckets = self._build_buckets()
+
+    def _build_buckets(self) -> dict[int, Bucket]:
+        """One bucket per row count: warmed up, compiled and graph-captured (``chosen_modes`` anew)."""
+        buckets = {}
         with torch.no_grad():
             for rows in self.bucket_rows:
-                path = choose_path(model, rows, self.dtype, self.device, self.precision)
-                fn = functools.partial(_encode_rows, model, path, self.sample, self.precision)
-                x = torch.zeros(rows, cfg.X0_dim, dtype=self.dtype, device=self.device)
-                self._buckets[rows] = self._runner.build(rows, fn, (x,))
+                path = choose_path(self.model, rows, self.dtype, self.device, self.precision)
+                fn = functools.partial(_encode_rows, self.model, path, self.sample, self.precision)
+                x = torch.zeros(rows, self.model.config.X0_dim, dtype=self.dtype, device=self.device)
+                buckets[rows] = self._runner.build(rows, fn, (x,))
+        return buckets
 
-    def _unpadded_path(self, backend: str, pad_to_buckets, compile_mode) -> tuple[Optional[Callable], str]:
+    def refresh(self) -> None:
+        """Rebuild what the wrapper derived from the model's weights -- oneDNN's packed weights, the
+        ONNX Runtime export, the buckets' CUDA graphs -- from the parameters the model holds now.
+
+        Needed only after an update the next call does not see by itself (the class docstring
+        lists what is seen): a write through ``p.data`` or a NumPy / DLPack view on the CPU paths,
+        parameters replaced (``load_state_dict(assign=True)``, new modules), or a parameter's data
+        replaced under CUDA graphs. Calls in flight finish on what they started with.
+        """
+        self._first_param = next(self.model.parameters())
+        if self._program is not None:
+            self._program.refresh()
+        if self._buckets:
+            self._buckets = self._build_buckets()
+
+    def _unpadded_path(self, runtime: str, pad_to_buckets, compile_mode) -> tuple[Optional[Callable], str]:
         """``(b1 of [rows, X0_dim], path name)``; path ``"buckets"`` or ``"encode"`` take no callable."""
-        if backend not in BACKENDS:
-            raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
-        padded = _pads(pad_to_buckets, self.device, compile_mode)
+        padded = bucketed(pad_to_buckets, self.device, compile_mode)
         plain_cpu = not padded and self.device.type == "cpu" and self.dtype == torch.float32 and not self.sample
-        if backend == "onnxruntime" and not plain_cpu:
-            raise ValueError("backend: 'onnxruntime' serves the float32 posterior mean on the CPU, without "
+        if runtime == "onnxruntime" and not plain_cpu:
+            raise ValueError("runtime: 'onnxruntime' serves the float32 posterior mean on the CPU, without "
                              "compile_mode or pad_to_buckets (and sample=False)")
-        if backend == "onnxruntime":
+        if runtime == "onnxruntime":
             from .ort_backend import SPIN_MAX_BATCH, OnnxRuntimeProgram
 
             # Rows as a batch of one-token examples; b1 reads only the encoders' weights.
-            watched = [t for w, b, _ in encoder_linears(self.model) for t in (w, b)]
+            watched = functools.partial(encoder_parameters, self.model)
             program = OnnxRuntimeProgram(self.model, tokens=1, watched=watched, spin_max_batch=SPIN_MAX_BATCH)
+            self._program = program
             return (lambda x2d: program(x2d.unsqueeze(1)).squeeze(1)), "onnxruntime"
         if padded:
             return None, "buckets"
         if not self.sample and onednn_available(self.model, self.dtype, self.device):
-            return PrepackedChain(self.model), "onednn"
+            self._program = PrepackedChain(self.model)
+            return self._program, "onednn"
         return None, "encode"
 
     @property

@@ -12,7 +12,7 @@ from torch import nn
 from ..reference.deberta import backbone_inputs
 
 
-def _backbone_states(backbone: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor,
+def backbone_states(backbone: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor,
                      relative_pos: Optional[torch.Tensor]) -> torch.Tensor:
     """The backbone's last hidden states. With ``relative_pos`` given (built ahead of a CUDA-graph
     capture: building it copies a host scalar to the device), embeddings and encoder are called
@@ -23,7 +23,7 @@ def _backbone_states(backbone: nn.Module, input_ids: torch.Tensor, mask: torch.T
     return backbone.encoder(states, mask, output_hidden_states=False, relative_pos=relative_pos).last_hidden_state
 
 
-def _prebuilt_relative_positions(backbone: nn.Module, tokens: int, device: torch.device) -> Optional[torch.Tensor]:
+def prebuilt_relative_positions(backbone: nn.Module, tokens: int, device: torch.device) -> Optional[torch.Tensor]:
     """DeBERTa's relative positions for ``tokens`` tokens, or None where the backbone has none
     (or is not laid out as ``DebertaV2Model``: then it runs whole)."""
     encoder = getattr(backbone, "encoder", None)
@@ -47,5 +47,5 @@ def first_token_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask
     # host (a device sync, impossible inside a CUDA graph); all ones is what it would assume.
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    first = _backbone_states(body.model, input_ids, attention_mask, relative_pos)[:, :1]
+    first = backbone_states(body.model, input_ids, attention_mask, relative_pos)[:, :1]
     return model.classifier(model.dropout(body.fuse(first, encode_first(first))))

@@ -10,8 +10,11 @@ not depend on them), no padding. The ReLUs run in torch (``relu_``), not in oneD
 which turns NaN into 0; NaN and Inf therefore propagate as in the reference.
 
 The packed weights are rebuilt when a weight changes: every call compares each parameter's
-version counter and storage with the ones packed (in-place updates such as ``load_state_dict``
-or an optimiser step bump the counter), so the next call sees new weights, as the other paths do.
+version counter and storage with the ones packed (:func:`~ithp_fast.serving.buckets.weights_version`:
+``load_state_dict``, an optimiser step, an in-place op on a parameter or on ``p.detach()`` bump
+the counter; ``p.data = t`` changes the storage), so the next call sees new weights. A write
+that bypasses the counter (through ``p.data`` or a NumPy / DLPack view) is seen after
+:meth:`PrepackedChain.refresh`.
 """
 
 from __future__ import annotations
@@ -33,11 +36,12 @@ def available(model: nn.Module, dtype: torch.dtype, device: torch.device) -> boo
 
 def encoder_linears(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor, Optional[int]]]:
     """``(weight, bias, rows kept)`` of each Linear on the posterior-mean chain, level by level:
-    the encoder's first Linear (all rows) and the mu rows of its last (``bottleneck_dims[k]``)."""
+    the encoder's first Linear (all rows) and the mu rows of its last (``bottleneck_dims[k]``).
+    The parameters themselves, not views: a parameter whose data is replaced is seen."""
     out = []
     for k, width in enumerate(model.config.bottleneck_dims):
-        encoder = model.level_modules(k)[0]
-        out += [(encoder[0].weight, encoder[0].bias, None), (encoder[3].weight, encoder[3].bias, width)]
+        encoder = model.level_modules(k).encoder
+        out += [(encoder.first.weight, encoder.first.bias, None), (encoder.last.weight, encoder.last.bias, width)]
     return out
 
 
@@ -51,17 +55,26 @@ class PrepackedChain:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        # The parameters, looked up once (replacing them needs a new wrapper).
-        self._linears = encoder_linears(model)
-        self._tensors = tuple(t for w, b, _ in self._linears for t in (w, b))
         self._lock = threading.Lock()
         self._packed: Optional[tuple] = None
         self._seen: Optional[tuple] = None
+        self._look_up()
+
+    def _look_up(self) -> None:
+        # The parameters, looked up here (not on every call; refresh() looks them up again).
+        self._linears = encoder_linears(self.model)
+        self._tensors = tuple(t for w, b, _ in self._linears for t in (w, b))
 
     def _pack(self) -> tuple:
         reorder = torch.ops.mkldnn._reorder_linear_weight
         return tuple((reorder(w.detach()[:rows].contiguous()), b.detach()[:rows].contiguous())
                      for w, b, rows in self._linears)
+
+    def refresh(self) -> None:
+        """Look the parameters up again and pack them now, whatever their version counters say."""
+        with self._lock:
+            self._look_up()
+            self._packed, self._seen = self._pack(), weights_version(self._tensors)
 
     def packed(self) -> tuple:
         """The packed ``(weight, bias)`` of each Linear, rebuilt if a weight changed since."""

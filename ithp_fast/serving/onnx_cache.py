@@ -59,7 +59,7 @@ def checkpoint_checksum(checkpoint: str) -> str:
 
 
 def cache_key(checkpoint: str) -> str:
-    from .. import __version__
+    from ..version import __version__
 
     return f"{checkpoint_checksum(checkpoint)[:20]}-ithp_fast-{__version__}"
 

@@ -1,4 +1,4 @@
-"""ONNX Runtime as the CPU backend of the serving wrappers (``backend="onnxruntime"``).
+"""ONNX Runtime as the CPU runtime of the serving wrappers (``runtime="onnxruntime"``).
 
 On the CPU ONNX Runtime runs the exported ITHP-DeBERTa several times faster than torch's eager
 model (the backbone is almost all of a call; ``bench/results/`` and the README's "Deployment"
@@ -11,11 +11,14 @@ threads spin: the fastest on cores the process has to itself), ``ServingEncoder`
 spinning session for small requests and a sleeping one for large (:data:`SPIN_MAX_BATCH`).
 Needs the ``export`` extra (``pip install 'ithp_fast[export]'``).
 
-Weight updates made in place are seen: every call compares each parameter's version counter and
-storage with those exported (replacing parameter tensors needs a new wrapper), and a change
+Weight updates are followed: every call compares each parameter's version counter and storage
+with those exported (:func:`~ithp_fast.serving.buckets.weights_version`: ``load_state_dict``, an
+optimiser step, an in-place op on a parameter or on ``p.detach()``, ``p.data = t``), and a change
 exports the model again (seconds for ITHP, up to a minute for a deberta-v3-base backbone) before
-answering. ``InferenceSession.run`` may be called from several
-threads; a re-export happens once, under a lock.
+answering; an ONNX file given at construction stands for the weights of that moment. A write
+that bypasses the version counter (through ``p.data`` or a NumPy / DLPack view), or parameters
+replaced, are seen after :meth:`OnnxRuntimeProgram.refresh`. ``InferenceSession.run`` may be
+called from several threads; a re-export happens once, under a lock.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import importlib.util
 import os
 import tempfile
 import threading
-from typing import Optional, Sequence
+from typing import Callable, Iterable, Optional
 
 import torch
 from torch import nn
@@ -43,7 +46,7 @@ def _session(path: str, threads: int, spinning: bool = False):
     try:
         import onnxruntime
     except ImportError as err:
-        raise ImportError("backend='onnxruntime': needs onnxruntime (pip install 'ithp_fast[export]')") from err
+        raise ImportError("runtime='onnxruntime': needs onnxruntime (pip install 'ithp_fast[export]')") from err
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -68,10 +71,12 @@ class OnnxRuntimeProgram:
     Args:
         model: an ``ITHPDeberta`` (inputs ``input_ids``, ``attention_mask``) or an ITHP (``x``).
         tokens: the token count of the program.
-        onnx_file: an ONNX file written by :func:`ithp_fast.export` for this model and ``tokens``
-            (dynamic batch); None exports one now. A given file is never re-exported.
+        onnx_file: an ONNX file written by :func:`ithp_fast.export` for this model's current
+            weights and ``tokens`` (dynamic batch); None exports one now. After a weight update
+            the model is exported anew (into a temporary folder), as without a file.
         threads: ONNX Runtime's intra-op threads (default: ``torch.get_num_threads()``).
-        watched: the parameters whose updates trigger a new export (default: all the model's).
+        watched: returns the parameters whose updates trigger a new export (default: all the
+            model's); called at construction and by :meth:`refresh`.
         spin_max_batch: requests of up to this many examples (first dimension) run on a session
             whose idle threads spin, larger ones on one whose threads sleep (see
             :data:`SPIN_MAX_BATCH`); 0: threads always sleep; None: one session with ONNX
@@ -79,15 +84,15 @@ class OnnxRuntimeProgram:
     """
 
     def __init__(self, model: nn.Module, tokens: int, onnx_file: Optional[str] = None,
-                 threads: Optional[int] = None, watched: Optional[Sequence[torch.Tensor]] = None,
+                 threads: Optional[int] = None, watched: Optional[Callable[[], Iterable[torch.Tensor]]] = None,
                  spin_max_batch: Optional[int] = 0) -> None:
         self.model, self.tokens = model, tokens
         self.threads = threads or torch.get_num_threads()
         self.spin_max_batch = spin_max_batch
         self._lock = threading.Lock()
-        self._follows_weights = onnx_file is None
-        # Listed once: walking the modules on every call would cost 0.1 ms.
-        self._params = tuple(model.parameters() if watched is None else watched)
+        self._watched = watched or model.parameters
+        # Listed here and by refresh(): walking the modules on every call would cost 0.1 ms.
+        self._params = tuple(self._watched())
         self._seen = weights_version(self._params)
         self._sessions = self._export() if onnx_file is None else self._load(os.fspath(onnx_file))
         self.input_names = tuple(i.name for i in self._sessions[0].get_inputs())
@@ -110,13 +115,19 @@ class OnnxRuntimeProgram:
             path = export(self.model, os.path.join(folder, "model.onnx"), format="onnx", tokens=self.tokens)[0]
             return self._load(path)  # the sessions read the weights into memory
 
+    def refresh(self) -> None:
+        """List the watched parameters again and export the model now, whatever their versions say."""
+        with self._lock:
+            self._params = tuple(self._watched())
+            self._seen = weights_version(self._params)
+            self._sessions = self._export()
+
     def _current_sessions(self) -> tuple:
-        if self._follows_weights:
-            seen = weights_version(self._params)
-            if seen != self._seen:
-                with self._lock:
-                    if seen != self._seen:
-                        self._sessions, self._seen = self._export(), seen
+        seen = weights_version(self._params)
+        if seen != self._seen:
+            with self._lock:
+                if seen != self._seen:
+                    self._sessions, self._seen = self._export(), seen
         return self._sessions
 
     def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:

@@ -47,7 +47,7 @@ the others, whose modules import torch (seconds) at import."""
 
 
 def build_parser(modules: Sequence[str] = _COMMAND_MODULES) -> argparse.ArgumentParser:
-    from .. import __version__
+    from ..version import __version__
 
     parser = argparse.ArgumentParser(
         prog="ithp-fast",

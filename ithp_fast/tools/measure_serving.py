@@ -17,7 +17,7 @@ import torch
 from ..encode import chain as chain_path
 from ..encode import fused as fused_path
 from ..reference.ithp import ITHP as ReferenceITHP
-from ..serving.buckets import DEFAULT_TOKENS, WARMUP_CALLS, _median_seconds
+from ..serving.buckets import DEFAULT_TOKENS, WARMUP_CALLS, median_seconds
 from ..serving.deberta import ServingDeberta, deberta_logits
 from ..serving.encoder import ServingEncoder
 from ..serving.graphs import capture_graph
@@ -28,7 +28,7 @@ def graphed_seconds(fn: Callable[[], object], device: torch.device, calls_per_gr
     """Seconds per call of ``fn()`` captured ``calls_per_graph`` times in one CUDA graph (median)."""
     graph, _ = capture_graph(fn, warmup=WARMUP_CALLS, stream=torch.cuda.Stream(device), calls=calls_per_graph)
     graph.replay()
-    return _median_seconds(graph.replay, device, replays) / calls_per_graph
+    return median_seconds(graph.replay, device, replays) / calls_per_graph
 
 
 def _sweep_configs(rows: int, hidden: int, sm_count: int):
@@ -133,8 +133,8 @@ def _measure_encode(base, dtype_name, precision, rows_list, sweep, device, card)
         x = torch.randn(batch, DEFAULT_TOKENS, 768, device=device, dtype=dtype)
         bucket = server._buckets[batch * DEFAULT_TOKENS]
         _emit(dict(what="serving_encoder", card=card, dtype=dtype_name, precision=precision, batch=batch,
-                   tokens=DEFAULT_TOKENS, replay_us=1e6 * _median_seconds(bucket.run, device, 50),
-                   call_us=1e6 * _median_seconds(lambda: server(x), device, 50)))
+                   tokens=DEFAULT_TOKENS, replay_us=1e6 * median_seconds(bucket.run, device, 50),
+                   call_us=1e6 * median_seconds(lambda: server(x), device, 50)))
 
 
 def _measure_modes(base, device, card):
@@ -155,14 +155,14 @@ def _measure_deberta(dtype, compile_mode, device, card):
     acoustic = torch.rand(1, DEFAULT_TOKENS, 74, device=device, dtype=dtype)
     rec = dict(what="deberta", card=card, dtype=str(dtype).split(".")[-1], tokens=DEFAULT_TOKENS,
                compile_mode=compile_mode)
-    rec["b1_forward_eager_us"] = 1e6 * _median_seconds(lambda: model(ids, visual, acoustic, mask), device)
-    rec["b1_logits_eager_us"] = 1e6 * _median_seconds(lambda: deberta_logits(model, ids, mask), device)
+    rec["b1_forward_eager_us"] = 1e6 * median_seconds(lambda: model(ids, visual, acoustic, mask), device)
+    rec["b1_logits_eager_us"] = 1e6 * median_seconds(lambda: deberta_logits(model, ids, mask), device)
     server = ServingDeberta(model, batch_sizes=(1, 8, 32), compile_mode=compile_mode)
     for batch in (1, 8, 32):
         ids_b = torch.randint(1, 1000, (batch, DEFAULT_TOKENS), device=device)
         mask_b = torch.ones_like(ids_b)
-        rec[f"b{batch}_served_us"] = 1e6 * _median_seconds(lambda: server(ids_b, mask_b), device, 50)
-        rec[f"b{batch}_replay_us"] = 1e6 * _median_seconds(server._buckets[(batch, DEFAULT_TOKENS)].run, device, 50)
+        rec[f"b{batch}_served_us"] = 1e6 * median_seconds(lambda: server(ids_b, mask_b), device, 50)
+        rec[f"b{batch}_replay_us"] = 1e6 * median_seconds(server._buckets[(batch, DEFAULT_TOKENS)].run, device, 50)
     want = model(ids, visual, acoustic, mask).logits
     rec["b1_max_abs_diff_vs_forward"] = float((server(ids, mask).float() - want.float()).abs().max())
     _emit(rec)
@@ -193,7 +193,7 @@ def measure_cpu(batch: int = 32, tokens: int = DEFAULT_TOKENS, repeats: int = 5,
     for _ in range(repeats):
         for name, run in runs.items():
             run()
-            results[name].append(1e3 * _median_seconds(run, cpu, calls))
+            results[name].append(1e3 * median_seconds(run, cpu, calls))
     rec = dict(what="cpu_encode", threads=torch.get_num_threads(), batch=batch, tokens=tokens)
     rec.update({name: statistics.median(v) for name, v in results.items()})
     rec["speedup_vs_reference_forward"] = rec["reference_forward_ms"] / rec["encode_ms"]

@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import sys
 
+from ..checks import OLD_IMPL
 from ..data import DataFormatError
 from ..training.config import TrainConfig
 from ..training.eval_config import EvalConfig
@@ -50,6 +51,8 @@ FIELD_DEFAULTS = {
     f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
     for f in dataclasses.fields(TrainConfig)
 }
+
+OLD_IMPL_HELP = "the old name of --backend: fast is auto, reference is reference"
 
 # Errors that come from what the user gave (paths, files, options): one line, no traceback.
 USER_ERRORS = (DataFormatError, FileNotFoundError, ValueError, KeyError)
@@ -117,7 +120,7 @@ def report_error(command: str, exc: BaseException) -> None:
 def train_command(args: argparse.Namespace) -> int:
     from ..training import api, loop
 
-    given = {k: v for k, v in vars(args).items() if k in FIELD_DEFAULTS}
+    given = {k: v for k, v in vars(args).items() if k in FIELD_DEFAULTS or k == "impl"}  # impl: old --backend
     try:
         api.train(args.config, **given)
     except USER_ERRORS as exc:
@@ -133,7 +136,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from ..training import api
 
     try:
-        api.evaluate(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig)})
+        old_names = {"impl": args.impl} if "impl" in vars(args) else {}  # impl: the old --backend
+        api.evaluate(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig)}, **old_names)
     except USER_ERRORS as exc:
         report_error("evaluate", exc)
         return 2
@@ -155,6 +159,7 @@ def register(sub) -> None:
         metavar="FILE",
         help="JSON or YAML file of settings (keys: flag names); flags given here override it",
     )
+    p.add_argument("--impl", choices=tuple(OLD_IMPL), default=argparse.SUPPRESS, help=OLD_IMPL_HELP)
     p.set_defaults(func=train_command)
 
     e = sub.add_parser(
@@ -164,4 +169,5 @@ def register(sub) -> None:
         parents=[dataclass_arguments(EvalConfig)],
         formatter_class=PlainHelpFormatter,
     )
+    e.add_argument("--impl", choices=tuple(OLD_IMPL), default=argparse.SUPPRESS, help=OLD_IMPL_HELP)
     e.set_defaults(func=evaluate_command)

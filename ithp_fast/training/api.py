@@ -15,6 +15,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
+from ..checks import renamed_settings
 from ..data import SentimentData, SentimentSplit
 from .config import TrainConfig, recipe_settings
 from .evaluate import evaluate_checkpoint
@@ -52,9 +53,10 @@ def read_config_file(path: Union[str, os.PathLike]) -> dict:
 
 
 def normalise_keys(values: Mapping, where: str) -> dict:
-    """Keys as TrainConfig's field names; a clear error listing unknown ones."""
+    """Keys as TrainConfig's field names (an old name, such as ``impl``, as today's); a clear error
+    listing unknown ones."""
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    out = {str(k).lstrip("-").replace("-", "_"): v for k, v in values.items()}
+    out = renamed_settings({str(k).lstrip("-").replace("-", "_"): v for k, v in values.items()}, where)
     unknown = sorted(k for k in out if k not in known)
     if unknown:
         raise ValueError(f"{where}: unknown settings {', '.join(unknown)} (see ithp-fast train --help)")
@@ -146,7 +148,8 @@ def evaluate(checkpoint: Union[str, os.PathLike], data: DataSource = None, **set
         data: what :func:`train` takes (needed unless the checkpoint was trained on the synthetic set).
         settings: the options of ``ithp-fast evaluate``, the fields of
             :class:`~ithp_fast.training.eval_config.EvalConfig`: ``split`` (``"test"``), ``protocol``
-            (``"authors"``), ``batch_size``, ``impl`` and ``eval_sampling`` (the training run's;
+            (``"authors"``), ``batch_size``, ``backend`` (what computes ITHP; ``impl``, its old name, still
+            works) and ``eval_sampling`` (the training run's;
             ``"mean"`` gives the same predictions every time), ``drop_detectors`` (e.g. ``["acoustic"]``:
             removed from every example, the report's ``ib_terms`` show their levels' reconstruction terms
             at 0; the predictions do not use detectors), ``device`` (``"auto"``) and ``output_dir``

@@ -7,13 +7,14 @@ from typing import TYPE_CHECKING, Optional
 
 from torch import nn
 
+from ..checks import AUTO, BACKEND_CHOICES, check_choice, renamed_settings
 from ..config import ITHPConfig
 from ..data import DataFormatError, PretrainedWordTokenizer, SentimentData, WordVocabulary
 from ..data.tokenize import TOKENIZER_FILE
 from ..deberta_config import ITHPDebertaConfig
 from ..reference.deberta import RELEASED_ORDER, load_backbone
 from .checkpoints import verify_tokenizer_files
-from .config import IMPLS, TrainConfig
+from .config import TrainConfig
 
 if TYPE_CHECKING:  # the Hugging Face model loads transformers' modeling code (seconds): imported when built
     from ..deberta import ITHPDeberta
@@ -63,22 +64,20 @@ def model_settings(config: dict) -> ITHPDebertaConfig:
         mask_ithp_padding=model.get("mask_ithp_padding", False),
         modality_order=model.get("modality_order", RELEASED_ORDER),
         eval_sampling=model["eval_sampling"],
-        impl=config.get("impl", "fast"),
+        backend=renamed_settings(config, "config.json").get("backend", AUTO),  # "impl" then
         max_seq_length=config.get("run", {}).get("max_seq_length", 50),
         backbone_path=model.get("backbone_path"),
     )
 
 
-def build_model(settings: ITHPDebertaConfig, impl: Optional[str] = None,
+def build_model(settings: ITHPDebertaConfig, backend: Optional[str] = None,
                 backbone: Optional[nn.Module] = None) -> ITHPDeberta:
-    """ITHP-DeBERTa from its settings (random backbone weights unless ``backbone`` is given); ``impl``
-    replaces the settings' ITHP implementation."""
+    """ITHP-DeBERTa from its settings (random backbone weights unless ``backbone`` is given); ``backend``
+    replaces the settings' (what computes ITHP)."""
     from ..deberta import ITHPDeberta
 
-    if impl is not None:
-        if impl not in IMPLS:
-            raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
-        settings.impl = impl
+    if backend is not None:
+        settings.backend = check_choice(backend, BACKEND_CHOICES, "backend")
     return ITHPDeberta(settings, backbone=backbone)
 
 
@@ -100,7 +99,7 @@ def new_model(cfg: TrainConfig, data: SentimentData) -> tuple[ITHPDeberta, dict]
         mask_ithp_padding=cfg.mask_padding,
         modality_order=cfg.detector_names,
         eval_sampling=cfg.eval_sampling,
-        impl=cfg.impl,
+        backend=cfg.backend,
         max_seq_length=cfg.max_seq_length,
         backbone_path=cfg.backbone,
     )

@@ -7,7 +7,7 @@ A checkpoint directory is a Hugging Face model directory (``ITHPDeberta.from_pre
     config.json             the model's ITHPDebertaConfig (model_type "ithp_deberta"), posterior mean
     model.safetensors       the model's state_dict (backbone included)
     tokenizer.json, tokenizer_config.json, ...   the tokenizer, in Hugging Face's format
-    training.json           {"format", "run": {...}, "data": {...}, "tokenizer": {...}, "impl", "world_size"}:
+    training.json           {"format", "run": {...}, "data": {...}, "tokenizer": {...}, "backend", "world_size"}:
                             how the model was trained (the run's settings, eval_sampling included)
     optimizer.safetensors   optimiser tensors (resumable checkpoints only)
     trainer_state.json      optimiser hyper-parameters, scheduler state, progress, history
@@ -363,10 +363,11 @@ def save_checkpoint(
 
 def load_config(directory: str) -> dict:
     """A checkpoint's settings (checked against its manifest) as ``{"model": <config.json>, "run", "data",
-    "tokenizer", "impl", "world_size", "format"}``: this version's ``config.json`` and ``training.json``
-    together (a directory written by ``save_pretrained`` has no ``training.json``: then only ``"model"``),
-    or an earlier version's ``config.json``, which held all of it (its ``"model"`` in that version's form).
-    Without a manifest, an :class:`UnverifiedCheckpointWarning` says that nothing in it can be checked."""
+    "tokenizer", "backend" (``"impl"`` before), "world_size", "format"}``: this version's ``config.json``
+    and ``training.json`` together (a directory written by ``save_pretrained`` has no ``training.json``:
+    then only ``"model"``), or an earlier version's ``config.json``, which held all of it (its ``"model"``
+    in that version's form). Without a manifest, an :class:`UnverifiedCheckpointWarning` says that
+    nothing in it can be checked."""
     if not os.path.isdir(directory):
         raise FileNotFoundError(
             f"checkpoint: {directory} is not a directory; expected one written by `ithp-fast train`"

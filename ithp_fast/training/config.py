@@ -19,7 +19,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, get_args, get_origin, get_type_hints
 
-from ..config import IMPLS  # noqa: F401 (the implementations --impl names)
 from ..data import DETECTOR_NAMES
 from .metrics import metric_names
 
@@ -162,7 +161,11 @@ class TrainConfig:
         "seed, the same every epoch): a dropped detector's features are not used, and its level's "
         "reconstruction term leaves that example out",
     )
-    impl: Literal["fast", "reference"] = setting("fast", "ITHP implementation")
+    backend: Literal["auto", "triton", "torch", "reference"] = setting(
+        "auto",
+        "what computes ITHP: auto (triton on CUDA, torch elsewhere), triton (fused Triton kernels), torch "
+        "(fused PyTorch), or reference (the plain-PyTorch spec). --impl fast|reference is its old name",
+    )
     eval_sampling: Literal["sample", "mean"] = setting(
         "sample", "latent in eval mode: sample b = mu + eps * sigma (the released behaviour) or mean b = mu"
     )
@@ -278,6 +281,7 @@ class TrainConfig:
     def validate(self, world_size: int = 1) -> None:
         """One clear error naming the flag for any setting out of range."""
         check_types(self)
+        check_backend_runs(self.backend, self.device)
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
@@ -344,6 +348,22 @@ class TrainConfig:
                 f"--backbone: {self.backbone!r} is not a local directory. Nothing is downloaded: save the model "
                 f"(config, weights and tokenizer) to a directory first and pass that directory"
             )
+
+
+def check_backend_runs(backend: str, device: str) -> None:
+    """One line naming --backend when the backend cannot run on the run's device (triton without CUDA)."""
+    if backend != "triton":
+        return
+    import torch
+
+    from ..backends import resolve_backend
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolve_backend(backend, device)
+    except RuntimeError as err:
+        raise ValueError(f"--backend: {err}") from None
 
 
 def check_seeds(seeds: list[int]) -> None:

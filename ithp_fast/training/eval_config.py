@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
+from ..checks import renamed_settings
 from .config import setting
 from .metrics import CONVENTIONS
 
@@ -33,7 +34,11 @@ class EvalConfig:
     split: Literal["train", "valid", "test"] = setting("test", "the split to score")
     protocol: Literal["authors", "mmsa"] = setting("authors", "convention of the printed headline (both are written)")
     batch_size: Optional[int] = setting(None, "evaluation batch. Default: the training run's")
-    impl: Optional[Literal["fast", "reference"]] = setting(None, "ITHP implementation. Default: the training run's")
+    backend: Optional[Literal["auto", "triton", "torch", "reference"]] = setting(
+        None,
+        "what computes ITHP: auto, triton, torch or reference (the plain-PyTorch spec); --impl fast|reference is "
+        "its old name. Default: the training run's",
+    )
     eval_sampling: Optional[Literal["mean", "sample"]] = setting(
         None,
         "latent in evaluation: mean (b = mu, the same answer every time) or sample (drawn, as the released "
@@ -73,6 +78,7 @@ def make_eval_config(checkpoint: str, **settings: Any) -> EvalConfig:
     from transformers import HfArgumentParser
 
     known = {f.name for f in dataclasses.fields(EvalConfig)}
+    settings = renamed_settings(settings, "evaluate")  # impl: the old name of backend
     unknown = sorted(k for k in settings if k not in known)
     if unknown:
         raise ValueError(f"evaluate: unknown settings {', '.join(unknown)} (see ithp-fast evaluate --help)")

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from ..checks import renamed_settings
 from ..config import ITHPConfig
 from ..data import (
     DataFormatError,
@@ -154,12 +155,13 @@ def evaluate_checkpoint(
     settings = settings_of(settings, options)
     settings.validate()
     directory, split, protocol = settings.checkpoint, settings.split, settings.protocol
-    impl, eval_sampling, drop_detectors = settings.impl, settings.eval_sampling, settings.drop_detectors
+    backend, eval_sampling, drop_detectors = settings.backend, settings.eval_sampling, settings.drop_detectors
     output_dir = settings.output_dir or default_output_dir(directory)
     check_output_dir(output_dir, directory)
     ctx = init_distributed(settings.device)
     try:
-        model, config = load_checkpoint_model(directory, impl=impl, device=ctx.device, eval_sampling=eval_sampling)
+        model, config = load_checkpoint_model(directory, backend=backend, device=ctx.device,
+                                              eval_sampling=eval_sampling)
         if "run" not in config:
             raise ckpt.CheckpointError(f"checkpoint: {directory} has no {ckpt.RUN_FILE} (the settings of the run "
                                        f"that trained it), which evaluate needs; it scores texts with predict")
@@ -233,7 +235,7 @@ def write_report(output_dir: str, report: dict, split: SentimentSplit, result: d
 
 def run_config(config: dict, batch_size: Optional[int]) -> TrainConfig:
     """The training run's settings from a checkpoint's config, with the evaluation's batch and sampling."""
-    run = config["run"]
+    run = renamed_settings(config["run"], "config.json")
     cfg = TrainConfig(**{f.name: run[f.name] for f in dataclasses.fields(TrainConfig) if f.name in run})
     cfg.eval_sampling = config["model"]["eval_sampling"]
     if batch_size is not None:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ..checks import renamed_settings
 from ..data import PretrainedWordTokenizer, SentimentData, SyntheticSpec, load_sentiment_data
 from . import checkpoints as ckpt
 from .batches import TRAIN_TAG, derive_seed, present_detectors, run_batch
@@ -161,7 +162,7 @@ def check_resume(saved: dict, cfg: TrainConfig, path: str) -> None:
     """A clear error when ``--resume`` is asked with settings that change what is computed. A setting the saved
     run does not list (written before the setting existed) counts as its default."""
     now = cfg.to_dict()
-    saved = {**TrainConfig().to_dict(), **saved}
+    saved = {**TrainConfig().to_dict(), **renamed_settings(saved, path)}
     diff = [
         k
         for k in now
@@ -271,7 +272,7 @@ def start_seed(cfg: TrainConfig, seed: int, data: SentimentData, ctx: DistContex
         "model": model_config,
         "run": {**cfg.to_dict(), "seed": seed},
         "data": data.describe(),
-        "impl": cfg.impl,
+        "backend": cfg.backend,
         "world_size": ctx.world_size,
         "tokenizer": tokenizer_entry(data),
     }
@@ -639,7 +640,7 @@ def add_results_row(cfg: TrainConfig, data: SentimentData, summary: dict, unless
         summary,
         name=os.path.basename(output_dir),
         dataset=data.source,
-        model=f"ITHP-DeBERTa ({cfg.impl}; {backbone})",
+        model=f"ITHP-DeBERTa (backend {cfg.backend}; {backbone})",
         output_dir=output_dir,
         unless_present=unless_present,
     ):
