@@ -45,7 +45,7 @@ def test_cpu_paths_without_triton():
     assert "backend 'triton' needs the triton package" in out
 
 
-HEAVY = ("triton", "torch._inductor", "onnx", "onnxruntime", "matplotlib", "tensorboard")
+HEAVY = ("triton", "torch._inductor", "onnx", "onnxruntime", "matplotlib", "tensorboard", "fastapi", "uvicorn")
 HUGGING_FACE_MODELS = ("ITHPDeberta",)
 """Public names that are transformers models: importing transformers' modeling code loads torch._dynamo, and
 with it Triton and inductor's config, whatever this package does."""
@@ -89,3 +89,13 @@ def test_the_auto_classes_know_the_model_when_transformers_came_first():
         print(type(AutoModel.from_config(config)).__name__)
     """)
     assert out.strip() == "ITHPDeberta", out
+
+
+def test_the_command_line_loads_the_server_packages_only_to_serve():
+    out = run_python("""
+        import sys
+        from ithp_fast.tools.cli import build_parser
+        build_parser()
+        print(sorted(m for m in ("fastapi", "uvicorn", "starlette") if m in sys.modules))
+    """)
+    assert out.strip() == "[]", out

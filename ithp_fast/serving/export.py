@@ -124,7 +124,7 @@ def _check_arguments(model, output, format, tokens, batch) -> str:
 
 
 def export(model: nn.Module, output: Union[str, os.PathLike], *, format: str, tokens: Optional[int] = None,
-           batch: Optional[int] = None, tokenizer: Any = None) -> list[str]:
+           batch: Optional[int] = None, tokenizer: Any = None, quantize: str = "none") -> list[str]:
     """Write ``model`` (an ``ITHPDeberta``, or an ITHP alone) as ``format`` to ``output``.
 
     Args:
@@ -141,6 +141,9 @@ def export(model: nn.Module, output: Union[str, os.PathLike], *, format: str, to
             ``MAX_DYNAMIC_BATCH``).
         tokenizer: what the ONNX bundle of an ``ITHPDeberta`` carries (default: ``model.tokenizer``;
             none is written when neither is there).
+        quantize: ``"none"`` (default) or ``"int8"``: ONNX Runtime's dynamic int8 quantisation of the ONNX
+            program (:mod:`ithp_fast.serving.quantize`; one file, the weights inside), run and checked
+            for finite outputs; its scores differ from float32's by up to a few hundredths (README, Serving).
 
     Returns the paths written (``output``, and for ONNX its ``.data`` file and the tokenizer's files
     beside it).
@@ -149,6 +152,10 @@ def export(model: nn.Module, output: Union[str, os.PathLike], *, format: str, to
     ``output`` then).
     """
     path = _check_arguments(model, output, format, tokens, batch)
+    from .quantize import check_quantize
+
+    if check_quantize(quantize) != "none" and format != "onnx":
+        raise ValueError(f"quantize: int8 quantises an ONNX program; got format={format!r}")
     tokens = tokens or getattr(model, "max_seq_length", None) or DEFAULT_TOKENS
     if tokenizer is None:
         tokenizer = getattr(model, "tokenizer", None)
@@ -156,9 +163,33 @@ def export(model: nn.Module, output: Union[str, os.PathLike], *, format: str, to
     model.eval()
     try:
         with torch.no_grad():
+            if quantize == "int8":
+                return _export_int8(model, path, tokens, batch, tokenizer)
             return _export(model, path, format, tokens, batch, tokenizer)
     finally:
         model.train(was_training)
+
+
+def _export_int8(model: nn.Module, path: str, tokens: int, batch: Optional[int], tokenizer: Any) -> list[str]:
+    """The float32 ONNX export in a temporary folder, quantised to ``path``; the tokenizer's files beside it."""
+    from .quantize import quantize_int8
+
+    parent, name = os.path.split(path)
+    floats = tempfile.mkdtemp(prefix=f".{name}.float32.", dir=parent)
+    try:
+        written = _export(model, os.path.join(floats, name), "onnx", tokens, batch, tokenizer)
+        staged = quantize_int8(written[0], os.path.join(floats, "int8.onnx"))
+        _, inputs, _, _ = _program_and_inputs(model, batch or 2, tokens)
+        got = _onnx_runner(staged, ("input_ids", "attention_mask") if _is_deberta(model) else ("x",))(*inputs)
+        if not bool(torch.isfinite(got).all()):
+            raise RuntimeError("export: the int8 program gives non-finite outputs; nothing was written")
+        extras = [f for f in written[1:] if not f.endswith(".data")]
+        for f in extras:
+            os.replace(f, os.path.join(parent, os.path.basename(f)))
+        os.replace(staged, path)
+        return [path] + [os.path.join(parent, os.path.basename(f)) for f in extras]
+    finally:
+        shutil.rmtree(floats, ignore_errors=True)
 
 
 def _export(model: nn.Module, path: str, format: str, tokens: int, batch: Optional[int], tokenizer: Any) -> list[str]:

@@ -21,66 +21,22 @@ from torch import nn
 
 from ..encode import encode
 from .logits import first_token_logits
+from .tokens import ScoredTexts, TextTokenizer, backend_tokenizer, check_texts
+
+__all__ = ["TextScorer", "ScoredTexts", "EncodedBatch", "check_texts", "backend_tokenizer", "posterior_mean_logits"]
 
 Logits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
-class ScoredTexts:
-    """What :meth:`TextScorer.score` returns."""
-
-    scores: list
-    """One float per text (a list of ``num_labels`` floats per text when the model has several outputs)."""
-    cut: list[bool]
-    """True where the text had more than ``max_tokens`` tokens and was cut to them."""
-    unknown: int
-    """Tokens read as the tokenizer's unknown token: for a word-level vocabulary, words it does not hold."""
-    tokens: int
-    """Tokens read (``[CLS]``, ``[SEP]`` and padding not counted); words, for a word-level vocabulary."""
-    word_level: bool
-    """Whether the tokenizer is a word-level vocabulary (one token per word)."""
-
-    def unknown_message(self) -> Optional[str]:
-        """One line counting the unknown words (tokens), or None when there are none."""
-        if not self.unknown:
-            return None
-        if self.word_level:
-            return f"{self.unknown} of {self.tokens} words are not in the model's vocabulary and were read as unknown"
-        return f"{self.unknown} of {self.tokens} tokens are the tokenizer's unknown token"
-
-
-@dataclass
 class EncodedBatch:
-    """A batch of texts as the model reads them."""
+    """A batch of texts as the model reads them (torch tensors)."""
 
     input_ids: torch.Tensor  # [batch, longest] int64
     attention_mask: torch.Tensor  # [batch, longest] int64, 1 on the text's tokens
     cut: list[bool]
     unknown: int
     tokens: int
-
-
-def check_texts(texts: Any, name: str = "texts") -> list[str]:
-    """``texts`` as a list of non-empty strings; a clear error naming the first one that is not."""
-    if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
-        raise TypeError(f"{name}: expected a list of strings, got {type(texts).__name__} (pass [text] for one text)")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"{name}[{i}]: expected a string, got {type(text).__name__}")
-        if not text.strip():
-            raise ValueError(f"{name}[{i}]: empty text; there are no words to score")
-    return list(texts)
-
-
-def backend_tokenizer(tokenizer: Any):
-    """A copy of the ``tokenizers.Tokenizer`` behind ``tokenizer`` (a transformers fast tokenizer, or a
-    ``tokenizers.Tokenizer``), for this module to set its truncation and padding."""
-    from tokenizers import Tokenizer
-
-    backend = tokenizer if isinstance(tokenizer, Tokenizer) else getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        raise TypeError(f"tokenizer: expected a Hugging Face fast tokenizer, got {type(tokenizer).__name__}")
-    return Tokenizer.from_str(backend.to_str())
 
 
 def posterior_mean_logits(model: nn.Module) -> Logits:
@@ -120,29 +76,16 @@ class TextScorer:
         self.model = model
         self.batch_size = batch_size
         self.max_tokens = max_tokens or model.max_seq_length
-        self.backend = backend_tokenizer(tokenizer)
-        self.backend.no_padding()
-        self.backend.enable_truncation(self.max_tokens)
-        self.unk_id = _unknown_id(tokenizer, self.backend)
-        self.word_level = type(self.backend.model).__name__ == "WordLevel"
-        self.pad_id = model.dberta.model.config.pad_token_id or 0
+        self.tokenizer = TextTokenizer(tokenizer, self.max_tokens, model.dberta.model.config.pad_token_id or 0)
+        self.word_level = self.tokenizer.word_level
         self.device = next(model.parameters()).device
         self.logits = posterior_mean_logits(model) if logits is None else logits
 
     def encode(self, texts: Sequence[str]) -> EncodedBatch:
         """Token ids of ``texts`` (checked), cut to ``max_tokens`` and padded to the longest of them."""
-        encodings = self.backend.encode_batch(check_texts(texts))
-        longest = max(len(e.ids) for e in encodings)
-        ids = torch.full((len(encodings), longest), self.pad_id, dtype=torch.int64)
-        mask = torch.zeros((len(encodings), longest), dtype=torch.int64)
-        unknown = tokens = 0
-        for row, e in enumerate(encodings):
-            ids[row, : len(e.ids)] = torch.tensor(e.ids, dtype=torch.int64)
-            mask[row, : len(e.ids)] = 1
-            words = [i for i, special in zip(e.ids, e.special_tokens_mask) if not special]
-            tokens += len(words)
-            unknown += sum(i == self.unk_id for i in words)
-        return EncodedBatch(ids, mask, [bool(e.overflowing) for e in encodings], unknown, tokens)
+        b = self.tokenizer.encode(texts)
+        return EncodedBatch(torch.from_numpy(b.input_ids), torch.from_numpy(b.attention_mask), b.cut, b.unknown,
+                            b.tokens)
 
     def score(self, texts: Sequence[str], *, progress: bool = False, warn: bool = True) -> ScoredTexts:
         """Score ``texts`` ``batch_size`` at a time (a tqdm bar with ``progress``). With ``warn``, one
@@ -169,10 +112,3 @@ class TextScorer:
             warnings.warn(result.unknown_message(), stacklevel=2)
         return result
 
-
-def _unknown_id(tokenizer: Any, backend) -> Optional[int]:
-    unk = getattr(tokenizer, "unk_token_id", None)
-    if unk is None:
-        token = getattr(backend.model, "unk_token", None)
-        unk = backend.token_to_id(token) if token else None
-    return unk

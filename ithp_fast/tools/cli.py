@@ -17,6 +17,7 @@ _COMMAND_MODULES = (
     "ithp_fast.tools.predict_command",  # predict
     "ithp_fast.tools.export_command",  # export
     "ithp_fast.tools.package_command",  # package
+    "ithp_fast.tools.serve_command",  # serve
     "ithp_fast.tools.benchmarks",  # bench
     "ithp_fast.tools.profile",  # profile
 )
@@ -40,17 +41,22 @@ def plain_help(parser: argparse.ArgumentParser) -> None:
             action.help = plain(action.help)
 
 
-def build_parser() -> argparse.ArgumentParser:
+LIGHT_COMMANDS = {"serve": "ithp_fast.tools.serve_command"}
+"""Commands whose start matters (a server's restart) and that may not need torch: run without registering
+the others, whose modules import torch (seconds) at import."""
+
+
+def build_parser(modules: Sequence[str] = _COMMAND_MODULES) -> argparse.ArgumentParser:
     from ..version import __version__
 
     parser = argparse.ArgumentParser(
         prog="ithp-fast",
-        description="ITHP-DeBERTa: train and evaluate, score texts, export and package models, benchmarks and "
+        description="ITHP-DeBERTa: train and evaluate, score texts, export, package and serve models, benchmarks and "
         "profiling. Each command's --help says more.",
     )
     parser.add_argument("--version", action="version", version=f"ithp-fast {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in _COMMAND_MODULES:
+    for name in modules:
         importlib.import_module(name).register(sub)
     for command in sub.choices.values():
         plain_help(command)
@@ -58,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    light = LIGHT_COMMANDS.get(given[0]) if given else None
+    args = build_parser((light,) if light else _COMMAND_MODULES).parse_args(argv)
     with warnings.catch_warnings():
         warnings.showwarning = one_line_warning(args.command)
         return int(args.func(args) or 0)
