@@ -2,13 +2,17 @@
 they quote (the numbers themselves are checked by ``test_readme_numbers.py``)."""
 
 import json
+import re
 
 from test_readme_numbers import BLOCK, ROOT
 
+TRAINING_RESULTS = re.compile(r"bench/results/(?:train|levels)-synthetic-\S+\.json")
+
 
 def training_blocks(page: str) -> list[tuple[str, str]]:
-    """The results blocks of a page that quote a training run (``bench/results/*-synthetic-*.json``)."""
-    return [(path, text) for path, text in BLOCK.findall((ROOT / page).read_text()) if "-synthetic-" in path]
+    """``(results file, text)`` of each training run a page quotes (``bench/results/{train,levels}-synthetic-*``)."""
+    return [(path, text) for paths, text in BLOCK.findall((ROOT / page).read_text())
+            for path in TRAINING_RESULTS.findall(paths)]
 
 
 def test_each_results_file_was_written_by_the_command_the_page_gives():

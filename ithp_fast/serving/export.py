@@ -143,7 +143,8 @@ def export(model: nn.Module, output: Union[str, os.PathLike], *, format: str, to
             none is written when neither is there).
         quantize: ``"none"`` (default) or ``"int8"``: ONNX Runtime's dynamic int8 quantisation of the ONNX
             program (:mod:`ithp_fast.serving.quantize`; one file, the weights inside), run and checked
-            for finite outputs; its scores differ from float32's by up to a few hundredths (README, Serving).
+            for finite outputs; its scores differ from float32's by up to a few hundredths
+            (docs/deployment.md, Serving over HTTP).
 
     Returns the paths written (``output``, and for ONNX its ``.data`` file and the tokenizer's files
     beside it).
