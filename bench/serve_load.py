@@ -6,6 +6,7 @@
     python bench/serve_load.py --checkpoint models/base --name base --int8
     python bench/serve_load.py --checkpoint DIR --compare-spin    # the CPU default: idle threads spin or sleep
     python bench/serve_load.py --checkpoint DIR --compare-threads # the CPU default: every core, or one thread
+    python bench/serve_load.py --checkpoint DIR --compare-runtimes  # the CPU default: ONNX Runtime, or torch
 
 Every server is one process on the loopback address with the same thread count; clients (one keep-alive
 connection each, one text per request, texts of the synthetic test split in turn) run in this process on
@@ -277,7 +278,7 @@ def int8_figures(checkpoint: str, texts: list[str], labels: np.ndarray, threads:
     return out
 
 
-# -- the README's table
+# -- the documentation's table
 
 
 def fmt(value: float, digits: int = 3) -> str:
@@ -309,6 +310,18 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "loadavg": list(os.getloadavg())}
 
 
+def compared_servers(args: argparse.Namespace) -> list:
+    """The two ``ithp-fast serve`` settings a ``--compare-*`` option runs in turn, the default first."""
+    if args.compare_spin:
+        return [ours(args.checkpoint, args.threads, ["--spin", "off"], "spin off"),
+                ours(args.checkpoint, args.threads, ["--spin", "on"], "spin on")]
+    if args.compare_threads:
+        return [ours(args.checkpoint, args.threads, [], f"{args.threads} threads"),
+                ours(args.checkpoint, 1, [], "1 thread")]
+    return [ours(args.checkpoint, args.threads, ["--runtime", "onnxruntime"], "onnxruntime"),
+            ours(args.checkpoint, args.threads, ["--runtime", "torch"], "torch")]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="a checkpoint or model directory")
@@ -321,16 +334,21 @@ def main(argv=None) -> int:
     p.add_argument("--compare-threads", action="store_true",
                    help="ithp-fast serve with --threads against 1 thread, with and without --background load, "
                         "instead of the comparison with the baseline")
+    p.add_argument("--compare-runtimes", action="store_true",
+                   help="ithp-fast serve on ONNX Runtime against --runtime torch (the CPU candidates), with and "
+                        "without --background load, instead of the comparison with the baseline")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of each turn not recorded")
     p.add_argument("--seconds", type=float, default=6.0, help="seconds recorded per turn")
     p.add_argument("--clients", type=int, nargs="+", default=list(CLIENTS))
-    p.add_argument("--background", type=int, default=1, help="busy processes in --compare-spin's loaded runs")
+    p.add_argument("--background", type=int, default=1,
+                   help="busy processes in the loaded runs of the --compare-* options")
     p.add_argument("--trained", action="store_true", help="the checkpoint was trained on the synthetic set "
                                                           "(seed 0): report the int8 metrics' change")
     p.add_argument("--output", help="default: bench/results/serve-load-<name>-<date>.json")
-    p.add_argument("--render", metavar="FILE", help="print a results file as the README's table")
+    p.add_argument("--render", metavar="FILE",
+                   help="print a results file as the documentation's table (docs/deployment.md)")
     args = p.parse_args(argv)
     if args.render:
         print(render(args.render))
@@ -346,13 +364,11 @@ def main(argv=None) -> int:
     result = {"name": args.name, "checkpoint": args.checkpoint, "date": stamp, "machine_start": machine(),
               "settings": {k: getattr(args, k) for k in ("threads", "rounds", "warmup", "seconds", "clients",
                                                          "background")}}
+    comparing = args.compare_spin or args.compare_threads or args.compare_runtimes
     servers = []
     try:
-        if args.compare_spin or args.compare_threads:
-            servers = ([ours(args.checkpoint, args.threads, ["--spin", "off"], "spin off"),
-                        ours(args.checkpoint, args.threads, ["--spin", "on"], "spin on")] if args.compare_spin else
-                       [ours(args.checkpoint, args.threads, [], f"{args.threads} threads"),
-                        ours(args.checkpoint, 1, [], "1 thread")])
+        if comparing:
+            servers = compared_servers(args)
             result["quiet"] = interleaved(servers, texts, args.clients, args.rounds, args.warmup, args.seconds, 0)
             result["loaded"] = interleaved(servers, texts, args.clients, args.rounds, args.warmup, args.seconds,
                                            args.background)
@@ -365,7 +381,7 @@ def main(argv=None) -> int:
     finally:
         for s in servers:
             s.stop()
-    if not (args.compare_spin or args.compare_threads):
+    if not comparing:
         result["predict_in_process"] = predict_latency(args.checkpoint, texts[0], args.threads)
         if args.int8:
             result["int8"] = int8_figures(args.checkpoint, texts, labels, args.threads, args.trained)

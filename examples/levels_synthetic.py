@@ -1,8 +1,8 @@
 """The training options beyond the released model, side by side on the built-in synthetic set: the released
 modality order against the other one, padding masked or not, no detector missing or 30 % missing, and the
 released script's recipe (no attention mask to the backbone) against the default; three seeds each, then
-every released-order checkpoint evaluated with each detector removed. Writes the results file the README
-quotes.
+every released-order checkpoint evaluated with each detector removed. Writes the results file
+docs/training.md quotes.
 
     python examples/levels_synthetic.py     # fifteen training runs of examples/synthetic.yaml's size, on the CPU
 

@@ -1,5 +1,5 @@
 """Train ITHP-DeBERTa on the built-in synthetic sentiment set (three seeds, on the CPU) through the
-Python API, score a checkpoint again, and write the results file the README quotes.
+Python API, score a checkpoint again, and write the results file the README and docs/training.md quote.
 
     python examples/train_synthetic.py     # about 4 minutes on 2 CPU cores
 

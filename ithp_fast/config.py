@@ -14,9 +14,9 @@ fields (two levels, the paper's values by default); a released field left out is
 (None where the model has no such level). ``level_weights`` left out is ``(1, p_lambda,
 p_lambda², ...)``. After construction both descriptions are filled in and agree.
 
-:meth:`ITHPConfig.to_dict` gives exactly the released keys for a config the released model can
+[`ITHPConfig.to_dict`][ithp_fast.ITHPConfig.to_dict] gives exactly the released keys for a config the released model can
 express (two levels, ``level_weights == (1, p_lambda)``), and the released keys plus the four level
-tuples otherwise; :meth:`ITHPConfig.from_dict` reads both.
+tuples otherwise; [`ITHPConfig.from_dict`][ithp_fast.ITHPConfig.from_dict] reads both.
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ class ITHPConfig:
     """Hyper-parameters of one ITHP module: N levels, each a bottleneck and the detector it predicts.
 
     The released two-level fields and the level tuples describe the same numbers (see the module
-    docstring); ``ITHPConfig()`` is the paper's MOSI model, two levels (acoustic, then visual).
+    docstring, [`ithp_fast.config`][]); ``ITHPConfig()`` is the paper's MOSI model, two levels
+    (acoustic, then visual).
     """
 
     X0_dim: int = 768

@@ -60,7 +60,7 @@ def _config_setting(name: str) -> property:
 class ITHPDeberta(ReferenceITHPDeberta, PreTrainedModel):
     """ITHP-DeBERTa for sentiment regression, as a Hugging Face model.
 
-    Built from an :class:`ithp_fast.ITHPDebertaConfig` (``ITHPDeberta(config)``, what
+    Built from an [`ithp_fast.ITHPDebertaConfig`][] (``ITHPDeberta(config)``, what
     ``from_pretrained`` does), or as the reference is: ``ITHPDeberta(backbone, ithp_args, *,
     num_labels=1, beta_shift=1.0, dropout_prob=0.5, pass_attention_mask=True, mask_ithp_padding=False,
     modality_order=("acoustic", "visual"), max_seq_length=50, ithp_cls=ithp_fast.reference.ITHP,
@@ -73,7 +73,7 @@ class ITHPDeberta(ReferenceITHPDeberta, PreTrainedModel):
         tokenizer: what ``predict`` tokenises with and ``save_pretrained`` writes beside the weights
             (``from_pretrained`` loads the one saved in its directory).
         backbone: a built ``DebertaV2Model`` to use instead of a new one from ``config.backbone``.
-        ithp_cls: the ITHP class (default: :func:`ithp_class` of ``config.backend``).
+        ithp_cls: the ITHP class (default: ``ithp_class`` of ``config.backend``).
         ithp_kwargs: more arguments of the ITHP class (``backend=`` of the fast one).
     """
 
@@ -127,7 +127,7 @@ class ITHPDeberta(ReferenceITHPDeberta, PreTrainedModel):
         device, with ITHP's posterior mean. One float per text (a list of ``num_labels`` floats each
         when there are several outputs). Words outside a word-level vocabulary are counted and
         reported in one warning; an empty text is an error.
-        See :class:`ithp_fast.serving.text.TextScorer` for the cut texts and the counts."""
+        See [`ithp_fast.serving.text.TextScorer`][] for the cut texts and the counts."""
         from .serving.text import TextScorer
 
         return TextScorer(self, batch_size=batch_size).score(texts, progress=progress).scores

@@ -44,7 +44,7 @@ class ITHPDebertaConfig(PretrainedConfig):
     Args:
         backbone: the DeBERTa-v2/v3 backbone's config (a ``DebertaV2Config`` or its dict). Default:
             DeBERTa-v3-base's shape.
-        ithp: ITHP's config (an :class:`ithp_fast.ITHPConfig` or its dict); ``X0_dim`` must equal the
+        ithp: ITHP's config (an [`ithp_fast.ITHPConfig`][] or its dict); ``X0_dim`` must equal the
             backbone's hidden size. Default: the paper's config at that width.
         beta_shift: scale of ``expand(b1)`` added to the token states.
         dropout_prob: dropout after the fusion LayerNorm.
@@ -60,8 +60,9 @@ class ITHPDebertaConfig(PretrainedConfig):
         backbone_path: where the backbone's pretrained weights came from (None: random initialisation).
         label_range: the lowest and highest label in training (what the score means: CMU-MOSI, MOSEI and the
             synthetic set label sentiment from -3, negative, to +3, positive; the regression is not clipped).
-        num_labels: outputs of the classifier (default 1: one sentiment score, ``problem_type``
-            ``"regression"``, ``id2label`` ``{0: "sentiment"}``).
+        **kwargs: Hugging Face's ``PretrainedConfig`` settings, e.g. ``num_labels``, the classifier's
+            outputs (default 1: one sentiment score, ``problem_type`` ``"regression"``, ``id2label``
+            ``{0: "sentiment"}``).
     """
 
     model_type = "ithp_deberta"
@@ -116,7 +117,7 @@ class ITHPDebertaConfig(PretrainedConfig):
 
     @property
     def ithp_config(self) -> ITHPConfig:
-        """ITHP's settings as an :class:`ithp_fast.ITHPConfig`."""
+        """ITHP's settings as an [`ithp_fast.ITHPConfig`][]."""
         return ITHPConfig.from_dict(self.ithp)
 
     def inference_copy(self) -> "ITHPDebertaConfig":

@@ -134,7 +134,7 @@ def fused(model: torch.nn.Module, x2d: torch.Tensor, noise: Optional[Sequence[to
 def encode(model: torch.nn.Module, x: torch.Tensor, *, sample: bool = False, noise: Noise = None,
            precision: Optional[str] = None) -> torch.Tensor:
     """The last level's ``b`` (``[..., bottleneck_dims[-1]]``, ``b1`` of the released model) of the
-    text features ``x`` (``[..., X0_dim]``); see :meth:`ithp_fast.reference.ITHP.encode` for
+    text features ``x`` (``[..., X0_dim]``); see [`ithp_fast.reference.ITHP.encode`][] for
     ``sample`` and ``noise`` (one eps per level).
 
     ``precision`` (float32 on the Triton path only): ``"ieee"`` exact float32, ``"tf32"``,

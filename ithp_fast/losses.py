@@ -130,7 +130,7 @@ def tcmax_loss_multi(
         labels: integer class indices ``[B]`` in ``[0, C)``.
         backend: ``"triton"`` (fused kernel; the CUDA default), ``"torch"`` (the CPU default) or
             ``"reference"`` (same as ``"torch"``); ``None`` chooses per device, see
-            :func:`ithp_fast.backends.resolve_backend`.
+            ``ithp_fast.backends.resolve_backend``.
         check_labels: check that labels lie in ``[0, C)`` (a ``ValueError`` naming the range
             found). On CUDA this costs one device-to-host sync; it is skipped while a CUDA graph
             is being captured. Without the check (``False``, or during capture) a label outside
@@ -161,7 +161,8 @@ def tcmax_loss(
         logits_a: ``ga(za)``, modality a's class logits ``[B, C]``.
         logits_v: ``gv(zv)``, modality v's class logits ``[B, C]``.
         labels: integer class indices ``[B]`` in ``[0, C)``.
-        backend, check_labels: as in :func:`tcmax_loss_multi`.
+        backend: as in [`tcmax_loss_multi`][ithp_fast.tcmax_loss_multi].
+        check_labels: as in ``tcmax_loss_multi``.
 
     Returns:
         ``(loss, loss_a, loss_v)``: scalars, exactly the direct definition over all ``B·B·C``
@@ -175,9 +176,9 @@ def tcmax_loss(
 
 
 class TCMaxLoss(nn.Module):
-    """Module form of :func:`tcmax_loss`: ``TCMaxLoss()(logits_a, logits_v, labels)``.
+    """Module form of [`tcmax_loss`][ithp_fast.tcmax_loss]: ``TCMaxLoss()(logits_a, logits_v, labels)``.
 
-    Returns ``(loss, loss_a, loss_v)``. ``backend`` as in :func:`tcmax_loss_multi`.
+    Returns ``(loss, loss_a, loss_v)``. ``backend`` as in [`tcmax_loss_multi`][ithp_fast.tcmax_loss_multi].
     """
 
     def __init__(self, *, backend: Optional[str] = None, check_labels: bool = True) -> None:
@@ -281,7 +282,7 @@ def tcmax_loss_pairwise(
     Rows of ``feats_a`` are taken ``chunk_size`` at a time; each chunk scores its rows against
     the whole of ``feats_v`` (``chunk_size · B`` pairs) and contributes to log-sum-exps that are
     accumulated across chunks. Under autograd each chunk is checkpointed
-    (:func:`torch.utils.checkpoint.checkpoint`, RNG state preserved) and recomputed in backward,
+    (``torch.utils.checkpoint.checkpoint``, RNG state preserved) and recomputed in backward,
     so peak memory is ``O(chunk_size · B · (C + fusion activations per pair))`` for one chunk plus
     ``O(B · ceil(B / chunk_size))`` for the per-chunk column sums, never the ``B · B · C`` scores.
     Time is B² fusion evaluations (twice with gradients).
@@ -289,12 +290,13 @@ def tcmax_loss_pairwise(
     Args:
         fusion: ``fusion(za, zv) -> logits``: ``za``, ``zv`` hold N paired rows (shapes
             ``[N, ...]`` of ``feats_a`` / ``feats_v``); returns floating logits ``[N, C]``.
-        feats_a, feats_v: per-modality features ``[B, ...]``.
+        feats_a: modality a's features ``[B, ...]``.
+        feats_v: modality v's features ``[B, ...]``.
         labels: integer class indices ``[B]`` in ``[0, C)``.
         chunk_size: rows of ``feats_a`` per chunk, >= 1; default ``max(1, 16384 // B)``.
 
     Returns:
-        ``(loss, loss_a, loss_v)`` as :func:`tcmax_loss`, float32 (float64 for float64 logits).
+        ``(loss, loss_a, loss_v)`` as [`tcmax_loss`][ithp_fast.tcmax_loss], float32 (float64 for float64 logits).
     """
     if not callable(fusion):
         raise TypeError(f"fusion: expected a callable fusion(za, zv) -> logits [N, C], got {type(fusion).__name__}")
@@ -349,21 +351,22 @@ def tcmax_loss_sampled(
     """The released code's sampled TCMax estimate: random negative pairings instead of all B².
 
     ``log Z`` is estimated from ``N`` random pairings ``(a_r, v_s)``:
-    ``log Z ≈ logsumexp_{n, c} fusion(a_{r_n}, v_{s_n})[c] + log(B² / N)``, so::
+    ``log Z ≈ logsumexp_{n, c} fusion(a_{r_n}, v_{s_n})[c] + log(B² / N)``, so:
 
         loss ≈ -mean_i fusion(a_i, v_i)[y_i] + logsumexp(negatives) + log B - log N
 
     which is the exact joint loss when the N pairings are all B² once. Costs ``B + N`` fusion
-    evaluations. For a linear fusion prefer :func:`tcmax_loss` (exact, O(B·C)); to sample one
+    evaluations. For a linear fusion prefer [`tcmax_loss`][ithp_fast.tcmax_loss] (exact, O(B·C)); to sample one
     anyway, pass the per-modality logits as features and ``fusion=torch.add``.
 
     Args:
-        fusion: ``fusion(za, zv) -> logits [N, C]`` as in :func:`tcmax_loss_pairwise`.
-        feats_a, feats_v: per-modality features ``[B, ...]``.
+        fusion: ``fusion(za, zv) -> logits [N, C]`` as in [`tcmax_loss_pairwise`][ithp_fast.tcmax_loss_pairwise].
+        feats_a: modality a's features ``[B, ...]``.
+        feats_v: modality v's features ``[B, ...]``.
         labels: integer class indices ``[B]`` in ``[0, C)``.
         num_samples: ``None`` (released default): ``N = B`` negatives ``(a_i, v_{s_i})`` with
             random ``s``; an int ``N >= 1``: ``N`` pairings with both indices random.
-        generator: a :class:`torch.Generator` for the draws (seeded runs); indices are drawn on
+        generator: a ``torch.Generator`` for the draws (seeded runs); indices are drawn on
             its device. Default: torch's default generator on the features' device.
 
     Returns:

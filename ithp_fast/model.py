@@ -41,10 +41,10 @@ def _dropout_p(module: torch.nn.Module) -> float:
 
 
 class ITHP(ReferenceITHP):
-    """Drop-in for :class:`ithp_fast.reference.ITHP` (same constructor dict, same state_dict).
+    """Drop-in for [`ithp_fast.reference.ITHP`][] (same constructor dict, same state_dict).
 
     Args:
-        ITHP_args: the released model's argument dict or an :class:`ithp_fast.ITHPConfig`.
+        ITHP_args: the released model's argument dict or an [`ithp_fast.ITHPConfig`][].
         eval_sampling: ``"sample"`` (released behaviour) or ``"mean"`` (``b = mu`` in eval mode).
         backend: ``"triton"``, ``"torch"``, ``"reference"`` or None (per device: CUDA -> triton,
             otherwise torch; the environment variable ``ITHP_FAST_BACKEND`` overrides the default).
@@ -64,13 +64,13 @@ class ITHP(ReferenceITHP):
         """Returns ``(b1, IB_total, kl0, mse0, kl1, mse1)`` like the reference; note the order ``x, visual, acoustic``.
 
         ``noise=(eps0, eps1)`` injects the Gaussian draws (shapes of ``mu0`` and ``mu1``); the
-        dropout masks still come from the forward's seed. Masks as in :meth:`forward_levels`.
+        dropout masks still come from the forward's seed. Masks as in [`forward_levels`][ithp_fast.ITHP.forward_levels].
 
         Under ``torch.compile`` (and ``torch.export``) on CUDA with the ``triton`` backend the fused
         kernels stay in the traced graph as registered ops (``torch.library.triton_op``); elsewhere
         the forward traces the reference formula (one graph, no breaks; the compiler fuses the
         elementwise work itself, and the noise comes from torch's generator as in the reference).
-        For the fastest CUDA training step use :class:`ithp_fast.serving.GraphedTrainStep`.
+        For the fastest CUDA training step use [`ithp_fast.serving.GraphedTrainStep`][].
         """
         noise = check_forward_inputs(self.config, x, visual, acoustic, noise, self._first_param(), token_mask,
                                      detector_mask)
@@ -81,7 +81,7 @@ class ITHP(ReferenceITHP):
     def forward_levels(self, x: torch.Tensor, detectors: Sequence[torch.Tensor], *, noise: Noise = None,
                        token_mask: Optional[torch.Tensor] = None, detector_mask: Optional[torch.Tensor] = None):
         """Returns ``(b_last, IB_total, kl_terms, mse_terms)`` like the reference's
-        :meth:`~ithp_fast.reference.ITHP.forward_levels` (detectors in level order, one eps per level)."""
+        [`forward_levels`][ithp_fast.reference.ITHP.forward_levels] (detectors in level order, one eps per level)."""
         detectors, noise = check_level_inputs(self.config, x, detectors, noise, token_mask, detector_mask,
                                               self._first_param())
         return self._fast_levels(x, detectors, noise, token_mask, detector_mask)
@@ -147,7 +147,7 @@ class ITHP(ReferenceITHP):
     def encode(self, x: torch.Tensor, *, sample: bool = False, noise: Noise = None,
                precision: Optional[str] = None) -> torch.Tensor:
         """The last level's ``b`` from ``x`` alone by the fastest path for the call
-        (:func:`ithp_fast.encode.encode`; ``precision`` as there)."""
+        ([`ithp_fast.encode.encode`][]; ``precision`` as there)."""
         from .encode import encode
 
         return encode(self, x, sample=sample, noise=noise, precision=precision)

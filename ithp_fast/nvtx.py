@@ -46,7 +46,7 @@ def profiler_spans() -> Iterator[None]:
 
 def stage(name: str):
     """A context manager: an NVTX range named ``name`` when enabled on a CUDA build, a
-    ``torch.profiler`` span inside :func:`profiler_spans`, else a shared null context."""
+    ``torch.profiler`` span inside ``profiler_spans``, else a shared null context."""
     if _nvtx_on and torch.cuda.is_available():
         return torch.cuda.nvtx.range(name)
     if _spans_on:

@@ -57,8 +57,9 @@ class TupleOutput(ModelOutput):
 
 @dataclass
 class ITHPDebertaOutput(TupleOutput):
-    """What :class:`ITHPDeberta` returns for two levels; unpacks like the authors' 6-tuple (``kl0``, ``mse0``
-    of the first level, whatever its modality). Without detectors (eval mode) only ``logits`` is set."""
+    """What [`ITHPDeberta`][ithp_fast.reference.ITHPDeberta] returns for two levels; unpacks like the authors'
+    6-tuple (``kl0``, ``mse0`` of the first level, whatever its modality). Without detectors (eval mode) only
+    ``logits`` is set."""
 
     logits: torch.Tensor
     IB_total: Optional[torch.Tensor] = None
@@ -78,7 +79,8 @@ class ITHPDebertaOutput(TupleOutput):
 
 @dataclass
 class ITHPDebertaLevelsOutput(TupleOutput):
-    """What :class:`ITHPDeberta` returns for other than two levels: one KL and one MSE per level."""
+    """What [`ITHPDeberta`][ithp_fast.reference.ITHPDeberta] returns for other than two levels: one KL and one MSE
+    per level."""
 
     logits: torch.Tensor
     IB_total: Optional[torch.Tensor] = None

@@ -5,7 +5,7 @@ class's constructor, so modules, parameter names, initialisation and state_dict 
 and is tested against this file's ``forward``, ``forward_levels`` and ``encode``.
 
 Level k (k = 1 .. N; modules ``encoder{k}`` and ``MLP{k}``; ``inp`` is ``x`` at level 1, the
-previous level's ``b`` after it; ``t`` the level's detector)::
+previous level's ``b`` after it; ``t`` the level's detector):
 
     mu, logvar = encoder_k(inp).chunk(2, -1)
     kl_k  = mean_rows( -0.5 * mean_features(1 + logvar - mu^2 - exp(logvar)) )
@@ -163,13 +163,13 @@ class ITHP(nn.Module):
 
     Args:
         ITHP_args: the released model's argument dict (keys ``X0_dim`` … ``max_sen_len``, plus the
-            level tuples for N != 2 levels) or an :class:`ithp_fast.ITHPConfig`.
+            level tuples for N != 2 levels) or an [`ithp_fast.ITHPConfig`][].
         eval_sampling: what ``forward`` does in eval mode. ``"sample"`` (default, the released
             behaviour) draws ``b = mu + eps*sigma`` in eval mode too; ``"mean"`` returns the
             posterior mean ``b = mu`` in eval mode. Training mode always samples.
 
-    Modules: level k (k = 1 .. N) is ``encoder{k}`` (an :class:`Encoder`) and ``MLP{k}`` (a
-    :class:`Detector`), the released names for levels 1 and 2 (``encoder3``, ``MLP3``, … after
+    Modules: level k (k = 1 .. N) is ``encoder{k}`` (an ``Encoder``) and ``MLP{k}`` (a
+    ``Detector``), the released names for levels 1 and 2 (``encoder3``, ``MLP3``, … after
     them), registered in level order; both are ``Sequential`` with the released state_dict keys,
     and name their layers (``first``, ``dropout``, ``last``; ``output_dropout`` of a detector).
     """
@@ -235,7 +235,8 @@ class ITHP(nn.Module):
 
         ``detectors``: one tensor per level, in level order (``[..., detector_dims[k]]``, the leading
         shape of ``x``). ``noise``: one eps per level, shaped like that level's mean. ``token_mask``
-        (x's leading shape, bool) and ``detector_mask`` (``[batch, N]``, bool): see the module docstring.
+        (x's leading shape, bool) and ``detector_mask`` (``[batch, N]``, bool): see the module docstring
+        ([`ithp_fast.reference.ithp`][]).
         """
         detectors, noise = check_level_inputs(self.config, x, detectors, noise, token_mask, detector_mask,
                                               self._first_param())
@@ -248,8 +249,9 @@ class ITHP(nn.Module):
         The released two-level call: level 1 predicts ``acoustic``, level 2 ``visual``.
         ``noise=(eps0, eps1)`` injects the Gaussian draws (shapes of ``mu0`` and ``mu1``);
         without it they come from torch's generator. Ignored where ``b = mu`` (eval mode with
-        ``eval_sampling="mean"``). ``token_mask`` / ``detector_mask`` as in :meth:`forward_levels`
-        (``detector_mask`` columns in level order: acoustic, visual).
+        ``eval_sampling="mean"``). ``token_mask`` / ``detector_mask`` as in
+        [`forward_levels`][ithp_fast.reference.ITHP.forward_levels] (``detector_mask`` columns in level
+        order: acoustic, visual).
         """
         noise = check_forward_inputs(self.config, x, visual, acoustic, noise, self._first_param(), token_mask,
                                      detector_mask)

@@ -516,7 +516,7 @@ def test_model_encode_backward(backend, sample, tensor, value):
     non-finite pattern. The posterior mean (``sample=False``) on the fast backends reads only the mu
     rows of each encoder's last Linear, so its gradients are the derivative of what it computes:
     exactly 0 at the logvar rows, and nothing from 0 x a non-finite logvar weight or activation,
-    where the reference's full Linear sends NaN back (0 * NaN): the README's Guarantees say so."""
+    where the reference's full Linear sends NaN back (0 * NaN): docs/guarantees.md says so."""
     import ithp_fast
 
     if tensor == "x_blocked" and value != "nan":

@@ -1,7 +1,7 @@
 """Scoring text: ``model.predict`` (``TextScorer``), ``ithp-fast predict``, and one score for one text from
 every route: the command line, ``model.predict``, ``pipeline``, ``AutoModelForSequenceClassification`` and the
-ONNX bundle in ONNX Runtime with the ``tokenizers`` package alone (the README's snippet, run where torch
-cannot be imported)."""
+ONNX bundle in ONNX Runtime with the ``tokenizers`` package alone (the Deployment page's snippet, run where
+torch cannot be imported)."""
 
 import csv
 import io
@@ -46,9 +46,10 @@ def one_line_error(capsys, argv):
     return lines[0]
 
 
-def readme_block(marker: str) -> str:
-    readme = (ROOT / "README.md").read_text()
-    after = readme[readme.index(marker) + len(marker):]
+def page_snippet(page: str, marker: str) -> str:
+    """The first Python block after ``marker`` on a documentation page."""
+    text = (ROOT / page).read_text()
+    after = text[text.index(marker) + len(marker):]
     code = after[after.index("```python\n") + len("```python\n"):]
     return code[: code.index("```")]
 
@@ -104,11 +105,12 @@ sys.meta_path.insert(0, Refuse())
 """
 
 
-def test_the_readme_onnx_snippet_scores_text_where_torch_cannot_be_imported(trained, tmp_path):
+def test_the_documented_onnx_snippet_scores_text_where_torch_cannot_be_imported(trained, tmp_path):
     model = ithp_fast.load_checkpoint(trained)
     (tmp_path / "model").mkdir()
     ithp_fast.export(model, tmp_path / "model" / "model.onnx", format="onnx")
-    snippet = readme_block("<!-- onnx-snippet: tests/test_predict.py runs it where torch cannot be imported -->")
+    snippet = page_snippet("docs/deployment.md",
+                           "<!-- onnx-snippet: tests/test_predict.py runs it where torch cannot be imported -->")
     probe = REFUSE_TORCH + "\ntry:\n    import torch\nexcept ModuleNotFoundError:\n    print('no torch')\n"
     proc = subprocess.run([sys.executable, "-c", probe + textwrap.dedent(snippet)], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300)

@@ -1,4 +1,5 @@
-"""Every measured figure in the README comes from a committed results file.
+"""Every measured figure in the README and on the documentation pages (``docs/``) comes from a committed
+results file.
 
 A measured figure stands in a block ``<!-- results: PATH [PATH ...] -->`` ... ``<!-- /results -->``
 that names the files it comes from. In a block, every decimal number (a leading U+2212 minus makes
@@ -52,24 +53,34 @@ def quoted_numbers(text: str):
         yield digits, float(digits), 0
 
 
-def readme_blocks():
-    return BLOCK.findall((ROOT / "README.md").read_text())
+def documents() -> list[Path]:
+    """The README and every page of the documentation site."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 
 def test_every_quoted_figure_is_in_a_results_file_the_block_names():
-    blocks = readme_blocks()
-    assert len(blocks) >= 6, "the README names fewer results files than expected"
-    for paths, text in blocks:
-        measured = []
-        for name in paths.split():
-            assert (ROOT / name).is_file(), f"README: {name} is not a committed file"
-            measured += file_numbers(ROOT / name)
-        quoted = list(quoted_numbers(text))
-        assert quoted, f"a results block for {paths} quotes no number"
-        for shown, value, places in quoted:
-            assert any(round(v, places) == value for v in measured), f"README: {shown} is not in {paths}"
+    counted = 0
+    for document in documents():
+        where = document.relative_to(ROOT)
+        for paths, text in BLOCK.findall(document.read_text()):
+            counted += 1
+            measured = []
+            for name in paths.split():
+                assert (ROOT / name).is_file(), f"{where}: {name} is not a committed file"
+                measured += file_numbers(ROOT / name)
+            quoted = list(quoted_numbers(text))
+            assert quoted, f"{where}: a results block for {paths} quotes no number"
+            for shown, value, places in quoted:
+                assert any(round(v, places) == value for v in measured), f"{where}: {shown} is not in {paths}"
+    assert counted >= 10, "the README and docs/ name fewer results blocks than expected"
+
+
+def test_the_measured_pages_have_their_results_blocks():
+    for page in ("README.md", "docs/kernels.md", "docs/training.md", "docs/deployment.md"):
+        assert BLOCK.search((ROOT / page).read_text()), f"{page} quotes no results file"
 
 
 def test_no_measured_time_stands_outside_a_results_block():
-    readme = BLOCK.sub("", (ROOT / "README.md").read_text())
-    assert not TIME_WITH_DECIMALS.findall(readme), TIME_WITH_DECIMALS.findall(readme)
+    for document in documents():
+        text = BLOCK.sub("", document.read_text())
+        assert not TIME_WITH_DECIMALS.findall(text), (document.relative_to(ROOT), TIME_WITH_DECIMALS.findall(text))

@@ -352,6 +352,8 @@ def test_without_the_serve_extra_one_line_says_what_to_install(model_dir):
     (["--port", "70000"], "--port: expected a port number, 0 to 65535, got 70000"),
     (["--device", "tpu"], "--device: expected cpu, cuda or cuda:N, got 'tpu'"),
     (["--device", "cuda", "--quantize", "int8"], "--quantize: int8 is ONNX Runtime's CPU quantisation"),
+    (["--device", "cuda", "--runtime", "onnxruntime"], "--runtime: onnxruntime serves on the CPU"),
+    (["--runtime", "torch", "--quantize", "int8"], "--quantize: int8 is ONNX Runtime's; with --runtime torch"),
 ])
 def test_bad_options_are_one_line(model_dir, capsys, argv, message):
     capsys.readouterr()
@@ -365,10 +367,10 @@ def test_a_folder_that_is_not_a_checkpoint_is_one_line(tmp_path, capsys):
     assert "holds no config.json" in capsys.readouterr().err
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_on_cuda_the_server_runs_cuda_graphs_and_answers_as_predict(model_dir, tmp_path):
-    served = serve(model_dir, tmp_path, "--device", "cuda")
+def torch_runtime_answers(model_dir, tmp_path, *extra) -> dict:
+    """Concurrent requests to ``ithp-fast serve --runtime torch``: each answer equals ``model.predict``; the
+    metadata returned."""
+    served = serve(model_dir, tmp_path, "--runtime", "torch", *extra)
     try:
         served.wait_healthy()
         with ThreadPoolExecutor(8) as pool:
@@ -377,9 +379,20 @@ def test_on_cuda_the_server_runs_cuda_graphs_and_answers_as_predict(model_dir, t
     finally:
         assert served.stop()
     model = tiny_text_model()
-    assert meta["runtime"] == "torch, CUDA graphs"
     for text, (status, answer) in zip(TEXTS, answers):
         assert status == 200 and answer["scores"] == pytest.approx(model.predict([text, LONG]), abs=1e-5)
+    return meta
+
+
+def test_the_torch_runtime_on_the_cpu_answers_as_predict(model_dir, tmp_path):
+    meta = torch_runtime_answers(model_dir, tmp_path)
+    assert meta["runtime"] == "torch" and meta["device"] == "cpu"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_the_server_runs_cuda_graphs_and_answers_as_predict(model_dir, tmp_path):
+    assert torch_runtime_answers(model_dir, tmp_path, "--device", "cuda")["runtime"] == "torch, CUDA graphs"
 
 
 # -- the batcher in-process

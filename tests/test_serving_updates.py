@@ -1,5 +1,5 @@
 """The serving wrappers answer with the model's current weights after every update their docstrings
-and the README list as seen, and after ``refresh()`` for the others; a model holding NaN or Inf
+and docs/guarantees.md list as seen, and after ``refresh()`` for the others; a model holding NaN or Inf
 weights is served, with non-finite answers exactly where the reference has them."""
 
 import math

@@ -136,7 +136,7 @@ def load_sentiment_data(
     ``path`` is unpickled, which runs code stored in the file: pass only a file you trust. The
     object a pickle holds (a dict in either layout) may be given instead of a path.
     ``tokenizer`` turns words into ids for the word-level layout (and the synthetic set); without
-    one, a :class:`WordVocabulary` is built from the training split. The array layout carries its
+    one, a ``WordVocabulary`` is built from the training split. The array layout carries its
     own token ids and ignores it.
     """
     if max_len < 2:

@@ -71,7 +71,7 @@ class LevelStreams(NamedTuple):
 def level_streams(level: int) -> LevelStreams:
     """The streams of level ``level`` (0-based): ``4*level + 1 .. 4*level + 4``.
 
-    Levels 0 and 1 are the :class:`Stream` members (``ENCODER1_HIDDEN`` .. ``MLP2_OUTPUT``), so the
+    Levels 0 and 1 are the ``Stream`` members (``ENCODER1_HIDDEN`` .. ``MLP2_OUTPUT``), so the
     released two-level model draws the same numbers as before levels 3+ existed; level 2 takes
     streams 9..12, and so on.
     """

@@ -39,12 +39,12 @@ def deberta_logits(
     noise: Noise = None,
     precision: Optional[str] = None,
 ) -> torch.Tensor:
-    """The logits of :class:`ithp_fast.ITHPDeberta` ``[batch, num_labels]``, for inference.
+    """The logits of [`ithp_fast.ITHPDeberta`][] ``[batch, num_labels]``, for inference.
 
     Equal to ``model(input_ids, visual, acoustic, attention_mask, noise=noise).logits`` in eval
     mode, whatever the detector inputs: the head reads the fused states of the first token only,
     and at inference ``b1`` of a token depends on its text features alone, so ITHP runs on the
-    first token through :func:`ithp_fast.encode.encode` (sampling as the model's
+    first token through [`ithp_fast.encode.encode`][] (sampling as the model's
     ``eval_sampling`` says; ``noise=(eps0, eps1)`` shaped as for the forward, ``[B, T, B*_dim]``).
     """
     return _logits(model, input_ids, attention_mask, noise, precision, None)
@@ -65,26 +65,30 @@ class ServingDeberta:
     """``ITHPDeberta`` logits behind (batch, tokens) buckets and CUDA graphs.
 
     Args:
-        model: an :class:`ithp_fast.ITHPDeberta` in eval mode on its serving device and dtype.
-        batch_sizes, tokens: bucket shapes ``(batch, tokens)``; ``tokens`` an int or several.
-            A request ``[b, t]`` goes to the smallest batch ``>= b`` and the smallest token
-            count ``>= t``; padded tokens are masked out (``attention_mask`` 0), which is exact
-            only when the model passes the mask to its backbone (``pass_attention_mask=True``,
-            the default) -- otherwise only requests of exactly a bucket's token count use the
-            buckets. Anything else runs :func:`deberta_logits` eagerly.
-        precision, compile_mode, cuda_graphs, clone_output, pad_to_buckets: as for
-            :class:`ServingEncoder`.
+        model: an [`ithp_fast.ITHPDeberta`][] in eval mode on its serving device and dtype.
+        batch_sizes: the bucket batches; the buckets are the shapes ``(batch, tokens)``. A request
+            ``[b, t]`` goes to the smallest batch ``>= b`` and the smallest token count ``>= t``;
+            padded tokens are masked out (``attention_mask`` 0), which is exact only when the model
+            passes the mask to its backbone (``pass_attention_mask=True``, the default) -- otherwise
+            only requests of exactly a bucket's token count use the buckets. Anything else runs
+            [`deberta_logits`][ithp_fast.deberta_logits] eagerly.
+        tokens: the bucket token counts, an int or several.
+        precision: as for [`ServingEncoder`][ithp_fast.ServingEncoder].
+        compile_mode: as for ``ServingEncoder``.
+        cuda_graphs: as for ``ServingEncoder``.
+        clone_output: as for ``ServingEncoder``.
+        pad_to_buckets: as for ``ServingEncoder``.
         runtime: ``"torch"`` (the model itself, in buckets and graphs as above),
             ``"onnxruntime"`` (float32 on the CPU, posterior mean: the model exported to ONNX once
             per token count and run in ONNX Runtime, the fastest CPU path measured; see
-            :mod:`ithp_fast.serving.ort_backend`), or ``"auto"`` (default): ``"onnxruntime"``
+            ``ithp_fast.serving.ort_backend``), or ``"auto"`` (default): ``"onnxruntime"``
             where it applies (a float32 CPU model with ``eval_sampling="mean"``, no
             ``compile_mode``, ``cuda_graphs`` or ``pad_to_buckets``) and ONNX Runtime is
             installed, else ``"torch"``; ``self.runtime`` says which. With ONNX Runtime a request
             ``[b, t]`` of any batch goes to the smallest token count ``>= t`` (padded, masked
             out) and ``batch_sizes`` is not used; the export costs seconds (a minute for
             deberta-v3-base) at construction and again after a weight update.
-        onnx_file: with ``runtime="onnxruntime"``, an ONNX file from :func:`ithp_fast.export`
+        onnx_file: with ``runtime="onnxruntime"``, an ONNX file from [`ithp_fast.export`][]
             of this model (dynamic batch, ``tokens`` a single count) instead of exporting now.
         backend: the old name of ``runtime`` (still accepted).
 
@@ -94,7 +98,8 @@ class ServingDeberta:
     under CUDA graphs; after a write through ``p.data`` (``p.data.mul_(2)``) or a NumPy / DLPack
     view everywhere but where the wrapper holds a copy of the weights (the ONNX Runtime path).
     After any other update (those, parameters replaced by ``load_state_dict(assign=True)`` or new
-    modules), call :meth:`refresh`. Moving the model to another device needs a new wrapper.
+    modules), call [`refresh`][ithp_fast.ServingDeberta.refresh]. Moving the model to another
+    device needs a new wrapper.
 
     The attention mask is a static input of every graph; sampling (``eval_sampling="sample"``)
     draws fresh noise on every replay.
@@ -147,8 +152,9 @@ class ServingDeberta:
 
     def refresh(self) -> None:
         """Rebuild what the wrapper derived from the model's weights -- the ONNX Runtime exports, the
-        buckets' CUDA graphs -- from the parameters the model holds now (see :class:`ServingEncoder`'s
-        ``refresh`` for when this is needed). Calls in flight finish on what they started with."""
+        buckets' CUDA graphs -- from the parameters the model holds now (see
+        [`ServingEncoder.refresh`][ithp_fast.ServingEncoder.refresh] for when this is needed). Calls in
+        flight finish on what they started with."""
         for program in self._onnx.values():
             program.refresh()
         if self._buckets:
@@ -180,7 +186,7 @@ class ServingDeberta:
 
     @property
     def backend(self) -> str:
-        """The old name of :attr:`runtime`."""
+        """The old name of ``runtime``."""
         return self.runtime
 
     @property

@@ -10,7 +10,7 @@ updates each path sees; :meth:`ServingEncoder.refresh` brings in any other.
 On the CPU (float32, posterior mean, no ``compile_mode``) the default is no bucket at all: the
 chain runs on oneDNN with weights packed once (:mod:`ithp_fast.serving.onednn`), or in ONNX
 Runtime with ``runtime="onnxruntime"`` (:mod:`ithp_fast.serving.ort_backend`);
-``bench/results/`` and the README's "Deployment" section say how they compare.
+``bench/results/`` and the Deployment page (``docs/deployment.md``) say how they compare.
 """
 
 from __future__ import annotations
@@ -57,15 +57,16 @@ class ServingEncoder:
     Args:
         model: an ITHP module (``ithp_fast.ITHP`` or the reference class) in eval mode, on its
             serving device and dtype (``model.to("cuda", torch.bfloat16)`` for bfloat16).
-        batch_sizes, tokens: the buckets hold ``batch * tokens`` rows each; a request of ``n``
-            rows (any leading shape) goes to the smallest bucket with ``>= n`` rows.
+        batch_sizes: the bucket batches; each bucket holds ``batch * tokens`` rows, and a request
+            of ``n`` rows (any leading shape) goes to the smallest bucket with ``>= n`` rows.
+        tokens: the tokens per row of the buckets.
         sample: False (default) serves the posterior mean ``b1 = mu1``; True draws as the
             released model does, with fresh noise on every call and every graph replay.
         precision: float32 matmul precision, ``"ieee"`` (exact) or ``"tf32"``; None follows
             torch's setting (``torch.backends.cuda.matmul.allow_tf32``) at construction.
         compile_mode: None (the eager fast path: the fused Triton kernel or the addmm chain),
             a ``torch.compile`` mode, or ``"auto"``: time the candidates of
-            :data:`AUTO_CANDIDATES` per bucket and keep the fastest (see ``chosen_modes``).
+            ``AUTO_CANDIDATES`` per bucket and keep the fastest (see ``chosen_modes``).
         cuda_graphs: capture each bucket in a CUDA graph (default: on CUDA).
         clone_output: return a fresh tensor (default) rather than a view of the bucket's output
             buffer, which the next call on that bucket overwrites (from one thread only, then).
@@ -73,13 +74,13 @@ class ServingEncoder:
             on the CPU without ``compile_mode`` there is nothing to capture or to keep from
             recompiling, so calls go straight to one of the unpadded CPU paths below.
         runtime: the CPU path without buckets, float32 posterior mean (``path`` says which runs):
-            ``"onnxruntime"`` the chain exported once (:func:`ithp_fast.export`) and run in ONNX
-            Runtime (:mod:`ithp_fast.serving.ort_backend`; re-exported after a weight update);
+            ``"onnxruntime"`` the chain exported once ([`ithp_fast.export`][]) and run in ONNX
+            Runtime (``ithp_fast.serving.ort_backend``; re-exported after a weight update);
             ``"torch"`` the chain on oneDNN with prepacked weights
-            (:mod:`ithp_fast.serving.onednn`), or :func:`ithp_fast.encode.encode` for other dtypes
+            (``ithp_fast.serving.onednn``), or [`ithp_fast.encode.encode`][] for other dtypes
             and for sampling; ``"auto"`` (default): ``"torch"``, which measured faster than ONNX
             Runtime's own session and than this wrapper's ONNX Runtime path at batch 32, about even
-            with the latter at batch 1 (the README's "Deployment" section gives the ratios).
+            with the latter at batch 1 (the Deployment page gives the ratios).
         backend: the old name of ``runtime`` (still accepted).
 
     Weight updates: the next call answers with the model's new weights after ``load_state_dict``
@@ -88,8 +89,9 @@ class ServingEncoder:
     under CUDA graphs; after a write through ``p.data`` (``p.data.mul_(2)``) or a NumPy / DLPack
     view everywhere but where the wrapper holds a copy of the weights (the CPU's oneDNN and ONNX
     Runtime paths). After any other update (those, parameters replaced by
-    ``load_state_dict(assign=True)`` or new modules), call :meth:`refresh`. Moving the model to
-    another device needs a new wrapper.
+    ``load_state_dict(assign=True)`` or new modules), call
+    [`refresh`][ithp_fast.ServingEncoder.refresh]. Moving the model to another device needs a new
+    wrapper.
 
     Threads: a wrapper may be called from several threads at once. Calls that use one bucket
     run one at a time (a lock per bucket: its buffers and graph are shared); calls on different

@@ -128,7 +128,7 @@ def export(model: nn.Module, output: Union[str, os.PathLike], *, format: str, to
     """Write ``model`` (an ``ITHPDeberta``, or an ITHP alone) as ``format`` to ``output``.
 
     Args:
-        model: an :class:`ithp_fast.ITHPDeberta` (exported as ``input_ids, attention_mask ->
+        model: an [`ithp_fast.ITHPDeberta`][] (exported as ``input_ids, attention_mask ->
             logits``) or an ITHP (``x -> b1``), on the device to compile for (``aoti``). It is
             exported in eval mode (its mode is restored afterwards), with the posterior mean.
         output: the file to write (``.onnx`` for ONNX by convention; ``.pt2`` for ``aoti``). Its
@@ -138,12 +138,13 @@ def export(model: nn.Module, output: Union[str, os.PathLike], *, format: str, to
             dynamic), the fixed count of the other programs. Default: the model's ``max_seq_length``
             (50 for an ITHP alone).
         batch: a fixed batch size; None (default) exports a dynamic batch dimension (1 to
-            :data:`MAX_DYNAMIC_BATCH`).
+            ``MAX_DYNAMIC_BATCH``).
         tokenizer: what the ONNX bundle of an ``ITHPDeberta`` carries (default: ``model.tokenizer``;
             none is written when neither is there).
         quantize: ``"none"`` (default) or ``"int8"``: ONNX Runtime's dynamic int8 quantisation of the ONNX
             program (:mod:`ithp_fast.serving.quantize`; one file, the weights inside), run and checked
-            for finite outputs; its scores differ from float32's by up to a few hundredths (README, Serving).
+            for finite outputs; its scores differ from float32's by up to a few hundredths
+            (docs/deployment.md, Serving over HTTP).
 
     Returns the paths written (``output``, and for ONNX its ``.data`` file and the tokenizer's files
     beside it).

@@ -116,9 +116,12 @@ class GraphedForward:
 
     Args:
         model: an ``ithp_fast.ITHP`` on CUDA (its train/eval mode at capture time is baked in).
-        x, visual, acoustic: example inputs fixing the shapes and dtypes.
+        x: example text states, fixing the shapes and dtypes (as the next two).
+        visual: example visual features.
+        acoustic: example acoustic features.
         noise: optional example ``(eps0, eps1)``; if given, every call must pass noise too.
-        token_mask, detector_mask: optional example masks (static inputs; see the module docstring).
+        token_mask: optional example token mask (a static input, as ``x``; each call may pass new values).
+        detector_mask: optional example detector mask (the same).
         warmup: eager iterations before the capture.
 
     Call: ``graphed(x, visual, acoustic, noise=None, token_mask=None, detector_mask=None)`` (any
@@ -149,9 +152,12 @@ class GraphedTrainStep:
 
     Args:
         model: an ``ithp_fast.ITHP`` on CUDA, in the mode to train in (``model.train()``).
-        x, visual, acoustic: example inputs fixing the shapes and dtypes.
+        x: example text states, fixing the shapes and dtypes (as the next two).
+        visual: example visual features.
+        acoustic: example acoustic features.
         noise: optional example ``(eps0, eps1)`` (then every call passes noise).
-        token_mask, detector_mask: optional example masks (static inputs; see the module docstring).
+        token_mask: optional example token mask (a static input, as ``x``; each call may pass new values).
+        detector_mask: optional example detector mask (the same).
         loss_fn: ``outputs -> scalar`` (default: ``IB_total``).
         optimizer: stepped inside the graph if given; create it with ``capturable=True``
             (Adam / AdamW) so its state stays on the GPU.

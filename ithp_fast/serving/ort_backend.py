@@ -1,9 +1,10 @@
 """ONNX Runtime as the CPU runtime of the serving wrappers (``runtime="onnxruntime"``).
 
 On the CPU ONNX Runtime runs the exported ITHP-DeBERTa several times faster than torch's eager
-model (the backbone is almost all of a call; ``bench/results/`` and the README's "Deployment"
-section give the ratios): it is ``ServingDeberta``'s CPU default. For ``b1`` the four GEMMs of the
-chain are close between the two, and ``ServingEncoder`` keeps this backend on request. It exports
+model (the backbone is almost all of a call; ``bench/results/`` and the Deployment page
+(``docs/deployment.md``) give the ratios): it is ``ServingDeberta``'s CPU default. For ``b1`` the
+four GEMMs of the chain are close between the two, and ``ServingEncoder`` keeps this backend on
+request. It exports
 the model once (:func:`ithp_fast.export`, posterior mean, dynamic batch) into a temporary folder,
 or reads an ONNX file exported before, and runs it in an ``onnxruntime.InferenceSession`` with
 torch's intra-op thread count: ``ServingDeberta`` with ONNX Runtime's default options (idle

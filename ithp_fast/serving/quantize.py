@@ -4,7 +4,7 @@ Weights are stored as int8 (one scale per tensor), activations are quantised to 
 their range, and the MatMuls and the embedding lookups run as integer products (VNNI where the CPU has
 it): ``onnxruntime.quantization.quantize_dynamic``. The program's inputs, outputs and metadata stay
 those of the float32 file, so a bundle's tokenizer serves both. What it costs in accuracy and gains in
-speed is measured by ``bench/serve_load.py`` and stated in the README (Serving).
+speed is measured by ``bench/serve_load.py`` and stated in docs/deployment.md (Serving over HTTP).
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
@@ -21,22 +20,11 @@ from torch import nn
 
 from ..encode import encode
 from .logits import first_token_logits
-from .tokens import ScoredTexts, TextTokenizer, backend_tokenizer, check_texts
+from .tokens import ScoredTexts, TextTokenizer, TokenBatch, backend_tokenizer, check_texts
 
-__all__ = ["TextScorer", "ScoredTexts", "EncodedBatch", "check_texts", "backend_tokenizer", "posterior_mean_logits"]
+__all__ = ["TextScorer", "ScoredTexts", "TokenBatch", "check_texts", "backend_tokenizer", "posterior_mean_logits"]
 
 Logits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-@dataclass
-class EncodedBatch:
-    """A batch of texts as the model reads them (torch tensors)."""
-
-    input_ids: torch.Tensor  # [batch, longest] int64
-    attention_mask: torch.Tensor  # [batch, longest] int64, 1 on the text's tokens
-    cut: list[bool]
-    unknown: int
-    tokens: int
 
 
 def posterior_mean_logits(model: nn.Module) -> Logits:
@@ -54,7 +42,7 @@ class TextScorer:
     """Scores texts with an ``ITHPDeberta``.
 
     Args:
-        model: an :class:`ithp_fast.ITHPDeberta` on the device to score on (scored in eval mode, its mode
+        model: an [`ithp_fast.ITHPDeberta`][] on the device to score on (scored in eval mode, its mode
             restored after).
         tokenizer: the model's tokenizer (default: ``model.tokenizer``, which ``from_pretrained`` and
             ``load_checkpoint`` attach).
@@ -81,11 +69,10 @@ class TextScorer:
         self.device = next(model.parameters()).device
         self.logits = posterior_mean_logits(model) if logits is None else logits
 
-    def encode(self, texts: Sequence[str]) -> EncodedBatch:
-        """Token ids of ``texts`` (checked), cut to ``max_tokens`` and padded to the longest of them."""
-        b = self.tokenizer.encode(texts)
-        return EncodedBatch(torch.from_numpy(b.input_ids), torch.from_numpy(b.attention_mask), b.cut, b.unknown,
-                            b.tokens)
+    def encode(self, texts: Sequence[str]) -> TokenBatch:
+        """Token ids of ``texts`` (checked), cut to ``max_tokens`` and padded to the longest of them (NumPy
+        arrays ``[batch, longest]``)."""
+        return self.tokenizer.encode(texts)
 
     def score(self, texts: Sequence[str], *, progress: bool = False, warn: bool = True) -> ScoredTexts:
         """Score ``texts`` ``batch_size`` at a time (a tqdm bar with ``progress``). With ``warn``, one
@@ -100,7 +87,9 @@ class TextScorer:
         try:
             for start in tqdm(starts, desc="scoring", unit="batch", disable=not progress, leave=False):
                 batch = self.encode(texts[start : start + self.batch_size])
-                logits = self.logits(batch.input_ids.to(self.device), batch.attention_mask.to(self.device))
+                input_ids, attention_mask = (torch.from_numpy(a).to(self.device)
+                                             for a in (batch.input_ids, batch.attention_mask))
+                logits = self.logits(input_ids, attention_mask)
                 values = logits.float().cpu()
                 scores.extend(values[:, 0].tolist() if values.shape[1] == 1 else values.tolist())
                 cut.extend(batch.cut)

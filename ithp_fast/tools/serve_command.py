@@ -1,7 +1,7 @@
 """``ithp-fast serve``: a checkpoint behind an HTTP endpoint, with dynamic batching.
 
     ithp-fast serve --checkpoint DIR [--host 127.0.0.1] [--port 8000] [--device cpu|cuda]
-                    [--max-batch-size 32] [--max-wait-ms 5] [--quantize none|int8]
+                    [--max-batch-size 32] [--max-wait-ms 5] [--quantize none|int8] [--runtime onnxruntime|torch]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ Concurrent requests are batched: a batch takes up to --max-batch-size texts, and
 model runs in ONNX Runtime: it is exported once and kept beside the checkpoint (CHECKPOINT.onnx-cache/,
 keyed by the checksum of its files), so later starts are quick; a batch's texts run in groups of similar
 length where the padding saved outweighs the runs added (both costs timed at start). --quantize int8
-serves ONNX Runtime's dynamic int8 quantisation of it (faster, scores differ slightly: see the README).
+serves ONNX Runtime's dynamic int8 quantisation of it (faster, scores differ slightly: docs/deployment.md).
 On CUDA it runs the model in torch with CUDA graphs (ServingDeberta). SIGTERM (or Ctrl-C) stops taking connections,
 answers the requests in flight, then exits. One process serves one device: run replicas behind a load
 balancer to scale out. Needs FastAPI and uvicorn: pip install 'ithp_fast[serve]'.
@@ -34,7 +34,7 @@ DRAIN_SECONDS = 30
 """After SIGTERM, how long the requests in flight may take before the server closes anyway."""
 DEFAULT_SPIN = "off"
 """ONNX Runtime's idle threads sleep by default: measured against spinning with and without other load on
-the cores (``bench/serve_load.py --compare-spin``; README, Serving)."""
+the cores (``bench/serve_load.py --compare-spin``; docs/deployment.md, Serving over HTTP)."""
 
 
 def available_cores() -> int:
@@ -59,6 +59,12 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise CommandError(f"--device: expected cpu, cuda or cuda:N, got {args.device!r}")
     if args.device != "cpu" and args.quantize != "none":
         raise CommandError("--quantize: int8 is ONNX Runtime's CPU quantisation; on CUDA serve --quantize none")
+    if args.runtime is None:
+        args.runtime = "onnxruntime" if args.device == "cpu" else "torch"
+    if args.runtime == "onnxruntime" and args.device != "cpu":
+        raise CommandError("--runtime: onnxruntime serves on the CPU; on CUDA the runtime is torch")
+    if args.runtime == "torch" and args.quantize != "none":
+        raise CommandError("--quantize: int8 is ONNX Runtime's; with --runtime torch serve --quantize none")
 
 
 def say(line: str) -> None:
@@ -81,8 +87,11 @@ def cpu_model(args: argparse.Namespace):
     return ServedModel(scorer.score, _name(args.checkpoint, key), scorer.max_tokens, meta)
 
 
-def cuda_model(args: argparse.Namespace):
-    """The checkpoint in torch on CUDA behind ``ServingDeberta``'s buckets and CUDA graphs."""
+def torch_model(args: argparse.Namespace):
+    """The checkpoint in torch: on CUDA behind ``ServingDeberta``'s buckets and CUDA graphs, on the CPU eager
+    (``--runtime torch``, the candidate ONNX Runtime was measured against)."""
+    import torch
+
     from ..serving.app import ServedModel
     from ..serving.deberta import ServingDeberta
     from ..serving.export import bundle_metadata
@@ -91,16 +100,22 @@ def cuda_model(args: argparse.Namespace):
     from ..tools.predict_command import resolve_device
     from ..training.load import load_checkpoint
 
-    model = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    model = load_checkpoint(args.checkpoint, device=device)
     if model.tokenizer is None:
         raise CommandError(f"--checkpoint: {args.checkpoint} carries no tokenizer, so it cannot read text")
-    batch_sizes = tuple(b for b in (1, 8) if b < args.max_batch_size) + (args.max_batch_size,)
-    tokens = tuple(t for t in (16, 32) if t < model.max_seq_length) + (model.max_seq_length,)
-    serving = ServingDeberta(model, batch_sizes=batch_sizes, tokens=tokens)
+    serving = None
+    if device.type == "cuda":
+        batch_sizes = tuple(b for b in (1, 8) if b < args.max_batch_size) + (args.max_batch_size,)
+        tokens = tuple(t for t in (16, 32) if t < model.max_seq_length) + (model.max_seq_length,)
+        serving = ServingDeberta(model, batch_sizes=batch_sizes, tokens=tokens)
     scorer = TextScorer(model, batch_size=args.max_batch_size, logits=serving)
     meta = {"checkpoint": os.path.abspath(args.checkpoint),
             **_described(bundle_metadata(model, model.max_seq_length, model.tokenizer)),
-            "device": args.device, "runtime": "torch, CUDA graphs", "quantize": "none"}
+            "device": args.device, "runtime": "torch, CUDA graphs" if serving else "torch", "quantize": "none",
+            "threads": args.threads if device.type == "cpu" else None}
     return ServedModel(lambda texts: scorer.score(texts, warn=False),
                        _name(args.checkpoint, checkpoint_checksum(args.checkpoint)), scorer.max_tokens, meta)
 
@@ -147,7 +162,7 @@ def serve_command(args: argparse.Namespace) -> int:
     check_arguments(args)
     from ..serving.app import create_app
 
-    served = cpu_model(args) if args.device == "cpu" else cuda_model(args)
+    served = cpu_model(args) if args.runtime == "onnxruntime" else torch_model(args)
     app = create_app(served, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
                      max_texts=args.max_texts)
     run_server(app, args)
@@ -167,6 +182,9 @@ def register(sub) -> None:
     p.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="how long a batch may wait for more concurrent requests (default: 5)")
     p.add_argument("--max-texts", type=int, default=256, help="texts per request at most (default: 256; more: 413)")
+    p.add_argument("--runtime", default=None, choices=("onnxruntime", "torch"),
+                   help="what runs the model: onnxruntime (the CPU default: exported once, cached) or torch (the "
+                        "CUDA default, with CUDA graphs; on the CPU eager, measured slower: see the docs)")
     p.add_argument("--quantize", default="none", choices=("none", "int8"),
                    help="int8: ONNX Runtime's dynamic int8 quantisation (CPU; default: none, float32)")
     p.add_argument("--threads", type=int, default=None,

@@ -118,14 +118,14 @@ def train(
     """Train ITHP-DeBERTa; returns the summary over seeds (what ``summary.json`` holds).
 
     Args:
-        config: a :class:`TrainConfig`, a dict of settings, or a JSON / YAML file such as a run's
+        config: a [`TrainConfig`][ithp_fast.TrainConfig], a dict of settings, or a JSON / YAML file such as a run's
             ``train_config.json``; keys are the flag names of ``ithp-fast train`` (``-`` or ``_``). A data
             pickle a file names is read only when ``data`` names it too (unpickling runs code).
-        data: a pickle path (either layout), a :class:`~ithp_fast.data.SentimentData`, a dict of
-            ``train`` / ``valid`` / ``test`` :class:`~ithp_fast.data.SentimentSplit`, or the dict a
+        data: a pickle path (either layout), a [`SentimentData`][ithp_fast.data.SentimentData], a dict of
+            ``train`` / ``valid`` / ``test`` [`SentimentSplit`][ithp_fast.data.SentimentSplit], or the dict a
             pickle holds (word-level train/dev/test, or MMSA's arrays). Default: the ``data`` path of a
-            ``config`` given as a dict or :class:`TrainConfig`, else the built-in synthetic set.
-        callbacks: functions called with an :class:`~ithp_fast.training.loop.EpochEnd` after each
+            ``config`` given as a dict or [`TrainConfig`][ithp_fast.TrainConfig], else the built-in synthetic set.
+        callbacks: functions called with an [`EpochEnd`][ithp_fast.training.loop.EpochEnd] after each
             epoch (seed, epoch, its record of losses and metrics, the model, the seed directory);
             one returning True ends that seed's training there, as ``--early-stop`` does.
         settings: settings that override ``config`` (``epochs=5``, ``output_dir="runs/x"``).
@@ -144,10 +144,10 @@ def evaluate(checkpoint: Union[str, os.PathLike], data: DataSource = None, **set
     """Score a checkpoint directory on one split; returns the report (also written to ``output_dir``).
 
     Args:
-        checkpoint: a checkpoint directory written by :func:`train` (``runs/NAME/seed-N/checkpoint-last``).
-        data: what :func:`train` takes (needed unless the checkpoint was trained on the synthetic set).
+        checkpoint: a checkpoint directory written by [`train`][ithp_fast.train] (``runs/NAME/seed-N/checkpoint-last``).
+        data: what [`train`][ithp_fast.train] takes (needed unless the checkpoint was trained on the synthetic set).
         settings: the options of ``ithp-fast evaluate``, the fields of
-            :class:`~ithp_fast.training.eval_config.EvalConfig`: ``split`` (``"test"``), ``protocol``
+            [`EvalConfig`][ithp_fast.training.eval_config.EvalConfig]: ``split`` (``"test"``), ``protocol``
             (``"authors"``), ``batch_size``, ``backend`` (what computes ITHP; ``impl``, its old name, still
             works) and ``eval_sampling`` (the training run's;
             ``"mean"`` gives the same predictions every time), ``drop_detectors`` (e.g. ``["acoustic"]``:
