@@ -39,7 +39,8 @@ def ithp_class(backend: str) -> Callable:
     if backend == "reference":
         return ReferenceITHP
     return FastITHP if backend == AUTO else functools.partial(FastITHP, backend=backend)
-WEIGHT_FILES = ("model.safetensors",)
+
+
 HEAD_OPTIONS = ("num_labels", "beta_shift", "dropout_prob", "pass_attention_mask", "mask_ithp_padding",
                 "modality_order", "max_seq_length")
 """Keyword arguments of the reference constructor that are settings of the config."""
