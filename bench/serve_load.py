@@ -59,23 +59,19 @@ def synthetic_texts(seed: int = 0, count: int = 128) -> tuple[list[str], np.ndar
 
 
 def make_base_model(directory: str) -> None:
-    """deberta-v3-base's shape (hidden 768, 12 layers, 12 heads, intermediate 3072, vocab 128100) with ITHP at
-    the paper's sizes, random weights and a word-level tokenizer over the synthetic set's words, saved with
-    ``save_pretrained``: a model directory ``ithp-fast serve`` and ``pipeline`` read."""
+    """deberta-v3-base's shape (``ITHPDebertaConfig``'s default backbone: hidden 768, 12 layers, 12 heads,
+    intermediate 3072, vocab 128100) with ITHP at the paper's sizes, random weights and a word-level tokenizer
+    over the synthetic set's words, saved with ``save_pretrained``: a model directory ``ithp-fast serve`` and
+    ``pipeline`` read."""
     import torch
-    from transformers import DebertaV2Config
 
     import ithp_fast
     from ithp_fast.data import WordVocabulary
     from ithp_fast.data.synthetic import FILLERS, INTENSIFIERS, NEGATORS, SENTIMENT
 
-    backbone = DebertaV2Config(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                               vocab_size=128100, max_position_embeddings=512, relative_attention=True,
-                               position_buckets=256, pos_att_type=["p2c", "c2p"], norm_rel_ebd="layer_norm",
-                               share_att_key=True, position_biased_input=False, type_vocab_size=0)
     torch.manual_seed(0)
-    config = ithp_fast.ITHPDebertaConfig(backbone=backbone, ithp=ithp_fast.ITHPConfig.for_dataset("mosi"),
-                                         max_seq_length=50, eval_sampling="mean")
+    config = ithp_fast.ITHPDebertaConfig(ithp=ithp_fast.ITHPConfig.for_dataset("mosi"), max_seq_length=50,
+                                         eval_sampling="mean")
     words = sorted(set(FILLERS) | set(NEGATORS) | set(INTENSIFIERS) | set(SENTIMENT))
     model = ithp_fast.ITHPDeberta(config, tokenizer=WordVocabulary(words).to_tokenizer(50)).eval()
     model.save_pretrained(directory)
