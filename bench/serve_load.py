@@ -251,9 +251,8 @@ def int8_figures(checkpoint: str, texts: list[str], labels: np.ndarray, threads:
     from ithp_fast.training.metrics import sentiment_metrics
 
     scorers = {q: BundleScorer(cached_program(checkpoint, q), threads=threads) for q in ("none", "int8")}
-    scores = {q: np.array([s.score(texts[i:i + 32]).scores for i in range(0, len(texts), 32)], dtype=object)
-              for q, s in scorers.items()}
-    scores = {q: np.concatenate([np.asarray(b, dtype=np.float64) for b in v]) for q, v in scores.items()}
+    scores = {q: np.concatenate([np.asarray(s.score(texts[i:i + 32]).scores, dtype=np.float64)
+                                 for i in range(0, len(texts), 32)]) for q, s in scorers.items()}
     out = {"texts": len(texts), "max_abs_difference": float(np.abs(scores["int8"] - scores["none"]).max()),
            "mean_abs_difference": float(np.abs(scores["int8"] - scores["none"]).mean())}
     if trained:
