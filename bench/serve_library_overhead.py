@@ -22,11 +22,12 @@ def stand_in(library: str) -> Server:
 def main() -> int:
     texts, _ = synthetic_texts()
     stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H%M")
-    result = {"date": stamp, "machine_start": machine(), "settings": {"rounds": 3, "warmup": 1.0, "seconds": 4.0}}
+    settings = {"rounds": 3, "warmup": 1.0, "seconds": 4.0}
+    result = {"date": stamp, "machine_start": machine(), "settings": settings}
     servers = []
     try:
         servers = [stand_in("fastapi"), stand_in("litserve")]
-        result["load"] = interleaved(servers, texts, (1, 32), 3, 1.0, 4.0, 0)
+        result["load"] = interleaved(servers, texts, (1, 32), **settings, background=0)
     finally:
         for s in servers:
             s.stop()

@@ -59,23 +59,19 @@ def synthetic_texts(seed: int = 0, count: int = 128) -> tuple[list[str], np.ndar
 
 
 def make_base_model(directory: str) -> None:
-    """deberta-v3-base's shape (hidden 768, 12 layers, 12 heads, intermediate 3072, vocab 128100) with ITHP at
-    the paper's sizes, random weights and a word-level tokenizer over the synthetic set's words, saved with
-    ``save_pretrained``: a model directory ``ithp-fast serve`` and ``pipeline`` read."""
+    """deberta-v3-base's shape (``ITHPDebertaConfig``'s default backbone: hidden 768, 12 layers, 12 heads,
+    intermediate 3072, vocab 128100) with ITHP at the paper's sizes, random weights and a word-level tokenizer
+    over the synthetic set's words, saved with ``save_pretrained``: a model directory ``ithp-fast serve`` and
+    ``pipeline`` read."""
     import torch
-    from transformers import DebertaV2Config
 
     import ithp_fast
     from ithp_fast.data import WordVocabulary
     from ithp_fast.data.synthetic import FILLERS, INTENSIFIERS, NEGATORS, SENTIMENT
 
-    backbone = DebertaV2Config(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                               vocab_size=128100, max_position_embeddings=512, relative_attention=True,
-                               position_buckets=256, pos_att_type=["p2c", "c2p"], norm_rel_ebd="layer_norm",
-                               share_att_key=True, position_biased_input=False, type_vocab_size=0)
     torch.manual_seed(0)
-    config = ithp_fast.ITHPDebertaConfig(backbone=backbone, ithp=ithp_fast.ITHPConfig.for_dataset("mosi"),
-                                         max_seq_length=50, eval_sampling="mean")
+    config = ithp_fast.ITHPDebertaConfig(ithp=ithp_fast.ITHPConfig.for_dataset("mosi"), max_seq_length=50,
+                                         eval_sampling="mean")
     words = sorted(set(FILLERS) | set(NEGATORS) | set(INTENSIFIERS) | set(SENTIMENT))
     model = ithp_fast.ITHPDeberta(config, tokenizer=WordVocabulary(words).to_tokenizer(50)).eval()
     model.save_pretrained(directory)
@@ -255,9 +251,8 @@ def int8_figures(checkpoint: str, texts: list[str], labels: np.ndarray, threads:
     from ithp_fast.training.metrics import sentiment_metrics
 
     scorers = {q: BundleScorer(cached_program(checkpoint, q), threads=threads) for q in ("none", "int8")}
-    scores = {q: np.array([s.score(texts[i:i + 32]).scores for i in range(0, len(texts), 32)], dtype=object)
-              for q, s in scorers.items()}
-    scores = {q: np.concatenate([np.asarray(b, dtype=np.float64) for b in v]) for q, v in scores.items()}
+    scores = {q: np.concatenate([np.asarray(s.score(texts[i:i + 32]).scores, dtype=np.float64)
+                                 for i in range(0, len(texts), 32)]) for q, s in scorers.items()}
     out = {"texts": len(texts), "max_abs_difference": float(np.abs(scores["int8"] - scores["none"]).max()),
            "mean_abs_difference": float(np.abs(scores["int8"] - scores["none"]).mean())}
     if trained:

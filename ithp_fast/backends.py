@@ -19,7 +19,7 @@ from typing import Optional, Union
 
 import torch
 
-from .checks import AUTO, BACKENDS, FUSED_BACKENDS, check_choice
+from .checks import AUTO, BACKEND_CHOICES, FUSED_BACKENDS, check_choice
 from .kernels import rng, triton_interpreter_on
 from .kernels.detector_loss import detector_loss_partials
 from .kernels.ib_combine import ib_combine
@@ -42,7 +42,7 @@ def validate_backend(name: Optional[str], source: str = "backend") -> Optional[s
     """A backend name, checked; None for None, ``""`` or ``"auto"`` (choose per device)."""
     if name is None or name == "":
         return None
-    name = check_choice(name, (AUTO, *BACKENDS), source)
+    name = check_choice(name, BACKEND_CHOICES, source)
     return None if name == AUTO else name
 
 

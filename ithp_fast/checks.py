@@ -37,6 +37,8 @@ RUNTIMES = ("torch", "onnxruntime")
 """What runs a serving wrapper's CPU program."""
 BACKEND_CHOICES = (AUTO, *BACKENDS)
 """What a backend setting or argument takes."""
+RUNTIME_CHOICES = (AUTO, *RUNTIMES)
+"""What a runtime setting or argument takes."""
 OLD_IMPL = {"fast": AUTO, "reference": "reference"}
 """``impl``, the old name of the ``backend`` setting (``--impl``, keyword arguments, config files and
 checkpoints written before): each of its values as a backend."""

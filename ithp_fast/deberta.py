@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any, Callable, Optional, Union
 
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, DebertaV2Model, PreTrainedModel
+from transformers import AutoModel, AutoModelForSequenceClassification, DebertaV2Model, PreTrainedModel
 
 from .checks import AUTO, BACKEND_CHOICES, check_choice
 from .deberta_config import ITHPDebertaConfig
@@ -39,7 +39,8 @@ def ithp_class(backend: str) -> Callable:
     if backend == "reference":
         return ReferenceITHP
     return FastITHP if backend == AUTO else functools.partial(FastITHP, backend=backend)
-WEIGHT_FILES = ("model.safetensors",)
+
+
 HEAD_OPTIONS = ("num_labels", "beta_shift", "dropout_prob", "pass_attention_mask", "mask_ithp_padding",
                 "modality_order", "max_seq_length")
 """Keyword arguments of the reference constructor that are settings of the config."""
@@ -160,6 +161,5 @@ def load_saved_tokenizer(directory: str):
     return AutoTokenizer.from_pretrained(directory, local_files_only=True)
 
 
-AutoConfig.register(ITHPDebertaConfig.model_type, ITHPDebertaConfig, exist_ok=True)
 for _auto in (AutoModel, AutoModelForSequenceClassification):
     _auto.register(ITHPDebertaConfig, ITHPDeberta, exist_ok=True)

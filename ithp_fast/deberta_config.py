@@ -120,12 +120,6 @@ class ITHPDebertaConfig(PretrainedConfig):
         """ITHP's settings as an [`ithp_fast.ITHPConfig`][]."""
         return ITHPConfig.from_dict(self.ithp)
 
-    def inference_copy(self) -> "ITHPDebertaConfig":
-        """This config for serving: the posterior mean in eval mode (one text, one score)."""
-        copy = self.__class__.from_dict(self.to_dict())
-        copy.eval_sampling = "mean"
-        return copy
-
 
 def _backbone_config(backbone):
     """A ``DebertaV2Config`` from what ``backbone=`` takes."""

@@ -23,7 +23,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..checks import AUTO, RUNTIMES, check_choice
+from ..checks import AUTO, RUNTIME_CHOICES, check_choice
 from .graphs import capture_graph
 
 DEFAULT_BATCH_SIZES = (1, 8, 32, 128)
@@ -167,11 +167,11 @@ def runtime_choice(runtime: str, backend: Optional[str] = None) -> str:
     """The runtime asked for (:data:`ithp_fast.checks.RUNTIMES` or ``"auto"``): ``runtime=``, or
     ``backend=``, its old name, which keeps working."""
     if backend is None:
-        return check_choice(runtime, (AUTO, *RUNTIMES), "runtime")
+        return check_choice(runtime, RUNTIME_CHOICES, "runtime")
     if runtime not in (AUTO, backend):
         raise ValueError(f"runtime: backend= is its old name; give one of the two, got runtime={runtime!r} and "
                          f"backend={backend!r}")
-    return check_choice(backend, (AUTO, *RUNTIMES), "backend")
+    return check_choice(backend, RUNTIME_CHOICES, "backend")
 
 
 def require_eval(model: nn.Module, what: str) -> None:
