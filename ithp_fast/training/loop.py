@@ -43,7 +43,7 @@ from .evaluate import predict, synthetic_ceiling, write_predictions
 from .logs import append_results_row, open_tensorboard, results_table, write_metrics_csv
 from .metrics import better, format_metrics
 from .preflight import check_output_dir, new_paths, undo_unstarted
-from .results import RESULTS_FILE, print_summary, report_seed, summarise, write_seed_comparison
+from .results import RESULTS_FILE, print_summary, report_seed, seed_results, summarise, write_seed_comparison
 from .state import TrainState
 
 
@@ -542,7 +542,7 @@ def finish_seed(run: SeedRun) -> dict:
     ceiling = synthetic_ceiling(run.data.synthetic_spec)
     if ctx.is_main:
         write_predictions(os.path.join(paths.run, "predictions_test.csv"), run.data.splits["test"], scored["test"])
-    return report_seed(
+    results = seed_results(
         cfg,
         run.seed,
         run.state,
@@ -551,9 +551,9 @@ def finish_seed(run: SeedRun) -> dict:
         ctx=ctx,
         present=run.present,
         ceiling=ceiling,
-        directory=paths.run,
         checkpoint=paths.best if cfg.selection == "best" else paths.last,
     )
+    return report_seed(results, paths.run, ctx=ctx, plots=cfg.plots)
 
 
 def load_run_data(cfg: TrainConfig, data: Union[SentimentData, Mapping, None] = None) -> SentimentData:
