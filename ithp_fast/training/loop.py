@@ -182,14 +182,14 @@ def recover_checkpoints(paths: SeedPaths, ctx: DistContext) -> None:
 
 
 def finished_earlier(cfg: TrainConfig, seed: int, paths: SeedPaths, ctx: DistContext) -> Optional[dict]:
-    """With --resume, the results of a seed that already finished (None otherwise)."""
+    """With --resume, the results of a seed that already finished (None otherwise); its settings were checked by
+    :func:`check_resumable`."""
     if not (os.path.isfile(paths.results) and os.path.isdir(paths.last)):
         return None
     done = ckpt.read_json(paths.results)
     if not done.get("finished"):
         return None
     saved = ckpt.load_config(paths.last)["run"]
-    check_resume(saved, cfg, paths.last)
     if cfg.epochs > saved["epochs"] and not done.get("stopped"):
         return None  # a larger --epochs extends the finished run
     print_on_main(ctx, f"seed {seed}: finished earlier, results read from {paths.results}")
@@ -298,13 +298,13 @@ def start_seed(cfg: TrainConfig, seed: int, data: SentimentData, ctx: DistContex
 
 
 def resume(run: SeedRun) -> None:
-    """Load weights, optimiser, schedule and progress from checkpoint-last (when there is one)."""
+    """Load weights, optimiser, schedule and progress from checkpoint-last (when there is one; its settings were
+    checked by :func:`check_resumable`)."""
     last = run.paths.last
     if not os.path.isdir(last):
         print_on_main(run.ctx, f"seed {run.seed}: nothing to resume in {run.paths.run}; starting")
         return
     ckpt.check_training_state(last)
-    check_resume(ckpt.load_config(last)["run"], run.cfg, last)
     ckpt.load_weights(run.model, last)
     saved = ckpt.load_training_state(last, run.optimizer, run.scheduler)
     run.state = TrainState.from_dict(saved, os.path.join(last, ckpt.STATE_FILE))
@@ -500,9 +500,10 @@ def train_seed(
     cfg: TrainConfig, seed: int, data: SentimentData, ctx: DistContext, callbacks: tuple = ()
 ) -> tuple[dict, bool]:
     """One seed's training; returns its results (also in ``<output_dir>/seed-<seed>/results.json``) and whether
-    it trained in this call (False for a seed that had finished earlier)."""
+    it trained in this call (False for a seed that had finished earlier). With --resume, :func:`check_resumable`
+    has checked every seed's checkpoints first."""
     paths = SeedPaths.of(cfg.output_dir, seed)
-    if cfg.resume:  # its checkpoints recovered by check_resumable
+    if cfg.resume:  # its checkpoints recovered, and their settings checked, by check_resumable
         done = finished_earlier(cfg, seed, paths, ctx)
         if done is not None:
             return done, False
