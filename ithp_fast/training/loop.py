@@ -89,6 +89,7 @@ class SeedRun:
     loader: DataLoader
     total_steps: int
     present: Optional[torch.Tensor] = None  # [train examples, levels] bool under --missing-rate, else None
+    ceiling: Optional[dict] = None  # a synthetic set's text-only ceiling (synthetic_ceiling), None for other data
     callbacks: tuple = ()
     tensorboard: Optional[Any] = None
     state: TrainState = field(default_factory=TrainState)
@@ -497,11 +498,19 @@ def track_best(run: SeedRun, record: dict) -> None:
 
 
 def train_seed(
-    cfg: TrainConfig, seed: int, data: SentimentData, ctx: DistContext, callbacks: tuple = ()
+    cfg: TrainConfig,
+    seed: int,
+    data: SentimentData,
+    ctx: DistContext,
+    *,
+    ceiling: Optional[dict],
+    callbacks: tuple = (),
 ) -> tuple[dict, bool]:
     """One seed's training; returns its results (also in ``<output_dir>/seed-<seed>/results.json``) and whether
-    it trained in this call (False for a seed that had finished earlier). With --resume, :func:`check_resumable`
-    has checked every seed's checkpoints first."""
+    it trained in this call (False for a seed that had finished earlier). ``ceiling``: the text-only ceiling of
+    the synthetic set ``data`` is (:func:`~ithp_fast.training.evaluate.synthetic_ceiling`; None for other data),
+    reported beside the seed's scores. With --resume, :func:`check_resumable` has checked every seed's
+    checkpoints first."""
     paths = SeedPaths.of(cfg.output_dir, seed)
     if cfg.resume:  # its checkpoints recovered, and their settings checked, by check_resumable
         done = finished_earlier(cfg, seed, paths, ctx)
@@ -510,7 +519,7 @@ def train_seed(
     if ctx.is_main:
         os.makedirs(paths.run, exist_ok=True)
     run = start_seed(cfg, seed, data, ctx, paths)
-    run.callbacks = callbacks
+    run.callbacks, run.ceiling = callbacks, ceiling
     if cfg.resume:
         resume(run)
     if cfg.log == "tensorboard" and ctx.is_main:
@@ -531,8 +540,8 @@ def train_seed(
 
 
 def finish_seed(run: SeedRun) -> dict:
-    """Score the selected epoch's weights on valid and test (with the text-only ceiling of a synthetic set); on
-    rank 0 write the test predictions, then report the seed (figures, results.json); returns its results."""
+    """Score the selected epoch's weights on valid and test; on rank 0 write the test predictions, then report the
+    seed (figures, results.json, with the text-only ceiling of a synthetic set); returns its results."""
     cfg, ctx, paths = run.cfg, run.ctx, run.paths
     if cfg.selection == "best" and run.state.best_epoch is not None:
         ckpt.load_weights(run.model, paths.best)
@@ -540,7 +549,6 @@ def finish_seed(run: SeedRun) -> dict:
         name: predict(run.model, run.data.splits[name], cfg, run.model_config, ctx, run.seed)
         for name in ("valid", "test")
     }
-    ceiling = synthetic_ceiling(run.data.synthetic_spec)
     if ctx.is_main:
         write_predictions(os.path.join(paths.run, "predictions_test.csv"), run.data.splits["test"], scored["test"])
     results = seed_results(
@@ -551,7 +559,7 @@ def finish_seed(run: SeedRun) -> dict:
         run.data,
         ctx=ctx,
         present=run.present,
-        ceiling=ceiling,
+        ceiling=run.ceiling,
         checkpoint=paths.best if cfg.selection == "best" else paths.last,
     )
     return report_seed(results, paths.run, ctx=ctx, plots=cfg.plots)
@@ -609,8 +617,9 @@ def run_training(cfg: TrainConfig, data: Union[SentimentData, Mapping, None] = N
                 f"note: --lr {cfg.lr:g} is the published rate for a pretrained backbone; the randomly "
                 f"initialised one learns little at it (try --lr 1e-3), or pass --backbone DIR",
             )
+        ceiling = synthetic_ceiling(data.synthetic_spec)  # the same for every seed
         try:
-            outcomes = [train_seed(cfg, seed, data, ctx, callbacks) for seed in cfg.seeds]
+            outcomes = [train_seed(cfg, seed, data, ctx, ceiling=ceiling, callbacks=callbacks) for seed in cfg.seeds]
         except BaseException:
             if ctx.is_main:  # a run that failed before any seed wrote a file leaves nothing behind
                 undo_unstarted([SeedPaths.of(cfg.output_dir, seed).run for seed in cfg.seeds], created)
