@@ -201,6 +201,20 @@ def test_leftovers_of_an_earlier_version_are_not_guessed_at(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-last.old", "checkpoint-last.tmp"]
 
 
+def test_signing_a_directory_again_lists_its_files_not_its_old_manifest(tmp_path):
+    directory = tmp_path / "checkpoint-last"
+    save(directory, 1.0)
+    (directory / "sub").mkdir()
+    (directory / "sub" / ckpt.MANIFEST_FILE).write_text("{}")  # a file of that name below the top is a file
+    (directory / "vocab.json").write_text('{"a": 1}')  # a file changed after the save, then signed again
+    ckpt.write_manifest(str(directory))
+    ckpt.write_manifest(str(directory))
+    assert ckpt.checkpoint_problem(str(directory)) is None
+    listed = set(json.loads((directory / ckpt.MANIFEST_FILE).read_text())["files"])
+    assert ckpt.MANIFEST_FILE not in listed and os.path.join("sub", ckpt.MANIFEST_FILE) in listed
+    assert listed == {str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()} - {ckpt.MANIFEST_FILE}
+
+
 def flip_a_byte(path, offset=-5):
     data = bytearray(open(path, "rb").read())
     data[offset] ^= 0x01
