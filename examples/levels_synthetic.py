@@ -24,6 +24,7 @@ import torch
 
 import ithp_fast
 from ithp_fast.tools.benchmarks import device_slug, new_results_path
+from ithp_fast.training.evaluate import report_stem
 from ithp_fast.training.metrics import mean_std
 
 HERE = Path(__file__).resolve().parent
@@ -76,8 +77,7 @@ def describe(seeds: list[dict], baseline: list[dict]) -> dict:
 def removal(checkpoint: Path, drop: tuple, out: Path) -> dict:
     """One evaluation of a checkpoint without the ``drop`` detectors."""
     report = ithp_fast.evaluate(checkpoint, device="cpu", output_dir=str(out), drop_detectors=drop)
-    stem = f"test-{report['eval_sampling']}" + ("-without-" + "-".join(drop) if drop else "")
-    predictions = (out / f"{stem}-predictions.csv").read_text()
+    predictions = (out / f"{report_stem(report)}-predictions.csv").read_text()
     return {
         "metrics": {m: report["metrics"]["authors"][m] for m in METRICS},
         "ib_terms": report["ib_terms"],

@@ -201,6 +201,20 @@ def test_leftovers_of_an_earlier_version_are_not_guessed_at(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-last.old", "checkpoint-last.tmp"]
 
 
+def test_signing_a_directory_again_lists_its_files_not_its_old_manifest(tmp_path):
+    directory = tmp_path / "checkpoint-last"
+    save(directory, 1.0)
+    (directory / "sub").mkdir()
+    (directory / "sub" / ckpt.MANIFEST_FILE).write_text("{}")  # a file of that name below the top is a file
+    (directory / "vocab.json").write_text('{"a": 1}')  # a file changed after the save, then signed again
+    ckpt.write_manifest(str(directory))
+    ckpt.write_manifest(str(directory))
+    assert ckpt.checkpoint_problem(str(directory)) is None
+    listed = set(json.loads((directory / ckpt.MANIFEST_FILE).read_text())["files"])
+    assert ckpt.MANIFEST_FILE not in listed and os.path.join("sub", ckpt.MANIFEST_FILE) in listed
+    assert listed == {str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()} - {ckpt.MANIFEST_FILE}
+
+
 def flip_a_byte(path, offset=-5):
     data = bytearray(open(path, "rb").read())
     data[offset] ^= 0x01
@@ -230,9 +244,17 @@ def one_line_error(capsys, argv, code=2):
     return errors[0]
 
 
-def resume_argv(run, epochs=2):
-    return ["train", "--resume", "--output-dir", str(run), "--synthetic-sizes", "16", "8", "8", "--epochs", str(epochs),
+def resume_argv(run):
+    return ["train", "--resume", "--output-dir", str(run), "--synthetic-sizes", "16", "8", "8", "--epochs", "2",
             "--lr", "1e-3", *TINY_FLAGS]
+
+
+@pytest.fixture
+def run_checkpoint(trained, tmp_path):
+    """A copy of the whole trained run and its seed's checkpoint-last: ``(run, checkpoint)``."""
+    run = tmp_path / "run"
+    shutil.copytree(trained.parent.parent, run)
+    return run, run / "seed-1" / "checkpoint-last"
 
 
 @pytest.mark.parametrize("name", [ckpt.MODEL_FILE, ckpt.CONFIG_FILE, ckpt.RUN_FILE, "tokenizer.json"])
@@ -265,10 +287,10 @@ def test_foreign_files_without_a_manifest_are_named(checkpoint, capsys, name, co
 
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["manifest-removed", "earlier-version"])
-def test_a_checkpoint_without_a_manifest_is_said_unverified_and_resume_refuses_it(trained, tmp_path, capsys, legacy):
-    run = tmp_path / "run"
-    shutil.copytree(trained.parent.parent, run)
-    checkpoint = run / "seed-1" / "checkpoint-last"
+def test_a_checkpoint_without_a_manifest_is_said_unverified_and_resume_refuses_it(
+    run_checkpoint, tmp_path, capsys, legacy
+):
+    run, checkpoint = run_checkpoint
     os.remove(checkpoint / ckpt.MANIFEST_FILE)
     if legacy:
         config = json.loads((checkpoint / ckpt.CONFIG_FILE).read_text())
@@ -324,13 +346,11 @@ MANIFESTS = {
 
 @pytest.mark.parametrize("variant", list(MANIFESTS))
 def test_a_manifest_of_the_wrong_shape_is_one_line_naming_it_and_nothing_outside_is_read(
-    trained, tmp_path, capsys, monkeypatch, variant
+    run_checkpoint, capsys, monkeypatch, variant
 ):
     if variant == "/etc/hostname" and not os.path.isfile("/etc/hostname"):
         pytest.skip("no /etc/hostname here")
-    run = tmp_path / "run"
-    shutil.copytree(trained.parent.parent, run)
-    checkpoint = run / "seed-1" / "checkpoint-last"
+    run, checkpoint = run_checkpoint
     (run / "outside.txt").write_text("not part of the checkpoint")
     if variant == "a link out":
         os.remove(checkpoint / "tokenizer.json")
@@ -349,10 +369,8 @@ def test_a_manifest_of_the_wrong_shape_is_one_line_naming_it_and_nothing_outside
     assert all(path.startswith(os.path.realpath(checkpoint) + os.sep) for path in hashed), hashed
 
 
-def test_a_file_in_place_of_checkpoint_last_is_named_and_nothing_trains(trained, tmp_path, capsys):
-    run = tmp_path / "run"
-    shutil.copytree(trained.parent.parent, run)
-    checkpoint = run / "seed-1" / "checkpoint-last"
+def test_a_file_in_place_of_checkpoint_last_is_named_and_nothing_trains(run_checkpoint, capsys):
+    run, checkpoint = run_checkpoint
     shutil.rmtree(checkpoint)
     checkpoint.write_text("not a checkpoint")
     before = contents(run)
@@ -362,10 +380,8 @@ def test_a_file_in_place_of_checkpoint_last_is_named_and_nothing_trains(trained,
     assert contents(run) == before
 
 
-def test_resume_continues_from_a_lone_complete_old_copy(trained, tmp_path, capsys):
-    run = tmp_path / "run"
-    shutil.copytree(trained.parent.parent, run)
-    checkpoint = run / "seed-1" / "checkpoint-last"
+def test_resume_continues_from_a_lone_complete_old_copy(run_checkpoint, capsys):
+    run, checkpoint = run_checkpoint
     os.replace(checkpoint, str(checkpoint) + ".old")  # as a crash between the renames, its DIR.tmp lost
     capsys.readouterr()
     assert main(resume_argv(run)) == 0
@@ -378,27 +394,12 @@ def test_resume_continues_from_a_lone_complete_old_copy(trained, tmp_path, capsy
 def test_resume_without_training_state_is_an_error_not_a_restart(checkpoint, capsys, name):
     run = checkpoint.parent.parent
     os.remove(checkpoint / name)
-    argv = [
-        "train",
-        "--resume",
-        "--output-dir",
-        str(run),
-        "--synthetic-sizes",
-        "16",
-        "8",
-        "8",
-        "--epochs",
-        "2",
-        "--lr",
-        "1e-3",
-        *TINY_FLAGS,
-    ]
-    err = one_line_error(capsys, argv)
+    err = one_line_error(capsys, resume_argv(run))
     assert str(checkpoint / name) in err and "missing" in err
     manifest = json.loads((checkpoint / ckpt.MANIFEST_FILE).read_text())
     del manifest["files"][name]
     (checkpoint / ckpt.MANIFEST_FILE).write_text(json.dumps(manifest))
-    err = one_line_error(capsys, argv)
+    err = one_line_error(capsys, resume_argv(run))
     assert str(checkpoint / name) in err and "cannot be resumed" in err
     assert (checkpoint / ckpt.MODEL_FILE).is_file()  # nothing was deleted
 

@@ -2,11 +2,11 @@
 ``ithp_fast.evaluate`` and the fields of the dataclass are one set, so an option is added as one field; the
 flags keep their names, and a setting out of range or unknown is one line."""
 
-import argparse
 import dataclasses
 import json
 
 import pytest
+from test_cli_options import subcommands
 
 from ithp_fast.tools.cli import build_parser
 from ithp_fast.training import api
@@ -35,14 +35,9 @@ FLAGS = [
 ]  # fmt: skip
 
 
-def evaluate_parser() -> argparse.ArgumentParser:
-    action = next(a for a in build_parser()._actions if a.dest == "command")
-    return action.choices["evaluate"]
-
-
 def test_the_flags_the_keywords_and_the_fields_are_one_set(monkeypatch):
     assert set(GIVEN) == FIELDS  # GIVEN names every field (a new one is added there too)
-    parser = evaluate_parser()
+    parser = subcommands()["evaluate"]
     flags = {a.dest: a for a in parser._actions if a.dest not in ("help", "impl")}  # impl: --backend before
     assert set(flags) == FIELDS
     assert all(f"--{name.replace('_', '-')}" == flags[name].option_strings[0] for name in FIELDS)

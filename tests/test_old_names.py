@@ -48,7 +48,6 @@ def old_checkpoint(directory: str) -> None:
             if "backend" in entry:
                 entry["impl"] = "reference" if entry.pop("backend") == "reference" else "fast"
         ckpt.write_json(path, values)
-    os.remove(os.path.join(directory, ckpt.MANIFEST_FILE))
     ckpt.write_manifest(directory)
 
 

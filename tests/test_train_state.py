@@ -100,7 +100,6 @@ def rewrite_state(checkpoint: Path, edit) -> None:
     """Change a checkpoint's trainer_state.json as ``edit`` says, and record the new file in its manifest."""
     path = checkpoint / ckpt.STATE_FILE
     path.write_text(json.dumps(edit(json.loads(path.read_text()))))
-    (checkpoint / ckpt.MANIFEST_FILE).unlink()
     ckpt.write_manifest(str(checkpoint))
 
 

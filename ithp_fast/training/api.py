@@ -9,15 +9,13 @@ report = ithp_fast.evaluate("runs/mine/seed-1/checkpoint-last", data="data/mosi.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
-from ..checks import renamed_settings
 from ..data import SentimentData, SentimentSplit
-from .config import TrainConfig, recipe_settings
+from .config import TrainConfig, known_settings, recipe_settings
 from .evaluate import evaluate_checkpoint
 from .loop import EpochEnd, run_training
 
@@ -55,12 +53,8 @@ def read_config_file(path: Union[str, os.PathLike]) -> dict:
 def normalise_keys(values: Mapping, where: str) -> dict:
     """Keys as TrainConfig's field names (an old name, such as ``impl``, as today's); a clear error
     listing unknown ones."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    out = renamed_settings({str(k).lstrip("-").replace("-", "_"): v for k, v in values.items()}, where)
-    unknown = sorted(k for k in out if k not in known)
-    if unknown:
-        raise ValueError(f"{where}: unknown settings {', '.join(unknown)} (see ithp-fast train --help)")
-    return out
+    return known_settings({str(k).lstrip("-").replace("-", "_"): v for k, v in values.items()}, TrainConfig, where,
+                          "train")
 
 
 def make_config(config: ConfigSource = None, **settings: Any) -> TrainConfig:

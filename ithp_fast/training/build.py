@@ -156,9 +156,10 @@ def load_tokenizer(entry: dict, directory: str):
     return None
 
 
-def text_tokenizer(config: dict, directory: str):
+def text_tokenizer(config: dict, directory: str, max_length: int):
     """The tokenizer a checkpoint directory carries, as a ``transformers`` tokenizer that reads raw text
-    (None when the model was trained on token ids and carries none)."""
+    (None when the model was trained on token ids and carries none); an earlier version's vocabulary cuts
+    texts at ``max_length`` tokens (the model's ``max_seq_length``)."""
     from ..deberta import load_saved_tokenizer
 
     verify_tokenizer_files(directory)
@@ -167,5 +168,5 @@ def text_tokenizer(config: dict, directory: str):
         return None
     saved = load_saved_tokenizer(directory)
     if saved is None and entry.get("kind") == "word-vocabulary":  # an earlier version's vocab.json
-        return WordVocabulary.load(directory).to_tokenizer(model_settings(config).max_seq_length)
+        return WordVocabulary.load(directory).to_tokenizer(max_length)
     return saved

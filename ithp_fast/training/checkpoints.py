@@ -130,12 +130,15 @@ def sha256_of(path: str) -> str:
 
 
 def write_manifest(directory: str) -> None:
-    """Record the size and SHA-256 of every file in ``directory`` (sub-directories included)."""
+    """Record the size and SHA-256 of every file in ``directory`` (sub-directories included) but a manifest it
+    holds already, which the new one replaces."""
     files = {}
     for root, _, names in os.walk(directory):
         for name in sorted(names):
             path = os.path.join(root, name)
             rel = os.path.relpath(path, directory)
+            if rel == MANIFEST_FILE:
+                continue
             sync_to_disk(path)
             files[rel] = {"bytes": os.path.getsize(path), "sha256": sha256_of(path)}
     write_json(os.path.join(directory, MANIFEST_FILE), {"format": FORMAT, "files": files})

@@ -16,9 +16,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, get_args, get_origin, get_type_hints
 
+from ..checks import renamed_settings
 from ..data import DETECTOR_NAMES
 from .metrics import metric_names
 
@@ -89,6 +91,17 @@ def setting(default: Any, help: str) -> Any:
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"help": help})
     return field(default=default, metadata={"help": help})
+
+
+def known_settings(values: Mapping, fields_of: type, where: str, command: str) -> dict:
+    """``values`` with an old name (such as ``impl``) as today's; one line naming ``where`` that lists the settings
+    the dataclass ``fields_of`` (the settings of ``ithp-fast <command>``) does not have."""
+    out = renamed_settings(values, where)
+    known = {f.name for f in dataclasses.fields(fields_of)}
+    unknown = sorted(k for k in out if k not in known)
+    if unknown:
+        raise ValueError(f"{where}: unknown settings {', '.join(unknown)} (see ithp-fast {command} --help)")
+    return out
 
 
 def usable_cores() -> int:

@@ -7,12 +7,10 @@ is one field here.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
-from ..checks import renamed_settings
-from .config import setting
+from .config import known_settings, setting
 from .metrics import CONVENTIONS
 
 SPLITS = ("train", "valid", "test")
@@ -77,10 +75,6 @@ def make_eval_config(checkpoint: str, **settings: Any) -> EvalConfig:
     HfArgumentParser; a setting it does not know is one line naming it."""
     from transformers import HfArgumentParser
 
-    known = {f.name for f in dataclasses.fields(EvalConfig)}
-    settings = renamed_settings(settings, "evaluate")  # impl: the old name of backend
-    unknown = sorted(k for k in settings if k not in known)
-    if unknown:
-        raise ValueError(f"evaluate: unknown settings {', '.join(unknown)} (see ithp-fast evaluate --help)")
+    settings = known_settings(settings, EvalConfig, "evaluate", "evaluate")  # impl: the old name of backend
     (cfg,) = HfArgumentParser(EvalConfig).parse_dict({"checkpoint": checkpoint, **settings})
     return cfg

@@ -214,12 +214,18 @@ def check_drop_detectors(names: Sequence[str], modalities: Sequence[str]) -> tup
     return names
 
 
-def write_report(output_dir: str, report: dict, split: SentimentSplit, result: dict) -> None:
-    """``<split>-<eval_sampling>[-without-<names>].json`` and its predictions CSV; prints the headline and
-    the IB terms."""
-    stem = f"{report['split']}-{report['eval_sampling']}" + (
+def report_stem(report: dict) -> str:
+    """The name an evaluation's files share: ``<split>-<eval_sampling>[-without-<names>]`` (``.json`` the report,
+    ``-predictions.csv`` its predictions)."""
+    return f"{report['split']}-{report['eval_sampling']}" + (
         "-without-" + "-".join(report["dropped_detectors"]) if report["dropped_detectors"] else ""
     )
+
+
+def write_report(output_dir: str, report: dict, split: SentimentSplit, result: dict) -> None:
+    """``<split>-<eval_sampling>[-without-<names>].json`` (:func:`report_stem`) and its predictions CSV; prints
+    the headline and the IB terms."""
+    stem = report_stem(report)
     os.makedirs(output_dir, exist_ok=True)
     output = os.path.join(output_dir, f"{stem}.json")
     ckpt.write_json(output, report)

@@ -16,11 +16,6 @@ if TYPE_CHECKING:
     from ..deberta import ITHPDeberta
 
 
-def trained_eval_sampling(config: dict) -> str:
-    """The training run's ``eval_sampling`` (what ``evaluate`` reproduces by default)."""
-    return config.get("run", {}).get("eval_sampling") or model_settings(config).eval_sampling
-
-
 def load_checkpoint_model(
     directory: Union[str, os.PathLike],
     *,
@@ -40,10 +35,11 @@ def load_checkpoint_model(
         raise ValueError(f"eval_sampling: expected one of {EVAL_SAMPLING}, got {eval_sampling!r}")
     config = ckpt.load_config(directory)
     settings = model_settings(config)
-    settings.eval_sampling = eval_sampling or trained_eval_sampling(config)
+    # by default the training run's eval_sampling (what ``evaluate`` reproduces), else the saved model's
+    settings.eval_sampling = eval_sampling or config.get("run", {}).get("eval_sampling") or settings.eval_sampling
     model = build_model(settings, backend or renamed_settings(config, directory).get("backend"))
     ckpt.load_weights(model, directory)
-    model.tokenizer = text_tokenizer(config, directory)
+    model.tokenizer = text_tokenizer(config, directory, settings.max_seq_length)
     return model.to(device).eval(), {**config, "model": model.config.to_dict()}
 
 

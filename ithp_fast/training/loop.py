@@ -43,7 +43,7 @@ from .evaluate import predict, synthetic_ceiling, write_predictions
 from .logs import append_results_row, open_tensorboard, results_table, write_metrics_csv
 from .metrics import better, format_metrics
 from .preflight import check_output_dir, new_paths, undo_unstarted
-from .results import RESULTS_FILE, print_summary, report_seed, summarise, write_seed_comparison
+from .results import RESULTS_FILE, print_summary, report_seed, seed_results, summarise, write_seed_comparison
 from .state import TrainState
 
 
@@ -89,6 +89,7 @@ class SeedRun:
     loader: DataLoader
     total_steps: int
     present: Optional[torch.Tensor] = None  # [train examples, levels] bool under --missing-rate, else None
+    ceiling: Optional[dict] = None  # a synthetic set's text-only ceiling (synthetic_ceiling), None for other data
     callbacks: tuple = ()
     tensorboard: Optional[Any] = None
     state: TrainState = field(default_factory=TrainState)
@@ -182,14 +183,14 @@ def recover_checkpoints(paths: SeedPaths, ctx: DistContext) -> None:
 
 
 def finished_earlier(cfg: TrainConfig, seed: int, paths: SeedPaths, ctx: DistContext) -> Optional[dict]:
-    """With --resume, the results of a seed that already finished (None otherwise)."""
+    """With --resume, the results of a seed that already finished (None otherwise); its settings were checked by
+    :func:`check_resumable`."""
     if not (os.path.isfile(paths.results) and os.path.isdir(paths.last)):
         return None
     done = ckpt.read_json(paths.results)
     if not done.get("finished"):
         return None
     saved = ckpt.load_config(paths.last)["run"]
-    check_resume(saved, cfg, paths.last)
     if cfg.epochs > saved["epochs"] and not done.get("stopped"):
         return None  # a larger --epochs extends the finished run
     print_on_main(ctx, f"seed {seed}: finished earlier, results read from {paths.results}")
@@ -298,13 +299,13 @@ def start_seed(cfg: TrainConfig, seed: int, data: SentimentData, ctx: DistContex
 
 
 def resume(run: SeedRun) -> None:
-    """Load weights, optimiser, schedule and progress from checkpoint-last (when there is one)."""
+    """Load weights, optimiser, schedule and progress from checkpoint-last (when there is one; its settings were
+    checked by :func:`check_resumable`)."""
     last = run.paths.last
     if not os.path.isdir(last):
         print_on_main(run.ctx, f"seed {run.seed}: nothing to resume in {run.paths.run}; starting")
         return
     ckpt.check_training_state(last)
-    check_resume(ckpt.load_config(last)["run"], run.cfg, last)
     ckpt.load_weights(run.model, last)
     saved = ckpt.load_training_state(last, run.optimizer, run.scheduler)
     run.state = TrainState.from_dict(saved, os.path.join(last, ckpt.STATE_FILE))
@@ -497,19 +498,28 @@ def track_best(run: SeedRun, record: dict) -> None:
 
 
 def train_seed(
-    cfg: TrainConfig, seed: int, data: SentimentData, ctx: DistContext, callbacks: tuple = ()
+    cfg: TrainConfig,
+    seed: int,
+    data: SentimentData,
+    ctx: DistContext,
+    *,
+    ceiling: Optional[dict],
+    callbacks: tuple = (),
 ) -> tuple[dict, bool]:
     """One seed's training; returns its results (also in ``<output_dir>/seed-<seed>/results.json``) and whether
-    it trained in this call (False for a seed that had finished earlier)."""
+    it trained in this call (False for a seed that had finished earlier). ``ceiling``: the text-only ceiling of
+    the synthetic set ``data`` is (:func:`~ithp_fast.training.evaluate.synthetic_ceiling`; None for other data),
+    reported beside the seed's scores. With --resume, :func:`check_resumable` has checked every seed's
+    checkpoints first."""
     paths = SeedPaths.of(cfg.output_dir, seed)
-    if cfg.resume:  # its checkpoints recovered by check_resumable
+    if cfg.resume:  # its checkpoints recovered, and their settings checked, by check_resumable
         done = finished_earlier(cfg, seed, paths, ctx)
         if done is not None:
             return done, False
     if ctx.is_main:
         os.makedirs(paths.run, exist_ok=True)
     run = start_seed(cfg, seed, data, ctx, paths)
-    run.callbacks = callbacks
+    run.callbacks, run.ceiling = callbacks, ceiling
     if cfg.resume:
         resume(run)
     if cfg.log == "tensorboard" and ctx.is_main:
@@ -530,8 +540,8 @@ def train_seed(
 
 
 def finish_seed(run: SeedRun) -> dict:
-    """Score the selected epoch's weights on valid and test (with the text-only ceiling of a synthetic set); on
-    rank 0 write the test predictions, then report the seed (figures, results.json); returns its results."""
+    """Score the selected epoch's weights on valid and test; on rank 0 write the test predictions, then report the
+    seed (figures, results.json, with the text-only ceiling of a synthetic set); returns its results."""
     cfg, ctx, paths = run.cfg, run.ctx, run.paths
     if cfg.selection == "best" and run.state.best_epoch is not None:
         ckpt.load_weights(run.model, paths.best)
@@ -539,10 +549,9 @@ def finish_seed(run: SeedRun) -> dict:
         name: predict(run.model, run.data.splits[name], cfg, run.model_config, ctx, run.seed)
         for name in ("valid", "test")
     }
-    ceiling = synthetic_ceiling(run.data.synthetic_spec)
     if ctx.is_main:
         write_predictions(os.path.join(paths.run, "predictions_test.csv"), run.data.splits["test"], scored["test"])
-    return report_seed(
+    results = seed_results(
         cfg,
         run.seed,
         run.state,
@@ -550,10 +559,10 @@ def finish_seed(run: SeedRun) -> dict:
         run.data,
         ctx=ctx,
         present=run.present,
-        ceiling=ceiling,
-        directory=paths.run,
+        ceiling=run.ceiling,
         checkpoint=paths.best if cfg.selection == "best" else paths.last,
     )
+    return report_seed(results, paths.run, ctx=ctx, plots=cfg.plots)
 
 
 def load_run_data(cfg: TrainConfig, data: Union[SentimentData, Mapping, None] = None) -> SentimentData:
@@ -608,8 +617,9 @@ def run_training(cfg: TrainConfig, data: Union[SentimentData, Mapping, None] = N
                 f"note: --lr {cfg.lr:g} is the published rate for a pretrained backbone; the randomly "
                 f"initialised one learns little at it (try --lr 1e-3), or pass --backbone DIR",
             )
+        ceiling = synthetic_ceiling(data.synthetic_spec)  # the same for every seed
         try:
-            outcomes = [train_seed(cfg, seed, data, ctx, callbacks) for seed in cfg.seeds]
+            outcomes = [train_seed(cfg, seed, data, ctx, ceiling=ceiling, callbacks=callbacks) for seed in cfg.seeds]
         except BaseException:
             if ctx.is_main:  # a run that failed before any seed wrote a file leaves nothing behind
                 undo_unstarted([SeedPaths.of(cfg.output_dir, seed).run for seed in cfg.seeds], created)

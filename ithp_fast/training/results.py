@@ -22,31 +22,17 @@ from .state import TrainState
 RESULTS_FILE = "results.json"
 
 
-def report_seed(
-    cfg: TrainConfig,
-    seed: int,
-    state: TrainState,
-    scored: dict[str, dict],
-    data: SentimentData,
-    *,
-    ctx: DistContext,
-    present: Optional[torch.Tensor],
-    ceiling: Optional[dict],
-    directory: str,
-    checkpoint: str,
-) -> dict:
-    """A seed's results (:func:`seed_results`); on rank 0, its figures and ``results.json`` written to the seed's
-    ``directory``, and its headline metrics and files said. Returns the results."""
-    results = seed_results(
-        cfg, seed, state, scored, data, ctx=ctx, present=present, ceiling=ceiling, checkpoint=checkpoint
-    )
+def report_seed(results: dict, directory: str, *, ctx: DistContext, plots: bool) -> dict:
+    """On rank 0, a seed's figures (with ``plots``) and ``results.json`` (:func:`seed_results`, with the figures'
+    files added) written to the seed's ``directory``, and its headline metrics and files said. Returns the
+    results."""
     if ctx.is_main:
-        figures = write_figures(results, directory) if cfg.plots else {}
+        figures = write_figures(results, directory) if plots else {}
         if figures:
             results["plots"] = figures
         ckpt.write_json(os.path.join(directory, RESULTS_FILE), results)
         print_on_main(ctx, seed_line(results))
-        print_on_main(ctx, wrote_line(f"seed {seed}", directory))
+        print_on_main(ctx, wrote_line(f"seed {results['seed']}", directory))
     return results
 
 
