@@ -48,6 +48,7 @@ from torch import nn
 
 from ..reference.ithp import ITHP as ReferenceITHP
 from .logits import first_token_logits
+from .tokens import is_word_level
 
 FORMATS = ("onnx", "aoti")
 DEFAULT_TOKENS = 50
@@ -244,7 +245,7 @@ def bundle_metadata(model: nn.Module, tokens: int, tokenizer: Any) -> dict[str, 
 
     config = getattr(model, "config", None)
     low, high = getattr(config, "label_range", (-3.0, 3.0))
-    kind = "none" if tokenizer is None else "word-level" if _word_level(tokenizer) else "pretrained"
+    kind = "none" if tokenizer is None else "word-level" if is_word_level(tokenizer) else "pretrained"
     return {
         "model": "ITHP-DeBERTa",
         "inputs": f"input_ids, attention_mask: int64 [batch, sequence], 1 to {tokens} tokens: [CLS] text [SEP], "
@@ -258,11 +259,6 @@ def bundle_metadata(model: nn.Module, tokens: int, tokenizer: Any) -> dict[str, 
         "eval_sampling": "mean",
         "ithp_fast_version": __version__,
     }
-
-
-def _word_level(tokenizer: Any) -> bool:
-    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
-    return type(getattr(backend, "model", None)).__name__ == "WordLevel"
 
 
 def write_tokenizer(tokenizer: Any, directory: str, max_length: int, pad_id: int) -> None:

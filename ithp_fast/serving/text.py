@@ -65,7 +65,6 @@ class TextScorer:
         self.batch_size = batch_size
         self.max_tokens = max_tokens or model.max_seq_length
         self.tokenizer = TextTokenizer(tokenizer, self.max_tokens, model.dberta.model.config.pad_token_id or 0)
-        self.word_level = self.tokenizer.word_level
         self.device = next(model.parameters()).device
         self.logits = posterior_mean_logits(model) if logits is None else logits
 
@@ -96,7 +95,7 @@ class TextScorer:
                 unknown, tokens = unknown + batch.unknown, tokens + batch.tokens
         finally:
             self.model.train(was_training)
-        result = ScoredTexts(scores, cut, unknown, tokens, self.word_level)
+        result = ScoredTexts(scores, cut, unknown, tokens, self.tokenizer.word_level)
         if warn and result.unknown_message():
             warnings.warn(result.unknown_message(), stacklevel=2)
         return result

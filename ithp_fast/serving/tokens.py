@@ -73,6 +73,13 @@ def backend_tokenizer(tokenizer: Any):
     return Tokenizer.from_str(backend.to_str())
 
 
+def is_word_level(tokenizer: Any) -> bool:
+    """Whether ``tokenizer`` (a transformers fast tokenizer or a ``tokenizers.Tokenizer``) is a word-level
+    vocabulary (one token per word)."""
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    return type(getattr(backend, "model", None)).__name__ == "WordLevel"
+
+
 class TextTokenizer:
     """Encodes texts for ITHP-DeBERTa.
 
@@ -89,7 +96,7 @@ class TextTokenizer:
         self.backend.enable_truncation(max_tokens)
         self.max_tokens, self.pad_id = max_tokens, pad_id
         self.unk_id = _unknown_id(tokenizer, self.backend) if unk_id is None else unk_id
-        self.word_level = type(self.backend.model).__name__ == "WordLevel"
+        self.word_level = is_word_level(self.backend)
 
     def encode(self, texts: Sequence[str]) -> TokenBatch:
         """Token ids of ``texts`` (checked), cut to ``max_tokens`` and padded to the longest of them."""
