@@ -38,6 +38,18 @@ class ScoredTexts:
             return f"{self.unknown} of {self.tokens} words are not in the model's vocabulary and were read as unknown"
         return f"{self.unknown} of {self.tokens} tokens are the tokenizer's unknown token"
 
+    @classmethod
+    def join(cls, parts: Sequence[ScoredTexts]) -> ScoredTexts:
+        """The texts of ``parts`` (at least one, all read by one tokenizer) in order, as one result."""
+        return cls([s for p in parts for s in p.scores], [c for p in parts for c in p.cut],
+                   sum(p.unknown for p in parts), sum(p.tokens for p in parts), parts[0].word_level)
+
+
+def score_rows(values: Any) -> list:
+    """``[texts, num_labels]`` logits (a NumPy array or a tensor) as :attr:`ScoredTexts.scores`: one float per
+    text, or a list of ``num_labels`` floats per text when the model has several outputs."""
+    return values[:, 0].tolist() if values.shape[1] == 1 else values.tolist()
+
 
 @dataclass
 class TokenBatch:
