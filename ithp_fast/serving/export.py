@@ -181,8 +181,8 @@ def _export_int8(model: nn.Module, path: str, tokens: int, batch: Optional[int],
     try:
         written = _export(model, os.path.join(floats, name), "onnx", tokens, batch, tokenizer)
         staged = quantize_int8(written[0], os.path.join(floats, "int8.onnx"))
-        _, inputs, _, _ = _program_and_inputs(model, batch or 2, tokens)
-        got = _onnx_runner(staged, ("input_ids", "attention_mask") if _is_deberta(model) else ("x",))(*inputs)
+        _, inputs, input_names, _ = _program_and_inputs(model, batch or 2, tokens)
+        got = _onnx_runner(staged, input_names)(*inputs)
         if not bool(torch.isfinite(got).all()):
             raise RuntimeError("export: the int8 program gives non-finite outputs; nothing was written")
         extras = [f for f in written[1:] if not f.endswith(".data")]
