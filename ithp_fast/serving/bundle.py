@@ -24,6 +24,8 @@ import numpy as np
 
 from .tokens import ScoredTexts, TextTokenizer, length_groups, score_rows
 
+# The name transformers saves a tokenizer under; ithp_fast.data.tokenize names it too, for checkpoints (data sits
+# with training, which serving does not import).
 TOKENIZER_FILE = "tokenizer.json"
 
 

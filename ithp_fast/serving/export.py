@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from ..reference.ithp import ITHP as ReferenceITHP
+from .bundle import TOKENIZER_FILE
 from .logits import first_token_logits
 from .tokens import is_word_level
 
@@ -54,7 +55,6 @@ FORMATS = ("onnx", "aoti")
 DEFAULT_TOKENS = 50
 MAX_DYNAMIC_BATCH = 4096
 """Largest batch a dynamic-batch export accepts."""
-TOKENIZER_FILE = "tokenizer.json"
 CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}
 """Largest difference (relative to the output's size, at least 1) the export's check allows."""
 
