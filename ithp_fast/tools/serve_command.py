@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 
+from ..serving.quantize import QUANTIZE
 from .errors import CommandError, one_line_errors, user_error
 
 DESCRIPTION = """\
@@ -185,7 +186,7 @@ def register(sub) -> None:
     p.add_argument("--runtime", default=None, choices=("onnxruntime", "torch"),
                    help="what runs the model: onnxruntime (the CPU default: exported once, cached) or torch (the "
                         "CUDA default, with CUDA graphs; on the CPU eager, measured slower: see the docs)")
-    p.add_argument("--quantize", default="none", choices=("none", "int8"),
+    p.add_argument("--quantize", default="none", choices=QUANTIZE,
                    help="int8: ONNX Runtime's dynamic int8 quantisation (CPU; default: none, float32)")
     p.add_argument("--threads", type=int, default=None,
                    help="ONNX Runtime's threads (default: the cores this process may use)")
