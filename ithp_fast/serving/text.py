@@ -20,9 +20,9 @@ from torch import nn
 
 from ..encode import encode
 from .logits import first_token_logits
-from .tokens import ScoredTexts, TextTokenizer, TokenBatch, backend_tokenizer, check_texts, score_rows
+from .tokens import ScoredTexts, TextTokenizer, TokenBatch, check_texts, score_rows
 
-__all__ = ["TextScorer", "ScoredTexts", "TokenBatch", "check_texts", "backend_tokenizer", "posterior_mean_logits"]
+__all__ = ["TextScorer", "posterior_mean_logits"]
 
 Logits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
