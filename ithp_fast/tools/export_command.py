@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from ..serving.quantize import check_quantize
+from .errors import user_error
 
 FORMATS = ("onnx", "aoti")
 
@@ -60,7 +60,7 @@ def export_command(args: argparse.Namespace) -> int:
         else:
             print("wrote " + ", ".join(paths))
             return 0
-    print(f"ithp-fast export: error: {problem}", file=sys.stderr)
+    user_error("export", problem)
     return 2
 
 
