@@ -115,8 +115,8 @@ def torch_model(args: argparse.Namespace):
     scorer = TextScorer(model, batch_size=args.max_batch_size, logits=serving)
     meta = {"checkpoint": os.path.abspath(args.checkpoint),
             **_described(bundle_metadata(model, model.max_seq_length, model.tokenizer)),
-            "device": args.device, "runtime": "torch, CUDA graphs" if serving else "torch", "quantize": "none",
-            "threads": args.threads if device.type == "cpu" else None}
+            "device": args.device, "runtime": "torch, CUDA graphs" if serving is not None else "torch",
+            "quantize": "none", "threads": args.threads if device.type == "cpu" else None}
     return ServedModel(lambda texts: scorer.score(texts, warn=False),
                        _name(args.checkpoint, checkpoint_checksum(args.checkpoint)), scorer.max_tokens, meta)
 
