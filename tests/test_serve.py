@@ -261,8 +261,7 @@ def score(texts):
     return ScoredTexts([float(len(t)) for t in texts], [False] * len(texts), 0, 0, True)
 
 app = create_app(ServedModel(score, "stand-in@0", 8), max_batch_size=8, max_wait_ms=20)
-class Args: host, port, checkpoint = "127.0.0.1", int(sys.argv[1]), "stand-in"
-run_server(app, Args)
+run_server(app, "127.0.0.1", int(sys.argv[1]), "stand-in")
 """
 
 

@@ -135,8 +135,9 @@ def _name(checkpoint: str, checksum: str) -> str:
     return f"{os.path.basename(os.path.abspath(checkpoint).rstrip(os.sep))}@{checksum[:12]}"
 
 
-def run_server(app, args: argparse.Namespace) -> None:
-    """uvicorn until SIGTERM / SIGINT; then ``/health`` says draining while the requests in flight finish."""
+def run_server(app, host: str, port: int, name: str) -> None:
+    """uvicorn on ``host``:``port`` until SIGTERM / SIGINT; then ``/health`` says draining while the requests in
+    flight finish. ``name``: what is served, for the line said at start."""
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -144,10 +145,9 @@ def run_server(app, args: argparse.Namespace) -> None:
             app.state.serving["status"] = "draining"
             super().handle_exit(sig, frame)
 
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=DRAIN_SECONDS, lifespan="on")
-    say(f"serving {args.checkpoint} on http://{args.host}:{args.port} (POST /predict; GET /health, /metadata, "
-        f"/docs)")
+    say(f"serving {name} on http://{host}:{port} (POST /predict; GET /health, /metadata, /docs)")
     Server(config).run()
 
 
@@ -166,7 +166,7 @@ def serve_command(args: argparse.Namespace) -> int:
     served = cpu_model(args) if args.runtime == "onnxruntime" else torch_model(args)
     app = create_app(served, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
                      max_texts=args.max_texts)
-    run_server(app, args)
+    run_server(app, args.host, args.port, args.checkpoint)
     return 0
 
 
