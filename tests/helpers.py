@@ -1,5 +1,7 @@
 """Helpers shared by the tests (importable as ``helpers``: pytest puts tests/ on sys.path)."""
 
+import textwrap
+
 import torch
 
 from ithp_fast import ITHPConfig
@@ -123,3 +125,16 @@ def tiny_text_model(*, pass_attention_mask: bool = True, max_seq_length: int = 8
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.3)
     return model.eval()
+
+
+def refuse_imports(*names: str) -> str:
+    """Python source to run first in a fresh interpreter: importing the packages ``names`` (and their submodules)
+    then fails as if they were not installed."""
+    return textwrap.dedent(f"""
+        import importlib.abc, sys
+        class Refuse(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {names!r}:
+                    raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        sys.meta_path.insert(0, Refuse())
+    """)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_text_model
+from helpers import refuse_imports, tiny_text_model
 
 import ithp_fast
 from ithp_fast.serving.text import TextScorer
@@ -95,23 +95,14 @@ def onnx_scores(bundle: Path, texts: list) -> list:
     return onnxruntime.InferenceSession(str(bundle / "model.onnx")).run(["logits"], feeds)[0][:, 0].tolist()
 
 
-REFUSE_TORCH = """
-import importlib.abc, sys
-class Refuse(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "ithp_fast", "transformers"):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-sys.meta_path.insert(0, Refuse())
-"""
-
-
 def test_the_documented_onnx_snippet_scores_text_where_torch_cannot_be_imported(trained, tmp_path):
     model = ithp_fast.load_checkpoint(trained)
     (tmp_path / "model").mkdir()
     ithp_fast.export(model, tmp_path / "model" / "model.onnx", format="onnx")
     snippet = page_snippet("docs/deployment.md",
                            "<!-- onnx-snippet: tests/test_predict.py runs it where torch cannot be imported -->")
-    probe = REFUSE_TORCH + "\ntry:\n    import torch\nexcept ModuleNotFoundError:\n    print('no torch')\n"
+    probe = refuse_imports("torch", "ithp_fast", "transformers")
+    probe += "\ntry:\n    import torch\nexcept ModuleNotFoundError:\n    print('no torch')\n"
     proc = subprocess.run([sys.executable, "-c", probe + textwrap.dedent(snippet)], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import stand_in_scores, tiny_text_model
+from helpers import refuse_imports, stand_in_scores, tiny_text_model
 
 from ithp_fast.serving.batcher import DynamicBatcher
 from ithp_fast.serving.bundle import BundleScorer
@@ -330,13 +330,7 @@ def test_sigterm_answers_every_request_in_flight(tmp_path):
 
 
 def test_without_the_serve_extra_one_line_says_what_to_install(model_dir):
-    block = textwrap.dedent("""
-        import sys
-        class Refuse:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("fastapi", "uvicorn"):
-                    raise ModuleNotFoundError(name)
-        sys.meta_path.insert(0, Refuse())
+    block = refuse_imports("fastapi", "uvicorn") + textwrap.dedent("""
         from ithp_fast.tools.cli import main
         sys.exit(main(["serve", "--checkpoint", sys.argv[1]]))
     """)
