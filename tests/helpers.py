@@ -127,6 +127,19 @@ def tiny_text_model(*, pass_attention_mask: bool = True, max_seq_length: int = 8
     return model.eval()
 
 
+def onnx_scores(bundle, texts: list) -> list:
+    """The scores of ``texts`` from the ONNX bundle in the folder ``bundle`` (a ``Path``), read with the
+    ``tokenizers`` package and run in ONNX Runtime alone, as a user without ithp_fast would."""
+    import numpy as np
+    import onnxruntime
+    import tokenizers
+
+    encodings = tokenizers.Tokenizer.from_file(str(bundle / "tokenizer.json")).encode_batch(texts)
+    feeds = {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64)}
+    return onnxruntime.InferenceSession(str(bundle / "model.onnx")).run(["logits"], feeds)[0][:, 0].tolist()
+
+
 def refuse_imports(*names: str) -> str:
     """Python source to run first in a fresh interpreter: importing the packages ``names`` (and their submodules)
     then fails as if they were not installed."""

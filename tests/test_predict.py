@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import refuse_imports, tiny_text_model
+from helpers import onnx_scores, refuse_imports, tiny_text_model
 
 import ithp_fast
 from ithp_fast.serving.text import TextScorer
@@ -82,17 +82,6 @@ def test_one_text_gets_one_score_from_every_route(trained, tmp_path, capsys):
     routes["onnxruntime + tokenizers"] = onnx_scores(bundle, [TEXT])[0]
     for route, value in routes.items():
         assert value == pytest.approx(score, abs=1e-5), route
-
-
-def onnx_scores(bundle: Path, texts: list) -> list:
-    import numpy as np
-    import onnxruntime
-    import tokenizers
-
-    encodings = tokenizers.Tokenizer.from_file(str(bundle / "tokenizer.json")).encode_batch(texts)
-    feeds = {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64)}
-    return onnxruntime.InferenceSession(str(bundle / "model.onnx")).run(["logits"], feeds)[0][:, 0].tolist()
 
 
 def test_the_documented_onnx_snippet_scores_text_where_torch_cannot_be_imported(trained, tmp_path):
