@@ -93,6 +93,10 @@ def as_flags(settings: dict) -> list:
 
 
 TEXT_WORDS = ["i", "really", "love", "this", "movie", "the", "plot", "was", "dull", "not", "good", "great"]
+TEXTS = ["I really love this movie", "the plot was dull", "not good", "this movie was not great"]
+"""Texts for :func:`tiny_text_model`, every word of them in :data:`TEXT_WORDS`."""
+LONG = "the plot was dull this movie was not great"
+"""9 words: more than :func:`tiny_text_model`'s 8 tokens, so cut to 6 between ``[CLS]`` and ``[SEP]``."""
 
 
 def stand_in_scores(texts):

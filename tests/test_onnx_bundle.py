@@ -7,15 +7,13 @@ import os
 import numpy as np
 import pytest
 import torch
-from helpers import onnx_scores, tiny_text_model
+from helpers import TEXTS, onnx_scores, tiny_text_model
 
 import ithp_fast
 
 onnx = pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
-
-TEXTS = ["I really love this movie", "the plot was dull", "not good", "this movie was not great"]
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["mask", "no-mask"])

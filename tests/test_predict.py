@@ -16,15 +16,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import onnx_scores, refuse_imports, tiny_text_model
+from helpers import LONG, TEXTS, onnx_scores, refuse_imports, tiny_text_model
 
 import ithp_fast
 from ithp_fast.serving.text import TextScorer
 from ithp_fast.tools.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-TEXT = "I really love this movie"
-TEXTS = [TEXT, "the plot was dull", "not good", "this movie was not great"]
+TEXT = TEXTS[0]
 
 
 @pytest.fixture(scope="module")
@@ -120,11 +119,10 @@ def test_a_text_scores_the_same_alone_or_padded_in_a_batch():
 
 def test_long_texts_are_cut_to_max_seq_length_and_said_to_be():
     model = tiny_text_model(max_seq_length=8)
-    long = "the plot was dull this movie was not great"  # 9 words: cut to 6 between [CLS] and [SEP]
-    scored = TextScorer(model).score([long, TEXT], warn=False)
+    scored = TextScorer(model).score([LONG, TEXT], warn=False)
     assert scored.cut == [True, False]
     assert scored.scores[0] == pytest.approx(model.predict(["the plot was dull this movie"])[0], abs=1e-6)
-    batch = TextScorer(model).encode([long, TEXT])
+    batch = TextScorer(model).encode([LONG, TEXT])
     assert batch.input_ids.shape == (2, 8) and batch.input_ids[0, -1].item() == 2  # ends with [SEP]
 
 

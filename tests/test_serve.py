@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import refuse_imports, stand_in_scores, tiny_text_model
+from helpers import LONG, refuse_imports, stand_in_scores, tiny_text_model
+from helpers import TEXTS as SAMPLE_TEXTS
 
 from ithp_fast.serving.batcher import DynamicBatcher
 from ithp_fast.serving.bundle import BundleScorer
@@ -30,8 +31,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("onnxruntime")
 
 ROOT = Path(__file__).resolve().parents[1]
-TEXTS = ["I really love this movie", "the plot was dull", "not good", "this movie was not great", "good", "bad movie"]
-LONG = "the plot was dull this movie was not great"  # 9 words: more than max_seq_length 8 tokens
+TEXTS = SAMPLE_TEXTS + ["good", "bad movie"]
 START_TIMEOUT = 240
 
 
