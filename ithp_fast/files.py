@@ -10,9 +10,15 @@ from __future__ import annotations
 import os
 
 
-def follow_umask(*paths: str) -> None:
-    """Give each of ``paths`` the mode a new file (0666) or directory (0777) gets: less the umask."""
+def current_umask() -> int:
+    """The process's umask (read by setting it and setting it back: there is no other way to read it)."""
     mask = os.umask(0)
     os.umask(mask)
+    return mask
+
+
+def follow_umask(*paths: str) -> None:
+    """Give each of ``paths`` the mode a new file (0666) or directory (0777) gets: less the umask."""
+    mask = current_umask()
     for path in paths:
         os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~mask)

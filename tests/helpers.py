@@ -1,5 +1,7 @@
 """Helpers shared by the tests (importable as ``helpers``: pytest puts tests/ on sys.path)."""
 
+import textwrap
+
 import torch
 
 from ithp_fast import ITHPConfig
@@ -91,6 +93,17 @@ def as_flags(settings: dict) -> list:
 
 
 TEXT_WORDS = ["i", "really", "love", "this", "movie", "the", "plot", "was", "dull", "not", "good", "great"]
+TEXTS = ["I really love this movie", "the plot was dull", "not good", "this movie was not great"]
+"""Texts for :func:`tiny_text_model`, every word of them in :data:`TEXT_WORDS`."""
+LONG = "the plot was dull this movie was not great"
+"""9 words: more than :func:`tiny_text_model`'s 8 tokens, so cut to 6 between ``[CLS]`` and ``[SEP]``."""
+
+
+def stand_in_scores(texts):
+    """A stand-in model's ``ScoredTexts`` for ``texts``: each text scores its length in characters, none is cut."""
+    from ithp_fast.serving.tokens import ScoredTexts
+
+    return ScoredTexts([float(len(t)) for t in texts], [False] * len(texts), 0, 0, True)
 
 
 def tiny_text_model(*, pass_attention_mask: bool = True, max_seq_length: int = 8, seed: int = 0, fast: bool = True):
@@ -116,3 +129,29 @@ def tiny_text_model(*, pass_attention_mask: bool = True, max_seq_length: int = 8
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.3)
     return model.eval()
+
+
+def onnx_scores(bundle, texts: list) -> list:
+    """The scores of ``texts`` from the ONNX bundle in the folder ``bundle`` (a ``Path``), read with the
+    ``tokenizers`` package and run in ONNX Runtime alone, as a user without ithp_fast would."""
+    import numpy as np
+    import onnxruntime
+    import tokenizers
+
+    encodings = tokenizers.Tokenizer.from_file(str(bundle / "tokenizer.json")).encode_batch(texts)
+    feeds = {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64)}
+    return onnxruntime.InferenceSession(str(bundle / "model.onnx")).run(["logits"], feeds)[0][:, 0].tolist()
+
+
+def refuse_imports(*names: str) -> str:
+    """Python source to run first in a fresh interpreter: importing the packages ``names`` (and their submodules)
+    then fails as if they were not installed."""
+    return textwrap.dedent(f"""
+        import importlib.abc, sys
+        class Refuse(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {names!r}:
+                    raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        sys.meta_path.insert(0, Refuse())
+    """)

@@ -9,6 +9,7 @@ import stat
 import pytest
 import torch
 from helpers import TEXT_WORDS, tiny_text_model
+from helpers import TEXTS as SAMPLE_TEXTS
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -22,7 +23,7 @@ from transformers import (
 import ithp_fast
 from ithp_fast import ITHPConfig, ITHPDeberta, ITHPDebertaConfig
 
-TEXTS = ["I really love this movie", "the plot was dull", "not good"]
+TEXTS = SAMPLE_TEXTS[:3]
 
 
 def ids_and_mask(model, texts=TEXTS):

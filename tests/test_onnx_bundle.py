@@ -7,15 +7,13 @@ import os
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_text_model
+from helpers import TEXTS, onnx_scores, tiny_text_model
 
 import ithp_fast
 
 onnx = pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
-
-TEXTS = ["I really love this movie", "the plot was dull", "not good", "this movie was not great"]
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["mask", "no-mask"])
@@ -45,14 +43,9 @@ def test_any_batch_and_length_scores_as_the_model(bundle):
     import tokenizers
 
     model, folder, _ = bundle
-    tokenizer = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
-    session = onnxruntime.InferenceSession(str(folder / "model.onnx"))
     for texts in (TEXTS[:1], TEXTS, TEXTS[2:] * 3, ["dull"]):
-        encodings = tokenizer.encode_batch(texts)
-        ids = np.array([e.ids for e in encodings], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-        got = session.run(["logits"], {"input_ids": ids, "attention_mask": mask})[0][:, 0]
-        np.testing.assert_allclose(got, model.predict(texts), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(onnx_scores(folder, texts), model.predict(texts), rtol=1e-5, atol=1e-5)
+    tokenizer = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
     long = tokenizer.encode("the plot was dull this movie was not great i love")
     assert len(long.ids) == 8 and long.ids[-1] == 2  # cut to max_seq_length, [SEP] last
 

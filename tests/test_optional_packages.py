@@ -6,14 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-BLOCK_TRITON = """
-import importlib.abc, sys
-class RefuseTriton(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "triton" or name.startswith("triton."):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-sys.meta_path.insert(0, RefuseTriton())
-"""
+from helpers import refuse_imports
 
 
 def run_python(code: str) -> str:
@@ -25,7 +18,7 @@ def run_python(code: str) -> str:
 
 
 def test_cpu_paths_without_triton():
-    out = run_python(BLOCK_TRITON + textwrap.dedent("""
+    out = run_python(refuse_imports("triton") + textwrap.dedent("""
         import torch, ithp_fast
         cfg = ithp_fast.ITHPConfig(X0_dim=16, X1_dim=5, X2_dim=3, inter_dim=8, B0_dim=4, B1_dim=3)
         model = ithp_fast.ITHP(cfg)

@@ -16,15 +16,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_text_model
+from helpers import LONG, TEXTS, onnx_scores, refuse_imports, tiny_text_model
 
 import ithp_fast
 from ithp_fast.serving.text import TextScorer
 from ithp_fast.tools.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-TEXT = "I really love this movie"
-TEXTS = [TEXT, "the plot was dull", "not good", "this movie was not great"]
+TEXT = TEXTS[0]
 
 
 @pytest.fixture(scope="module")
@@ -84,34 +83,14 @@ def test_one_text_gets_one_score_from_every_route(trained, tmp_path, capsys):
         assert value == pytest.approx(score, abs=1e-5), route
 
 
-def onnx_scores(bundle: Path, texts: list) -> list:
-    import numpy as np
-    import onnxruntime
-    import tokenizers
-
-    encodings = tokenizers.Tokenizer.from_file(str(bundle / "tokenizer.json")).encode_batch(texts)
-    feeds = {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64)}
-    return onnxruntime.InferenceSession(str(bundle / "model.onnx")).run(["logits"], feeds)[0][:, 0].tolist()
-
-
-REFUSE_TORCH = """
-import importlib.abc, sys
-class Refuse(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "ithp_fast", "transformers"):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-sys.meta_path.insert(0, Refuse())
-"""
-
-
 def test_the_documented_onnx_snippet_scores_text_where_torch_cannot_be_imported(trained, tmp_path):
     model = ithp_fast.load_checkpoint(trained)
     (tmp_path / "model").mkdir()
     ithp_fast.export(model, tmp_path / "model" / "model.onnx", format="onnx")
     snippet = page_snippet("docs/deployment.md",
                            "<!-- onnx-snippet: tests/test_predict.py runs it where torch cannot be imported -->")
-    probe = REFUSE_TORCH + "\ntry:\n    import torch\nexcept ModuleNotFoundError:\n    print('no torch')\n"
+    probe = refuse_imports("torch", "ithp_fast", "transformers")
+    probe += "\ntry:\n    import torch\nexcept ModuleNotFoundError:\n    print('no torch')\n"
     proc = subprocess.run([sys.executable, "-c", probe + textwrap.dedent(snippet)], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -140,11 +119,10 @@ def test_a_text_scores_the_same_alone_or_padded_in_a_batch():
 
 def test_long_texts_are_cut_to_max_seq_length_and_said_to_be():
     model = tiny_text_model(max_seq_length=8)
-    long = "the plot was dull this movie was not great"  # 9 words: cut to 6 between [CLS] and [SEP]
-    scored = TextScorer(model).score([long, TEXT], warn=False)
+    scored = TextScorer(model).score([LONG, TEXT], warn=False)
     assert scored.cut == [True, False]
     assert scored.scores[0] == pytest.approx(model.predict(["the plot was dull this movie"])[0], abs=1e-6)
-    batch = TextScorer(model).encode([long, TEXT])
+    batch = TextScorer(model).encode([LONG, TEXT])
     assert batch.input_ids.shape == (2, 8) and batch.input_ids[0, -1].item() == 2  # ends with [SEP]
 
 

@@ -18,20 +18,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_text_model
+from helpers import LONG, refuse_imports, stand_in_scores, tiny_text_model
+from helpers import TEXTS as SAMPLE_TEXTS
 
 from ithp_fast.serving.batcher import DynamicBatcher
 from ithp_fast.serving.bundle import BundleScorer
 from ithp_fast.serving.onnx_cache import cache_key
-from ithp_fast.serving.tokens import ScoredTexts, length_groups
+from ithp_fast.serving.tokens import length_groups
 from ithp_fast.tools.cli import main
 
 pytest.importorskip("fastapi")
 pytest.importorskip("onnxruntime")
 
 ROOT = Path(__file__).resolve().parents[1]
-TEXTS = ["I really love this movie", "the plot was dull", "not good", "this movie was not great", "good", "bad movie"]
-LONG = "the plot was dull this movie was not great"  # 9 words: more than max_seq_length 8 tokens
+TEXTS = SAMPLE_TEXTS + ["good", "bad movie"]
 START_TIMEOUT = 240
 
 
@@ -250,26 +250,26 @@ def test_export_quantize_int8_writes_one_program_beside_its_tokenizer(server, mo
 
 FAKE_SERVER = """
 import sys, time, uvicorn
+sys.path.insert(0, {tests!r})
+from helpers import stand_in_scores
 from ithp_fast.serving.app import ServedModel, create_app
-from ithp_fast.serving.tokens import ScoredTexts
 from ithp_fast.tools.serve_command import run_server
 
 def score(texts):
     time.sleep(float(sys.argv[2]))
     if "boom" in texts or sys.argv[3:] == ["broken"]:
         raise RuntimeError("the stand-in model fails on 'boom'")
-    return ScoredTexts([float(len(t)) for t in texts], [False] * len(texts), 0, 0, True)
+    return stand_in_scores(texts)
 
 app = create_app(ServedModel(score, "stand-in@0", 8), max_batch_size=8, max_wait_ms=20)
-class Args: host, port, checkpoint = "127.0.0.1", int(sys.argv[1]), "stand-in"
-run_server(app, Args)
+run_server(app, "127.0.0.1", int(sys.argv[1]), "stand-in")
 """
 
 
 def fake_server(tmp_path, seconds_per_batch: float, *extra: str, healthy: bool = True) -> Served:
     port = free_port()
     script = tmp_path / "fake_server.py"
-    script.write_text(textwrap.dedent(FAKE_SERVER))
+    script.write_text(textwrap.dedent(FAKE_SERVER).format(tests=str(ROOT / "tests")))
     served = Served([sys.executable, str(script), str(port), str(seconds_per_batch), *extra], port,
                     tmp_path / "fake.log")
     if healthy:
@@ -330,13 +330,7 @@ def test_sigterm_answers_every_request_in_flight(tmp_path):
 
 
 def test_without_the_serve_extra_one_line_says_what_to_install(model_dir):
-    block = textwrap.dedent("""
-        import sys
-        class Refuse:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("fastapi", "uvicorn"):
-                    raise ModuleNotFoundError(name)
-        sys.meta_path.insert(0, Refuse())
+    block = refuse_imports("fastapi", "uvicorn") + textwrap.dedent("""
         from ithp_fast.tools.cli import main
         sys.exit(main(["serve", "--checkpoint", sys.argv[1]]))
     """)
@@ -410,10 +404,6 @@ def run_batcher(score, asks, **settings):
     return asyncio.run(go())
 
 
-def lengths(texts):
-    return ScoredTexts([float(len(t)) for t in texts], [False] * len(texts), 0, 0, True)
-
-
 def test_the_batcher_splits_large_requests_and_keeps_failures_to_their_request():
     calls = []
 
@@ -421,7 +411,7 @@ def test_the_batcher_splits_large_requests_and_keeps_failures_to_their_request()
         calls.append(len(texts))
         if "boom" in texts:
             raise ValueError("boom")
-        return lengths(texts)
+        return stand_in_scores(texts)
 
     asks = [["a"] * 7, ["bb", "boom"], ["ccc"]]
     answers, _ = run_batcher(score, asks, max_batch_size=3, max_wait_ms=0)
@@ -432,5 +422,5 @@ def test_the_batcher_splits_large_requests_and_keeps_failures_to_their_request()
 
 def test_a_single_caller_does_not_wait_for_a_batch_to_fill():
     start = time.perf_counter()
-    answers, _ = run_batcher(lengths, [["one"]], max_batch_size=32, max_wait_ms=5000)
+    answers, _ = run_batcher(stand_in_scores, [["one"]], max_batch_size=32, max_wait_ms=5000)
     assert answers == [([3.0], [False])] and time.perf_counter() - start < 2

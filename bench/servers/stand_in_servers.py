@@ -18,11 +18,8 @@ def fastapi_server(port: int) -> None:
     from ithp_fast.serving.app import ServedModel, create_app
     from ithp_fast.tools.serve_command import run_server
 
-    class Args:
-        host, checkpoint = "127.0.0.1", "stand-in"
-
-    Args.port = port
-    run_server(create_app(ServedModel(score, "stand-in@0", 50), max_batch_size=32, max_wait_ms=5), Args)
+    run_server(create_app(ServedModel(score, "stand-in@0", 50), max_batch_size=32, max_wait_ms=5), "127.0.0.1", port,
+               "stand-in")
 
 
 def litserve_api():

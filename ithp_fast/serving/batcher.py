@@ -164,6 +164,4 @@ class DynamicBatcher:
         step = self.max_batch_size
         if len(texts) <= step:
             return self.score(texts)
-        parts = [self.score(texts[i : i + step]) for i in range(0, len(texts), step)]
-        return ScoredTexts([s for p in parts for s in p.scores], [c for p in parts for c in p.cut],
-                           sum(p.unknown for p in parts), sum(p.tokens for p in parts), parts[0].word_level)
+        return ScoredTexts.join([self.score(texts[i : i + step]) for i in range(0, len(texts), step)])

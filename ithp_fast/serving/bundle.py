@@ -22,8 +22,10 @@ from typing import Optional
 
 import numpy as np
 
-from .tokens import ScoredTexts, TextTokenizer, length_groups
+from .tokens import ScoredTexts, TextTokenizer, length_groups, score_rows
 
+# The name transformers saves a tokenizer under; ithp_fast.data.tokenize names it too, for checkpoints (data sits
+# with training, which serving does not import).
 TOKENIZER_FILE = "tokenizer.json"
 
 
@@ -94,8 +96,7 @@ class BundleScorer:
             out = self.logits(batch.input_ids[rows, :longest], batch.attention_mask[rows, :longest])
             values = np.empty((len(texts), out.shape[1])) if values is None else values
             values[rows] = out
-        scores = values[:, 0].tolist() if values.shape[1] == 1 else values.tolist()
-        return ScoredTexts(scores, batch.cut, batch.unknown, batch.tokens, self.tokenizer.word_level)
+        return ScoredTexts(score_rows(values), batch.cut, batch.unknown, batch.tokens, self.tokenizer.word_level)
 
 
 def _unknown_id(folder: str, tokenizer) -> Optional[int]:

@@ -47,13 +47,14 @@ import torch
 from torch import nn
 
 from ..reference.ithp import ITHP as ReferenceITHP
+from .bundle import TOKENIZER_FILE
 from .logits import first_token_logits
+from .tokens import is_word_level
 
 FORMATS = ("onnx", "aoti")
 DEFAULT_TOKENS = 50
 MAX_DYNAMIC_BATCH = 4096
 """Largest batch a dynamic-batch export accepts."""
-TOKENIZER_FILE = "tokenizer.json"
 CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}
 """Largest difference (relative to the output's size, at least 1) the export's check allows."""
 
@@ -180,8 +181,8 @@ def _export_int8(model: nn.Module, path: str, tokens: int, batch: Optional[int],
     try:
         written = _export(model, os.path.join(floats, name), "onnx", tokens, batch, tokenizer)
         staged = quantize_int8(written[0], os.path.join(floats, "int8.onnx"))
-        _, inputs, _, _ = _program_and_inputs(model, batch or 2, tokens)
-        got = _onnx_runner(staged, ("input_ids", "attention_mask") if _is_deberta(model) else ("x",))(*inputs)
+        _, inputs, input_names, _ = _program_and_inputs(model, batch or 2, tokens)
+        got = _onnx_runner(staged, input_names)(*inputs)
         if not bool(torch.isfinite(got).all()):
             raise RuntimeError("export: the int8 program gives non-finite outputs; nothing was written")
         extras = [f for f in written[1:] if not f.endswith(".data")]
@@ -244,7 +245,7 @@ def bundle_metadata(model: nn.Module, tokens: int, tokenizer: Any) -> dict[str, 
 
     config = getattr(model, "config", None)
     low, high = getattr(config, "label_range", (-3.0, 3.0))
-    kind = "none" if tokenizer is None else "word-level" if _word_level(tokenizer) else "pretrained"
+    kind = "none" if tokenizer is None else "word-level" if is_word_level(tokenizer) else "pretrained"
     return {
         "model": "ITHP-DeBERTa",
         "inputs": f"input_ids, attention_mask: int64 [batch, sequence], 1 to {tokens} tokens: [CLS] text [SEP], "
@@ -258,11 +259,6 @@ def bundle_metadata(model: nn.Module, tokens: int, tokenizer: Any) -> dict[str, 
         "eval_sampling": "mean",
         "ithp_fast_version": __version__,
     }
-
-
-def _word_level(tokenizer: Any) -> bool:
-    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
-    return type(getattr(backend, "model", None)).__name__ == "WordLevel"
 
 
 def write_tokenizer(tokenizer: Any, directory: str, max_length: int, pad_id: int) -> None:

@@ -26,6 +26,7 @@ import shutil
 import tempfile
 from typing import Callable, Optional
 
+from ..files import current_umask
 from .quantize import check_quantize, quantize_int8
 
 NOT_MODEL = frozenset({"optimizer.safetensors", "trainer_state.json", "manifest.json", "README.md", "training.json"})
@@ -108,7 +109,7 @@ def _export_bundle(checkpoint: str, key: str) -> str:
             continue
         try:
             export(model, os.path.join(staging, FLOAT_FILE), format="onnx")
-            os.chmod(staging, 0o755 & ~_umask())
+            os.chmod(staging, 0o755 & ~current_umask())
             try:
                 os.rename(staging, os.path.join(root, key))
             except OSError:  # another process put the same bundle there first
@@ -117,9 +118,3 @@ def _export_bundle(checkpoint: str, key: str) -> str:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     raise PermissionError(f"checkpoint: no folder to keep its ONNX export in ({problem})")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .buckets import weights_version
+from .bundle import ort_session
 
 REQUIRED = ("onnxruntime", "onnxscript", "onnx")
 
@@ -45,15 +46,10 @@ def available() -> bool:
 
 def _session(path: str, threads: int, spinning: bool = False):
     try:
-        import onnxruntime
+        import onnxruntime  # noqa: F401
     except ImportError as err:
         raise ImportError("runtime='onnxruntime': needs onnxruntime (pip install 'ithp_fast[export]')") from err
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    if not spinning:  # idle workers sleep: see SPIN_MAX_BATCH
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return ort_session(path, threads, spinning)  # not spinning: idle workers sleep (see SPIN_MAX_BATCH)
 
 
 SPIN_MAX_BATCH = 400

@@ -20,9 +20,9 @@ from torch import nn
 
 from ..encode import encode
 from .logits import first_token_logits
-from .tokens import ScoredTexts, TextTokenizer, TokenBatch, backend_tokenizer, check_texts
+from .tokens import ScoredTexts, TextTokenizer, TokenBatch, check_texts, score_rows
 
-__all__ = ["TextScorer", "ScoredTexts", "TokenBatch", "check_texts", "backend_tokenizer", "posterior_mean_logits"]
+__all__ = ["TextScorer", "posterior_mean_logits"]
 
 Logits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -65,7 +65,6 @@ class TextScorer:
         self.batch_size = batch_size
         self.max_tokens = max_tokens or model.max_seq_length
         self.tokenizer = TextTokenizer(tokenizer, self.max_tokens, model.dberta.model.config.pad_token_id or 0)
-        self.word_level = self.tokenizer.word_level
         self.device = next(model.parameters()).device
         self.logits = posterior_mean_logits(model) if logits is None else logits
 
@@ -80,7 +79,7 @@ class TextScorer:
         from tqdm import tqdm
 
         texts = check_texts(texts)
-        scores, cut, unknown, tokens = [], [], 0, 0
+        parts = [ScoredTexts([], [], 0, 0, self.tokenizer.word_level)]  # no texts: an empty result
         starts = range(0, len(texts), self.batch_size)
         was_training = self.model.training
         self.model.eval()
@@ -89,14 +88,12 @@ class TextScorer:
                 batch = self.encode(texts[start : start + self.batch_size])
                 input_ids, attention_mask = (torch.from_numpy(a).to(self.device)
                                              for a in (batch.input_ids, batch.attention_mask))
-                logits = self.logits(input_ids, attention_mask)
-                values = logits.float().cpu()
-                scores.extend(values[:, 0].tolist() if values.shape[1] == 1 else values.tolist())
-                cut.extend(batch.cut)
-                unknown, tokens = unknown + batch.unknown, tokens + batch.tokens
+                values = self.logits(input_ids, attention_mask).float().cpu()
+                parts.append(ScoredTexts(score_rows(values), batch.cut, batch.unknown, batch.tokens,
+                                         self.tokenizer.word_level))
         finally:
             self.model.train(was_training)
-        result = ScoredTexts(scores, cut, unknown, tokens, self.word_level)
+        result = ScoredTexts.join(parts)
         if warn and result.unknown_message():
             warnings.warn(result.unknown_message(), stacklevel=2)
         return result

@@ -38,6 +38,18 @@ class ScoredTexts:
             return f"{self.unknown} of {self.tokens} words are not in the model's vocabulary and were read as unknown"
         return f"{self.unknown} of {self.tokens} tokens are the tokenizer's unknown token"
 
+    @classmethod
+    def join(cls, parts: Sequence[ScoredTexts]) -> ScoredTexts:
+        """The texts of ``parts`` (at least one, all read by one tokenizer) in order, as one result."""
+        return cls([s for p in parts for s in p.scores], [c for p in parts for c in p.cut],
+                   sum(p.unknown for p in parts), sum(p.tokens for p in parts), parts[0].word_level)
+
+
+def score_rows(values: Any) -> list:
+    """``[texts, num_labels]`` logits (a NumPy array or a tensor) as :attr:`ScoredTexts.scores`: one float per
+    text, or a list of ``num_labels`` floats per text when the model has several outputs."""
+    return values[:, 0].tolist() if values.shape[1] == 1 else values.tolist()
+
 
 @dataclass
 class TokenBatch:
@@ -73,6 +85,13 @@ def backend_tokenizer(tokenizer: Any):
     return Tokenizer.from_str(backend.to_str())
 
 
+def is_word_level(tokenizer: Any) -> bool:
+    """Whether ``tokenizer`` (a transformers fast tokenizer or a ``tokenizers.Tokenizer``) is a word-level
+    vocabulary (one token per word)."""
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    return type(getattr(backend, "model", None)).__name__ == "WordLevel"
+
+
 class TextTokenizer:
     """Encodes texts for ITHP-DeBERTa.
 
@@ -89,7 +108,7 @@ class TextTokenizer:
         self.backend.enable_truncation(max_tokens)
         self.max_tokens, self.pad_id = max_tokens, pad_id
         self.unk_id = _unknown_id(tokenizer, self.backend) if unk_id is None else unk_id
-        self.word_level = type(self.backend.model).__name__ == "WordLevel"
+        self.word_level = is_word_level(self.backend)
 
     def encode(self, texts: Sequence[str]) -> TokenBatch:
         """Token ids of ``texts`` (checked), cut to ``max_tokens`` and padded to the longest of them."""

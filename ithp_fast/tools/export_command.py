@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
+
+from ..serving.quantize import check_quantize
+from .errors import user_error
 
 FORMATS = ("onnx", "aoti")
-QUANTIZE = ("none", "int8")
 
 
 def _problem(args: argparse.Namespace) -> str | None:
@@ -31,8 +32,10 @@ def _problem(args: argparse.Namespace) -> str | None:
     parent = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(parent):
         return f"--output: the directory {parent} does not exist"
-    if args.quantize not in QUANTIZE:
-        return f"--quantize: expected one of {', '.join(QUANTIZE)}, got {args.quantize!r}"
+    try:
+        check_quantize(args.quantize, "--quantize")
+    except ValueError as err:
+        return str(err)
     if args.quantize != "none" and args.format != "onnx":
         return f"--quantize: int8 quantises an ONNX program; got --format {args.format}"
     if args.format == "aoti" and not args.output.endswith(".pt2"):
@@ -57,7 +60,7 @@ def export_command(args: argparse.Namespace) -> int:
         else:
             print("wrote " + ", ".join(paths))
             return 0
-    print(f"ithp-fast export: error: {problem}", file=sys.stderr)
+    user_error("export", problem)
     return 2
 
 

@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 
+from ..serving.quantize import QUANTIZE
 from .errors import CommandError, one_line_errors, user_error
 
 DESCRIPTION = """\
@@ -114,8 +115,8 @@ def torch_model(args: argparse.Namespace):
     scorer = TextScorer(model, batch_size=args.max_batch_size, logits=serving)
     meta = {"checkpoint": os.path.abspath(args.checkpoint),
             **_described(bundle_metadata(model, model.max_seq_length, model.tokenizer)),
-            "device": args.device, "runtime": "torch, CUDA graphs" if serving else "torch", "quantize": "none",
-            "threads": args.threads if device.type == "cpu" else None}
+            "device": args.device, "runtime": "torch, CUDA graphs" if serving is not None else "torch",
+            "quantize": "none", "threads": args.threads if device.type == "cpu" else None}
     return ServedModel(lambda texts: scorer.score(texts, warn=False),
                        _name(args.checkpoint, checkpoint_checksum(args.checkpoint)), scorer.max_tokens, meta)
 
@@ -134,8 +135,9 @@ def _name(checkpoint: str, checksum: str) -> str:
     return f"{os.path.basename(os.path.abspath(checkpoint).rstrip(os.sep))}@{checksum[:12]}"
 
 
-def run_server(app, args: argparse.Namespace) -> None:
-    """uvicorn until SIGTERM / SIGINT; then ``/health`` says draining while the requests in flight finish."""
+def run_server(app, host: str, port: int, name: str) -> None:
+    """uvicorn on ``host``:``port`` until SIGTERM / SIGINT; then ``/health`` says draining while the requests in
+    flight finish. ``name``: what is served, for the line said at start."""
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -143,10 +145,9 @@ def run_server(app, args: argparse.Namespace) -> None:
             app.state.serving["status"] = "draining"
             super().handle_exit(sig, frame)
 
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=DRAIN_SECONDS, lifespan="on")
-    say(f"serving {args.checkpoint} on http://{args.host}:{args.port} (POST /predict; GET /health, /metadata, "
-        f"/docs)")
+    say(f"serving {name} on http://{host}:{port} (POST /predict; GET /health, /metadata, /docs)")
     Server(config).run()
 
 
@@ -165,7 +166,7 @@ def serve_command(args: argparse.Namespace) -> int:
     served = cpu_model(args) if args.runtime == "onnxruntime" else torch_model(args)
     app = create_app(served, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
                      max_texts=args.max_texts)
-    run_server(app, args)
+    run_server(app, args.host, args.port, args.checkpoint)
     return 0
 
 
@@ -185,7 +186,7 @@ def register(sub) -> None:
     p.add_argument("--runtime", default=None, choices=("onnxruntime", "torch"),
                    help="what runs the model: onnxruntime (the CPU default: exported once, cached) or torch (the "
                         "CUDA default, with CUDA graphs; on the CPU eager, measured slower: see the docs)")
-    p.add_argument("--quantize", default="none", choices=("none", "int8"),
+    p.add_argument("--quantize", default="none", choices=QUANTIZE,
                    help="int8: ONNX Runtime's dynamic int8 quantisation (CPU; default: none, float32)")
     p.add_argument("--threads", type=int, default=None,
                    help="ONNX Runtime's threads (default: the cores this process may use)")

@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import sys
 
 from ..checks import OLD_IMPL
 from ..data import DataFormatError
 from ..training.config import TrainConfig
 from ..training.eval_config import EvalConfig
+from .errors import user_error
 
 TRAIN_DESCRIPTION = """\
 Train ITHP-DeBERTa for sentiment regression.
@@ -111,12 +111,6 @@ def config_arguments() -> argparse.ArgumentParser:
     return parser
 
 
-def report_error(command: str, exc: BaseException) -> None:
-    """One line on stderr, whatever the message (a message of several lines is joined)."""
-    message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    print(f"ithp-fast {command}: error: {message}", file=sys.stderr)
-
-
 def train_command(args: argparse.Namespace) -> int:
     from ..training import api, loop
 
@@ -124,10 +118,10 @@ def train_command(args: argparse.Namespace) -> int:
     try:
         api.train(args.config, **given)
     except USER_ERRORS as exc:
-        report_error("train", exc)
+        user_error("train", exc)
         return 2
     except loop.NonFiniteLossError as exc:
-        report_error("train", exc)
+        user_error("train", exc)
         return 1
     return 0
 
@@ -139,7 +133,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         old_names = {"impl": args.impl} if "impl" in vars(args) else {}  # impl: the old --backend
         api.evaluate(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig)}, **old_names)
     except USER_ERRORS as exc:
-        report_error("evaluate", exc)
+        user_error("evaluate", exc)
         return 2
     return 0
 
