@@ -57,7 +57,8 @@ def test_old_checkpoints_load_and_give_the_logits_they_gave(old, form):
     torch.testing.assert_close(text_only, want, rtol=1e-6, atol=1e-6)
     assert model.tokenizer is not None and model.config.max_seq_length == 16  # the run's, from vocab.json
     long_text = " ".join(["great"] * 40)
-    assert model.tokenizer.model_max_length == 16 and len(model.tokenizer(long_text, truncation=True)["input_ids"]) == 16
+    assert model.tokenizer.model_max_length == 16
+    assert len(model.tokenizer(long_text, truncation=True)["input_ids"]) == 16
     assert len(model.predict(["the movie was great"])) == 1
 
 
